@@ -1,0 +1,76 @@
+"""Records: what a judge reads.
+
+A `JudgeItem` is one judgement to make: one instruction, one answer, an optional reference
+answer and exactly one criterion with its rubric (POLLUX judges are trained on one criterion per
+call). Readers of input files (JSONL / CSV / Parquet) turn rows into items; everything downstream
+(prompts, engines, stores) only sees `JudgeItem`s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# The text fields of an item, in prompt order. All of them are untrusted user text.
+TEXT_FIELDS = ("instruction", "reference_answer", "answer", "criteria_name", "rubrics")
+
+
+class RecordError(ValueError):
+    """A record cannot be turned into a judgement; the message names the record and the field."""
+
+
+@dataclass(frozen=True)
+class JudgeItem:
+    instruction: str
+    answer: str
+    criteria_name: str
+    rubrics: str
+    reference_answer: str = ""
+    # Free identifiers carried through to the verdict (item id, evaluated model, criterion id, ...).
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        for name in TEXT_FIELDS:
+            value = getattr(self, name)
+            if value is None and name == "reference_answer":
+                object.__setattr__(self, name, "")
+                continue
+            if not isinstance(value, str):
+                raise RecordError(f"field {name!r} must be a string, got {type(value).__name__}")
+        if not self.criteria_name.strip():
+            raise RecordError("field 'criteria_name' is empty")
+        if not self.rubrics.strip():
+            raise RecordError("field 'rubrics' is empty")
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any], *, where: str = "record") -> JudgeItem:
+        """Build an item from a mapping with POLLUX column names; errors name `where`."""
+        missing = [k for k in ("instruction", "answer", "criteria_name", "rubrics") if k not in row]
+        if missing:
+            raise RecordError(f"{where}: missing field(s) {', '.join(missing)}")
+        try:
+            return cls(
+                instruction=row["instruction"],
+                answer=row["answer"],
+                criteria_name=row["criteria_name"],
+                rubrics=row["rubrics"],
+                reference_answer=row.get("reference_answer") or "",
+                meta=dict(row.get("meta") or {}),
+            )
+        except RecordError as e:
+            raise RecordError(f"{where}: {e}") from None
+
+    @property
+    def key(self) -> str:
+        """A stable id of this judgement's content: the same texts give the same key anywhere
+        (run databases, expert files, score files), which is how they are joined."""
+        payload = json.dumps(
+            [self.instruction, self.reference_answer, self.answer, self.criteria_name, self.rubrics],
+            ensure_ascii=False,
+        )
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

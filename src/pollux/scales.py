@@ -1,0 +1,119 @@
+"""Rubric scales and score parsing.
+
+Two jobs, both about numbers in text:
+
+* `parse_scale(rubrics)` reads which scores a rubric allows. Rubrics come in several shapes:
+  one level per paragraph written `0: …`, `1 — …`, `2 - …` (any dash), a phrase such as
+  `от 1 до 10`, or a dict of levels (`{"0": "…", "1": "…"}`, also as a JSON string).
+* `parse_result(text)` reads the score a generative judge wrote as `[RESULT] n [END]` — the
+  official parser's rule: the block must be complete, numbers may be negative, multi-digit and
+  use a decimal comma.
+
+`check_score` then says whether a score lies within the scale. Out-of-scale scores are kept and
+flagged by callers, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+_NUMBER = r"[-−]?\d+(?:[.,]\d+)?"
+# A level at the start of a line: "0: …", "1 — …", "2 - …", "3 – …", "4. …" is NOT a level (lists).
+# A dash must be followed by a space, so that "2023-2024" is not read as level 2023.
+_LEVEL_LINE = re.compile(rf"^[ \t]*(?:\*\*)?({_NUMBER})(?:\*\*)?(?:[ \t]*:|[ \t]*[—–−-][ \t])", re.MULTILINE)
+_RANGE_PHRASE = re.compile(rf"\bот\s+({_NUMBER})\s+до\s+({_NUMBER})\b", re.IGNORECASE)
+_RESULT = re.compile(rf"\[RESULT\]\s*({_NUMBER})\s*\[END\]")
+
+
+def to_number(text: str) -> float:
+    """'2' → 2.0, '1,5' → 1.5, '−1' (Unicode minus) → -1.0."""
+    return float(text.strip().replace("−", "-").replace(",", "."))
+
+
+@dataclass(frozen=True)
+class Scale:
+    """The scores a rubric allows: its levels when listed, otherwise an interval."""
+
+    min: float
+    max: float
+    levels: tuple[float, ...] = ()
+
+    @property
+    def is_binary(self) -> bool:
+        return self.levels == (0.0, 1.0)
+
+
+def parse_scale(rubrics: str | Mapping[str, object] | None) -> Scale | None:
+    """Return the rubric's scale, or None when the rubric states none."""
+    if rubrics is None:
+        return None
+    if isinstance(rubrics, Mapping):
+        return _scale_from_keys(list(rubrics))
+    text = str(rubrics).strip()
+    if text.startswith("{"):
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError:
+            obj = None
+        if isinstance(obj, dict):
+            return _scale_from_keys(list(obj))
+    levels = sorted({to_number(m.group(1)) for m in _LEVEL_LINE.finditer(text)})
+    if len(levels) >= 2:
+        return Scale(min=levels[0], max=levels[-1], levels=tuple(levels))
+    phrase = _RANGE_PHRASE.search(text)
+    if phrase:
+        lo, hi = sorted((to_number(phrase.group(1)), to_number(phrase.group(2))))
+        return Scale(min=lo, max=hi)
+    return None
+
+
+def _scale_from_keys(keys: list[object]) -> Scale | None:
+    try:
+        levels = sorted({to_number(str(k)) for k in keys})
+    except ValueError:
+        return None
+    if not levels:
+        return None
+    return Scale(min=levels[0], max=levels[-1], levels=tuple(levels))
+
+
+def parse_result(text: str) -> float | None:
+    """The score in a complete `[RESULT] n [END]` block (the last one), else None."""
+    found = _RESULT.findall(text)
+    return to_number(found[-1]) if found else None
+
+
+def parse_feedback(text: str) -> str:
+    """The rationale: text after `[FEEDBACK]` up to `[RESULT]` / `[END]`, markup removed."""
+    body = text
+    start = body.find("[FEEDBACK]")
+    if start != -1:
+        body = body[start + len("[FEEDBACK]") :]
+    cut = [i for i in (body.find("[RESULT]"), body.find("[END]")) if i != -1]
+    if cut:
+        body = body[: min(cut)]
+    return body.strip()
+
+
+def check_score(score: float | None, scale: Scale | None) -> tuple[bool, str | None]:
+    """(valid, reason). A score is valid when it exists, is finite and lies within the scale."""
+    if score is None:
+        return False, "no score"
+    if not math.isfinite(score):
+        return False, f"score {score} is not finite"
+    if scale is None:
+        return True, None
+    if score < scale.min or score > scale.max:
+        return False, f"score {score:g} outside the rubric's scale [{scale.min:g}, {scale.max:g}]"
+    return True, None
+
+
+def normalise(score: float, scale: Scale) -> float:
+    """Score divided by the scale maximum (official aggregation). A zero maximum is an error."""
+    if scale.max == 0:
+        raise ValueError("cannot normalise: the scale's maximum is 0")
+    return score / scale.max
