@@ -1,0 +1,241 @@
+"""Input files: JSONL, CSV or Parquet → rows with their line (row) numbers, and clear per-line errors.
+
+Users bring answer files made by hand, by scripts, or downloaded as POLLUX dataset / POLLUX-instructions
+parquet. One broken line must never cost the other lines' results, and the user must be able to find the
+broken line, so readers never raise on a bad row: they return the good rows together with an
+`InputProblem` per bad one, naming the file, the line and what is wrong. `--strict` callers turn the
+first problem into an error themselves.
+
+What a row must contain is checked here too (`check_row`): `instruction` and `answer` as non-empty
+strings, an optional string `reference_answer`, no field longer than `max_field_chars`. Which criteria
+a row gets is the taxonomy's job (`pollux.taxonomy.resolve_criteria`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# A field longer than this is almost certainly a mistake (a whole file pasted into a cell) and would
+# blow the judge's context; POLLUX's longest instructions are ~30k characters.
+DEFAULT_MAX_FIELD_CHARS = 200_000
+
+FORMATS = ("jsonl", "csv", "parquet")
+
+
+class InputError(ValueError):
+    """An input file cannot be read at all (missing, unknown format), or a row is bad in strict mode."""
+
+
+@dataclass(frozen=True)
+class InputRow:
+    """One row of an input file; `line` is the 1-based line (JSONL, CSV) or row (Parquet) number."""
+
+    source: str
+    line: int
+    data: dict[str, Any]
+
+    @property
+    def where(self) -> str:
+        return f"{self.source}:{self.line}"
+
+
+@dataclass(frozen=True)
+class InputProblem:
+    source: str
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.line}: {self.message}"
+
+
+@dataclass
+class ReadResult:
+    rows: list[InputRow] = field(default_factory=list)
+    problems: list[InputProblem] = field(default_factory=list)
+
+
+def detect_format(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        return "jsonl"
+    if suffix in (".csv", ".tsv"):
+        return "csv"
+    if suffix in (".parquet", ".pq"):
+        return "parquet"
+    raise InputError(f"{path}: unknown input format {suffix!r} (expected .jsonl, .csv or .parquet)")
+
+
+def read_rows(path: str | Path, *, fmt: str | None = None) -> ReadResult:
+    """Read every row of `path`; unreadable rows become problems, never exceptions."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    fmt = fmt or detect_format(path)
+    if fmt not in FORMATS:
+        raise InputError(f"{path}: unknown format {fmt!r} (expected one of {', '.join(FORMATS)})")
+    reader = {"jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet}[fmt]
+    result = ReadResult()
+    for item in reader(path):
+        (result.problems if isinstance(item, InputProblem) else result.rows).append(item)
+    return result
+
+
+def _read_jsonl(path: Path) -> Iterator[InputRow | InputProblem]:
+    source = path.name
+    # Bytes, not text: a stray non-UTF-8 byte must fail its own line, not the whole file.
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]  # a UTF-8 byte order mark
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield InputProblem(source, number, f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})")
+                continue
+            if not text.strip():
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as e:
+                yield InputProblem(source, number, f"broken JSON: {e.msg} at column {e.colno}")
+                continue
+            if not isinstance(obj, dict):
+                yield InputProblem(source, number, f"expected a JSON object, got {type(obj).__name__}")
+                continue
+            yield InputRow(source, number, obj)
+
+
+def _read_csv(path: Path) -> Iterator[InputRow | InputProblem]:
+    source = path.name
+    raw = path.read_bytes()
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    # surrogateescape keeps undecodable bytes as lone surrogates, so the row holding them can be named.
+    text = raw.decode("utf-8", errors="surrogateescape")
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        header = next(reader)
+    except StopIteration:
+        return
+    except csv.Error as e:
+        yield InputProblem(source, 1, f"unreadable CSV header: {e}")
+        return
+    header = [h.strip() for h in header]
+    while True:
+        start = reader.line_num + 1
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            yield InputProblem(source, start, f"broken CSV: {e}")
+            continue
+        if not any(c.strip() for c in cells):
+            continue
+        bad = [h for h, c in zip(header, cells, strict=False) if _has_surrogates(c)]
+        if bad or any(_has_surrogates(c) for c in cells):
+            yield InputProblem(source, start, f"not valid UTF-8 (in column {', '.join(bad) or '?'})")
+            continue
+        if len(cells) != len(header):
+            yield InputProblem(source, start, f"expected {len(header)} columns, got {len(cells)}")
+            continue
+        data: dict[str, Any] = dict(zip(header, cells, strict=True))
+        # Structured columns (a list of criteria, a meta dict) arrive as JSON text in CSV.
+        for key in ("criteria", "annotations"):
+            value = data.get(key)
+            if isinstance(value, str) and value.strip().startswith(("[", "{")):
+                try:
+                    data[key] = json.loads(value)
+                except json.JSONDecodeError as e:
+                    yield InputProblem(source, start, f"column {key!r}: broken JSON: {e.msg}")
+                    break
+        else:
+            yield InputRow(source, start, data)
+
+
+def _has_surrogates(text: str) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in text)
+
+
+def _read_parquet(path: Path) -> Iterator[InputRow | InputProblem]:
+    import pyarrow.parquet as pq
+
+    source = path.name
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several types for a corrupt file
+        raise InputError(f"{path}: cannot read Parquet: {e}") from None
+    for number, row in enumerate(table.to_pylist(), start=1):
+        yield InputRow(source, number, {k: _plain(v) for k, v in row.items()})
+
+
+def _plain(value: Any) -> Any:
+    """NaN floats (pandas-written missing values) as None."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def check_row(row: InputRow, *, max_field_chars: int = DEFAULT_MAX_FIELD_CHARS) -> str | None:
+    """What is wrong with a row's required fields, or None. Criteria are checked by the taxonomy."""
+    data = row.data
+    for name in ("instruction", "answer"):
+        if name not in data or data[name] is None:
+            return f"missing field {name!r}"
+        if not isinstance(data[name], str):
+            return f"field {name!r} must be a string, got {_type_name(data[name])}"
+        if not data[name].strip():
+            return f"field {name!r} is empty"
+    ref = data.get("reference_answer")
+    if ref is not None and not isinstance(ref, str):
+        return f"field 'reference_answer' must be a string, got {_type_name(ref)}"
+    for key, value in data.items():
+        if isinstance(value, str) and len(value) > max_field_chars:
+            return f"field {key!r} is {len(value):,} characters long (limit {max_field_chars:,})"
+    for key in ("criteria_name", "rubrics", "task_type", "task_subtype", "task_subsubtype"):
+        value = data.get(key)
+        if value is not None and not isinstance(value, str):
+            return f"field {key!r} must be a string, got {_type_name(value)}"
+    criteria = data.get("criteria")
+    if criteria is not None and not isinstance(criteria, list):
+        return f"field 'criteria' must be a list of {{criteria_name, rubrics}}, got {_type_name(criteria)}"
+    return None
+
+
+def _type_name(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return type(value).__name__
+
+
+def record_id(row: InputRow) -> str:
+    """The row's id: an `id` / `prompt_id` / `record_id` column, else its line number."""
+    for key in ("id", "record_id", "prompt_id"):
+        value = row.data.get(key)
+        if value is not None and str(value).strip():
+            return str(value)
+    return str(row.line)
+
+
+def model_id(row: InputRow) -> str:
+    """The evaluated model that wrote the answer: a `model_id` / `model` column, else "unknown"."""
+    for key in ("model_id", "model"):
+        value = row.data.get(key)
+        if value is not None and str(value).strip():
+            return str(value)
+    return "unknown"
