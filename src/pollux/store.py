@@ -1,0 +1,363 @@
+"""The run store: one SQLite file per evaluation, written verdict by verdict, safe to kill at any point.
+
+An evaluation takes hours and must survive crashes, so every verdict is committed as it completes
+(WAL journal: a killed writer loses nothing committed and readers never block it). Tables:
+
+* `runs` — one row per configuration (judge, template, sampling, pollux version). Resuming reuses the
+  run whose configuration hash matches; a different configuration is a new run, made only on request.
+* `records` — the input rows (an answer of an evaluated model to an instruction), keyed by
+  (source file, record id, model id), with their texts and task fields.
+* `jobs` — the (record × criterion) pairs a run must judge, each with the `JudgeItem.key` of its
+  content. Two jobs with the same content share one judgement.
+* `verdicts` — one row per (item_key, judge, run) — a UNIQUE constraint, so nothing is written twice.
+  A verdict that failed (`error` set) may be replaced by a later attempt; a successful one never is.
+
+`read_verdicts(db)` is the public reading side: a pandas DataFrame, one row per judged job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pollux.verdicts import Verdict
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id INTEGER PRIMARY KEY,
+    created_at REAL NOT NULL,
+    judge TEXT NOT NULL,
+    config_hash TEXT NOT NULL,
+    config_json TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS records (
+    record_pk INTEGER PRIMARY KEY,
+    source TEXT NOT NULL,
+    record_id TEXT NOT NULL,
+    model_id TEXT NOT NULL,
+    line INTEGER NOT NULL,
+    answer_key TEXT NOT NULL,
+    instruction TEXT NOT NULL,
+    answer TEXT NOT NULL,
+    reference_answer TEXT NOT NULL,
+    task_type TEXT,
+    task_subtype TEXT,
+    task_subsubtype TEXT,
+    task_group TEXT,
+    extra_json TEXT NOT NULL DEFAULT '{}',
+    UNIQUE (source, record_id, model_id)
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    run_id INTEGER NOT NULL REFERENCES runs(run_id),
+    record_pk INTEGER NOT NULL REFERENCES records(record_pk),
+    criteria_name TEXT NOT NULL,
+    criterion_id TEXT,
+    criterion_group TEXT,
+    rubrics TEXT NOT NULL,
+    item_key TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    PRIMARY KEY (run_id, record_pk, criteria_name)
+);
+CREATE INDEX IF NOT EXISTS jobs_item ON jobs (run_id, item_key);
+CREATE TABLE IF NOT EXISTS verdicts (
+    verdict_pk INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL REFERENCES runs(run_id),
+    item_key TEXT NOT NULL,
+    judge TEXT NOT NULL,
+    criteria_name TEXT NOT NULL,
+    score REAL,
+    head_score REAL,
+    text_score REAL,
+    scale_min REAL,
+    scale_max REAL,
+    valid INTEGER NOT NULL,
+    invalid_reason TEXT,
+    rationale TEXT NOT NULL,
+    raw_text TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    finish_reason TEXT,
+    time_s REAL NOT NULL,
+    error TEXT,
+    created_at REAL NOT NULL,
+    UNIQUE (item_key, judge, run_id)
+);
+"""
+
+
+class StoreError(RuntimeError):
+    """The database is not a pollux run store, or a run's configuration does not match."""
+
+
+@dataclass(frozen=True)
+class Run:
+    run_id: int
+    judge: str
+    config: dict[str, Any]
+    config_hash: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """One (record × criterion) to judge, as the evaluate loop hands it to the store."""
+
+    record_pk: int
+    criteria_name: str
+    criterion_id: str | None
+    criterion_group: str | None
+    rubrics: str
+    item_key: str
+    position: int
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
+
+
+def config_diff(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Human-readable differences between two configurations (`key: old → new`)."""
+    out: list[str] = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += config_diff(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} → {b!r}")
+    return out
+
+
+class RunStore:
+    """A run database. Thread-safe: engines may report verdicts from worker threads."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if self.path.parent and not self.path.parent.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self.conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
+        self.conn.row_factory = sqlite3.Row
+        try:
+            self.conn.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.DatabaseError as e:
+            self.conn.close()
+            raise StoreError(f"{self.path}: not a SQLite database ({e})") from None
+        # NORMAL in WAL mode: a killed process loses nothing committed (only a power cut could).
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.execute("PRAGMA foreign_keys=ON")
+        with self.conn:
+            self.conn.executescript(_SCHEMA)
+            row = self.conn.execute("SELECT value FROM store_meta WHERE key='schema_version'").fetchone()
+            if row is None:
+                self.conn.execute("INSERT INTO store_meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) != SCHEMA_VERSION:
+                raise StoreError(f"{self.path}: schema version {row[0]}, this pollux reads {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        with self._lock:
+            self.conn.close()
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- runs ---------------------------------------------------------------------------------
+
+    def runs(self) -> list[Run]:
+        with self._lock:
+            rows = self.conn.execute("SELECT * FROM runs ORDER BY run_id").fetchall()
+        return [Run(r["run_id"], r["judge"], json.loads(r["config_json"]), r["config_hash"], r["created_at"]) for r in rows]
+
+    def open_run(self, judge: str, config: Mapping[str, Any], *, new_run: bool = False) -> tuple[Run, bool]:
+        """The run to write into: the existing run with this exact configuration (resume), or a new
+        one. Returns (run, created). A database whose runs all differ refuses unless `new_run`."""
+        digest = config_hash(config)
+        existing = self.runs()
+        if not new_run:
+            for run in reversed(existing):
+                if run.config_hash == digest:
+                    return run, False
+            if existing:
+                last = existing[-1]
+                diff = config_diff(last.config, dict(config))
+                raise StoreError(
+                    f"{self.path} holds run {last.run_id} made with a different configuration:\n  "
+                    + "\n  ".join(diff or ["(configuration differs)"])
+                    + "\nResume with the same options, or pass --new-run to start a new run in this database."
+                )
+        with self._lock, self.conn:
+            cur = self.conn.execute(
+                "INSERT INTO runs (created_at, judge, config_hash, config_json) VALUES (?, ?, ?, ?)",
+                (time.time(), judge, digest, json.dumps(config, ensure_ascii=False, sort_keys=True, default=str)),
+            )
+        run_id = int(cur.lastrowid or 0)
+        return Run(run_id, judge, dict(config), digest, time.time()), True
+
+    # --- records and jobs ---------------------------------------------------------------------
+
+    def upsert_record(self, rec: Mapping[str, Any]) -> int:
+        """Insert or refresh an input row (its texts may have been corrected); returns its key."""
+        cols = ("source", "record_id", "model_id", "line", "answer_key", "instruction", "answer",
+                "reference_answer", "task_type", "task_subtype", "task_subsubtype", "task_group", "extra_json")
+        values = [rec.get(c) for c in cols]
+        with self._lock, self.conn:
+            self.conn.execute(
+                f"INSERT INTO records ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
+                "ON CONFLICT (source, record_id, model_id) DO UPDATE SET "
+                + ", ".join(f"{c}=excluded.{c}" for c in cols[3:]),
+                values,
+            )
+            row = self.conn.execute(
+                "SELECT record_pk FROM records WHERE source=? AND record_id=? AND model_id=?",
+                (rec["source"], rec["record_id"], rec["model_id"]),
+            ).fetchone()
+        return int(row[0])
+
+    def add_jobs(self, run_id: int, jobs: Iterable[JobRow]) -> None:
+        with self._lock, self.conn:
+            self.conn.executemany(
+                "INSERT INTO jobs (run_id, record_pk, criteria_name, criterion_id, criterion_group, rubrics, "
+                "item_key, position) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (run_id, record_pk, criteria_name) DO UPDATE SET criterion_id=excluded.criterion_id, "
+                "criterion_group=excluded.criterion_group, rubrics=excluded.rubrics, item_key=excluded.item_key, "
+                "position=excluded.position",
+                [(run_id, j.record_pk, j.criteria_name, j.criterion_id, j.criterion_group, j.rubrics, j.item_key,
+                  j.position) for j in jobs],
+            )
+
+    def done_keys(self, run_id: int, judge: str) -> set[str]:
+        """Item keys this run already holds a successful verdict for (errors are retried)."""
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT item_key FROM verdicts WHERE run_id=? AND judge=? AND error IS NULL", (run_id, judge)
+            ).fetchall()
+        return {r[0] for r in rows}
+
+    # --- verdicts -----------------------------------------------------------------------------
+
+    def write_verdict(self, run_id: int, item_key: str, verdict: Verdict) -> bool:
+        """Commit one verdict now. Returns False when a successful verdict was already stored (it
+        is kept: nothing is written twice); a stored error is replaced by a new attempt."""
+        row = (
+            run_id, item_key, verdict.judge, verdict.criteria_name, _num(verdict.score), _num(verdict.head_score),
+            _num(verdict.text_score), verdict.scale_min, verdict.scale_max, int(bool(verdict.valid)),
+            verdict.invalid_reason, verdict.rationale or "", verdict.raw_text or "", int(verdict.prompt_tokens or 0),
+            int(verdict.completion_tokens or 0), verdict.finish_reason, float(verdict.time_s or 0.0), verdict.error,
+            time.time(),
+        )
+        with self._lock, self.conn:
+            cur = self.conn.execute(
+                "INSERT INTO verdicts (run_id, item_key, judge, criteria_name, score, head_score, text_score, "
+                "scale_min, scale_max, valid, invalid_reason, rationale, raw_text, prompt_tokens, completion_tokens, "
+                "finish_reason, time_s, error, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (item_key, judge, run_id) DO UPDATE SET "
+                "criteria_name=excluded.criteria_name, score=excluded.score, head_score=excluded.head_score, "
+                "text_score=excluded.text_score, scale_min=excluded.scale_min, scale_max=excluded.scale_max, "
+                "valid=excluded.valid, invalid_reason=excluded.invalid_reason, rationale=excluded.rationale, "
+                "raw_text=excluded.raw_text, prompt_tokens=excluded.prompt_tokens, "
+                "completion_tokens=excluded.completion_tokens, finish_reason=excluded.finish_reason, "
+                "time_s=excluded.time_s, error=excluded.error, created_at=excluded.created_at "
+                "WHERE verdicts.error IS NOT NULL",
+                row,
+            )
+        return cur.rowcount > 0
+
+    def counts(self, run_id: int) -> dict[str, int]:
+        """Jobs, distinct items, judged items, failed items of a run."""
+        q = self.conn.execute
+        judged = q(
+            "SELECT COUNT(*) FROM verdicts WHERE run_id=? AND error IS NULL", (run_id,)
+        ).fetchone()[0]
+        failed = q("SELECT COUNT(*) FROM verdicts WHERE run_id=? AND error IS NOT NULL", (run_id,)).fetchone()[0]
+        return {
+            "jobs": q("SELECT COUNT(*) FROM jobs WHERE run_id=?", (run_id,)).fetchone()[0],
+            "items": q("SELECT COUNT(DISTINCT item_key) FROM jobs WHERE run_id=?", (run_id,)).fetchone()[0],
+            "judged": judged,
+            "failed": failed,
+        }
+
+
+def _num(value: float | None) -> float | None:
+    return None if value is None else float(value)
+
+
+_READ_SQL = """
+SELECT v.run_id, r.source, r.record_id, r.line, r.model_id, r.answer_key, r.task_type, r.task_subtype,
+       r.task_subsubtype, r.task_group, j.criteria_name, j.criterion_id, j.criterion_group, j.rubrics,
+       j.item_key, v.judge, v.score, v.head_score, v.text_score, v.scale_min, v.scale_max, v.valid,
+       v.invalid_reason, v.error, v.rationale, v.raw_text, v.prompt_tokens, v.completion_tokens,
+       v.finish_reason, v.time_s, r.instruction, r.answer, r.reference_answer, j.position
+FROM jobs j
+JOIN records r ON r.record_pk = j.record_pk
+JOIN verdicts v ON v.run_id = j.run_id AND v.item_key = j.item_key
+{where}
+ORDER BY v.run_id, r.source, r.line, r.model_id, j.position
+"""
+
+
+def read_verdicts(db_path: str | Path, *, run: int | None = None, texts: bool = True) -> pd.DataFrame:
+    """Every judged job of a run store as a DataFrame, one row per (record × criterion × run).
+
+    Columns: run_id, source, record_id, line, model_id, answer_key, task_type, task_subtype,
+    task_subsubtype, task_group, criteria_name, criterion_id, criterion_group, rubrics, item_key
+    (= `JudgeItem.key`), judge, score, head_score, text_score, scale_min, scale_max, valid (bool),
+    invalid_reason, error, rationale, raw_text, prompt_tokens, completion_tokens, finish_reason, time_s,
+    and (with `texts`) instruction, answer, reference_answer. Two jobs with identical content share
+    one verdict, so `item_key` can repeat across records. `run` selects one run (default: all).
+    """
+    path = Path(db_path)
+    if not path.is_file():
+        raise StoreError(f"{path}: no such run database")
+    conn = sqlite3.connect(str(path), timeout=30)
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not {"runs", "jobs", "records", "verdicts"} <= tables:
+            raise StoreError(f"{path}: not a pollux run database")
+        where, params = ("WHERE v.run_id = ?", (run,)) if run is not None else ("", ())
+        df = pd.read_sql_query(_READ_SQL.format(where=where), conn, params=params)
+    finally:
+        conn.close()
+    df["valid"] = df["valid"].astype(bool)
+    if not texts:
+        df = df.drop(columns=["instruction", "answer", "reference_answer"])
+    return df.drop(columns=["position"])
+
+
+def read_runs(db_path: str | Path) -> list[Run]:
+    path = Path(db_path)
+    if not path.is_file():
+        raise StoreError(f"{path}: no such run database")
+    conn = sqlite3.connect(str(path), timeout=30)
+    try:
+        rows = conn.execute("SELECT run_id, judge, config_json, config_hash, created_at FROM runs ORDER BY run_id").fetchall()
+    except sqlite3.DatabaseError as e:
+        raise StoreError(f"{path}: not a pollux run database ({e})") from None
+    finally:
+        conn.close()
+    return [Run(r[0], r[1], json.loads(r[2]), r[3], r[4]) for r in rows]
+
+
+def pending(store: RunStore, run_id: int, judge: str, keys: Sequence[str]) -> list[str]:
+    """The keys (in order, without repeats) that still need a successful verdict."""
+    done = store.done_keys(run_id, judge)
+    seen: set[str] = set()
+    out = []
+    for key in keys:
+        if key not in done and key not in seen:
+            seen.add(key)
+            out.append(key)
+    return out

@@ -1,0 +1,133 @@
+"""The SQLite run store: WAL, runs by configuration, one verdict per (item, judge, run), read_verdicts."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from pollux.store import JobRow, RunStore, StoreError, read_runs, read_verdicts
+from pollux.verdicts import Verdict
+
+CONFIG = {"judge": "j", "engine": {"sampling": {"temperature": 0.0}}, "pollux_version": "0.1.0"}
+
+
+def record(i: int, model: str = "m") -> dict:
+    return {
+        "source": "a.jsonl", "record_id": str(i), "model_id": model, "line": i, "answer_key": f"ak{i}{model}",
+        "instruction": f"Вопрос {i}", "answer": f"Ответ {i}", "reference_answer": "", "task_type": "Т",
+        "task_subtype": None, "task_subsubtype": None, "task_group": "Г", "extra_json": "{}",
+    }
+
+
+def fill(store: RunStore, run_id: int, n: int = 2) -> list[str]:
+    keys = []
+    for i in range(n):
+        pk = store.upsert_record(record(i))
+        jobs = [JobRow(pk, c, f"id_{c}", "general", "0: a\n\n1: b", f"key-{i}-{c}", pos)
+                for pos, c in enumerate(("К1", "К2"))]
+        store.add_jobs(run_id, jobs)
+        keys += [j.item_key for j in jobs]
+    return keys
+
+
+def test_wal_and_schema(tmp_path: Path):
+    db = tmp_path / "run.db"
+    with RunStore(db):
+        pass
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"runs", "records", "jobs", "verdicts"} <= tables
+    conn.close()
+
+
+def test_runs_resume_by_config_and_refuse_a_different_one(tmp_path: Path):
+    db = tmp_path / "run.db"
+    with RunStore(db) as store:
+        run, created = store.open_run("j", CONFIG)
+        assert created and run.run_id == 1
+        again, created = store.open_run("j", dict(CONFIG))
+        assert not created and again.run_id == 1
+        other = {**CONFIG, "engine": {"sampling": {"temperature": 0.1}}}
+        with pytest.raises(StoreError) as e:
+            store.open_run("j", other)
+        assert "engine.sampling.temperature: 0.0 → 0.1" in str(e.value)
+        assert "--new-run" in str(e.value)
+        second, created = store.open_run("j", other, new_run=True)
+        assert created and second.run_id == 2
+        # both configurations now resume their own run
+        assert store.open_run("j", CONFIG)[0].run_id == 1
+        assert store.open_run("j", other)[0].run_id == 2
+    assert [r.run_id for r in read_runs(db)] == [1, 2]
+
+
+def test_verdicts_are_written_once_and_errors_are_retried(tmp_path: Path):
+    db = tmp_path / "run.db"
+    with RunStore(db) as store:
+        run, _ = store.open_run("j", CONFIG)
+        keys = fill(store, run.run_id)
+        ok = Verdict("К1", head_score=1.0, rationale="хорошо", valid=True, scale_min=0, scale_max=1, judge="j")
+        assert store.write_verdict(run.run_id, keys[0], ok)
+        # a second successful verdict for the same (item, judge, run) is refused, the first is kept
+        assert not store.write_verdict(run.run_id, keys[0], Verdict("К1", head_score=0.0, judge="j"))
+        failed = Verdict("К2", error="boom", judge="j")
+        assert store.write_verdict(run.run_id, keys[1], failed)
+        assert store.done_keys(run.run_id, "j") == {keys[0]}
+        # a failed one is replaced by a later success
+        assert store.write_verdict(run.run_id, keys[1], Verdict("К2", text_score=1.0, valid=True, judge="j"))
+        assert store.done_keys(run.run_id, "j") == {keys[0], keys[1]}
+        with pytest.raises(sqlite3.IntegrityError):
+            store.conn.execute(
+                "INSERT INTO verdicts (run_id, item_key, judge, criteria_name, valid, rationale, raw_text, "
+                "prompt_tokens, completion_tokens, time_s, created_at) VALUES (?, ?, 'j', 'К1', 1, '', '', 0, 0, 0, 0)",
+                (run.run_id, keys[0]),
+            )
+        counts = store.counts(run.run_id)
+        assert counts == {"jobs": 4, "items": 4, "judged": 2, "failed": 0}
+
+    df = read_verdicts(db)
+    assert len(df) == 2
+    first = df[df["item_key"] == keys[0]].iloc[0]
+    assert first["score"] == 1.0 and first["rationale"] == "хорошо" and bool(first["valid"])
+    assert first["model_id"] == "m" and first["record_id"] == "0" and first["criterion_id"] == "id_К1"
+    for col in ("item_key", "judge", "criteria_name", "criterion_id", "model_id", "task_type", "score", "head_score",
+                "text_score", "valid", "error", "rationale", "record_id", "instruction", "answer"):
+        assert col in df.columns
+    assert "answer" not in read_verdicts(db, texts=False).columns
+
+
+def test_shared_content_is_judged_once_but_read_per_job(tmp_path: Path):
+    db = tmp_path / "run.db"
+    with RunStore(db) as store:
+        run, _ = store.open_run("j", CONFIG)
+        a = store.upsert_record(record(1, "alpha"))
+        b = store.upsert_record(record(1, "beta"))
+        store.add_jobs(run.run_id, [JobRow(a, "К", None, None, "0: a\n\n1: b", "same", 0),
+                                    JobRow(b, "К", None, None, "0: a\n\n1: b", "same", 0)])
+        store.write_verdict(run.run_id, "same", Verdict("К", head_score=1.0, valid=True, judge="j"))
+    df = read_verdicts(db)
+    assert sorted(df["model_id"]) == ["alpha", "beta"]
+    assert (df["score"] == 1.0).all()
+
+
+def test_record_upsert_refreshes_texts(tmp_path: Path):
+    with RunStore(tmp_path / "run.db") as store:
+        pk = store.upsert_record(record(1))
+        changed = {**record(1), "answer": "Исправленный ответ"}
+        assert store.upsert_record(changed) == pk
+        assert store.conn.execute("SELECT answer FROM records WHERE record_pk=?", (pk,)).fetchone()[0] == "Исправленный ответ"
+
+
+def test_not_a_store(tmp_path: Path):
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError):
+        RunStore(junk)
+    with pytest.raises(StoreError, match="no such run database"):
+        read_verdicts(tmp_path / "missing.db")
+    empty = tmp_path / "empty.db"
+    sqlite3.connect(empty).close()
+    with pytest.raises(StoreError, match="not a pollux run database"):
+        read_verdicts(empty)
