@@ -22,7 +22,6 @@ from torch import nn
 from transformers import Qwen2Config, Qwen2ForCausalLM
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-
 # transformers 5.x calls the KV cache field `cache`, 4.x `past_key_values`: inherit whichever
 # the installed version has.
 _CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"

@@ -1,0 +1,551 @@
+"""The in-process engine: batched, prefix-shared judging with transformers weights.
+
+Why not `model.generate`? Three costs dominate a POLLUX evaluation (see shared engine notes):
+the model card's loop generates one item at a time, re-runs a second full forward over
+prompt + rationale just to read the regression head, and re-encodes the long shared part of
+every prompt (instruction + reference + answer) once per criterion. This engine removes all three:
+
+1. **Score in the generation pass.** After a sequence's last token is chosen it is fed once
+   more; the head reads that step's final hidden state — exactly the state the model card's
+   second forward reads at the last position (causal attention makes them equal).
+2. **Shared prefix.** The criteria of one answer render to prompts that are identical up to the
+   criterion section. Each prompt is tokenised whole (so token boundaries are exactly those of the
+   full prompt); the longest common token prefix of a group is encoded once, its KV cache stored
+   once, and every member's own tokens attend to it. Attention over "shared prefix + own part" is
+   computed as one softmax across both key sets (no copy of the prefix per sequence).
+3. **Batched decode with preallocated KV.** All sequences of a batch decode together; own-part
+   KV buffers are allocated once per batch; finished rows are dropped from the batch.
+
+The forward is written against the Qwen2 modules (norms, projections, MLP, rotary embedding are
+the model's own; only attention and the cache are ours), so weights load as usual and results
+match the stock forward within float tolerance. Models of other architectures fall back to
+batched `generate` (generative judges only).
+
+Batches are bounded by `batch_size` sequences and `max_batch_tokens` KV positions
+(shared prefixes counted once, plus each sequence's own prompt part and `max_new_tokens`).
+
+Context policy: a prompt that does not fit the model's context (with room for at least one new
+token) gets an error verdict naming the sizes; generation stops with `finish_reason="length"`
+when prompt + generated text reaches the context. Other items of the batch are unaffected.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from pollux.engine import OnVerdict, SamplingParams
+from pollux.prompts import PromptTemplate, chat_text
+from pollux.records import JudgeItem
+from pollux.verdicts import Verdict, error_verdict, make_verdict
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------
+# Planning: tokenise, group by shared prefix, pack into bounded batches
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    index: int  # position in the caller's list
+    item: JudgeItem
+    ids: list[int]  # the full chat-formatted prompt, tokenised whole
+    max_new: int  # max new tokens for this job (capped by the context)
+
+
+@dataclass
+class Group:
+    """Jobs whose prompts share `prefix_len` leading tokens (≥ 1 own token each)."""
+
+    jobs: list[Job]
+    prefix_len: int
+
+    @property
+    def prefix(self) -> list[int]:
+        return self.jobs[0].ids[: self.prefix_len]
+
+    def kv_tokens(self) -> int:
+        return self.prefix_len + sum(len(j.ids) - self.prefix_len + j.max_new + 1 for j in self.jobs)
+
+
+def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
+    first = seqs[0]
+    n = min(len(s) for s in seqs)
+    for other in seqs[1:]:
+        i = 0
+        limit = min(n, len(other))
+        while i < limit and first[i] == other[i]:
+            i += 1
+        n = i
+    return n
+
+
+def make_groups(jobs: list[Job], share_prefix: bool, batch_size: int) -> list[Group]:
+    """Group jobs by answer (instruction, reference, answer); split groups larger than a batch."""
+    if not share_prefix:
+        return [Group([j], len(j.ids) - 1) for j in jobs]
+    by_answer: dict[tuple[str, str, str], list[Job]] = {}
+    for j in jobs:
+        by_answer.setdefault((j.item.instruction, j.item.reference_answer, j.item.answer), []).append(j)
+    groups = []
+    for members in by_answer.values():
+        for start in range(0, len(members), batch_size):
+            chunk = members[start : start + batch_size]
+            # every member keeps at least one own token: its last prompt token yields the first logits
+            shared = min(common_prefix_len([j.ids for j in chunk]), min(len(j.ids) for j in chunk) - 1)
+            groups.append(Group(chunk, shared))
+    return groups
+
+
+def pack_batches(groups: list[Group], batch_size: int, max_batch_tokens: int) -> list[list[Group]]:
+    """Pack whole groups into batches, longest first, under both bounds (a lone oversize group
+    still forms its own batch: it is split further at run time if it cannot run)."""
+    batches: list[list[Group]] = []
+    current: list[Group] = []
+    seqs = tokens = 0
+    for g in sorted(groups, key=lambda g: -max(len(j.ids) for j in g.jobs)):
+        n, t = len(g.jobs), g.kv_tokens()
+        if current and (seqs + n > batch_size or tokens + t > max_batch_tokens):
+            batches.append(current)
+            current, seqs, tokens = [], 0, 0
+        current.append(g)
+        seqs += n
+        tokens += t
+    if current:
+        batches.append(current)
+    return batches
+
+
+# --------------------------------------------------------------------------------------------
+# Sampling
+# --------------------------------------------------------------------------------------------
+
+
+def choose_tokens(logits: torch.Tensor, sampling: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
+    """Greedy argmax, or temperature / top-k / top-p sampling."""
+    if sampling.greedy:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / sampling.temperature
+    if sampling.top_k > 0:
+        kth = torch.topk(logits, min(sampling.top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if sampling.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        drop = probs.cumsum(-1) - probs > sampling.top_p  # keep the smallest set reaching top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+# --------------------------------------------------------------------------------------------
+# The engine
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Row:
+    """One sequence being decoded."""
+
+    job: Job
+    group: int  # index of its group within the batch
+    own_len: int = 0  # tokens in its own KV part (prompt suffix + fed generated tokens)
+    generated: list[int] = field(default_factory=list)
+    finishing: bool = False  # its last token is chosen; the next step only reads the head
+    finish_reason: str | None = None
+    head_score: float | None = None
+
+
+class TransformersEngine:
+    """Judges items with an in-process transformers model (see the module docstring)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        *,
+        kind: str,
+        name: str,
+        template: PromptTemplate | None = None,
+        sampling: SamplingParams | None = None,
+        batch_size: int = 32,
+        max_batch_tokens: int = 65_536,
+        share_prefix: bool = True,
+        prefill_chunk: int = 1024,
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.kind = kind
+        self.name = name
+        self.template = template or PromptTemplate()
+        self.sampling = sampling or SamplingParams()
+        self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
+        self.share_prefix = share_prefix
+        self.prefill_chunk = prefill_chunk
+        self.device = next(model.parameters()).device
+        cfg = model.config
+        self.context = int(getattr(cfg, "max_position_embeddings", 32768))
+        self.eos_ids = self._eos_ids()
+        self.custom_forward = getattr(cfg, "model_type", "") == "qwen2" and not getattr(
+            cfg, "use_sliding_window", False
+        )
+        self.stats = {"prefill_tokens": 0, "decode_steps": 0, "batches": 0}
+
+    @classmethod
+    def from_pretrained(cls, path: str, *, dtype: str = "auto", device: str = "auto", **kwargs: Any):
+        from pollux.checkpoint import load_judge
+
+        loaded = load_judge(path, dtype=dtype, device=device)
+        return cls(loaded.model, loaded.tokenizer, kind=loaded.kind, name=str(path), **kwargs)
+
+    def _eos_ids(self) -> list[int]:
+        ids: set[int] = set()
+        gen_cfg = getattr(self.model, "generation_config", None)
+        for source in (getattr(gen_cfg, "eos_token_id", None), self.tokenizer.eos_token_id):
+            if isinstance(source, int):
+                ids.add(source)
+            elif source:
+                ids.update(int(i) for i in source)
+        return sorted(ids)
+
+    def describe(self) -> dict[str, Any]:
+        cfg = self.model.config
+        return {
+            "engine": "transformers",
+            "judge": self.name,
+            "kind": self.kind,
+            "architecture": (getattr(cfg, "architectures", None) or ["?"])[0],
+            "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
+            "template": self.template.to_dict(),
+            "sampling": self.sampling.to_dict(),
+        }
+
+    # ---- public ---------------------------------------------------------------------------
+
+    def judge_many(self, items: Sequence[JudgeItem], on_verdict: OnVerdict | None = None) -> list[Verdict]:
+        verdicts: list[Verdict | None] = [None] * len(items)
+
+        def done(index: int, verdict: Verdict) -> None:
+            verdicts[index] = verdict
+            if on_verdict is not None:
+                on_verdict(index, verdict)
+
+        jobs = self._prepare(items, done)
+        groups = make_groups(jobs, self.share_prefix, self.batch_size)
+        for batch in pack_batches(groups, self.batch_size, self.max_batch_tokens):
+            self._run_batch_safely(batch, done)
+        assert all(v is not None for v in verdicts)
+        return verdicts  # type: ignore[return-value]
+
+    # ---- preparation ----------------------------------------------------------------------
+
+    def _prepare(self, items: Sequence[JudgeItem], done) -> list[Job]:
+        texts = [chat_text(self.tokenizer, self.template.render(it)) for it in items]
+        all_ids = self.tokenizer(texts)["input_ids"] if texts else []
+        jobs = []
+        for i, (item, ids) in enumerate(zip(items, all_ids, strict=True)):
+            room = self.context - len(ids)
+            if room < 1:
+                done(i, error_verdict(
+                    item,
+                    f"prompt has {len(ids)} tokens but the judge's context is {self.context} tokens "
+                    "(shorten the answer or reference)",
+                    judge=self.name, prompt_tokens=len(ids),
+                ))
+                continue
+            # prompt + generated text must fit the context (the model card's second forward reads
+            # it whole; our last token is fed at position len(prompt) + max_new - 1)
+            jobs.append(Job(i, item, list(ids), min(self.sampling.max_new_tokens, room)))
+        return jobs
+
+    # ---- running a batch --------------------------------------------------------------------
+
+    def _run_batch_safely(self, batch: list[Group], done) -> None:
+        """Run a batch; if it fails (e.g. out of memory), retry its jobs one by one so a single
+        bad item never costs the others their verdicts."""
+        try:
+            self._run_batch(batch, done)
+            return
+        except Exception as exc:
+            jobs = [j for g in batch for j in g.jobs]
+            if len(jobs) == 1:
+                done(jobs[0].index, error_verdict(jobs[0].item, f"engine error: {exc!r}", judge=self.name,
+                                                  prompt_tokens=len(jobs[0].ids)))
+                return
+            log.warning("batch of %d failed (%r); retrying item by item", len(jobs), exc)
+        for j in jobs:
+            self._run_batch_safely([Group([j], len(j.ids) - 1)], done)
+
+    @torch.inference_mode()
+    def _run_batch(self, batch: list[Group], done) -> None:
+        self.stats["batches"] += 1
+        if not self.custom_forward:
+            return self._run_batch_generate(batch, done)
+        started = time.perf_counter()
+        generator = None if self.sampling.greedy else torch.Generator().manual_seed(self.sampling.seed)
+        prefixes = [self._prefill_prefix(g.prefix) for g in batch]
+        rows = [_Row(job=j, group=gi) for gi, g in enumerate(batch) for j in g.jobs]
+        cache = _OwnCache(self.model, rows, batch)
+
+        # First step: every row's own prompt tokens at once (right-padded).
+        suffixes = [r.job.ids[batch[r.group].prefix_len :] for r in rows]
+        longest = max(len(s) for s in suffixes)
+        pad = self.tokenizer.pad_token_id or 0
+        tokens = torch.tensor([s + [pad] * (longest - len(s)) for s in suffixes], device=self.device)
+        self.stats["prefill_tokens"] += sum(g.prefix_len for g in batch) + sum(len(s) for s in suffixes)
+        hidden = self._forward(tokens, rows, batch, prefixes, cache, start=[0] * len(rows))
+        last = torch.tensor([len(s) - 1 for s in suffixes], device=self.device)
+        final = hidden[torch.arange(len(rows), device=self.device), last]  # [B, hidden]
+        for r, s in zip(rows, suffixes, strict=True):
+            r.own_len = len(s)
+
+        while True:
+            # `final` holds each row's hidden state after its latest fed token.
+            if self.kind == "regression":
+                reading = [i for i, r in enumerate(rows) if r.finishing]
+                if reading:
+                    scores = self.model.regression_head(final[reading]).squeeze(-1).float().tolist()
+                    for i, score in zip(reading, scores, strict=True):
+                        rows[i].head_score = score
+                        rows[i].finishing = False
+            self._choose_next(rows, final, generator)
+            for r in rows:
+                if r.finish_reason and not r.finishing:
+                    self._finish(r, done, started)
+            keep = [i for i, r in enumerate(rows) if not (r.finish_reason and not r.finishing)]
+            if not keep:
+                return
+            if len(keep) < len(rows):
+                rows, final = cache.compact(rows, keep, final)
+            feed = torch.tensor([[r.generated[-1]] for r in rows], device=self.device)
+            final = self._forward(feed, rows, batch, prefixes, cache, start=[r.own_len for r in rows])[:, 0]
+            for r in rows:
+                r.own_len += 1
+            self.stats["decode_steps"] += 1
+
+    def _choose_next(self, rows: list[_Row], final: torch.Tensor, generator) -> None:
+        """Pick the next token of every row still generating. A row whose text is now complete
+        is marked `finishing` when its last token must still be fed to read the head."""
+        active = [i for i, r in enumerate(rows) if r.finish_reason is None]
+        if not active:
+            return
+        logits = self.model.lm_head(final[active]).float()
+        for k, i in enumerate(active):
+            if len(rows[i].generated) < self.sampling.min_new_tokens and self.eos_ids:
+                logits[k, self.eos_ids] = float("-inf")
+        chosen = choose_tokens(logits, self.sampling, generator).tolist()
+        for i, tok in zip(active, chosen, strict=True):
+            r = rows[i]
+            r.generated.append(int(tok))
+            if tok in self.eos_ids:
+                r.finish_reason = "stop"
+            elif len(r.generated) >= r.job.max_new:
+                r.finish_reason = "length"
+            r.finishing = bool(r.finish_reason) and self.kind == "regression"
+
+    def _finish(self, r: _Row, done, started: float) -> None:
+        text = self.tokenizer.decode(r.generated, skip_special_tokens=True)
+        done(r.job.index, make_verdict(
+            r.job.item, text, head_score=r.head_score, prompt_tokens=len(r.job.ids),
+            completion_tokens=len(r.generated), finish_reason=r.finish_reason,
+            time_s=time.perf_counter() - started, judge=self.name,
+        ))
+
+    # ---- the forward ------------------------------------------------------------------------
+
+    def _prefill_prefix(self, prefix: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Encode a shared prefix once (batch 1, causal, in chunks); return per-layer (K, V) of
+        shape [kv_heads, P, head_dim]."""
+        m = self.model.model
+        if not prefix:
+            cfg = self.model.config
+            p = next(self.model.parameters())
+            empty = torch.zeros(cfg.num_key_value_heads, 0, m.layers[0].self_attn.head_dim, dtype=p.dtype, device=p.device)
+            return [(empty, empty) for _ in m.layers]
+        ids = torch.tensor([prefix], device=self.device)
+        layers_kv: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in m.layers]
+        for a in range(0, len(prefix), self.prefill_chunk):
+            b = min(a + self.prefill_chunk, len(prefix))
+            x = m.embed_tokens(ids[:, a:b])
+            cos, sin = m.rotary_emb(x, torch.arange(a, b, device=self.device)[None])
+            for li, layer in enumerate(m.layers):
+                q, k, v = _qkv(layer, x, cos, sin)
+                ks = torch.cat([kk for kk, _ in layers_kv[li]] + [k[0]], dim=1) if layers_kv[li] else k[0]
+                vs = torch.cat([vv for _, vv in layers_kv[li]] + [v[0]], dim=1) if layers_kv[li] else v[0]
+                layers_kv[li] = [(ks, vs)]
+                mask = torch.ones(b - a, b, dtype=torch.bool, device=self.device).tril(diagonal=a)
+                o = nn.functional.scaled_dot_product_attention(
+                    q, ks[None], vs[None], attn_mask=mask, scale=layer.self_attn.scaling, enable_gqa=True
+                )
+                x = _finish_layer(layer, x, o)
+        return [kv[0] for kv in layers_kv]
+
+    def _forward(self, tokens, rows, batch, prefixes, cache: _OwnCache, start: list[int]) -> torch.Tensor:
+        """Run `tokens` [B, L] (each row's next own tokens, starting at own index start[b]) through
+        the model, attending to the row's group prefix and its own earlier tokens. Returns the
+        final (post-norm) hidden states [B, L, hidden]."""
+        m = self.model.model
+        L = tokens.shape[1]
+        prefix_len = torch.tensor([batch[r.group].prefix_len for r in rows], device=self.device)
+        own_start = torch.tensor(start, device=self.device)
+        offsets = torch.arange(L, device=self.device)
+        positions = prefix_len[:, None] + own_start[:, None] + offsets[None]
+        x = m.embed_tokens(tokens)
+        cos, sin = m.rotary_emb(x, positions)
+        # own keys visible to each query: own index ≤ the query's own index
+        query_own = own_start[:, None] + offsets[None]  # [B, L]
+        end = int(query_own.max()) + 1
+        visible = torch.arange(end, device=self.device)[None, None, :] <= query_own[:, :, None]  # [B, L, T]
+        spans = _group_spans(rows)
+        for li, layer in enumerate(m.layers):
+            q, k, v = _qkv(layer, x, cos, sin)
+            own_k, own_v = cache.write(li, k, v, own_start, end)
+            o = _merged_attention(q, own_k, own_v, visible, [(s, prefixes[g][li]) for g, s in spans],
+                                  layer.self_attn.scaling)
+            x = _finish_layer(layer, x, o)
+        return m.norm(x)
+
+    # ---- fallback for other architectures ----------------------------------------------------
+
+    def _run_batch_generate(self, batch: list[Group], done) -> None:
+        """Batched `generate` for non-Qwen2 generative judges (no prefix sharing, no head)."""
+        started = time.perf_counter()
+        jobs = [j for g in batch for j in g.jobs]
+        longest = max(len(j.ids) for j in jobs)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
+        ids = torch.tensor([[pad] * (longest - len(j.ids)) + j.ids for j in jobs], device=self.device)
+        mask = torch.tensor([[0] * (longest - len(j.ids)) + [1] * len(j.ids) for j in jobs], device=self.device)
+        s = self.sampling
+        out = self.model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=min(j.max_new for j in jobs),
+            min_new_tokens=s.min_new_tokens or None, do_sample=not s.greedy,
+            temperature=s.temperature if not s.greedy else None, top_p=s.top_p if not s.greedy else None,
+            top_k=s.top_k or None, eos_token_id=self.eos_ids, pad_token_id=pad,
+        )
+        for j, seq in zip(jobs, out[:, longest:].tolist(), strict=True):
+            gen = []
+            reason = "length"
+            for tok in seq:
+                gen.append(tok)
+                if tok in self.eos_ids:
+                    reason = "stop"
+                    break
+            text = self.tokenizer.decode(gen, skip_special_tokens=True)
+            done(j.index, make_verdict(j.item, text, prompt_tokens=len(j.ids), completion_tokens=len(gen),
+                                       finish_reason=reason, time_s=time.perf_counter() - started,
+                                       judge=self.name))
+
+
+# --------------------------------------------------------------------------------------------
+# Building blocks of the forward
+# --------------------------------------------------------------------------------------------
+
+
+def _qkv(layer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    """Pre-norm, projections and rotary embedding of one decoder layer: q [B,H,L,D], k/v [B,KVH,L,D]."""
+    from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
+
+    attn = layer.self_attn
+    B, L, _ = x.shape
+    h = layer.input_layernorm(x)
+    q = attn.q_proj(h).view(B, L, -1, attn.head_dim).transpose(1, 2)
+    k = attn.k_proj(h).view(B, L, -1, attn.head_dim).transpose(1, 2)
+    v = attn.v_proj(h).view(B, L, -1, attn.head_dim).transpose(1, 2)
+    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    return q, k, v
+
+
+def _finish_layer(layer, x: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+    """Output projection, residual, post-attention norm, MLP, residual."""
+    B, _, L, _ = attn_out.shape
+    x = x + layer.self_attn.o_proj(attn_out.transpose(1, 2).reshape(B, L, -1))
+    return x + layer.mlp(layer.post_attention_layernorm(x))
+
+
+def _group_spans(rows: list[_Row]) -> list[tuple[int, slice]]:
+    """Rows of a group are contiguous (they are built and compacted in order): (group, rows)."""
+    spans = []
+    start = 0
+    for i in range(1, len(rows) + 1):
+        if i == len(rows) or rows[i].group != rows[start].group:
+            spans.append((rows[start].group, slice(start, i)))
+            start = i
+    return spans
+
+
+def _merged_attention(q, own_k, own_v, visible, prefix_parts, scale: float) -> torch.Tensor:
+    """Softmax attention over [group prefix keys ; own keys] for every query, without copying a
+    prefix per row: one max / sum across both key sets.
+
+    q [B,H,L,D]; own_k/own_v [B,KVH,T,D]; visible [B,L,T] (own keys each query may see);
+    prefix_parts: (rows slice, (K [KVH,P,D], V [KVH,P,D])) per group. Returns [B,H,L,D].
+    """
+    B, H, L, D = q.shape
+    KVH = own_k.shape[1]
+    rep = H // KVH
+    qg = q.reshape(B, KVH, rep * L, D)  # head h reads kv head h // rep
+    s_own = torch.matmul(qg, own_k.transpose(-1, -2)) * scale  # [B,KVH,rep*L,T]
+    s_own = s_own.view(B, KVH, rep, L, -1).masked_fill(~visible[:, None, None], float("-inf"))
+    s_own = s_own.view(B, KVH, rep * L, -1)
+    m_own = s_own.amax(dim=-1, keepdim=True)
+    out = torch.empty(B, KVH, rep * L, D, dtype=q.dtype, device=q.device)
+    for rows, (pk, pv) in prefix_parts:
+        n = rows.stop - rows.start
+        if pk.shape[1] == 0:  # nothing shared: plain attention over the own keys
+            e_own = torch.exp(s_own[rows] - m_own[rows])
+            out[rows] = torch.matmul(e_own, own_v[rows]) / e_own.sum(dim=-1, keepdim=True)
+            continue
+        qp = qg[rows].permute(1, 0, 2, 3).reshape(KVH, n * rep * L, D)
+        s_pre = torch.matmul(qp, pk.transpose(-1, -2)) * scale  # [KVH, n*rep*L, P]
+        m_pre = s_pre.amax(dim=-1, keepdim=True)
+        m = torch.maximum(m_pre, m_own[rows].permute(1, 0, 2, 3).reshape(KVH, n * rep * L, 1))
+        e_pre = torch.exp(s_pre - m)
+        num = torch.matmul(e_pre, pv)  # [KVH, n*rep*L, D]
+        den = e_pre.sum(dim=-1, keepdim=True)
+        m_rows = m.reshape(KVH, n, rep * L, 1).permute(1, 0, 2, 3)
+        e_own = torch.exp(s_own[rows] - m_rows)
+        num = num.reshape(KVH, n, rep * L, D).permute(1, 0, 2, 3) + torch.matmul(e_own, own_v[rows])
+        den = den.reshape(KVH, n, rep * L, 1).permute(1, 0, 2, 3) + e_own.sum(dim=-1, keepdim=True)
+        out[rows] = num / den
+    return out.view(B, H, L, D)
+
+
+class _OwnCache:
+    """Preallocated per-row KV buffers for the rows' own tokens (prompt suffix + generated)."""
+
+    def __init__(self, model: nn.Module, rows: list[_Row], batch: list[Group]):
+        cfg = model.config
+        p = next(model.parameters())
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        capacity = max(len(r.job.ids) - batch[r.group].prefix_len + r.job.max_new + 1 for r in rows)
+        shape = (len(rows), cfg.num_key_value_heads, capacity, head_dim)
+        self.k = [torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in range(cfg.num_hidden_layers)]
+        self.v = [torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in range(cfg.num_hidden_layers)]
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, start: torch.Tensor, end: int):
+        """Store k/v [B,KVH,L,D] at each row's own positions start[b]…; return buffers up to `end`."""
+        B, _, L, _ = k.shape
+        if L == 1:
+            rows = torch.arange(B, device=k.device)
+            self.k[layer][rows, :, start] = k[:, :, 0]
+            self.v[layer][rows, :, start] = v[:, :, 0]
+        else:  # the first step: all rows start at own index 0
+            self.k[layer][:, :, :L] = k
+            self.v[layer][:, :, :L] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    def compact(self, rows: list[_Row], keep: list[int], final: torch.Tensor):
+        idx = torch.tensor(keep, device=final.device)
+        self.k = [t.index_select(0, idx) for t in self.k]
+        self.v = [t.index_select(0, idx) for t in self.v]
+        return [rows[i] for i in keep], final.index_select(0, idx)
