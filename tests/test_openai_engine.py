@@ -1,0 +1,296 @@
+"""The OpenAI-compatible engine against a real HTTP server on loopback.
+
+The server here is a small scripted FastAPI app run by uvicorn in a thread: each test decides,
+per item and attempt, what the server answers (a verdict, 429 + Retry-After, 500, a delay past
+the timeout, garbage), so retries, backoff, re-asks and accounting are checked on real sockets.
+The engine against a real `pollux serve` is in tests/test_server.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from pollux.engine import SamplingParams
+from pollux.engine.openai_api import GENERAL_PROMPT, REASK_PROMPT, OpenAIEngine, parse_retry_after
+from pollux.judge import Judge
+from pollux.prompts import PromptTemplate
+from pollux.records import JudgeItem
+from pollux.server.launch import free_port
+from pollux.server.prompt_parse import template_pattern
+
+PATTERN = template_pattern(PromptTemplate())
+RUBRICS = "0: плохо\n\n1: средне\n\n2: хорошо"
+
+
+def completion(text: str, *, prompt_tokens: int = 10, completion_tokens: int = 5,
+               extra: dict[str, Any] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {
+        "id": "x", "object": "chat.completion", "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens},
+    }
+    if extra:
+        body.update(extra)
+    return JSONResponse(body)
+
+
+def error(status: int, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": f"scripted {status}"}}, status_code=status, headers=headers)
+
+
+Handler = Callable[[str, int, dict[str, Any]], Any]
+
+
+class ScriptedServer:
+    """A chat-completions server whose answer is `handler(instruction, attempt, body)`."""
+
+    def __init__(self, handler: Handler, port: int | None = None):
+        self.handler = handler
+        self.attempts: Counter[str] = Counter()
+        self.bodies: list[dict[str, Any]] = []
+        self.auth: list[str | None] = []
+        self.active = 0
+        self.max_active = 0
+        self.port = port or free_port()
+        app = FastAPI()
+
+        @app.post("/v1/chat/completions")
+        async def chat(request: Request) -> Response:
+            body = await request.json()
+            self.bodies.append(body)
+            self.auth.append(request.headers.get("authorization"))
+            prompt = body["messages"][0]["content"]
+            if prompt.startswith(GENERAL_PROMPT[:20]):
+                prompt = prompt.split("\n\n", 1)[1].rsplit("\n\nСначала", 1)[0]
+            instruction = PATTERN.fullmatch(prompt).group("instruction")
+            self.attempts[instruction] += 1
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+            try:
+                result = self.handler(instruction, self.attempts[instruction], body)
+                if asyncio.iscoroutine(result):
+                    result = await result
+                return result
+            finally:
+                self.active -= 1
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def __enter__(self) -> ScriptedServer:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            assert time.monotonic() < deadline, "scripted server did not start"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+def items(n: int, prefix: str = "q") -> list[JudgeItem]:
+    return [JudgeItem(instruction=f"{prefix}{i}", answer="ответ", criteria_name="Полезность", rubrics=RUBRICS)
+            for i in range(n)]
+
+
+def engine(url: str, **kw: Any) -> OpenAIEngine:
+    kw.setdefault("backoff_base", 0.05)
+    kw.setdefault("timeout", 5.0)
+    return OpenAIEngine("judge", base_url=url, **kw)
+
+
+def test_parse_retry_after() -> None:
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after("0.5") == 0.5
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("soon") is None
+    assert 50 < parse_retry_after(time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 60))) <= 61
+
+
+def test_scores_tokens_order_and_callbacks() -> None:
+    def handler(instruction: str, attempt: int, body: dict[str, Any]) -> Response:
+        n = int(instruction[1:])
+        return completion(f"[FEEDBACK] ok {n} [RESULT] {n % 3} [END]", prompt_tokens=100 + n, completion_tokens=7)
+
+    seen: list[int] = []
+    with ScriptedServer(handler) as srv:
+        eng = engine(srv.url, api_key="secret", sampling=SamplingParams(max_new_tokens=64, temperature=0.1))
+        verdicts = Judge(eng).judge_many(items(12), on_verdict=lambda i, v: seen.append(i))
+    assert sorted(seen) == list(range(12))  # each verdict reported exactly once
+    assert [v.text_score for v in verdicts] == [float(i % 3) for i in range(12)]  # input order
+    assert [v.rationale for v in verdicts] == [f"ok {i}" for i in range(12)]
+    assert all(v.valid and v.judge == "openai:judge" and v.head_score is None for v in verdicts)
+    assert [v.prompt_tokens for v in verdicts] == [100 + i for i in range(12)]
+    assert eng.usage["prompt_tokens"] == sum(100 + i for i in range(12))
+    assert eng.usage["completion_tokens"] == 7 * 12
+    assert set(srv.auth) == {"Bearer secret"}
+    expected = PromptTemplate().render(items(1)[0])
+    [body] = [b for b in srv.bodies if b["messages"][0]["content"] == expected]
+    assert body["model"] == "judge" and body["max_tokens"] == 64 and body["temperature"] == 0.1
+    assert len(body["messages"]) == 1 and body["messages"][0]["role"] == "user"
+
+
+def test_head_score_from_pollux_field() -> None:
+    def handler(instruction: str, attempt: int, body: dict[str, Any]) -> Response:
+        return completion("[FEEDBACK] текст [END]", extra={"pollux": {"head_score": 1.25}})
+
+    with ScriptedServer(handler) as srv:
+        [v] = engine(srv.url).judge_many(items(1))
+    assert v.head_score == 1.25 and v.text_score is None and v.score == 1.25 and v.valid
+    assert v.rationale == "текст"
+
+
+def test_retries_on_429_500_and_timeouts_then_succeeds() -> None:
+    async def handler(instruction: str, attempt: int, body: dict[str, Any]) -> Response:
+        n = int(instruction[1:])
+        if attempt == 1 and n % 3 == 0:
+            return error(429, {"Retry-After": "1"})
+        if attempt <= 2 and n % 3 == 1:
+            return error(503 if attempt == 1 else 500)
+        if attempt == 1 and n % 3 == 2:
+            await asyncio.sleep(1.5)  # past the client's 0.5 s timeout
+        return completion("[FEEDBACK] ok [RESULT] 1 [END]")
+
+    seen: Counter[int] = Counter()
+    with ScriptedServer(handler) as srv:
+        eng = engine(srv.url, timeout=0.5, concurrency=4)
+        started = time.monotonic()
+        verdicts = eng.judge_many(items(9), on_verdict=lambda i, v: seen.update([i]))
+        elapsed = time.monotonic() - started
+    assert all(v.error is None and v.text_score == 1.0 for v in verdicts)
+    assert seen == Counter(range(9))
+    # attempts: 2 for each 429 item, 3 for each 5xx item, 2 for each timed-out item
+    assert srv.attempts == Counter({f"q{i}": (3 if i % 3 == 1 else 2) for i in range(9)})
+    assert eng.usage["retries"] == 3 * 1 + 3 * 2 + 3 * 1
+    assert elapsed >= 1.0  # Retry-After: 1 was honoured (backoff alone would be ~0.05 s)
+
+
+def test_gives_up_after_max_retries_with_error_verdict() -> None:
+    with ScriptedServer(lambda i, a, b: error(500)) as srv:
+        eng = engine(srv.url, max_retries=2)
+        [v] = eng.judge_many(items(1))
+    assert v.error is not None and "gave up after 3 attempt(s)" in v.error and "HTTP 500" in v.error
+    assert v.score is None and not v.valid
+    assert srv.attempts["q0"] == 3 and eng.usage["failed_items"] == 1
+
+
+def test_client_errors_are_not_retried() -> None:
+    with ScriptedServer(lambda i, a, b: error(401)) as srv:
+        [v] = engine(srv.url, max_retries=5).judge_many(items(1))
+    assert v.error is not None and "HTTP 401" in v.error and srv.attempts["q0"] == 1
+
+
+def test_malformed_reply_is_retried() -> None:
+    def handler(instruction: str, attempt: int, body: dict[str, Any]) -> Response:
+        if attempt == 1:
+            return JSONResponse({"unexpected": True})
+        return completion("[FEEDBACK] ok [RESULT] 2 [END]")
+
+    with ScriptedServer(handler) as srv:
+        [v] = engine(srv.url).judge_many(items(1))
+    assert v.text_score == 2.0 and srv.attempts["q0"] == 2
+
+
+def test_connection_errors_are_retried_until_the_server_comes_up() -> None:
+    port = free_port()
+    srv = ScriptedServer(lambda i, a, b: completion("[FEEDBACK] ok [RESULT] 0 [END]"), port=port)
+    eng = engine(srv.url, backoff_base=0.4, max_retries=8)
+    timer = threading.Timer(1.0, srv.__enter__)
+    timer.start()
+    try:
+        [v] = eng.judge_many(items(1))
+    finally:
+        timer.join()
+        srv.__exit__()
+    assert v.error is None and v.text_score == 0.0
+    assert eng.usage["retries"] >= 1
+
+
+def test_unreachable_server_gives_error_verdicts_for_every_item() -> None:
+    eng = engine(f"http://127.0.0.1:{free_port()}/v1", max_retries=1)
+    verdicts = eng.judge_many(items(3))
+    assert all(v.error and "connection error" in v.error for v in verdicts)
+
+
+def test_reask_pollux_style_resends_with_temperature() -> None:
+    def handler(instruction: str, attempt: int, body: dict[str, Any]) -> Response:
+        text = "[FEEDBACK] без оценки" if attempt == 1 else "[FEEDBACK] ok [RESULT] 2 [END]"
+        return completion(text, prompt_tokens=50, completion_tokens=3)
+
+    with ScriptedServer(handler) as srv:
+        eng = engine(srv.url, max_reasks=1)
+        [v] = eng.judge_many(items(1))
+    assert v.text_score == 2.0 and v.valid
+    assert v.prompt_tokens == 100 and v.completion_tokens == 6  # both asks counted
+    assert eng.usage["reasks"] == 1
+    first, second = srv.bodies
+    assert second["messages"] == first["messages"]
+    assert first["temperature"] == 0.0 and second["temperature"] > 0
+
+
+def test_reask_general_style_is_a_conversation_and_bounded() -> None:
+    with ScriptedServer(lambda i, a, b: completion("Оценка: отлично")) as srv:
+        eng = engine(srv.url, prompt_style="general", max_reasks=2)
+        [v] = eng.judge_many(items(1))
+    assert v.score is None and not v.valid and v.error is None and v.invalid_reason == "no score"
+    assert srv.attempts["q0"] == 3  # the first ask + 2 re-asks, then it stops
+    first, _, third = srv.bodies
+    assert first["messages"][0]["content"].startswith("Ты — строгий")
+    assert "[FEEDBACK] <обоснование> [RESULT] <балл числом> [END]" in first["messages"][0]["content"]
+    roles = [m["role"] for m in third["messages"]]
+    assert roles == ["user", "assistant", "user", "assistant", "user"]
+    assert third["messages"][-1]["content"] == REASK_PROMPT
+
+
+def test_concurrency_limit_is_respected() -> None:
+    async def handler(instruction: str, attempt: int, body: dict[str, Any]) -> Response:
+        await asyncio.sleep(0.1)
+        return completion("[FEEDBACK] ok [RESULT] 1 [END]")
+
+    with ScriptedServer(handler) as srv:
+        engine(srv.url, concurrency=3).judge_many(items(12))
+        assert srv.max_active == 3
+        engine(srv.url, concurrency=1).judge_many(items(3, prefix="p"))
+    assert srv.max_active == 3
+
+
+def test_judge_many_inside_a_running_event_loop() -> None:
+    with ScriptedServer(lambda i, a, b: completion("[FEEDBACK] ok [RESULT] 1 [END]")) as srv:
+        eng = engine(srv.url)
+
+        async def main() -> list[Any]:
+            return eng.judge_many(items(2))
+
+        verdicts = asyncio.run(main())
+    assert [v.text_score for v in verdicts] == [1.0, 1.0]
+
+
+def test_from_spec_and_describe(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MY_KEY", "k-from-env")
+    judge = Judge.from_spec("openai:gpt-4o", base_url="http://127.0.0.1:9/v1/", api_key_env="MY_KEY",
+                            prompt_style="general")
+    assert judge.name == "openai:gpt-4o" and judge.kind == "api"
+    assert judge.engine.api_key == "k-from-env" and judge.engine.base_url == "http://127.0.0.1:9/v1"
+    described = judge.describe()
+    assert described["prompt_style"] == "general" and "k-from-env" not in repr(described)
+    monkeypatch.delenv("MY_KEY")
+    with pytest.raises(ValueError, match="MY_KEY"):
+        Judge.from_spec("openai:gpt-4o", base_url="http://127.0.0.1:9/v1", api_key_env="MY_KEY")
+    with pytest.raises(ValueError, match="prompt_style"):
+        OpenAIEngine("m", base_url="http://x", prompt_style="chatty")
