@@ -177,6 +177,7 @@ class Catalog:
                     raise TaxonomyError(f"{source}: task type {t.name!r} appears twice in the task tree")
                 self.tasks[t.name] = t
         self.source = source
+        self._leaf_index: dict[tuple[str, ...], dict[str, Criterion]] = {}
         self._by_name: dict[str, list[str]] = {}
         for c in self.criteria.values():
             for key in {norm(c.name), norm(c.name_en)}:
@@ -219,6 +220,18 @@ class Catalog:
         ids = self._by_name.get(norm(name_or_id))
         return self.criteria[ids[0]] if ids else None
 
+    def find_in_task(self, leaf: TaskNode, name_or_id: str) -> Criterion | None:
+        """Like `find`, but a name the leaf's criteria list uses finds that leaf's variant
+        ("Правильность ответа" in «Отредактировать текст» → correct_answer__5)."""
+        index = self._leaf_index.get(leaf.path)
+        if index is None:
+            index = {}
+            for cid in reversed(leaf.criteria or ()):  # the first entry with a name wins
+                c = self.criteria[cid]
+                index.update({norm(c.id): c, norm(c.name): c, norm(c.name_en): c})
+            self._leaf_index[leaf.path] = index
+        return index.get(norm(name_or_id)) or self.find(name_or_id)
+
     def in_group(self, group: str) -> list[Criterion]:
         """All criterion entries of one group ("critical", "general", ...)."""
         if group not in CRITERIA_GROUPS:
@@ -232,7 +245,7 @@ class Catalog:
 
     def task_type(self, task_type: str) -> TaskNode:
         """The task-type node for a Russian (or English, or key) task name."""
-        if _blank(task_type):
+        if is_blank(task_type):
             raise TaxonomyError("no task type given")
         node = self.tasks.get(task_type)
         if node is not None:
@@ -255,7 +268,7 @@ class Catalog:
                 break
             choices = [c.name for c in node.children]
             where = " / ".join(node.path)
-            if _blank(wanted):
+            if is_blank(wanted):
                 raise TaxonomyError(f"task {where!r} needs a {column}: one of {choices}")
             child = next((c for c in node.children if c.matches(str(wanted))), None)
             if child is None:
@@ -285,7 +298,7 @@ class Catalog:
         return [leaf for leaf in self.leaves() if criterion_id in (leaf.criteria or ())]
 
 
-def _blank(value: object) -> bool:
+def is_blank(value: object) -> bool:
     """None, "", whitespace or a float NaN (pandas' missing value) all mean 'not given'."""
     if value is None:
         return True

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from pollux.scales import Scale, parse_scale
-from pollux.taxonomy.catalog import Catalog, Criterion, TaskNode, _blank, format_rubrics
+from pollux.taxonomy.catalog import Catalog, Criterion, TaskNode, format_rubrics, is_blank
 from pollux.taxonomy.errors import TaxonomyError
-from pollux.taxonomy.names import norm, suggest
+from pollux.taxonomy.names import suggest
 
 
 @dataclass(frozen=True)
@@ -60,10 +60,10 @@ def resolve_criteria(record: Mapping[str, Any], catalog: Catalog,
     if not _empty(own):
         entries = _as_list(own, "field 'criteria'")
         return [_spec_from_entry(entry, catalog, leaf, f"criteria[{i}]") for i, entry in enumerate(entries)]
-    if not _blank(record.get("criteria_name")):
+    if not is_blank(record.get("criteria_name")):
         return [_spec_from_entry({"criteria_name": record["criteria_name"], "rubrics": record.get("rubrics")},
                                  catalog, leaf, "field 'criteria_name'")]
-    if not _blank(record.get("task_type")):
+    if not is_blank(record.get("task_type")):
         criteria = catalog.criteria_for_task(record["task_type"], record.get("task_subtype"),
                                              record.get("task_subsubtype"))
         return [CriterionSpec.from_criterion(c) for c in criteria]
@@ -117,14 +117,14 @@ def _spec_from_entry(entry: Any, catalog: Catalog, leaf: TaskNode | None, where:
                             f"got {type(entry).__name__}")
     cid = entry.get("criterion_id") or entry.get("id")
     name = entry.get("criteria_name") or entry.get("name")
-    if not _blank(cid):
+    if not is_blank(cid):
         try:
             found: Criterion | None = catalog.criterion(str(cid))
         except TaxonomyError as e:  # an unknown id is an error, never a silent free-text criterion
             raise TaxonomyError(f"{where}: {e}") from None
-        if _blank(name):
+        if is_blank(name):
             name = found.name
-    elif isinstance(name, str) and not _blank(name):
+    elif isinstance(name, str) and not is_blank(name):
         found = _lookup(name, catalog, leaf)
     else:
         raise TaxonomyError(f"{where}: the criterion has no 'criteria_name'")
@@ -146,18 +146,12 @@ def _spec_from_entry(entry: Any, catalog: Catalog, leaf: TaskNode | None, where:
 def _lookup(name: str, catalog: Catalog, leaf: TaskNode | None) -> Criterion | None:
     """A name's catalog entry; within the record's task leaf first, so that a shared name
     ("Правильность ответа") finds the variant this task actually uses."""
-    if leaf is not None:
-        wanted = norm(name)
-        for cid in leaf.criteria or ():
-            c = catalog.criteria[cid]
-            if wanted in (norm(c.id), norm(c.name), norm(c.name_en)):
-                return c
-    return catalog.find(name)
+    return catalog.find_in_task(leaf, name) if leaf is not None else catalog.find(name)
 
 
 def _leaf_or_none(record: Mapping[str, Any], catalog: Catalog) -> TaskNode | None:
     """The record's task leaf when it names one that exists; only a hint for finding variants."""
-    if _blank(record.get("task_type")):
+    if is_blank(record.get("task_type")):
         return None
     try:
         return catalog.task(record["task_type"], record.get("task_subtype"), record.get("task_subsubtype"))
@@ -167,7 +161,7 @@ def _leaf_or_none(record: Mapping[str, Any], catalog: Catalog) -> TaskNode | Non
 
 def _rubrics_text(value: Any, where: str) -> str | None:
     """Rubrics as the judge reads them; a dict of levels becomes "0: …\\n\\n1: …"."""
-    if _blank(value):
+    if is_blank(value):
         return None
     if isinstance(value, Mapping):
         try:
@@ -199,7 +193,7 @@ def _as_list(value: Any, where: str) -> list[Any]:
 
 
 def _empty(value: Any) -> bool:
-    if _blank(value):
+    if is_blank(value):
         return True
     if isinstance(value, (list, tuple)):
         return len(value) == 0
