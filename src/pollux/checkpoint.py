@@ -129,8 +129,11 @@ def load_judge(path: str | Path, *, dtype: str | Any = "auto", device: str = "au
     return LoadedJudge(model=model, tokenizer=tokenizer, kind=kind, path=str(path))
 
 
-def save_judge(model: Any, tokenizer: Any, path: str | Path, *, max_shard_size: str | int = "2GB") -> Path:
-    """Save a judge so that both pollux and the model card's snippet load it."""
+def save_judge(
+    model: Any, tokenizer: Any, path: str | Path, *, max_shard_size: str | int = "2GB", state_dict: Any = None
+) -> Path:
+    """Save a judge so that both pollux and the model card's snippet load it. `state_dict`: weights
+    gathered elsewhere (FSDP training saves a full state dict gathered across processes)."""
     from transformers import GenerationConfig
 
     path = Path(path)
@@ -139,7 +142,7 @@ def save_judge(model: Any, tokenizer: Any, path: str | Path, *, max_shard_size: 
     if regression:
         model.config.architectures = [REGRESSION_ARCH]
         model.config.auto_map = dict(AUTO_MAP)
-    model.save_pretrained(path, max_shard_size=max_shard_size, safe_serialization=True)
+    model.save_pretrained(path, max_shard_size=max_shard_size, safe_serialization=True, state_dict=state_dict)
     if regression:
         shutil.copyfile(MODELING_FILE, path / MODELING_FILE.name)
         # save_pretrained may drop auto_map when the class lives in an installed package: restore it.
