@@ -1,0 +1,59 @@
+"""`pollux report RUN.db --out DIR`: leaderboard on the terminal, HTML report + CSV / JSON in DIR.
+
+A thin shell over `pollux.report.build_report`. The leaderboard table is printed to stderr (for
+people); stdout gets the JSON summary (the files written and the leaderboard), for scripts.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+
+def report_command(
+    db: Path = typer.Argument(..., help="A run database written by `pollux evaluate`."),
+    out: Path = typer.Option(Path("report"), "--out", help="Folder for report.html, CSV and JSON exports."),
+    run: int | None = typer.Option(None, "--run", help="Which run of the database (default: the latest)."),
+    taxonomy: Path | None = typer.Option(None, "--taxonomy", help="Official criteria.json + tasks.json folder."),
+    gates: str = typer.Option("binary", "--gates", help="Which 0/1 criteria gate an answer: binary (official) or critical."),
+    out_of_scale: str = typer.Option("drop", "--out-of-scale", help="Scores outside their scale: drop (official) or clip."),
+    title: str | None = typer.Option(None, "--title", help="The report's title."),
+) -> None:
+    """Aggregate a run (official POLLUX rules) and write its report."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from pollux.report import build_report
+    from pollux.store import StoreError
+    from pollux.taxonomy import TaxonomyError, load_catalog
+
+    if gates not in ("binary", "critical") or out_of_scale not in ("drop", "clip"):
+        print("error: --gates takes binary|critical, --out-of-scale takes drop|clip", file=sys.stderr)
+        raise typer.Exit(2)
+    try:
+        catalog = load_catalog(taxonomy) if taxonomy else load_catalog()
+        files = build_report(db, out, run=run, catalog=catalog, gates=gates,  # type: ignore[arg-type]
+                             out_of_scale=out_of_scale, title=title)  # type: ignore[arg-type]
+    except (StoreError, TaxonomyError, OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise typer.Exit(2) from None
+
+    table = Table(title=f"Leaderboard — run {files.run_id}")
+    for col in ("#", "model", "grand mean", "answers", "judgements", "gated", "invalid", "errors"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for row in files.leaderboard:
+        grand = row.get("grand_mean")
+        table.add_row(str(row["rank"]), str(row["model_id"]), "–" if grand is None else f"{grand:.3f}",
+                      str(row["answers"]), str(row["judgements"]), str(row["gated_answers"]),
+                      str(row["invalid"]), str(row["errors"]))
+    console = Console(file=sys.stderr)
+    console.print(table)
+    console.print(f"report: {files.html}")
+    print(json.dumps(files.to_dict(), ensure_ascii=False, indent=2))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("report")(report_command)

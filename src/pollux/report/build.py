@@ -1,0 +1,193 @@
+"""`build_report(db, out_dir)`: a run's leaderboard as one standalone HTML file plus CSV / JSON exports.
+
+The HTML file must open anywhere, offline, years later: charts are inline SVG drawn by
+`pollux.report.svg`, the CSS and the few lines of JS (search and filters over the per-item
+verdicts) are inlined from the package's `template.html`, and the verdicts travel as JSON inside
+the page. Answers and rationales are untrusted text: the page never puts them into `innerHTML`,
+and the embedded JSON is escaped so that no `</script>` inside an answer can end the data block.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from pollux.aggregate import Aggregation, GateMode, OutOfScale, aggregate
+from pollux.report import svg
+from pollux.store import StoreError, read_runs, read_verdicts
+
+TEMPLATE_DIR = Path(__file__).parent
+
+
+@dataclass
+class ReportFiles:
+    out_dir: Path
+    html: Path
+    files: list[Path] = field(default_factory=list)
+    run_id: int = 0
+    leaderboard: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "out_dir": str(self.out_dir),
+            "html": str(self.html),
+            "files": [str(p) for p in self.files],
+            "run_id": self.run_id,
+            "leaderboard": self.leaderboard,
+        }
+
+
+def _clean(value: Any) -> Any:
+    """NaN → None, numpy scalars → Python, for JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if hasattr(value, "item"):
+        value = value.item()
+        if isinstance(value, float) and math.isnan(value):
+            return None
+    return value
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    return [{k: _clean(v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
+
+
+def _script_json(obj: Any) -> str:
+    """JSON safe to place inside <script type="application/json">."""
+    text = json.dumps(obj, ensure_ascii=False, default=str)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def build_report(
+    db: str | Path,
+    out_dir: str | Path,
+    *,
+    run: int | None = None,
+    catalog: Any = None,
+    gates: GateMode = "binary",
+    out_of_scale: OutOfScale = "drop",
+    title: str | None = None,
+) -> ReportFiles:
+    """Aggregate one run of `db` (default: the latest) and write report.html, CSVs and report.json."""
+    runs = read_runs(db)
+    if not runs:
+        raise StoreError(f"{db}: the database holds no run yet")
+    by_id = {r.run_id: r for r in runs}
+    if run is None:
+        run = runs[-1].run_id
+    if run not in by_id:
+        raise StoreError(f"{db}: no run {run} (runs: {', '.join(str(r) for r in by_id)})")
+    info = by_id[run]
+    df = read_verdicts(db, run=run)
+    if df.empty:
+        raise StoreError(f"{db}: run {run} holds no verdicts yet")
+    agg = aggregate(df, catalog=catalog, gates=gates, out_of_scale=out_of_scale)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = _write_exports(out, agg)
+    summary = _summary(db, info, agg, gates, out_of_scale)
+    (out / "report.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2, default=str), encoding="utf-8")
+    files.append(out / "report.json")
+
+    html = out / "report.html"
+    html.write_text(_render_html(agg, summary, title or f"POLLUX report — run {run}"), encoding="utf-8")
+    files.insert(0, html)
+    return ReportFiles(out, html, files, run, summary["leaderboard"])
+
+
+def _write_exports(out: Path, agg: Aggregation) -> list[Path]:
+    files = []
+    exports = {
+        "leaderboard.csv": agg.leaderboard,
+        "by_group.csv": agg.by_group,
+        "by_criterion.csv": agg.by_criterion,
+        "cells.csv": agg.cells,
+        "verdicts.csv": agg.scores.drop(columns=["raw_text"], errors="ignore"),
+    }
+    for name, frame in exports.items():
+        path = out / name
+        frame.to_csv(path, index=False)
+        files.append(path)
+    return files
+
+
+def _summary(db: str | Path, info: Any, agg: Aggregation, gates: str, out_of_scale: str) -> dict[str, Any]:
+    scores = agg.scores
+    return {
+        "database": str(db),
+        "run_id": info.run_id,
+        "judge": info.judge,
+        "config": info.config,
+        "created_at": datetime.fromtimestamp(info.created_at, UTC).isoformat(timespec="seconds"),
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "rules": {"gates": gates, "out_of_scale": out_of_scale,
+                  "grand_mean": "mean over task groups of the mean over criteria of normalised scores"},
+        "counts": {
+            "judgements": len(scores),
+            "answers": int(scores["answer_key"].nunique()),
+            "models": int(scores["model_id"].nunique()),
+            "counted": int(scores["counted"].sum()),
+            "errors": int(scores["error"].notna().sum()),
+            "invalid": int((~scores["usable"] & scores["error"].isna()).sum()),
+        },
+        "leaderboard": _records(agg.leaderboard),
+        "by_group": _records(agg.by_group),
+        "by_criterion": _records(agg.by_criterion),
+        "cells": _records(agg.cells),
+    }
+
+
+def _render_html(agg: Aggregation, summary: dict[str, Any], title: str) -> str:
+    board = agg.leaderboard
+    models = board["model_id"].tolist()
+    groups = sorted(agg.by_group["task_group"].unique().tolist())
+    grand = {m: _clean(v) for m, v in zip(board["model_id"], board["grand_mean"], strict=True)}
+    group_table = {g: {r["model_id"]: _clean(r["mean"]) for _, r in agg.by_group[agg.by_group["task_group"] == g].iterrows()}
+                   for g in groups}
+    matrix_df = agg.model_criterion_matrix()
+    matrix = {str(c): {m: _clean(matrix_df.loc[c, m]) if m in matrix_df.columns else None for m in models}
+              for c in matrix_df.index}
+    counted = agg.scores[agg.scores["counted"]]
+    samples = {m: counted.loc[counted["model_id"] == m, "norm_score"].dropna().tolist() for m in models}
+
+    charts = {
+        "leaderboard": svg.hbar_chart(grand, title="Grand mean per model"),
+        "groups": svg.grouped_bars(group_table, models, title="Mean per task group"),
+        "heatmap": svg.heatmap(matrix, models, title="Criterion × model"),
+        "distribution": svg.histograms(samples, title="Distribution of normalised scores"),
+        "legend": svg.legend(models),
+    }
+    verdict_cols = ["model_id", "record_id", "source", "line", "task_type", "task_group", "criteria_name",
+                    "criterion_id", "score", "norm_score", "scale_max", "valid", "is_gate", "gated", "error",
+                    "invalid_reason", "rationale", "instruction", "answer", "reference_answer"]
+    present = [c for c in verdict_cols if c in agg.scores.columns]
+    verdicts = _records(agg.scores[present])
+    table_rows = []
+    for row in _records(board):
+        table_rows.append({
+            "rank": row["rank"], "model_id": row["model_id"], "grand_mean": row["grand_mean"],
+            "groups": [row.get(g) for g in groups], "answers": row["answers"], "judgements": row["judgements"],
+            "gated": row["gated_answers"], "invalid": row["invalid"], "errors": row["errors"],
+        })
+    env = Environment(loader=FileSystemLoader(str(TEMPLATE_DIR)), autoescape=select_autoescape(["html"]))
+    env.filters["score"] = lambda v: "–" if v is None else f"{v:.3f}"
+    template = env.get_template("template.html")
+    return template.render(
+        title=title,
+        summary=summary,
+        config_json=json.dumps(summary["config"], ensure_ascii=False, indent=2, default=str),
+        groups=groups,
+        board=table_rows,
+        charts=charts,
+        verdicts_json=_script_json(verdicts),
+        models=models,
+        criteria=sorted(agg.scores["criteria_name"].unique().tolist()),
+    )
