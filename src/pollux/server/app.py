@@ -1,0 +1,330 @@
+"""The FastAPI app of `pollux serve`: a judge behind HTTP.
+
+Endpoints:
+
+* `POST /v1/judge` — one item (the JSON object itself, or `{"item": {...}}`) or a batch
+  (`{"items": [...]}`) with POLLUX field names → `{"verdicts": [...]}` with the head score.
+* `POST /v1/chat/completions` — OpenAI-compatible: the user message is a rendered judge prompt;
+  the reply text is the judge's, and a non-standard `pollux` object carries `head_score`.
+* `GET /v1/models` — the served judge; `GET /healthz` (never needs the key); `GET /metrics`.
+
+Every item of every request goes through one `MicroBatcher`, so concurrent requests are judged
+together. Errors are JSON in OpenAI's shape, `{"error": {"message", "type", "code"}}`, with a
+message that says what was wrong: 400 malformed JSON, 401 missing/wrong key, 404 unknown model,
+413 body or batch too large, 422 an item is missing fields, 429 queue full (+ Retry-After).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from pollux.prompts import PromptTemplate
+from pollux.records import JudgeItem, RecordError
+from pollux.server.batcher import MicroBatcher, QueueFull, ShuttingDown
+from pollux.server.metrics import CONTENT_TYPE, Metrics
+from pollux.server.prompt_parse import PromptError, item_from_prompt, template_pattern
+from pollux.verdicts import Verdict
+
+PUBLIC_PATHS = frozenset({"/healthz"})
+ENDPOINTS = frozenset({"/v1/judge", "/v1/chat/completions", "/v1/models", "/healthz", "/metrics"})
+
+
+@dataclass
+class ServerConfig:
+    model_name: str
+    api_key: str | None = None
+    batch_size: int = 32
+    max_wait_ms: float = 5.0
+    max_queue: int = 1024  # items waiting for the engine; more → 429
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_items: int = 256  # items in one /v1/judge request
+    template: PromptTemplate = field(default_factory=PromptTemplate)
+
+
+class ApiError(Exception):
+    """An HTTP error with an OpenAI-shaped JSON body."""
+
+    def __init__(self, status: int, message: str, *, type_: str = "invalid_request_error",
+                 headers: dict[str, str] | None = None, extra: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.headers, self.extra = status, message, type_, headers, extra
+
+
+def error_response(status: int, message: str, type_: str = "invalid_request_error",
+                   headers: dict[str, str] | None = None, extra: dict[str, Any] | None = None) -> JSONResponse:
+    body = {"error": {"message": message, "type": type_, "code": status, **(extra or {})}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def create_app(judge: Any, config: ServerConfig) -> FastAPI:
+    """An app serving `judge` (anything with `judge_many`, normally a `pollux.judge.Judge`)."""
+    batcher_box: dict[str, MicroBatcher] = {}
+    pattern = template_pattern(config.template)
+
+    def batcher() -> MicroBatcher:
+        return batcher_box["b"]
+
+    metrics = Metrics(
+        depth=lambda: batcher_box["b"].depth if "b" in batcher_box else 0,
+        in_flight=lambda: batcher_box["b"].in_flight if "b" in batcher_box else 0,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        b = MicroBatcher(judge, batch_size=config.batch_size, max_wait_s=config.max_wait_ms / 1000,
+                         max_queue=config.max_queue, on_batch=metrics.observe_batch)
+        batcher_box["b"] = b
+        b.start()
+        yield
+        await b.stop()  # uvicorn has already let in-flight requests finish; drain what is left
+
+    app = FastAPI(title="pollux judge server", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.state.config = config
+    app.state.metrics = metrics
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Any) -> Response:
+        """Metrics for every request; the key and the body size checked before any handler runs."""
+        started = time.perf_counter()
+        path = request.url.path
+        endpoint = path if path in ENDPOINTS else "other"
+        try:
+            response = _precheck(request, config)
+            if response is None:
+                response = await call_next(request)
+        except Exception:
+            metrics.requests.labels(endpoint, "500").inc()
+            raise
+        finally:
+            metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+        metrics.requests.labels(endpoint, str(response.status_code)).inc()
+        if response.status_code in (401, 413, 429):
+            metrics.rejected.labels(str(response.status_code)).inc()
+        return response
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.message, exc.type, exc.headers, exc.extra)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+        if exc.status_code == 404:
+            message = f"no such endpoint: {request.method} {request.url.path}"
+        elif exc.status_code == 405:
+            message = f"method {request.method} is not allowed on {request.url.path}"
+        return error_response(exc.status_code, message)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        b = batcher_box.get("b")
+        return {"status": "ok", "model": config.model_name,
+                "queue_depth": b.depth if b else 0, "in_flight": b.in_flight if b else 0}
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [
+            {"id": config.model_name, "object": "model", "created": 0, "owned_by": "pollux",
+             "kind": getattr(judge, "kind", None)}
+        ]}
+
+    @app.post("/v1/judge")
+    async def judge_endpoint(request: Request) -> JSONResponse:
+        body = await _read_json(request, config.max_body_bytes)
+        rows, single = _judge_rows(body, config.max_items)
+        items: list[JudgeItem | None] = []
+        problems: dict[int, str] = {}
+        for i, row in enumerate(rows):
+            where = "item" if single else f"items[{i}]"
+            try:
+                if not isinstance(row, dict):
+                    raise RecordError(f"{where}: expected a JSON object, got {type(row).__name__}")
+                items.append(JudgeItem.from_dict(row, where=where))
+            except RecordError as e:
+                items.append(None)
+                problems[i] = str(e)
+        if len(problems) == len(rows):  # nothing to judge: the request itself is wrong
+            raise ApiError(422, "; ".join(problems[i] for i in sorted(problems))[:4000])
+        good = [it for it in items if it is not None]
+        verdicts = iter(await _submit(batcher(), good, metrics))
+        out: list[dict[str, Any]] = []
+        for i, (row, item) in enumerate(zip(rows, items, strict=True)):
+            if item is None:
+                name = row.get("criteria_name") if isinstance(row, dict) else None
+                out.append({**_verdict_dict(Verdict(criteria_name=str(name or ""), error=problems[i],
+                                                    invalid_reason=problems[i])), "key": None})
+            else:
+                out.append({**_verdict_dict(next(verdicts)), "key": item.key})
+        usage = {
+            "prompt_tokens": sum(v["prompt_tokens"] for v in out),
+            "completion_tokens": sum(v["completion_tokens"] for v in out),
+        }
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        return JSONResponse({"object": "pollux.judgement", "model": config.model_name,
+                             "verdicts": out, "usage": usage})
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> JSONResponse:
+        body = await _read_json(request, config.max_body_bytes)
+        prompt = _chat_prompt(body, config.model_name)
+        try:
+            item = item_from_prompt(prompt, pattern)
+        except PromptError as e:
+            raise ApiError(400, str(e)) from None
+        verdict = (await _submit(batcher(), [item], metrics))[0]
+        if verdict.error:
+            raise ApiError(500, f"the judge failed on this prompt: {verdict.error}", type_="server_error")
+        usage = {"prompt_tokens": verdict.prompt_tokens, "completion_tokens": verdict.completion_tokens,
+                 "total_tokens": verdict.prompt_tokens + verdict.completion_tokens}
+        return JSONResponse({
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": config.model_name,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": verdict.raw_text},
+                         "finish_reason": verdict.finish_reason or "stop", "logprobs": None}],
+            "usage": usage,
+            "pollux": _clean({
+                "head_score": verdict.head_score, "text_score": verdict.text_score, "score": verdict.score,
+                "valid": verdict.valid, "invalid_reason": verdict.invalid_reason,
+                "scale_min": verdict.scale_min, "scale_max": verdict.scale_max,
+                "criteria_name": verdict.criteria_name, "rationale": verdict.rationale,
+            }),
+        })
+
+    return app
+
+
+def _precheck(request: Request, config: ServerConfig) -> Response | None:
+    """401 without the right bearer token; 413 when Content-Length already says too big."""
+    if config.api_key and request.url.path not in PUBLIC_PATHS:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return error_response(401, "missing API key: send 'Authorization: Bearer <key>'",
+                                  "authentication_error", {"WWW-Authenticate": "Bearer"})
+        if not hmac.compare_digest(token.strip().encode(), config.api_key.encode()):
+            return error_response(401, "invalid API key", "authentication_error", {"WWW-Authenticate": "Bearer"})
+    length = request.headers.get("content-length")
+    if length is not None:
+        try:
+            size = int(length)
+        except ValueError:
+            return error_response(400, f"bad Content-Length header: {length!r}")
+        if size > config.max_body_bytes:
+            return error_response(413, f"request body of {size} bytes exceeds the limit of "
+                                       f"{config.max_body_bytes} bytes")
+    return None
+
+
+async def _read_json(request: Request, limit: int) -> Any:
+    """The JSON body, read with a size cap (also for chunked bodies without Content-Length)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise ApiError(400, "empty request body: expected a JSON object")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ApiError(400, f"request body is not UTF-8: {e}") from None
+    except json.JSONDecodeError as e:
+        raise ApiError(400, f"request body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+
+
+def _judge_rows(body: Any, max_items: int) -> tuple[list[Any], bool]:
+    """(rows, single) from a /v1/judge body: `{"items": [...]}`, `{"item": {...}}` or the item itself."""
+    if not isinstance(body, dict):
+        raise ApiError(422, f"expected a JSON object (an item, or {{\"items\": [...]}}), got {type(body).__name__}")
+    if "items" in body:
+        rows = body["items"]
+        if not isinstance(rows, list):
+            raise ApiError(422, f"'items' must be a list of objects, got {type(rows).__name__}")
+        if not rows:
+            raise ApiError(422, "'items' is empty: nothing to judge")
+        if len(rows) > max_items:
+            raise ApiError(413, f"{len(rows)} items in one request exceeds the limit of {max_items}; "
+                                "split the batch")
+        return rows, False
+    if "item" in body:
+        return [body["item"]], True
+    return [body], True
+
+
+def _chat_prompt(body: Any, model_name: str) -> str:
+    """The judge prompt of a chat-completion request, after checking what we cannot honour."""
+    if not isinstance(body, dict):
+        raise ApiError(422, f"expected a JSON object, got {type(body).__name__}")
+    model = body.get("model")
+    if model is None:
+        raise ApiError(422, "missing field 'model'")
+    if model != model_name:
+        raise ApiError(404, f"the model {model!r} is not served here; this server serves {model_name!r}",
+                       type_="not_found_error")
+    if body.get("stream"):
+        raise ApiError(400, "streaming is not supported by pollux serve; send 'stream': false")
+    if body.get("n", 1) != 1:
+        raise ApiError(400, "only n=1 is supported")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(422, "missing or empty field 'messages' (a list with one user message)")
+    if len(messages) != 1 or not isinstance(messages[0], dict) or messages[0].get("role") != "user":
+        raise ApiError(400, "a POLLUX judge reads exactly one user message (no system or assistant messages)")
+    content = messages[0].get("content")
+    if isinstance(content, list):  # content parts: [{"type": "text", "text": "..."}]
+        texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        if len(texts) != len(content) or not all(isinstance(t, str) for t in texts):
+            raise ApiError(400, "only text content parts are supported")
+        content = "".join(texts)
+    if not isinstance(content, str):
+        raise ApiError(422, "the user message's 'content' must be a string")
+    return content
+
+
+async def _submit(batcher: MicroBatcher, items: list[JudgeItem], metrics: Metrics) -> list[Verdict]:
+    try:
+        verdicts = await batcher.submit(items)
+    except QueueFull as e:
+        raise ApiError(429, str(e), type_="rate_limit_error", headers={"Retry-After": str(e.retry_after)},
+                       extra={"queue_depth": e.depth, "max_queue": e.max_queue}) from None
+    except ShuttingDown as e:
+        raise ApiError(503, str(e), type_="server_error", headers={"Retry-After": "5"}) from None
+    metrics.observe_verdicts(verdicts)
+    return verdicts
+
+
+def _clean(value: Any) -> Any:
+    """JSON cannot carry NaN/inf: a non-finite score becomes null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _verdict_dict(verdict: Verdict) -> dict[str, Any]:
+    return _clean(verdict.to_dict())

@@ -1,0 +1,64 @@
+"""Run a judge server: load the checkpoint, then uvicorn until SIGTERM/SIGINT.
+
+The judge is loaded before the socket opens, so `/healthz` answering means the server is ready.
+On SIGTERM uvicorn stops accepting connections and waits (up to `graceful_timeout` seconds) for
+in-flight requests; the app's shutdown then drains whatever is still queued.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from pollux.server.app import ServerConfig, create_app
+
+API_KEY_ENV = "POLLUX_API_KEY"
+
+log = logging.getLogger("pollux.server")
+
+
+def resolve_api_key(api_key: str | None) -> str | None:
+    """`--api-key` wins; otherwise the POLLUX_API_KEY environment variable; empty means none."""
+    return api_key or os.environ.get(API_KEY_ENV) or None
+
+
+def serve(
+    model: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    model_name: str | None = None,
+    api_key: str | None = None,
+    batch_size: int = 32,
+    max_wait_ms: float = 5.0,
+    max_queue: int = 1024,
+    max_body_bytes: int = 8 * 1024 * 1024,
+    max_items: int = 256,
+    graceful_timeout: float = 30.0,
+    log_level: str = "info",
+    judge_options: dict[str, Any] | None = None,
+) -> None:
+    import uvicorn
+
+    from pollux.judge import Judge
+
+    judge = Judge.from_spec(model, batch_size=batch_size, **(judge_options or {}))
+    config = ServerConfig(
+        model_name=model_name or Path(model.split(":", 1)[-1]).name or model,
+        api_key=resolve_api_key(api_key),
+        batch_size=batch_size,
+        max_wait_ms=max_wait_ms,
+        max_queue=max_queue,
+        max_body_bytes=max_body_bytes,
+        max_items=max_items,
+    )
+    app = create_app(judge, config)
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=host, port=port, log_level=log_level, access_log=False,
+        timeout_graceful_shutdown=graceful_timeout, lifespan="on",
+    ))
+    log.warning("serving %s as %r on http://%s:%d (key %s)", model, config.model_name, host, port,
+                "required" if config.api_key else "not required")
+    server.run()

@@ -1,0 +1,269 @@
+"""`pollux serve` as a real process on loopback with a tiny checkpoint.
+
+Covers the judge API, the OpenAI-compatible route (through `OpenAIEngine`, compared with the
+in-process judge), the bearer key, request limits and malformed input (4xx with a clear message,
+server still up), metrics, micro-batching, the bounded queue (429 + Retry-After) and graceful
+shutdown on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from pollux.engine import SamplingParams
+from pollux.engine.openai_api import OpenAIEngine
+from pollux.judge import Judge
+from pollux.server.launch import free_port, start_serve, stop
+
+KEY = "test-key-123"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+RUBRICS = "0: плохо\n\n1: средне\n\n2: хорошо"
+# uvicorn re-raises the SIGTERM it caught once shutdown is complete, so a clean stop reads -15.
+GRACEFUL_EXIT = (0, -signal.SIGTERM)
+
+
+def item(i: int, **over: Any) -> dict[str, Any]:
+    row = {"instruction": f"Вопрос номер {i}: сколько будет {i}+{i}?", "answer": f"Ответ: {2 * i}",
+           "criteria_name": "Правильность ответа", "rubrics": RUBRICS}
+    row.update(over)
+    return row
+
+
+class Server:
+    def __init__(self, proc: Any, port: int, model_name: str):
+        self.proc, self.port, self.model_name = proc, port, model_name
+        self.url = f"http://127.0.0.1:{port}"
+
+    def post(self, path: str, auth: bool = True, **kw: Any) -> httpx.Response:
+        headers = {**(AUTH if auth else {}), **kw.pop("headers", {})}
+        return httpx.post(self.url + path, headers=headers, timeout=60, **kw)
+
+    def get(self, path: str, auth: bool = True) -> httpx.Response:
+        return httpx.get(self.url + path, headers=AUTH if auth else {}, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_judge_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve-log") / "serve.log"
+    proc = start_serve(tiny_judge_path, port, [
+        "--max-new-tokens", "8", "--dtype", "float32", "--device", "cpu", "--max-body-bytes", "20000",
+        "--max-items", "8", "--model-name", "tiny-r",
+    ], env={"POLLUX_API_KEY": KEY}, log_path=log)
+    yield Server(proc, port, "tiny-r")
+    assert stop(proc) in GRACEFUL_EXIT, log.read_text()
+
+
+@pytest.fixture(scope="module")
+def in_process(tiny_judge_path: Path) -> Judge:
+    return Judge.from_pretrained(str(tiny_judge_path), dtype="float32", device="cpu",
+                                 sampling=SamplingParams(max_new_tokens=8))
+
+
+def test_health_models_and_key(server: Server) -> None:
+    health = httpx.get(server.url + "/healthz").json()  # no key needed
+    assert health["status"] == "ok" and health["model"] == "tiny-r"
+    models = server.get("/v1/models").json()
+    assert [m["id"] for m in models["data"]] == ["tiny-r"] and models["data"][0]["kind"] == "regression"
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+        r = httpx.post(server.url + "/v1/judge", json=item(1), headers=headers)
+        assert r.status_code == 401, r.text
+        assert r.headers["www-authenticate"] == "Bearer"
+        assert "API key" in r.json()["error"]["message"]
+    assert httpx.get(server.url + "/metrics").status_code == 401
+    assert httpx.get(server.url + "/v1/models").status_code == 401
+
+
+def test_judge_single_and_batch_match_in_process(server: Server, in_process: Judge) -> None:
+    rows = [item(i) for i in range(4)]
+    expected = in_process.judge_many(rows)
+    single = server.post("/v1/judge", json=rows[0])
+    assert single.status_code == 200, single.text
+    [v] = single.json()["verdicts"]
+    assert v["head_score"] == pytest.approx(expected[0].head_score, abs=1e-3)
+    assert v["raw_text"] == expected[0].raw_text
+    wrapped = server.post("/v1/judge", json={"item": rows[0]}).json()["verdicts"][0]
+    assert wrapped["head_score"] == pytest.approx(v["head_score"], abs=1e-3)
+
+    batch = server.post("/v1/judge", json={"items": rows}).json()
+    assert [x["head_score"] for x in batch["verdicts"]] == pytest.approx([e.head_score for e in expected], abs=1e-3)
+    assert [x["key"] for x in batch["verdicts"]] == [_key(r) for r in rows]
+    assert batch["usage"]["prompt_tokens"] == sum(e.prompt_tokens for e in expected)
+    assert batch["usage"]["completion_tokens"] == sum(e.completion_tokens for e in expected)
+
+
+def _key(row: dict[str, Any]) -> str:
+    from pollux.records import JudgeItem
+
+    return JudgeItem.from_dict(row).key
+
+
+def test_bad_item_in_a_batch_does_not_lose_the_others(server: Server) -> None:
+    rows = [item(1), {"instruction": "x", "answer": "y"}, "not an object", item(2)]
+    r = server.post("/v1/judge", json={"items": rows})
+    assert r.status_code == 200, r.text
+    verdicts = r.json()["verdicts"]
+    assert verdicts[0]["error"] is None and verdicts[3]["error"] is None
+    assert verdicts[0]["head_score"] is not None
+    assert verdicts[1]["error"] == "items[1]: missing field(s) criteria_name, rubrics"
+    assert verdicts[2]["error"] == "items[2]: expected a JSON object, got str"
+
+
+def test_openai_engine_against_pollux_serve(server: Server, in_process: Judge) -> None:
+    rows = [item(i) for i in range(6)]
+    expected = in_process.judge_many(rows)
+    engine = OpenAIEngine(server.model_name, base_url=server.url + "/v1", api_key=KEY, concurrency=6,
+                          sampling=SamplingParams(max_new_tokens=8))
+    verdicts = Judge(engine).judge_many(rows)
+    assert all(v.error is None for v in verdicts), [v.error for v in verdicts]
+    assert [v.head_score for v in verdicts] == pytest.approx([e.head_score for e in expected], abs=1e-3)
+    assert [v.raw_text for v in verdicts] == [e.raw_text for e in expected]
+    assert [v.prompt_tokens for v in verdicts] == [e.prompt_tokens for e in expected]
+    assert engine.usage["completion_tokens"] == sum(e.completion_tokens for e in expected)
+    # the raw HTTP shape, as any OpenAI client sees it
+    prompt = engine.messages_for(in_process_item(rows[0]))[0]["content"]
+    r = server.post("/v1/chat/completions", json={"model": "tiny-r", "messages": [{"role": "user", "content": prompt}],
+                                                  "max_tokens": 8, "temperature": 0})
+    body = r.json()
+    assert r.status_code == 200 and body["object"] == "chat.completion"
+    assert body["choices"][0]["message"]["content"] == expected[0].raw_text
+    assert body["pollux"]["head_score"] == pytest.approx(expected[0].head_score, abs=1e-3)
+    assert body["usage"]["prompt_tokens"] == expected[0].prompt_tokens
+
+
+def in_process_item(row: dict[str, Any]):
+    from pollux.records import JudgeItem
+
+    return JudgeItem.from_dict(row)
+
+
+@pytest.mark.parametrize(("kwargs", "status", "message"), [
+    ({"content": b"{not json"}, 400, "not valid JSON"),
+    ({"content": b""}, 400, "empty request body"),
+    ({"content": b"\xff\xfe{}"}, 400, "not UTF-8"),
+    ({"json": [1, 2]}, 422, "expected a JSON object"),
+    ({"json": {"instruction": "x"}}, 422, "item: missing field(s) answer, criteria_name, rubrics"),
+    ({"json": {"items": []}}, 422, "'items' is empty"),
+    ({"json": {"items": "abc"}}, 422, "'items' must be a list"),
+    ({"json": {"items": [item(i) for i in range(9)]}}, 413, "9 items in one request exceeds the limit of 8"),
+    ({"json": item(1, answer="ы" * 20_000)}, 413, "exceeds the limit of 20000 bytes"),
+    ({"json": item(1, rubrics="без шкалы", criteria_name="  ")}, 422, "criteria_name' is empty"),
+])
+def test_bad_judge_requests_get_clear_4xx(server: Server, kwargs: dict[str, Any], status: int, message: str) -> None:
+    r = server.post("/v1/judge", **kwargs)
+    assert r.status_code == status, r.text
+    assert message in r.json()["error"]["message"]
+    assert httpx.get(server.url + "/healthz").status_code == 200
+
+
+def test_chunked_oversized_body_is_refused(server: Server) -> None:
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the server must count while reading
+        yield b'{"instruction": "'
+        for _ in range(30):
+            yield b"x" * 1000
+        yield b'"}'
+
+    r = server.post("/v1/judge", content=chunks())
+    assert r.status_code == 413 and "exceeds the limit" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(("body", "status", "message"), [
+    ({"model": "other", "messages": [{"role": "user", "content": "x"}]}, 404, "not served here"),
+    ({"messages": [{"role": "user", "content": "x"}]}, 422, "missing field 'model'"),
+    ({"model": "tiny-r"}, 422, "'messages'"),
+    ({"model": "tiny-r", "messages": [{"role": "user", "content": "Привет!"}]}, 400, "not a POLLUX judge prompt"),
+    ({"model": "tiny-r", "messages": [{"role": "system", "content": "a"}, {"role": "user", "content": "b"}]},
+     400, "exactly one user message"),
+    ({"model": "tiny-r", "stream": True, "messages": [{"role": "user", "content": "x"}]}, 400, "streaming"),
+])
+def test_bad_chat_requests_get_clear_4xx(server: Server, body: dict[str, Any], status: int, message: str) -> None:
+    r = server.post("/v1/chat/completions", json=body)
+    assert r.status_code == status, r.text
+    assert message in r.json()["error"]["message"]
+
+
+def test_unknown_endpoint_and_method(server: Server) -> None:
+    assert server.get("/v1/nothing").status_code == 404
+    r = server.get("/v1/judge")
+    assert r.status_code == 405 and "not allowed" in r.json()["error"]["message"]
+
+
+def test_concurrent_requests_are_batched_and_metered(server: Server) -> None:
+    def metric(text: str, name: str) -> float:
+        m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+        return float(m.group(1)) if m else 0.0
+
+    before = server.get("/metrics").text
+    with ThreadPoolExecutor(16) as pool:
+        codes = list(pool.map(lambda i: server.post("/v1/judge", json=item(100 + i)).status_code, range(16)))
+    assert codes == [200] * 16
+    after = server.get("/metrics").text
+    batches = metric(after, "pollux_batch_size_count") - metric(before, "pollux_batch_size_count")
+    judged = metric(after, "pollux_batch_size_sum") - metric(before, "pollux_batch_size_sum")
+    assert judged == 16
+    assert batches < 16  # several requests shared an engine call
+    assert metric(after, 'pollux_requests_total{endpoint="/v1/judge",status="200"}') >= 16
+    assert 'pollux_judgements_total{outcome="valid"}' in after or 'outcome="invalid"' in after
+    assert "pollux_queue_depth" in after and "pollux_request_latency_seconds_bucket" in after
+
+
+# --- a deliberately small, slow server: overload and shutdown -----------------------------------
+
+@pytest.fixture()
+def slow_server(tiny_judge_path: Path, tmp_path: Path) -> Iterator[Server]:
+    port = free_port()
+    proc = start_serve(tiny_judge_path, port, [
+        "--max-new-tokens", "64", "--dtype", "float32", "--device", "cpu", "--batch-size", "2",
+        "--max-queue", "3", "--model-name", "slow",
+    ], log_path=tmp_path / "serve.log")
+    yield Server(proc, port, "slow")
+    stop(proc)
+
+
+@pytest.mark.slow
+def test_overload_gets_429_with_retry_after_and_shutdown_is_graceful(slow_server: Server) -> None:
+    # 1. overload: far more concurrent requests than the queue holds
+    def post(i: int) -> httpx.Response:
+        return slow_server.post("/v1/judge", json=item(i))
+
+    with ThreadPoolExecutor(24) as pool:
+        responses = list(pool.map(post, range(24)))
+    codes = Counter(r.status_code for r in responses)
+    assert set(codes) <= {200, 429}, codes
+    assert codes[429] > 0 and codes[200] > 0, codes
+    refused = next(r for r in responses if r.status_code == 429)
+    assert int(refused.headers["retry-after"]) >= 1
+    err = refused.json()["error"]
+    assert "queue is full" in err["message"] and err["max_queue"] == 3
+
+    # 2. SIGTERM while a request is in flight: it still gets its answer, then the process exits 0
+    result: dict[str, httpx.Response] = {}
+    thread = threading.Thread(target=lambda: result.update(r=slow_server.post(
+        "/v1/judge", json={"items": [item(200), item(201), item(202)]})))
+    thread.start()
+    deadline = time.monotonic() + 20
+    busy = False
+    while not busy and time.monotonic() < deadline:
+        h = httpx.get(slow_server.url + "/healthz").json()
+        busy = bool(h["in_flight"] or h["queue_depth"])
+        time.sleep(0.01)
+    assert busy, "the request never reached the engine"
+    code = stop(slow_server.proc)
+    thread.join(30)
+    assert code in GRACEFUL_EXIT
+    assert result["r"].status_code == 200, result["r"].text
+    assert len(result["r"].json()["verdicts"]) == 3
+    assert all(v["error"] is None for v in result["r"].json()["verdicts"])
+    with pytest.raises(httpx.TransportError):
+        httpx.get(slow_server.url + "/healthz", timeout=2)
