@@ -1,0 +1,144 @@
+"""`pollux meta-eval`: how well judges agree with expert scores (a thin shell over
+`pollux.metaeval`).
+
+    pollux meta-eval experts.parquet --scores judge-a.jsonl --scores run.db --judge ./pollux-judge-7b-r \\
+        --judge-name A --judge-name B --judge-name C --split ood --format markdown --out table.md
+
+Judges come from score files (`--scores`: JSONL of scores or a pollux run database) and from
+judges run on the expert data (`--judge SPEC`); `--judge-name` renames them, in that order
+(all `--scores` first, then all `--judge`). The table goes to stdout (or `--out`), warnings
+(skipped rows, missing scores, NaN metrics) to stderr.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import typer
+
+DB_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+
+
+def _fail(message: object) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=2)
+
+
+def meta_eval(
+    expert_file: Path = typer.Argument(..., help="Expert data in POLLUX format (parquet, JSONL, JSON or CSV)."),
+    scores: list[Path] = typer.Option([], "--scores", help="Judge scores: a JSONL of scores or a pollux run "
+                                      "database (.db). Repeat for several judges."),
+    judge: list[str] = typer.Option([], "--judge", help="Run this judge on the expert data: a checkpoint path, "
+                                    "vllm:PATH or openai:MODEL. Repeatable."),
+    judge_name: list[str] = typer.Option([], "--judge-name", help="Name of each judge source, in order: all "
+                                         "--scores, then all --judge."),
+    score: str = typer.Option("auto", "--score", help="Which score a judge contributes: auto (head, else text), "
+                              "head, text or head-rounded (half away from zero)."),
+    split: str = typer.Option("ood", "--split", help="ood (held-out task types, as the model card), id or all."),
+    ood_tasks: str | None = typer.Option(None, "--ood-tasks", help="Out-of-domain task types: a file (one per "
+                                         "line) or a comma-separated list. Default: the 8 held-out types."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="Bootstrap resamples of answers (0: no CIs)."),
+    confidence: float = typer.Option(0.95, "--confidence", min=0.5, max=0.999, help="Interval coverage."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the resampling."),
+    metrics: str = typer.Option("spearman,mae,vc", "--metrics", help="Tables to show (comma list or 'all'): "
+                                "spearman, mae, vc, kendall, pearson, exact, within1. JSON has all."),
+    fmt: str = typer.Option("table", "--format", help="table, markdown, csv, html or json."),
+    out: Path | None = typer.Option(None, "--out", help="Write the result here instead of stdout."),
+    no_groups: bool = typer.Option(False, "--no-groups", help="Skip the breakdown by criterion group."),
+    out_of_scale: str = typer.Option("drop", "--out-of-scale", help="Judge scores outside the rubric's scale: "
+                                     "drop (counted) or clip."),
+    common_rows: bool = typer.Option(False, "--common-rows", help="Compare all judges on the rows every judge "
+                                     "scored."),
+    kendall_ci: bool = typer.Option(False, "--kendall-ci", help="Also bootstrap Kendall's tau (slow)."),
+    save_scores: Path | None = typer.Option(None, "--save-scores", help="Save the scores of --judge runs as "
+                                            "JSONL (reusable with --scores)."),
+    max_new_tokens: int = typer.Option(1024, "--max-new-tokens", min=1, help="For --judge runs."),
+    device: str = typer.Option("auto", "--device", help="For local --judge checkpoints."),
+    dtype: str = typer.Option("auto", "--dtype", help="For local --judge checkpoints."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="For local --judge checkpoints."),
+) -> None:
+    """Judges against expert scores: Spearman, MAE, Verdict Confidence (and more) per evaluated LLM and
+    their average, with bootstrap confidence intervals, in the model card's table shape."""
+    from pollux.metaeval import (
+        FORMATS,
+        METRICS,
+        MetaEvalWarning,
+        load_experts,
+        meta_evaluate,
+        parse_ood_tasks,
+        read_score_jsonl,
+        render,
+        scores_from_db,
+        scores_from_judge,
+        write_score_jsonl,
+    )
+
+    if fmt not in FORMATS:
+        _fail(f"unknown --format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    shown = METRICS if metrics.strip() == "all" else tuple(m.strip() for m in metrics.split(",") if m.strip())
+    if not scores and not judge:
+        _fail("give at least one judge: --scores FILE or --judge SPEC")
+    if judge_name and len(judge_name) != len(scores) + len(judge):
+        _fail(f"{len(judge_name)} --judge-name for {len(scores) + len(judge)} judge sources")
+    names: list[str | None] = list(judge_name) or [None] * (len(scores) + len(judge))
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", MetaEvalWarning)
+        try:
+            experts = load_experts(expert_file, ood_tasks=parse_ood_tasks(ood_tasks))
+            frames = []
+            for path, name in zip(scores, names, strict=False):
+                if not path.exists():
+                    _fail(f"{path}: no such file")
+                is_db = path.suffix.lower() in DB_SUFFIXES
+                frames.append(scores_from_db(path, judge=name) if is_db else read_score_jsonl(path, judge=name))
+            ran = []
+            for spec, name in zip(judge, names[len(scores):], strict=True):
+                ran.append(_run_judge(spec, name, experts, max_new_tokens, device, dtype, batch_size,
+                                      scores_from_judge))
+            if save_scores is not None and ran:
+                import pandas as pd
+
+                write_score_jsonl(pd.concat(ran, ignore_index=True), save_scores)
+                typer.echo(f"saved judge scores to {save_scores}", err=True)
+            result = meta_evaluate(experts, frames + ran, score=score, split=split, n_bootstrap=bootstrap,
+                                   confidence=confidence, seed=seed, by_group=not no_groups,
+                                   out_of_scale=out_of_scale, kendall_ci=kendall_ci)
+            text = render(result, fmt, shown)
+        except (ValueError, OSError, ImportError, RuntimeError) as e:  # RuntimeError: pollux.store
+            _fail(e)
+    for w in caught:
+        typer.echo(f"warning: {w.message}", err=True)
+    if out is not None:
+        out.write_text(text, encoding="utf-8")
+        typer.echo(f"wrote {out}", err=True)
+    else:
+        sys.stdout.write(text)
+
+
+def _run_judge(spec: str, name: str | None, experts: Any, max_new_tokens: int, device: str, dtype: str,
+               batch_size: int, scores_from_judge: Callable[..., Any]) -> Any:
+    """Load (or connect to) a judge and score every distinct judgement of the expert data."""
+    from pollux.engine import SamplingParams
+    from pollux.judge import Judge
+
+    if spec.startswith(("openai:", "vllm:")):  # their engines take their own options
+        judge = Judge.from_spec(spec)
+    else:
+        judge = Judge.from_spec(spec, dtype=dtype, device=device, batch_size=batch_size,
+                                sampling=SamplingParams(max_new_tokens=max_new_tokens))
+    typer.echo(f"running judge {name or judge.name} on {experts.frame['key'].nunique():,} judgements", err=True)
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % 50 == 0:
+            typer.echo(f"  {done}/{total}", err=True)
+
+    return scores_from_judge(judge, experts, name=name, on_progress=progress)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("meta-eval")(meta_eval)

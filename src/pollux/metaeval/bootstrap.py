@@ -1,0 +1,235 @@
+"""Bootstrap confidence intervals that resample answers, not rows.
+
+The rows of one answer (its ~16 criteria) are scored by the same experts and the same judge
+reading the same text, so they are not independent; resampling rows would make the intervals
+too narrow. We resample answers (instruction, answer, evaluated LLM) with replacement, within
+each evaluated LLM, and keep all rows of a drawn answer.
+
+A resample is a matrix of counts `C[b, a]` — how often answer `a` was drawn in resample `b` —
+and every metric is computed from it without materialising the resampled rows:
+
+* mean-type metrics (MAE, agreement, VC): per-answer sums, then `C @ sums / C @ counts`;
+* Pearson: per-answer sums of x, y, x², y², xy, then the same product;
+* Spearman: ranks in a weighted sample. With rows sorted by value once, a value's average rank
+  is (weight of smaller values) + (weight of its tie group + 1) / 2, i.e. a cumulative sum over
+  tie groups — no sorting per resample. The experts' scores have few distinct values, so their
+  side is a small one-hot matrix product.
+
+Kendall's tau has no such shortcut; its intervals are computed only on request, one scipy call
+per resample.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+# Elements (resamples × rows) per chunk: bounds memory at a few arrays of 32 MB each while
+# keeping numpy's per-call overhead small.
+CHUNK_ELEMENTS = 2_000_000
+
+
+def resample_counts(n_answers: int, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """C[b, a]: how often answer a is drawn in resample b (n_answers draws with replacement)."""
+    draws = rng.integers(0, n_answers, size=(n_resamples, n_answers))
+    flat = draws + (np.arange(n_resamples)[:, None] * n_answers)
+    return np.bincount(flat.ravel(), minlength=n_resamples * n_answers).reshape(n_resamples, n_answers).astype(
+        np.float64
+    )
+
+
+@dataclass(frozen=True)
+class _Ties:
+    """A variable sorted once: its order, where its tie groups start, each sorted row's group."""
+
+    order: np.ndarray
+    starts: np.ndarray
+    group: np.ndarray  # group id of each sorted position
+
+    @classmethod
+    def of(cls, v: np.ndarray) -> _Ties:
+        order = np.argsort(v, kind="stable")
+        s = v[order]
+        new = np.empty(s.size, dtype=bool)
+        new[:1] = True
+        new[1:] = s[1:] != s[:-1]
+        return cls(order=order, starts=np.flatnonzero(new), group=np.cumsum(new) - 1)
+
+    @property
+    def n_groups(self) -> int:
+        return int(self.starts.size)
+
+
+def _group_ranks(wg: np.ndarray) -> np.ndarray:
+    """Average ranks of tie groups with weights wg (b, G), in ascending value order."""
+    return np.cumsum(wg, axis=1) - wg / 2 + 0.5
+
+
+def _weighted_corr(n, sx, sy, sxx, syy, sxy) -> np.ndarray:
+    cov = sxy - sx * sy / n
+    vx = sxx - sx * sx / n
+    vy = syy - sy * sy / n
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = cov / np.sqrt(vx * vy)
+    # A constant resample has zero variance up to rounding: undefined, not ±huge.
+    r[(vx <= 1e-9 * np.abs(sxx)) | (vy <= 1e-9 * np.abs(syy))] = np.nan
+    return np.clip(r, -1.0, 1.0)
+
+
+def _chunks(n_resamples: int, n_rows: int) -> Iterator[slice]:
+    step = max(1, CHUNK_ELEMENTS // max(n_rows, 1))
+    for lo in range(0, n_resamples, step):
+        yield slice(lo, min(lo + step, n_resamples))
+
+
+def _parallel(work: Callable[[slice], None], n_resamples: int, n_rows: int) -> None:
+    """Run `work` over chunks of resamples on a few threads (numpy releases the GIL)."""
+    chunks = list(_chunks(n_resamples, n_rows))
+    workers = min(len(chunks), os.cpu_count() or 1, 4)
+    if workers <= 1:
+        for sl in chunks:
+            work(sl)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(work, chunks))
+
+
+def _per_answer(answer: np.ndarray, group: np.ndarray, n_answers: int, n_groups: int) -> np.ndarray:
+    """N[a, g]: how many rows of answer a fall in group g."""
+    out = np.zeros((n_answers, n_groups))
+    np.add.at(out, (answer, group), 1.0)
+    return out
+
+
+def _sum_sq_ranks(n: np.ndarray, tie_term: np.ndarray) -> np.ndarray:
+    """Σ rank² over N observations with average ranks: Σk² − Σ_ties (t³ − t) / 12."""
+    return n * (n + 1) * (2 * n + 1) / 6 - tie_term / 12
+
+
+def spearman_resampled(x: np.ndarray, y: np.ndarray, answer: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Spearman's rho in each resample (ties → average ranks): shape (n_resamples,).
+
+    Uses that average ranks sum to N(N+1)/2 and their squares to Σk² − Σ(t³ − t)/12 whatever
+    the ties, so only the cross term Σ w·rx·ry needs the rows. A drawn-k-times row is a tie of
+    size k with itself.
+    """
+    tx, ty = _Ties.of(x), _Ties.of(y)
+    if tx.n_groups < ty.n_groups:  # x: the side with more distinct values
+        x, y, tx, ty = y, x, ty, tx
+    a_count = counts.shape[1]
+    gx_row = np.empty(x.size, dtype=np.int64)
+    gx_row[tx.order] = tx.group
+    gy_row = np.empty(y.size, dtype=np.int64)
+    gy_row[ty.order] = ty.group
+    if tx.n_groups * ty.n_groups <= 4096:  # few values on both sides: a contingency table per resample
+        cells = _per_answer(answer, gx_row * ty.n_groups + gy_row, a_count, tx.n_groups * ty.n_groups)
+        table = (counts @ cells).reshape(counts.shape[0], tx.n_groups, ty.n_groups)
+        wgx, wgy = table.sum(axis=2), table.sum(axis=1)
+        rgx, rgy = _group_ranks(wgx), _group_ranks(wgy)
+        sxy = np.einsum("bi,bij,bj->b", rgx, table, rgy)
+    elif ty.n_groups <= 256:  # many x values (e.g. a regression head), few expert values
+        ans_sorted = answer[tx.order]
+        onehot = np.zeros((x.size, ty.n_groups), dtype=np.float32)
+        onehot[np.arange(x.size), gy_row[tx.order]] = 1.0
+        n_ag = _per_answer(answer, gy_row, a_count, ty.n_groups)
+        wgy = counts @ n_ag
+        rgy = _group_ranks(wgy)
+        # A row alone in its x value has rank rx_i = cum_i − (w_i − 1)/2 (cum inclusive, x order),
+        # so Σ_{i∈g} w_i rx_i = Σ_{i∈g} w_i cum_i − Σ_{i∈g} (w_i² − w_i)/2, the second term per
+        # answer. Rows that tie in x (usually few) get their group's rank as a correction.
+        size = np.diff(np.append(tx.starts, x.size))
+        tied_groups = np.flatnonzero(size > 1)
+        t_start, t_end = tx.starts[tied_groups], tx.starts[tied_groups] + size[tied_groups] - 1
+        tied_rows = np.flatnonzero(size[tx.group] > 1)  # sorted positions
+        tied_local = np.searchsorted(tied_groups, tx.group[tied_rows])
+        single = np.bincount(ans_sorted[size[tx.group] == 1], minlength=a_count).astype(float)
+        t = -(((counts * counts - counts) / 2) @ n_ag)
+        ties_x = (counts**3 - counts) @ single
+        c32 = counts.astype(np.float32)
+
+        def cross(sl: slice) -> None:
+            # float32 halves the memory traffic of the passes that touch every row; counts, their
+            # running sums (< 2**24), half-integer ranks and their products with counts stay exact.
+            w = c32[sl][:, ans_sorted]
+            cum = np.cumsum(w, axis=1)
+            if tied_rows.size:
+                end = cum[:, t_end].astype(np.float64)
+                before = (cum[:, t_start] - w[:, t_start]).astype(np.float64)  # weight before the group
+                wg = end - before
+                ties_x[sl] += (wg**3 - wg).sum(axis=1)
+                wt = w[:, tied_rows].astype(np.float64)
+                naive = cum[:, tied_rows] - (wt - 1) / 2
+                delta = ((before + end + 1) / 2)[:, tied_local] - naive
+                t[sl] += (wt * delta) @ onehot[tied_rows].astype(np.float64)
+            np.multiply(cum, w, out=cum)
+            t[sl] += cum @ onehot
+
+        _parallel(cross, counts.shape[0], x.size)
+        sxy = (t * rgy).sum(axis=1)
+        wgx = None
+    else:  # general case: ranks row by row
+        sxy = np.empty(counts.shape[0])
+        wgx = np.empty((counts.shape[0], tx.n_groups))
+        wgy = np.empty((counts.shape[0], ty.n_groups))
+        for sl in _chunks(counts.shape[0], x.size):
+            w = counts[sl][:, answer]
+            wgx[sl] = np.add.reduceat(w[:, tx.order], tx.starts, axis=1)
+            wgy[sl] = np.add.reduceat(w[:, ty.order], ty.starts, axis=1)
+            rx = _group_ranks(wgx[sl])[:, gx_row]
+            ry = _group_ranks(wgy[sl])[:, gy_row]
+            sxy[sl] = (w * rx * ry).sum(axis=1)
+    n = counts @ np.bincount(answer, minlength=a_count).astype(float)
+    if wgx is not None:
+        ties_x = (wgx**3 - wgx).sum(axis=1)
+    ties_y = (wgy**3 - wgy).sum(axis=1)
+    s = n * (n + 1) / 2
+    return _weighted_corr(n, s, s, _sum_sq_ranks(n, ties_x), _sum_sq_ranks(n, ties_y), sxy)
+
+
+def pearson_resampled(x: np.ndarray, y: np.ndarray, answer: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Pearson's r in each resample, from per-answer sums."""
+    x = x - x.mean()
+    y = y - y.mean()
+    a = counts.shape[1]
+    sums = np.stack([np.bincount(answer, weights=v, minlength=a)
+                     for v in (np.ones_like(x), x, y, x * x, y * y, x * y)], axis=1)
+    n, sx, sy, sxx, syy, sxy = (counts @ sums).T
+    return _weighted_corr(n, sx, sy, sxx, syy, sxy)
+
+
+def mean_resampled(values: np.ndarray, answer: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The mean of per-row `values` (NaNs left out) in each resample."""
+    ok = ~np.isnan(values)
+    a = counts.shape[1]
+    total = np.bincount(answer[ok], weights=values[ok], minlength=a)
+    n = np.bincount(answer[ok], minlength=a).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (counts @ total) / (counts @ n)
+
+
+def kendall_resampled(x: np.ndarray, y: np.ndarray, answer: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Kendall's tau-b in each resample: one scipy call per resample (slow; opt-in)."""
+    out = np.empty(counts.shape[0])
+    for b in range(counts.shape[0]):
+        reps = counts[b, answer].astype(np.int64)
+        xs, ys = np.repeat(x, reps), np.repeat(y, reps)
+        if xs.size < 2 or np.all(xs == xs[0]) or np.all(ys == ys[0]):
+            out[b] = np.nan
+        else:
+            out[b] = stats.kendalltau(xs, ys, variant="b").statistic
+    return out
+
+
+def percentile_ci(samples: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+    """Percentile interval over the defined (non-NaN) resamples; NaNs when none is defined."""
+    ok = samples[~np.isnan(samples)]
+    if ok.size == 0:
+        return float("nan"), float("nan")
+    tail = (1 - confidence) / 2 * 100
+    lo, hi = np.percentile(ok, [tail, 100 - tail])
+    return float(lo), float(hi)

@@ -1,0 +1,271 @@
+"""`meta_evaluate`: judges against experts, per evaluated LLM, with bootstrap intervals.
+
+Joins each judge's scores to the expert rows by content key, drops what cannot be compared
+(expert score not applicable, judge score missing, errored or outside the rubric's scale — each
+counted per judge and LLM), then computes every metric per evaluated LLM on the chosen split,
+their mean over LLMs ("Avg.", as in the model card), and the same per criterion group.
+
+All judges are scored on the same answer resamples (one seed per LLM and subset), so their
+intervals are comparable, and the interval of "Avg." is the percentile interval of the mean
+over LLMs within each resample.
+"""
+
+from __future__ import annotations
+
+import warnings
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pollux.metaeval import bootstrap as bs
+from pollux.metaeval.domains import check_split
+from pollux.metaeval.experts import ExpertData, MetaEvalWarning
+from pollux.metaeval.groups import UNKNOWN
+from pollux.metaeval.metrics import CORRELATIONS, METRICS, correlation_problem, point_metrics, row_values
+from pollux.metaeval.scores import select_scores
+
+AVG = "Avg."
+ALL_GROUPS = "all"
+GROUP_ORDER = ("critical", "general", "subjective", "domain", "task")
+OUT_OF_SCALE = ("drop", "clip")
+
+
+@dataclass
+class MetaEvalResult:
+    """`metrics`: one row per (judge, group, model, metric) with `value`, `ci_low`, `ci_high`,
+    `n_rows`, `n_answers` (model "Avg." is the mean over LLMs). `coverage`: per judge and LLM,
+    how many expert rows there were and why some were not compared."""
+
+    metrics: pd.DataFrame
+    coverage: pd.DataFrame
+    judges: list[str]
+    models: list[str]
+    groups: list[str]
+    settings: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+    def table(self, metric: str, group: str = ALL_GROUPS, what: str = "value") -> pd.DataFrame:
+        """Model-card shape: rows = evaluated LLMs then "Avg.", columns = judges."""
+        m = self.metrics[(self.metrics["metric"] == metric) & (self.metrics["group"] == group)]
+        wide = m.pivot(index="model", columns="judge", values=what)
+        return wide.reindex(index=[*self.models, AVG], columns=self.judges)
+
+    def group_table(self, metric: str, what: str = "value") -> pd.DataFrame:
+        """Rows = criterion groups, columns = judges; each cell the "Avg." over LLMs."""
+        m = self.metrics[(self.metrics["metric"] == metric) & (self.metrics["model"] == AVG)
+                         & (self.metrics["group"] != ALL_GROUPS)]
+        wide = m.pivot(index="group", columns="judge", values=what)
+        return wide.reindex(index=self.groups, columns=self.judges)
+
+    def to_dict(self) -> dict[str, Any]:
+        def records(df: pd.DataFrame) -> list[dict[str, Any]]:
+            return [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
+                    for r in df.to_dict(orient="records")]
+
+        return {"settings": self.settings, "judges": self.judges, "models": self.models,
+                "groups": self.groups, "metrics": records(self.metrics),
+                "coverage": records(self.coverage), "warnings": self.warnings}
+
+
+def _seed(seed: int, *parts: str) -> np.random.Generator:
+    return np.random.default_rng([seed, *(zlib.crc32(p.encode("utf-8")) for p in parts)])
+
+
+def _join(experts: ExpertData, scores: pd.DataFrame, score: str, out_of_scale: str,
+          notes: list[str]) -> tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
+    """Per judge: its score on each expert row (NaN where not comparable) and the reasons."""
+    frame = experts.frame
+    values: dict[str, np.ndarray] = {}
+    reasons: dict[str, dict[str, np.ndarray]] = {}
+    for judge in pd.unique(scores["judge"]):
+        sub = scores[scores["judge"] == judge]
+        # The same verdict listed for several jobs (shared content) is one score, not a duplicate.
+        sub = sub.drop_duplicates(["key", "score", "head_score", "text_score", "error"])
+        dup = int(sub["key"].duplicated().sum())
+        if dup:
+            notes.append(f"judge {judge}: {dup} duplicate score(s) for the same judgement; the last one is used")
+        sub = sub.drop_duplicates("key", keep="last").set_index("key")
+        selected = select_scores(sub.reset_index(), score).set_axis(sub.index)
+        pos = sub.index.get_indexer(frame["key"])  # -1: the judge has no score for this row
+        has_record = pos >= 0
+        errored = has_record & sub["error"].notna().to_numpy()[pos]
+        v = np.where(has_record, selected.to_numpy(dtype=float)[pos], np.nan)
+        no_score = has_record & ~errored & ~np.isfinite(v)
+        v[~np.isfinite(v)] = np.nan
+        lo, hi = frame["scale_min"].to_numpy(), frame["scale_max"].to_numpy()
+        outside = (v < lo) | (v > hi)  # False where the scale is unknown (NaN) or v is NaN
+        if out_of_scale == "clip":
+            v = np.where(outside, np.clip(v, lo, hi), v)
+        else:
+            v[outside] = np.nan
+        values[str(judge)] = v
+        reasons[str(judge)] = {"missing": ~has_record, "error": errored, "no_score": no_score,
+                               "out_of_scale": outside}
+    return values, reasons
+
+
+def meta_evaluate(
+    experts: ExpertData,
+    scores: pd.DataFrame | Sequence[pd.DataFrame],
+    *,
+    score: str = "auto",
+    split: str = "ood",
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    by_group: bool = True,
+    out_of_scale: str = "drop",
+    kendall_ci: bool = False,
+    common_rows: bool = False,
+) -> MetaEvalResult:
+    """Compare judges with experts. `scores`: score frame(s) from `pollux.metaeval.scores`.
+
+    `split`: "ood" (held-out task types), "id" or "all". `n_bootstrap=0` skips intervals.
+    `out_of_scale`: "drop" (the official metrics' rule; counted) or "clip" to the scale.
+    `common_rows`: compare every judge on the rows all judges scored.
+    """
+    check_split(split)
+    if out_of_scale not in OUT_OF_SCALE:
+        raise ValueError(f"out_of_scale must be one of {OUT_OF_SCALE}, got {out_of_scale!r}")
+    if not isinstance(scores, pd.DataFrame):
+        scores = pd.concat(list(scores), ignore_index=True) if len(scores) else pd.DataFrame()
+    if scores.empty:
+        raise ValueError("no judge scores were given")
+    notes: list[str] = []
+    frame = experts.frame
+    values, reasons = _join(experts, scores, score, out_of_scale, notes)
+    judges = list(values)
+
+    in_split = {"ood": frame["ood"].to_numpy(), "id": ~frame["ood"].to_numpy(),
+                "all": np.ones(len(frame), dtype=bool)}[split]
+    if not in_split.any():
+        notes.append(f"no expert rows in split {split!r}: check the task types (--ood-tasks)")
+    applicable = np.isfinite(frame["expert"].to_numpy())
+    if common_rows:
+        together = np.logical_and.reduce([np.isfinite(v) for v in values.values()])
+        values = {j: np.where(together, v, np.nan) for j, v in values.items()}
+
+    model_col = frame["model_id"].to_numpy()
+    models = [str(m) for m in pd.unique(frame.loc[in_split, "model_id"])]
+    coverage = []
+    for j in judges:
+        for m in models:
+            rows = in_split & (model_col == m)
+            r = reasons[j]
+            coverage.append({
+                "judge": j, "model": m, "n_rows": int(rows.sum()),
+                "not_applicable": int((rows & ~applicable).sum()),
+                "missing": int((rows & applicable & r["missing"]).sum()),
+                "error": int((rows & applicable & r["error"]).sum()),
+                "no_score": int((rows & applicable & r["no_score"]).sum()),
+                "out_of_scale": int((rows & applicable & r["out_of_scale"]).sum()),
+                "used": int((rows & applicable & np.isfinite(values[j])).sum()),
+            })
+    coverage_df = pd.DataFrame(coverage)
+    for row in coverage:
+        dropped = row["out_of_scale"] if out_of_scale == "drop" else 0  # clipped scores are used
+        lost = row["missing"] + row["error"] + row["no_score"] + dropped
+        if lost:
+            notes.append(f"judge {row['judge']}, model {row['model']}: {lost} of {row['n_rows'] - row['not_applicable']}"
+                         f" rows without a usable judge score (missing {row['missing']}, error {row['error']},"
+                         f" no score {row['no_score']}, out of scale {row['out_of_scale']}"
+                         + ("; out_of_scale='clip' would keep those" if dropped else "") + ")")
+        elif row["out_of_scale"]:
+            notes.append(f"judge {row['judge']}, model {row['model']}: {row['out_of_scale']} scores outside the"
+                         " rubric's scale were clipped to it")
+
+    present = set(frame.loc[in_split, "group"])
+    groups = [g for g in GROUP_ORDER if g in present] + sorted(present - {*GROUP_ORDER, UNKNOWN})
+    groups += [UNKNOWN] if UNKNOWN in present else []
+    subsets = [ALL_GROUPS]
+    if by_group and groups and groups != [UNKNOWN]:
+        subsets += groups
+    elif by_group:
+        notes.append("criterion groups are unknown (no taxonomy entry, no criteria_group column): no breakdown")
+
+    group_col = frame["group"].to_numpy()
+    answer_col = frame["answer_id"].to_numpy()
+    expert_col = frame["expert"].to_numpy()
+    records: list[dict[str, Any]] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", MetaEvalWarning)
+        for subset in subsets:
+            base = in_split & applicable & ((group_col == subset) if subset != ALL_GROUPS else True)
+            per_judge_samples: dict[str, dict[str, list[np.ndarray]]] = {j: {} for j in judges}
+            for m in models:
+                rows = np.flatnonzero(base & (model_col == m))
+                ans_ids, local = np.unique(answer_col[rows], return_inverse=True)
+                counts = (bs.resample_counts(ans_ids.size, n_bootstrap, _seed(seed, subset, m))
+                          if n_bootstrap and ans_ids.size else None)
+                for j in judges:
+                    use = np.isfinite(values[j][rows])
+                    idx, a = rows[use], local[use]
+                    x, y, ann = values[j][idx], expert_col[idx], experts.annotations[idx]
+                    where = f"judge {j}, model {m}" + ("" if subset == ALL_GROUPS else f", group {subset}")
+                    point = point_metrics(x, y, ann, context=where) if idx.size else dict.fromkeys(METRICS, np.nan)
+                    if not idx.size:
+                        warnings.warn(f"{where}: no rows with both scores; all metrics are NaN", MetaEvalWarning,
+                                      stacklevel=1)
+                    samples = _resampled(x, y, ann, a, counts, kendall_ci) if counts is not None and idx.size else {}
+                    for metric in METRICS:
+                        s = samples.get(metric)
+                        lo, hi = bs.percentile_ci(s, confidence) if s is not None else (np.nan, np.nan)
+                        records.append({"judge": j, "group": subset, "model": m, "metric": metric,
+                                        "value": point[metric], "ci_low": lo, "ci_high": hi,
+                                        "n_rows": int(idx.size), "n_answers": int(np.unique(a).size)})
+                        per_judge_samples[j].setdefault(metric, []).append(
+                            s if s is not None else np.full(max(n_bootstrap, 1), np.nan))
+            for j in judges:
+                records += _average(records, j, subset, models, per_judge_samples[j], confidence, n_bootstrap)
+    notes += [str(w.message) for w in caught if issubclass(w.category, MetaEvalWarning)]
+    for note in notes:
+        warnings.warn(note, MetaEvalWarning, stacklevel=2)
+    settings = {"score": score, "split": split, "n_bootstrap": n_bootstrap, "confidence": confidence,
+                "seed": seed, "out_of_scale": out_of_scale, "common_rows": common_rows,
+                "kendall_ci": kendall_ci, "expert_source": experts.source,
+                "expert_rows_skipped": len(experts.skipped)}
+    return MetaEvalResult(metrics=pd.DataFrame(records), coverage=coverage_df, judges=judges, models=models,
+                          groups=subsets[1:], settings=settings, warnings=notes)
+
+
+def _resampled(x: np.ndarray, y: np.ndarray, ann: np.ndarray, a: np.ndarray, counts: np.ndarray,
+               kendall_ci: bool) -> dict[str, np.ndarray]:
+    out = {name: bs.mean_resampled(v, a, counts) for name, v in row_values(x, y, ann).items()}
+    if correlation_problem(x, y) is None:
+        out["spearman"] = bs.spearman_resampled(x, y, a, counts)
+        out["pearson"] = bs.pearson_resampled(x, y, a, counts)
+        if kendall_ci:
+            out["kendall"] = bs.kendall_resampled(x, y, a, counts)
+    else:
+        nan = np.full(counts.shape[0], np.nan)
+        out.update({c: nan for c in CORRELATIONS})
+    return out
+
+
+def _average(records: list[dict[str, Any]], judge: str, subset: str, models: list[str],
+             samples: dict[str, list[np.ndarray]], confidence: float, n_bootstrap: int) -> list[dict[str, Any]]:
+    """ "Avg." rows: the mean over LLMs (NaN when any LLM's value is NaN) and its interval."""
+    out = []
+    nan_metrics = []
+    mine = [r for r in records if r["judge"] == judge and r["group"] == subset]
+    for metric in METRICS:
+        vals = np.array([r["value"] for r in mine if r["metric"] == metric], dtype=float)
+        value = float(vals.mean()) if vals.size else np.nan
+        lo = hi = np.nan
+        if n_bootstrap and samples.get(metric) and not np.isnan(value):
+            lo, hi = bs.percentile_ci(np.mean(np.stack(samples[metric]), axis=0), confidence)
+        if np.isnan(vals).any() and not np.isnan(vals).all():
+            nan_metrics.append(metric)
+        out.append({"judge": judge, "group": subset, "model": AVG, "metric": metric, "value": value,
+                    "ci_low": lo, "ci_high": hi,
+                    "n_rows": sum(r["n_rows"] for r in mine if r["metric"] == metric),
+                    "n_answers": sum(r["n_answers"] for r in mine if r["metric"] == metric)})
+    if nan_metrics:
+        where = f"judge {judge}" + ("" if subset == ALL_GROUPS else f", group {subset}")
+        warnings.warn(f"{where}: {', '.join(nan_metrics)} NaN for at least one LLM, so Avg. is NaN too",
+                      MetaEvalWarning, stacklevel=1)
+    return out

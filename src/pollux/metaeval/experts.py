@@ -1,0 +1,201 @@
+"""Expert data: POLLUX-format rows (one answer × one criterion) with the experts' scores.
+
+Columns read (POLLUX names): `instruction`, `answer`, `criteria_name`, `rubrics`, `model_id`
+(the evaluated LLM), `criteria_score` (the experts' aggregate), optionally `reference_answer`,
+`task_type` (for the in/out-of-domain split), `annotations` (per-expert `{comment, score}` or
+plain numbers, used by Verdict Confidence) and `criteria_group`.
+
+A `-1` (or an empty cell) in `criteria_score` means "not applicable": the row is kept, flagged
+and left out of every metric; `-1` among the per-expert `annotations` is dropped the same way.
+A row that cannot be read (a missing text, a score that is not a number) is skipped with a
+warning that names it — the other rows are still evaluated.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pollux.metaeval.domains import DEFAULT_OOD_TASKS
+from pollux.metaeval.groups import UNKNOWN, canonical_group, criterion_groups
+from pollux.records import JudgeItem, RecordError
+from pollux.scales import parse_scale
+
+REQUIRED = ("instruction", "answer", "criteria_name", "rubrics", "model_id")
+NOT_APPLICABLE = -1.0
+
+
+class MetaEvalWarning(UserWarning):
+    """Something the reader of a meta-evaluation should know (skipped rows, NaN metrics, …)."""
+
+
+@dataclass
+class ExpertData:
+    """Expert rows ready to be joined with judge scores.
+
+    `frame` has one row per readable input row: `key` (= `JudgeItem.key`), `model_id`,
+    `task_type`, `criteria_name`, `group`, `ood` (bool), `answer_id` (one id per
+    (instruction, answer, model_id): the unit the bootstrap resamples), `expert` (the aggregate,
+    NaN when not applicable), `scale_min` / `scale_max` (NaN when the rubric states no scale)
+    and the texts needed to run a judge. `annotations` is an (n_rows, k) float array of the
+    per-expert scores, NaN-padded, without -1s.
+    """
+
+    frame: pd.DataFrame
+    annotations: np.ndarray
+    skipped: list[str] = field(default_factory=list)
+    source: str = ""
+
+    def items(self, rows: Sequence[int] | None = None) -> list[JudgeItem]:
+        """The judge inputs of the given rows (all by default)."""
+        f = self.frame if rows is None else self.frame.iloc[list(rows)]
+        return [
+            JudgeItem(instruction=r.instruction, answer=r.answer, criteria_name=r.criteria_name,
+                      rubrics=r.rubrics, reference_answer=r.reference_answer)
+            for r in f.itertuples(index=False)
+        ]
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read parquet, JSONL / JSON or CSV into a DataFrame; a bad JSON line names its number."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        return pd.read_parquet(p)
+    if suffix == ".csv":
+        return pd.read_csv(p, keep_default_na=False)
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        text = p.read_text(encoding="utf-8")
+        if suffix == ".json" and text.lstrip().startswith("["):
+            return pd.DataFrame(json.loads(text))
+        rows = []
+        for n, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{p}:{n}: not valid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise ValueError(f"{p}:{n}: expected a JSON object, got {type(obj).__name__}")
+            rows.append(obj)
+        return pd.DataFrame(rows)
+    raise ValueError(f"{p}: unknown file type {suffix!r} (expected .parquet, .jsonl, .json or .csv)")
+
+
+def _number(value: Any) -> float:
+    """A score cell → float; None / NaN / "" → NaN; anything else that is not a number raises."""
+    if value is None:
+        return math.nan
+    if isinstance(value, str):
+        if not value.strip():
+            return math.nan
+        return float(value.strip().replace(",", "."))
+    return float(value)
+
+
+def _expert_scores(value: Any) -> list[float]:
+    """Per-expert scores from an `annotations` cell, without -1s and empty cells."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return []
+    if isinstance(value, str):
+        value = json.loads(value) if value.strip() else []
+    if isinstance(value, dict):
+        value = [value]
+    out = []
+    for a in value:
+        s = _number(a.get("score") if isinstance(a, dict) else a)
+        if not math.isnan(s) and s != NOT_APPLICABLE:
+            out.append(s)
+    return out
+
+
+def load_experts(
+    source: str | Path | pd.DataFrame,
+    *,
+    ood_tasks: Sequence[str] = DEFAULT_OOD_TASKS,
+) -> ExpertData:
+    """Read POLLUX-format expert data from a file or a DataFrame (see the module docstring)."""
+    name = "DataFrame" if isinstance(source, pd.DataFrame) else str(source)
+    raw = source if isinstance(source, pd.DataFrame) else read_table(source)
+    missing = [c for c in REQUIRED if c not in raw.columns]
+    if "criteria_score" not in raw.columns and "annotations" not in raw.columns:
+        missing.append("criteria_score (or annotations)")
+    if missing:
+        raise ValueError(f"{name}: missing column(s) {', '.join(missing)}")
+
+    n = len(raw)
+    col = {c: (raw[c].tolist() if c in raw.columns else [None] * n)
+           for c in (*REQUIRED, "reference_answer", "task_type", "criteria_score", "annotations", "criteria_group")}
+    keys: list[str] = []
+    expert: list[float] = []
+    per_expert: list[list[float]] = []
+    kept: list[int] = []
+    skipped: list[str] = []
+    for i in range(n):
+        where = f"{name}: row {i + 1}"
+        try:
+            item = JudgeItem.from_dict(
+                {k: col[k][i] for k in ("instruction", "answer", "criteria_name", "rubrics", "reference_answer")},
+                where=where,
+            )
+            if not isinstance(col["model_id"][i], str) or not col["model_id"][i].strip():
+                raise RecordError(f"{where}: field 'model_id' is empty or not a string")
+            try:
+                scores = _expert_scores(col["annotations"][i])
+            except (ValueError, TypeError, AttributeError) as e:
+                raise RecordError(f"{where}: cannot read 'annotations' ({e})") from None
+            try:
+                agg = _number(col["criteria_score"][i]) if "criteria_score" in raw.columns else (
+                    float(np.mean(scores)) if scores else math.nan)
+            except (ValueError, TypeError):
+                raise RecordError(f"{where}: 'criteria_score' is not a number: {col['criteria_score'][i]!r}") from None
+        except RecordError as e:
+            skipped.append(str(e))
+            continue
+        keys.append(item.key)
+        expert.append(math.nan if agg == NOT_APPLICABLE else agg)
+        per_expert.append(scores)
+        kept.append(i)
+    for msg in skipped[:20]:
+        warnings.warn(f"skipped {msg}", MetaEvalWarning, stacklevel=2)
+    if len(skipped) > 20:
+        warnings.warn(f"skipped {len(skipped) - 20} more unreadable rows of {name}", MetaEvalWarning, stacklevel=2)
+
+    def pick(c: str, default: Any = "") -> list[Any]:
+        return [col[c][i] if col[c][i] is not None else default for i in kept]
+
+    frame = pd.DataFrame({
+        "key": keys,
+        "model_id": pick("model_id"),
+        "task_type": [str(t) for t in pick("task_type")],
+        "criteria_name": pick("criteria_name"),
+        "instruction": pick("instruction"),
+        "reference_answer": pick("reference_answer"),
+        "answer": pick("answer"),
+        "rubrics": pick("rubrics"),
+        "expert": np.asarray(expert, dtype=float),
+    })
+    frame["ood"] = frame["task_type"].isin(set(ood_tasks)).to_numpy()
+    frame["answer_id"] = frame.groupby(["model_id", "instruction", "answer"], sort=False).ngroup().to_numpy()
+    scales = {r: parse_scale(r) for r in frame["rubrics"].unique()}
+    frame["scale_min"] = frame["rubrics"].map(lambda r: scales[r].min if scales[r] else math.nan).astype(float)
+    frame["scale_max"] = frame["rubrics"].map(lambda r: scales[r].max if scales[r] else math.nan).astype(float)
+    explicit = [canonical_group(g) if g not in (None, "") else None for g in pick("criteria_group", None)]
+    looked_up = criterion_groups(frame["criteria_name"].unique()) if None in explicit else {}
+    frame["group"] = [g if g is not None else looked_up.get(c, UNKNOWN)
+                      for g, c in zip(explicit, frame["criteria_name"], strict=True)]
+
+    width = max((len(s) for s in per_expert), default=0)
+    annotations = np.full((len(per_expert), max(width, 1)), np.nan)
+    for r, s in enumerate(per_expert):
+        annotations[r, : len(s)] = s
+    return ExpertData(frame=frame, annotations=annotations, skipped=skipped, source=name)

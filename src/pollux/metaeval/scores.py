@@ -1,0 +1,185 @@
+"""Judge scores: where they come from and which one a judge contributes.
+
+Every source ends as a "score frame": one row per judgement with `judge`, `key` (=
+`JudgeItem.key`, how scores meet expert rows), `score` (the judge's score: head else text),
+`head_score`, `text_score` and `error`. Sources:
+
+* a JSONL file of scores (`read_score_jsonl`): one object per line with `key` or the POLLUX text
+  columns, plus `score` and optionally `head_score`, `text_score`, `judge`, `error`;
+* a pollux run database written by `pollux evaluate` (`scores_from_db`, via
+  `pollux.store.read_verdicts`);
+* a judge run on the expert data (`scores_from_judge`).
+
+`select_scores` then picks the number a judge contributes: `auto` (its `score`), `head`, `text`
+or `head-rounded` (the head score rounded half away from zero: 1.5 → 2, 0.5 → 1, −0.5 → −1, so
+a score exactly between two levels is never rounded towards the middle of the scale by the
+banker's rule).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pollux.metaeval.experts import ExpertData, MetaEvalWarning, _number
+from pollux.records import JudgeItem, RecordError
+
+SCORE_CHOICES = ("auto", "head", "text", "head-rounded")
+COLUMNS = ("judge", "key", "score", "head_score", "text_score", "error")
+
+
+def round_half_away(x: np.ndarray | float) -> np.ndarray:
+    """Round half away from zero (numpy's `round` rounds half to even)."""
+    a = np.asarray(x, dtype=float)
+    return np.sign(a) * np.floor(np.abs(a) + 0.5)
+
+
+def _frame(rows: dict[str, list[Any]]) -> pd.DataFrame:
+    f = pd.DataFrame({c: rows.get(c, [None] * len(rows["key"])) for c in COLUMNS})
+    for c in ("score", "head_score", "text_score"):
+        f[c] = pd.to_numeric(f[c], errors="coerce").astype(float)
+    f["judge"] = f["judge"].astype(str)
+    f["error"] = f["error"].astype(object).where(f["error"].notna(), None)
+    return f
+
+
+def read_score_jsonl(path: str | Path, judge: str | None = None) -> pd.DataFrame:
+    """Read a JSONL of judge scores. `judge` names the judge (else each line's `judge` field,
+    else the file's stem). A line that cannot be read is skipped with a warning naming it."""
+    p = Path(path)
+    rows: dict[str, list[Any]] = {c: [] for c in COLUMNS}
+    bad: list[str] = []
+    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{p}:{n}"
+        try:
+            obj = json.loads(line)
+            if not isinstance(obj, dict):
+                raise RecordError(f"{where}: expected a JSON object")
+            key = obj.get("key") or obj.get("item_key")
+            if not key:
+                key = JudgeItem.from_dict(obj, where=where).key
+            values = {c: _number(obj.get(c)) for c in ("score", "head_score", "text_score")}
+        except json.JSONDecodeError as e:
+            bad.append(f"{where}: not valid JSON ({e.msg})")
+            continue
+        except (ValueError, TypeError) as e:  # RecordError is a ValueError
+            bad.append(str(e) if str(e).startswith(str(p)) else f"{where}: {e}")
+            continue
+        if math.isnan(values["score"]):  # a file with head/text only: score = head else text
+            h, t = values["head_score"], values["text_score"]
+            values["score"] = h if not math.isnan(h) else t
+        rows["key"].append(str(key))
+        rows["judge"].append(judge or obj.get("judge") or p.stem)
+        rows["error"].append(obj.get("error") or None)
+        for c, v in values.items():
+            rows[c].append(v)
+    for msg in bad:
+        warnings.warn(f"skipped {msg}", MetaEvalWarning, stacklevel=2)
+    return _frame(rows)
+
+
+def scores_from_frame(df: pd.DataFrame, judge: str | None = None) -> pd.DataFrame:
+    """Normalise a DataFrame of verdicts (e.g. `pollux.store.read_verdicts`) to a score frame.
+    Accepts `item_key` for `key`; a missing `score` is head else text."""
+    f = df.rename(columns={"item_key": "key"}).copy()
+    if "key" not in f.columns:
+        raise ValueError("the scores have no 'key' (or 'item_key') column")
+    for c in ("score", "head_score", "text_score"):
+        f[c] = pd.to_numeric(f[c], errors="coerce").astype(float) if c in f.columns else np.nan
+    f["score"] = f["score"].fillna(f["head_score"]).fillna(f["text_score"])
+    if judge is not None:
+        f["judge"] = judge
+    elif "judge" not in f.columns:
+        raise ValueError("the scores have no 'judge' column and no judge name was given")
+    if "error" not in f.columns:
+        f["error"] = None
+    f["error"] = f["error"].astype(object).where(f["error"].notna() & (f["error"] != ""), None)
+    # `valid` is not read: the scale check is redone on the score actually selected.
+    return _frame({c: f[c].tolist() for c in COLUMNS})
+
+
+def scores_from_db(path: str | Path, judge: str | None = None) -> pd.DataFrame:
+    """Scores from a pollux run database. With `judge`, keep that judge's verdicts — or, when the
+    database holds a single judge, give it that name."""
+    from pollux.store import read_verdicts  # type: ignore[import-not-found]
+
+    df = read_verdicts(str(path))
+    if judge is not None and "judge" in df.columns:
+        names = sorted(df["judge"].astype(str).unique())
+        if judge in names:
+            df = df[df["judge"].astype(str) == judge]
+        elif len(names) > 1:
+            raise ValueError(f"{path}: no judge named {judge!r} (it holds {', '.join(names)})")
+    return scores_from_frame(df, judge=judge)
+
+
+def scores_from_judge(
+    judge: Any,
+    experts: ExpertData,
+    *,
+    name: str | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> pd.DataFrame:
+    """Run `judge` (a `pollux.judge.Judge`) once per distinct judgement of the expert data."""
+    first = experts.frame.drop_duplicates("key")
+    items = experts.items(first.index.tolist())
+    total = len(items)
+    done = 0
+
+    def progress(_i: int, _v: Any) -> None:
+        nonlocal done
+        done += 1
+        if on_progress is not None:
+            on_progress(done, total)
+
+    verdicts = judge.judge_many(items, on_verdict=progress)
+    return _frame({
+        "judge": [name or judge.name] * total,
+        "key": first["key"].tolist(),
+        "score": [v.score for v in verdicts],
+        "head_score": [v.head_score for v in verdicts],
+        "text_score": [v.text_score for v in verdicts],
+        "error": [v.error for v in verdicts],
+    })
+
+
+def write_score_jsonl(scores: pd.DataFrame, path: str | Path) -> None:
+    """Save a score frame as JSONL (readable by `read_score_jsonl`), e.g. after a judge run."""
+    with Path(path).open("w", encoding="utf-8") as fh:
+        for r in scores.itertuples(index=False):
+            obj = {c: getattr(r, c) for c in COLUMNS}
+            for c in ("score", "head_score", "text_score"):
+                obj[c] = None if obj[c] is None or math.isnan(obj[c]) else float(obj[c])
+            fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
+
+
+def select_scores(scores: pd.DataFrame, which: str) -> pd.Series:
+    """The number each judgement contributes (NaN where there is none or the judge reported an
+    error). `which` is one of `SCORE_CHOICES`; asking for the head (or text) score of a judge
+    that has none at all while it does have scores is an error, not a table of NaNs."""
+    if which not in SCORE_CHOICES:
+        raise ValueError(f"unknown score {which!r}: expected one of {', '.join(SCORE_CHOICES)}")
+    if which == "auto":
+        values = scores["score"]
+    elif which == "text":
+        values = scores["text_score"]
+    else:
+        values = scores["head_score"]
+        if which == "head-rounded":
+            values = pd.Series(round_half_away(values.to_numpy()), index=scores.index)
+    values = values.astype(float).copy()
+    if which != "auto" and values.isna().all() and scores["score"].notna().any():
+        judges = ", ".join(sorted(scores["judge"].astype(str).unique()))
+        wanted = "text_score" if which == "text" else "head_score"
+        raise ValueError(f"judge {judges}: no {wanted} in its scores; choose another --score")
+    values[scores["error"].notna().to_numpy()] = np.nan
+    return values
