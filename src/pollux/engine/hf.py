@@ -72,8 +72,16 @@ class Group:
     def prefix(self) -> list[int]:
         return self.jobs[0].ids[: self.prefix_len]
 
-    def kv_tokens(self) -> int:
-        return self.prefix_len + sum(len(j.ids) - self.prefix_len + j.max_new + 1 for j in self.jobs)
+    def own_capacity(self) -> int:
+        """KV slots each member's own part needs: prompt suffix + new tokens + the final feed."""
+        return max(len(j.ids) - self.prefix_len + j.max_new + 1 for j in self.jobs)
+
+
+def batch_kv_tokens(groups: Sequence[Group]) -> int:
+    """KV positions a batch allocates: each shared prefix once, plus one own buffer per row
+    sized for the batch's longest own part (buffers are preallocated, see `_OwnCache`)."""
+    rows = sum(len(g.jobs) for g in groups)
+    return sum(g.prefix_len for g in groups) + rows * max(g.own_capacity() for g in groups)
 
 
 def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
@@ -88,37 +96,45 @@ def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
     return n
 
 
-def make_groups(jobs: list[Job], share_prefix: bool, batch_size: int) -> list[Group]:
-    """Group jobs by answer (instruction, reference, answer); split groups larger than a batch."""
+def make_groups(jobs: list[Job], share_prefix: bool, batch_size: int, max_batch_tokens: int) -> list[Group]:
+    """Group jobs by answer (instruction, reference, answer) — their prompts share everything up to
+    the criterion — and split groups that would not fit one batch."""
     if not share_prefix:
         return [Group([j], len(j.ids) - 1) for j in jobs]
     by_answer: dict[tuple[str, str, str], list[Job]] = {}
     for j in jobs:
         by_answer.setdefault((j.item.instruction, j.item.reference_answer, j.item.answer), []).append(j)
-    groups = []
+    groups: list[Group] = []
     for members in by_answer.values():
-        for start in range(0, len(members), batch_size):
-            chunk = members[start : start + batch_size]
-            # every member keeps at least one own token: its last prompt token yields the first logits
-            shared = min(common_prefix_len([j.ids for j in chunk]), min(len(j.ids) for j in chunk) - 1)
-            groups.append(Group(chunk, shared))
+        chunk: list[Job] = []
+        for j in members:
+            candidate = _shared_group([*chunk, j])
+            if chunk and (len(candidate.jobs) > batch_size or batch_kv_tokens([candidate]) > max_batch_tokens):
+                groups.append(_shared_group(chunk))
+                chunk = []
+            chunk.append(j)
+        groups.append(_shared_group(chunk))
     return groups
 
 
+def _shared_group(jobs: list[Job]) -> Group:
+    # every member keeps at least one own token: its last prompt token yields the first logits
+    shared = min(common_prefix_len([j.ids for j in jobs]), min(len(j.ids) for j in jobs) - 1)
+    return Group(jobs, shared)
+
+
 def pack_batches(groups: list[Group], batch_size: int, max_batch_tokens: int) -> list[list[Group]]:
-    """Pack whole groups into batches, longest first, under both bounds (a lone oversize group
-    still forms its own batch: it is split further at run time if it cannot run)."""
+    """Pack whole groups into batches, longest first, under both bounds. A group that alone
+    exceeds `max_batch_tokens` (one huge item) still runs, alone."""
     batches: list[list[Group]] = []
     current: list[Group] = []
-    seqs = tokens = 0
     for g in sorted(groups, key=lambda g: -max(len(j.ids) for j in g.jobs)):
-        n, t = len(g.jobs), g.kv_tokens()
-        if current and (seqs + n > batch_size or tokens + t > max_batch_tokens):
+        candidate = [*current, g]
+        rows = sum(len(x.jobs) for x in candidate)
+        if current and (rows > batch_size or batch_kv_tokens(candidate) > max_batch_tokens):
             batches.append(current)
-            current, seqs, tokens = [], 0, 0
-        current.append(g)
-        seqs += n
-        tokens += t
+            candidate = [g]
+        current = candidate
     if current:
         batches.append(current)
     return batches
@@ -199,7 +215,9 @@ class TransformersEngine:
         self.custom_forward = getattr(cfg, "model_type", "") == "qwen2" and not getattr(
             cfg, "use_sliding_window", False
         )
-        self.stats = {"prefill_tokens": 0, "decode_steps": 0, "batches": 0}
+        # counters for benchmarks and tests: prompt tokens encoded, decode steps, batches run,
+        # and the largest KV allocation of a batch (in token positions)
+        self.stats = {"prefill_tokens": 0, "decode_steps": 0, "batches": 0, "peak_kv_tokens": 0}
 
     @classmethod
     def from_pretrained(cls, path: str, *, dtype: str = "auto", device: str = "auto", **kwargs: Any):
@@ -241,7 +259,7 @@ class TransformersEngine:
                 on_verdict(index, verdict)
 
         jobs = self._prepare(items, done)
-        groups = make_groups(jobs, self.share_prefix, self.batch_size)
+        groups = make_groups(jobs, self.share_prefix, self.batch_size, self.max_batch_tokens)
         for batch in pack_batches(groups, self.batch_size, self.max_batch_tokens):
             self._run_batch_safely(batch, done)
         assert all(v is not None for v in verdicts)
@@ -296,6 +314,8 @@ class TransformersEngine:
         prefixes = [self._prefill_prefix(g.prefix) for g in batch]
         rows = [_Row(job=j, group=gi) for gi, g in enumerate(batch) for j in g.jobs]
         cache = _OwnCache(self.model, rows, batch)
+        kv_tokens = sum(g.prefix_len for g in batch) + cache.rows * cache.capacity
+        self.stats["peak_kv_tokens"] = max(self.stats["peak_kv_tokens"], kv_tokens)
 
         # First step: every row's own prompt tokens at once (right-padded).
         suffixes = [r.job.ids[batch[r.group].prefix_len :] for r in rows]
@@ -527,8 +547,9 @@ class _OwnCache:
         cfg = model.config
         p = next(model.parameters())
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        capacity = max(len(r.job.ids) - batch[r.group].prefix_len + r.job.max_new + 1 for r in rows)
-        shape = (len(rows), cfg.num_key_value_heads, capacity, head_dim)
+        self.rows = len(rows)
+        self.capacity = max(g.own_capacity() for g in batch)
+        shape = (self.rows, cfg.num_key_value_heads, self.capacity, head_dim)
         self.k = [torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in range(cfg.num_hidden_layers)]
         self.v = [torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in range(cfg.num_hidden_layers)]
 

@@ -13,6 +13,10 @@ keeps going through all of that:
 * an item that still fails becomes an `error_verdict` — the other items are unaffected, and an
   evaluation run re-judges it on resume.
 
+Options left unset (concurrency, timeout, max_retries, max_reasks, prompt_style) are read from
+`POLLUX_API_*` environment variables (`ENV_DEFAULTS`), the base URL from `OPENAI_BASE_URL` and the
+key from `OPENAI_API_KEY`, so command-line verbs that only pass a spec string can use them all.
+
 Prompt styles: "pollux" sends the judge prompt as is (a POLLUX judge reads exactly one user
 message); "general" wraps it in Russian instructions that ask a general-purpose LLM to answer in
 the POLLUX format `[FEEDBACK] … [RESULT] n [END]`.
@@ -68,6 +72,16 @@ POLLUX_REASK_TEMPERATURE = 0.3
 
 PROMPT_STYLES = ("pollux", "general")
 
+# Options a caller did not pass are read from these environment variables, so that every tool that
+# builds a judge from a spec string (`pollux evaluate`, `pollux meta-eval`, scripts) can set them.
+ENV_DEFAULTS: dict[str, tuple[str, Any]] = {
+    "concurrency": ("POLLUX_API_CONCURRENCY", 8),
+    "timeout": ("POLLUX_API_TIMEOUT", 60.0),
+    "max_retries": ("POLLUX_API_MAX_RETRIES", 6),
+    "max_reasks": ("POLLUX_API_MAX_REASKS", 1),
+    "prompt_style": ("POLLUX_API_PROMPT_STYLE", "pollux"),
+}
+
 
 class ApiError(RuntimeError):
     """A request that failed for good (after retries, or with a status not worth retrying)."""
@@ -110,19 +124,25 @@ class OpenAIEngine:
         api_key: str | None = None,
         *,
         api_key_env: str | None = None,
-        concurrency: int = 8,
-        timeout: float = 60.0,
-        max_retries: int = 6,
-        max_reasks: int = 1,
+        concurrency: int | None = None,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+        max_reasks: int | None = None,
         template: PromptTemplate | None = None,
         sampling: SamplingParams | None = None,
-        prompt_style: str = "pollux",
+        prompt_style: str | None = None,
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
         retry_after_max: float = 120.0,
     ):
         if not model:
             raise ValueError("openai engine: the model name is empty (use openai:MODEL)")
+        # Unset options come from POLLUX_API_* variables (see ENV_DEFAULTS), then the defaults.
+        concurrency = _option(concurrency, "concurrency", int)
+        timeout = _option(timeout, "timeout", float)
+        max_retries = _option(max_retries, "max_retries", int)
+        max_reasks = _option(max_reasks, "max_reasks", int)
+        prompt_style = _option(prompt_style, "prompt_style", str)
         if prompt_style not in PROMPT_STYLES:
             raise ValueError(f"prompt_style must be one of {PROMPT_STYLES}, got {prompt_style!r}")
         if concurrency < 1:
@@ -330,6 +350,20 @@ class OpenAIEngine:
             completion_tokens=completion_tokens,
             finish_reason=choice.get("finish_reason"),
         )
+
+
+def _option(value: Any, name: str, kind: type) -> Any:
+    """The passed value, else the option's environment variable, else its default."""
+    if value is not None:
+        return value
+    env, default = ENV_DEFAULTS[name]
+    raw = os.environ.get(env)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        return kind(raw.strip())
+    except ValueError:
+        raise ValueError(f"environment variable {env}={raw!r} is not a valid {kind.__name__}") from None
 
 
 def _resolve_key(api_key: str | None, api_key_env: str | None) -> str | None:

@@ -1,0 +1,193 @@
+"""The in-process engine: parity with the model card's method, prefix sharing, bounds, errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from pollux.engine import SamplingParams
+from pollux.engine.hf import TransformersEngine
+from pollux.engine.reference import model_card_judge
+from pollux.records import JudgeItem
+
+RUBRIC_2 = "0: ответ неверный.\n\n1: ответ частично верный.\n\n2: ответ полностью верный."
+RUBRIC_1 = "0 — требование не выполнено.\n\n1 — требование выполнено."
+
+ANSWERS = [
+    ("Сколько будет 7 × 8?", "56", "Семь умножить на восемь — 56."),
+    ("Назови три столицы европейских государств и коротко опиши каждую из них одним предложением.", "",
+     "Париж — столица Франции, город музеев. Берлин — столица Германии, известный своей историей. "
+     "Рим — столица Италии, где сохранилось множество античных памятников."),
+    ("Переведи на английский: «кошка спит».", "The cat is sleeping.", "A cat sleeps."),
+]
+CRITERIA = [("Правильность ответа", RUBRIC_2), ("Грамотность", RUBRIC_2), ("Отсутствие зацикливаний", RUBRIC_1)]
+
+
+def mixed_items() -> list[JudgeItem]:
+    """9 items (3 answers × 3 criteria) with prompts of different lengths."""
+    return [JudgeItem(instruction=i, reference_answer=r, answer=a, criteria_name=c, rubrics=rb)
+            for i, r, a in ANSWERS for c, rb in CRITERIA]
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_judge_path):
+    from pollux.checkpoint import load_judge
+
+    return load_judge(tiny_judge_path, dtype="float32", device="cpu")
+
+
+def engine(loaded, **kw) -> TransformersEngine:
+    sampling = kw.pop("sampling", SamplingParams(max_new_tokens=12))
+    return TransformersEngine(loaded.model, loaded.tokenizer, kind=loaded.kind, name="tiny", sampling=sampling, **kw)
+
+
+def assert_parity(loaded, items, verdicts, sampling):
+    for item, v in zip(items, verdicts, strict=True):
+        ref = model_card_judge(loaded.model, loaded.tokenizer, item, max_new_tokens=sampling.max_new_tokens,
+                               min_new_tokens=sampling.min_new_tokens)
+        assert v.raw_text == ref["text"]
+        assert v.completion_tokens == ref["completion_tokens"]
+        assert abs(v.head_score - ref["score"]) <= 1e-4, (v.head_score, ref["score"])
+
+
+def test_parity_with_the_model_card_on_a_mixed_length_batch(loaded):
+    items = mixed_items()
+    assert len({len(loaded.tokenizer(it.instruction + it.answer)["input_ids"]) for it in items}) == 3
+    eng = engine(loaded)
+    verdicts = eng.judge_many(items)
+    assert eng.stats["batches"] == 1
+    assert all(v.head_score is not None and v.finish_reason == "length" for v in verdicts)
+    assert_parity(loaded, items, verdicts, eng.sampling)
+    # identical items give identical verdicts wherever they sit in a batch
+    again = eng.judge_many(list(reversed(items)))
+    assert [v.head_score for v in again] == pytest.approx([v.head_score for v in reversed(verdicts)], abs=1e-5)
+
+
+def test_parity_when_sequences_stop_at_different_steps(loaded):
+    """Make two tokens the model really emits count as end-of-turn: rows then finish at
+    different steps (the score is still read at each row's own last token)."""
+    import torch
+
+    items = mixed_items()
+    eng = engine(loaded, sampling=SamplingParams(max_new_tokens=16))
+    free = eng.judge_many(items)
+    stops = set()
+    for k in (0, 4):
+        ids = loaded.tokenizer(free[k].raw_text, add_special_tokens=False)["input_ids"]
+        stops.add(ids[min(len(ids) - 1, 3 + k)])
+    old = loaded.model.generation_config.eos_token_id
+    try:
+        loaded.model.generation_config.eos_token_id = sorted(set(eng.eos_ids) | stops)
+        eng.eos_ids = sorted(set(eng.eos_ids) | stops)
+        verdicts = eng.judge_many(items)
+        reasons = {v.finish_reason for v in verdicts}
+        lengths = {v.completion_tokens for v in verdicts}
+        assert "stop" in reasons and len(lengths) > 1
+        with torch.no_grad():
+            assert_parity(loaded, items, verdicts, eng.sampling)
+    finally:
+        loaded.model.generation_config.eos_token_id = old
+
+
+def test_min_new_tokens_and_prefix_sharing_equal_unshared(loaded):
+    sampling = SamplingParams(max_new_tokens=10, min_new_tokens=10)
+    items = mixed_items()
+    shared = engine(loaded, sampling=sampling, share_prefix=True)
+    unshared = engine(loaded, sampling=sampling, share_prefix=False)
+    a, b = shared.judge_many(items), unshared.judge_many(items)
+    assert [v.raw_text for v in a] == [v.raw_text for v in b]
+    assert max(abs(x.head_score - y.head_score) for x, y in zip(a, b, strict=True)) <= 1e-4
+    assert all(v.completion_tokens == 10 for v in a)
+    # prefill: one shared prefix per answer + each criterion's own suffix
+    prompts = [shared.tokenizer(shared_text(shared, it))["input_ids"] for it in items]
+    expected = 0
+    for k in range(len(ANSWERS)):
+        group = prompts[3 * k : 3 * k + 3]
+        lcp = _lcp(group)
+        expected += lcp + sum(len(p) - lcp for p in group)
+    assert shared.stats["prefill_tokens"] == expected
+    assert unshared.stats["prefill_tokens"] == sum(len(p) for p in prompts)
+
+
+def shared_text(eng, item):
+    from pollux.prompts import chat_text
+
+    return chat_text(eng.tokenizer, eng.template.render(item))
+
+
+def _lcp(seqs):
+    n = 0
+    while all(len(s) > n for s in seqs) and len({s[n] for s in seqs}) == 1:
+        n += 1
+    return n
+
+
+def test_shared_prefix_ends_in_the_criterion_section(loaded):
+    eng = engine(loaded)
+    prompts = [shared_text(eng, it) for it in mixed_items()[:3]]
+    ids = [eng.tokenizer(p)["input_ids"] for p in prompts]
+    prefix = eng.tokenizer.decode(ids[0][: _lcp(ids)])
+    assert prefix.endswith("### Критерий оценки:\n")
+
+
+def test_memory_bound_holds_and_does_not_change_results(loaded):
+    items = mixed_items()
+    big = engine(loaded)
+    reference = big.judge_many(items)
+    bound = 700
+    small = engine(loaded, max_batch_tokens=bound, batch_size=4)
+    verdicts = small.judge_many(items)
+    assert small.stats["batches"] > 1
+    assert small.stats["peak_kv_tokens"] <= bound
+    assert [v.raw_text for v in verdicts] == [v.raw_text for v in reference]
+    assert [v.head_score for v in verdicts] == pytest.approx([v.head_score for v in reference], abs=1e-4)
+
+
+def test_context_overflow_is_an_item_error_not_a_batch_crash(loaded):
+    items = mixed_items()[:4]
+    eng = engine(loaded)
+    short_len = len(eng.tokenizer(shared_text(eng, items[0]))["input_ids"])
+    eng.context = short_len + 5  # item 0 fits with 5 new tokens; longer prompts don't fit at all
+    verdicts = eng.judge_many(items)
+    assert verdicts[0].error is None and verdicts[0].completion_tokens == 5
+    assert verdicts[0].finish_reason == "length" and verdicts[0].head_score is not None
+    lengths = [len(eng.tokenizer(shared_text(eng, it))["input_ids"]) for it in items]
+    for v, n in zip(verdicts[1:], lengths[1:], strict=True):
+        if n >= eng.context:
+            assert v.error and f"prompt has {n} tokens" in v.error and v.score is None
+    assert any(v.error for v in verdicts)
+
+
+def test_sampling_is_seeded(loaded):
+    items = mixed_items()[:3]
+    s1 = SamplingParams(max_new_tokens=8, temperature=1.0, top_p=0.9, top_k=50, seed=1)
+    a = engine(loaded, sampling=s1).judge_many(items)
+    b = engine(loaded, sampling=s1).judge_many(items)
+    assert [v.raw_text for v in a] == [v.raw_text for v in b]
+    greedy = engine(loaded, sampling=SamplingParams(max_new_tokens=8)).judge_many(items)
+    assert [v.raw_text for v in a] != [v.raw_text for v in greedy]
+
+
+def test_generative_judge(tiny_generative_path):
+    from pollux.checkpoint import load_judge
+
+    gen = load_judge(tiny_generative_path, dtype="float32", device="cpu")
+    eng = TransformersEngine(gen.model, gen.tokenizer, kind=gen.kind, name="gen",
+                             sampling=SamplingParams(max_new_tokens=8))
+    items = mixed_items()[:4]
+    verdicts = eng.judge_many(items)
+    for item, v in zip(items, verdicts, strict=True):
+        ref = model_card_judge(gen.model, gen.tokenizer, item, max_new_tokens=8)
+        assert v.raw_text == ref["text"] and ref["score"] is None
+        assert v.head_score is None and v.text_score is None  # a random model writes no [RESULT]
+        assert not v.valid and v.invalid_reason == "no score"
+
+
+def test_judge_api_one_and_many(tiny_judge):
+    item = mixed_items()[0]
+    one = tiny_judge.judge(item)
+    many = tiny_judge.judge_many([item.to_dict(), item])
+    assert one.head_score == pytest.approx(many[0].head_score, abs=1e-5) == pytest.approx(many[1].head_score, abs=1e-5)
+    seen = []
+    tiny_judge.judge_many(mixed_items()[:3], on_verdict=lambda i, v: seen.append(i))
+    assert sorted(seen) == [0, 1, 2]
+    assert tiny_judge.describe()["sampling"]["max_new_tokens"] == 24
