@@ -66,7 +66,7 @@ def test_missing_head_in_an_index_that_still_lists_it(tiny_judge_path: Path, tmp
 
 
 def test_not_a_checkpoint(tmp_path: Path):
-    with pytest.raises(CheckpointError, match="no config.json"):
+    with pytest.raises(CheckpointError, match=r"no config\.json"):
         load_judge(tmp_path, device="cpu")
     with pytest.raises(CheckpointError, match="never downloads"):
         load_judge("ai-forever/pollux-judge-7b-r", device="cpu")
