@@ -294,3 +294,18 @@ def test_from_spec_and_describe(monkeypatch: pytest.MonkeyPatch) -> None:
         Judge.from_spec("openai:gpt-4o", base_url="http://127.0.0.1:9/v1", api_key_env="MY_KEY")
     with pytest.raises(ValueError, match="prompt_style"):
         OpenAIEngine("m", base_url="http://x", prompt_style="chatty")
+
+
+def test_unset_options_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POLLUX_API_TIMEOUT", "2.5")
+    monkeypatch.setenv("POLLUX_API_MAX_RETRIES", "11")
+    monkeypatch.setenv("POLLUX_API_PROMPT_STYLE", "general")
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv("OPENAI_API_KEY", "env-key")
+    eng = OpenAIEngine("m", max_retries=3)  # what is passed wins over the environment
+    assert (eng.timeout, eng.max_retries, eng.prompt_style) == (2.5, 3, "general")
+    assert eng.base_url == "http://127.0.0.1:9/v1" and eng.api_key == "env-key"
+    assert eng.describe()["prompt_style"] == "general"
+    monkeypatch.setenv("POLLUX_API_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match="POLLUX_API_TIMEOUT"):
+        OpenAIEngine("m")
