@@ -13,6 +13,7 @@ real text; that time is printed separately.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 import warnings
 
@@ -54,6 +55,7 @@ def synthetic(n_rows: int, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
         "model_id": model,
         "task_type": task,
         "criteria_name": [f"Критерий {c}" for c in criterion],
+        "criteria_group": np.array(["critical", "general", "subjective", "domain", "task"])[criterion % 5],
         "rubrics": RUBRICS,
         "annotations": annotations,
         "criteria_score": agg,
@@ -68,10 +70,12 @@ def main() -> None:
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--judges", type=int, default=1)
     parser.add_argument("--split", default="all")
-    parser.add_argument("--groups", action="store_true", help="also the per-group breakdown (needs a taxonomy)")
+    parser.add_argument("--groups", action="store_true", help="also the breakdown by criterion group (5 groups)")
     args = parser.parse_args()
 
+    load0 = os.getloadavg()[0]  # the machine is shared: say how busy it was
     raw, judge = synthetic(args.rows)
+    c0 = time.process_time()
     t0 = time.perf_counter()
     experts = load_experts(raw)
     t1 = time.perf_counter()
@@ -85,6 +89,7 @@ def main() -> None:
         warnings.simplefilter("ignore", MetaEvalWarning)
         result = meta_evaluate(experts, scores, split=args.split, n_bootstrap=args.bootstrap, by_group=args.groups)
     t3 = time.perf_counter()
+    cpu = time.process_time() - c0
     avg = result.metrics[(result.metrics["model"] == "Avg.") & (result.metrics["group"] == "all")]
     print(f"rows: {len(experts.frame):,}  answers: {experts.frame['answer_id'].nunique():,}  "
           f"LLMs: {len(result.models)}  judges: {args.judges}  resamples: {args.bootstrap:,}  split: {args.split}")
@@ -93,7 +98,8 @@ def main() -> None:
     print(f"load expert rows (keys, answers, scales): {t1 - t0:.2f} s")
     print(f"build score frames:                       {t2 - t1:.2f} s")
     print(f"meta_evaluate (join, metrics, bootstrap): {t3 - t2:.2f} s")
-    print(f"total: {t3 - t0:.2f} s")
+    print(f"total: {t3 - t0:.2f} s wall, {cpu:.2f} s CPU   (CPUs: {os.cpu_count()}, load average before/after: "
+          f"{load0:.1f} / {os.getloadavg()[0]:.1f})")
 
 
 if __name__ == "__main__":

@@ -185,3 +185,23 @@ def test_avg_is_the_mean_over_llms_and_nan_when_one_is_nan():
     assert math.isnan(result.table("spearman")["J"]["m3"])
     s1 = pearson_by_hand(avg_ranks([0, 1, 2, 2]), avg_ranks([0, 1, 1, 2]))
     assert result.table("spearman")["J"]["m1"] == pytest.approx(s1)
+
+
+def test_common_rows_and_kendall_intervals():
+    rows = [("m", f"ответ {i}", "Полезность", float(e), [e, e]) for i, e in enumerate([0, 1, 2, 2, 1, 0, 2, 1])]
+    experts = load_experts(expert_frame(rows))
+    keys = experts.frame["key"].tolist()
+    full = scores_from_frame(pd.DataFrame({"key": keys, "score": [0, 1, 2, 1, 1, 0, 2, 2]}), judge="full")
+    half = scores_from_frame(pd.DataFrame({"key": keys[:5], "score": [0, 2, 2, 2, 1]}), judge="half")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MetaEvalWarning)
+        own = meta_evaluate(experts, [full, half], split="all", n_bootstrap=30, kendall_ci=True)
+        common = meta_evaluate(experts, [full, half], split="all", n_bootstrap=30, common_rows=True)
+    assert own.coverage.set_index("judge")["used"].to_dict() == {"full": 8, "half": 5}
+    assert common.coverage.set_index("judge")["used"].to_dict() == {"full": 5, "half": 5}
+    mae = common.table("mae")["full"]["m"]
+    assert mae == pytest.approx(1 / 5)  # rows 0–4 only: one miss (2 vs 1)
+    tau = own.metrics.query("judge == 'full' and model == 'm' and metric == 'kendall'").iloc[0]
+    assert tau["ci_low"] <= tau["value"] <= tau["ci_high"]
+    assert np.isnan(common.metrics.query("judge == 'full' and model == 'm' and metric == 'kendall'")
+                    .iloc[0]["ci_low"])  # not requested

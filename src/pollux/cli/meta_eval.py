@@ -110,14 +110,20 @@ def meta_eval(
                                    out_of_scale=out_of_scale, kendall_ci=kendall_ci)
             text = render(result, fmt, shown)
         except (ValueError, OSError, ImportError, RuntimeError) as e:  # RuntimeError: pollux.store
+            _echo_warnings(caught)
             _fail(e)
-    for w in caught:
-        typer.echo(f"warning: {w.message}", err=True)
+    _echo_warnings(caught)
     if out is not None:
         out.write_text(text, encoding="utf-8")
         typer.echo(f"wrote {out}", err=True)
     else:
         sys.stdout.write(text)
+
+
+def _echo_warnings(caught: list[warnings.WarningMessage]) -> None:
+    for w in caught:
+        typer.echo(f"warning: {w.message}", err=True)
+    caught.clear()
 
 
 def _run_judge(spec: str, name: str | None, experts: Any, max_new_tokens: int, device: str, dtype: str,

@@ -202,14 +202,22 @@ def pearson_resampled(x: np.ndarray, y: np.ndarray, answer: np.ndarray, counts: 
     return _weighted_corr(n, sx, sy, sxx, syy, sxy)
 
 
+def means_resampled(values: dict[str, np.ndarray], answer: np.ndarray, counts: np.ndarray) -> dict[str, np.ndarray]:
+    """The mean of each per-row array (NaNs left out) in each resample, all from one product."""
+    a = counts.shape[1]
+    columns = []
+    for v in values.values():
+        ok = ~np.isnan(v)
+        columns.append(np.bincount(answer[ok], weights=v[ok], minlength=a))
+        columns.append(np.bincount(answer[ok], minlength=a).astype(float))
+    sums = counts @ np.stack(columns, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {name: sums[:, 2 * k] / sums[:, 2 * k + 1] for k, name in enumerate(values)}
+
+
 def mean_resampled(values: np.ndarray, answer: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """The mean of per-row `values` (NaNs left out) in each resample."""
-    ok = ~np.isnan(values)
-    a = counts.shape[1]
-    total = np.bincount(answer[ok], weights=values[ok], minlength=a)
-    n = np.bincount(answer[ok], minlength=a).astype(float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (counts @ total) / (counts @ n)
+    return means_resampled({"v": values}, answer, counts)["v"]
 
 
 def kendall_resampled(x: np.ndarray, y: np.ndarray, answer: np.ndarray, counts: np.ndarray) -> np.ndarray:

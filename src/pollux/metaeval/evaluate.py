@@ -143,7 +143,8 @@ def meta_evaluate(
     in_split = {"ood": frame["ood"].to_numpy(), "id": ~frame["ood"].to_numpy(),
                 "all": np.ones(len(frame), dtype=bool)}[split]
     if not in_split.any():
-        notes.append(f"no expert rows in split {split!r}: check the task types (--ood-tasks)")
+        raise ValueError(f"no expert rows in split {split!r}: check the data's task_type values and the "
+                         "out-of-domain task list (--ood-tasks), or use split 'all'")
     applicable = np.isfinite(frame["expert"].to_numpy())
     if common_rows:
         together = np.logical_and.reduce([np.isfinite(v) for v in values.values()])
@@ -234,7 +235,7 @@ def meta_evaluate(
 
 def _resampled(x: np.ndarray, y: np.ndarray, ann: np.ndarray, a: np.ndarray, counts: np.ndarray,
                kendall_ci: bool) -> dict[str, np.ndarray]:
-    out = {name: bs.mean_resampled(v, a, counts) for name, v in row_values(x, y, ann).items()}
+    out = bs.means_resampled(row_values(x, y, ann), a, counts)
     if correlation_problem(x, y) is None:
         out["spearman"] = bs.spearman_resampled(x, y, a, counts)
         out["pearson"] = bs.pearson_resampled(x, y, a, counts)
