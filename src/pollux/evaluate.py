@@ -339,17 +339,18 @@ def evaluate(
 
         by_key: dict[str, JudgeItem] = {}
         order: list[str] = []
-        for rec in expansion.records:
-            pk = store.upsert_record(rec.fields)
-            jobs = []
-            for position, item in enumerate(rec.items):
-                key = item.key
-                jobs.append(JobRow(pk, item.criteria_name, item.meta.get("criterion_id"),
-                                   item.meta.get("criterion_group"), item.rubrics, key, position))
-                if key not in by_key:
-                    by_key[key] = item
-                    order.append(key)
-            store.add_jobs(run.run_id, jobs)
+        with store.transaction():
+            for rec in expansion.records:
+                pk = store.upsert_record(rec.fields)
+                jobs = []
+                for position, item in enumerate(rec.items):
+                    key = item.key
+                    jobs.append(JobRow(pk, item.criteria_name, item.meta.get("criterion_id"),
+                                       item.meta.get("criterion_group"), item.rubrics, key, position))
+                    if key not in by_key:
+                        by_key[key] = item
+                        order.append(key)
+                store.add_jobs(run.run_id, jobs)
         summary.jobs = sum(len(rec.items) for rec in expansion.records)
         summary.items = len(order)
         done = store.done_keys(run.run_id, judge.name)

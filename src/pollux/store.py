@@ -22,7 +22,8 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,7 +147,8 @@ class RunStore:
         self.path = Path(path)
         if self.path.parent and not self.path.parent.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._batch = False
         self.conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
         self.conn.row_factory = sqlite3.Row
         try:
@@ -209,12 +211,34 @@ class RunStore:
 
     # --- records and jobs ---------------------------------------------------------------------
 
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group many record/job writes into one commit (input files can hold 100k+ rows)."""
+        with self._lock:
+            self._batch = True
+            try:
+                yield
+                self.conn.commit()
+            except BaseException:
+                self.conn.rollback()
+                raise
+            finally:
+                self._batch = False
+
+    @contextmanager
+    def _write(self) -> Iterator[None]:
+        if self._batch:
+            yield
+            return
+        with self._lock, self.conn:
+            yield
+
     def upsert_record(self, rec: Mapping[str, Any]) -> int:
         """Insert or refresh an input row (its texts may have been corrected); returns its key."""
         cols = ("source", "record_id", "model_id", "line", "answer_key", "instruction", "answer",
                 "reference_answer", "task_type", "task_subtype", "task_subsubtype", "task_group", "extra_json")
         values = [rec.get(c) for c in cols]
-        with self._lock, self.conn:
+        with self._write():
             self.conn.execute(
                 f"INSERT INTO records ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
                 "ON CONFLICT (source, record_id, model_id) DO UPDATE SET "
@@ -228,7 +252,7 @@ class RunStore:
         return int(row[0])
 
     def add_jobs(self, run_id: int, jobs: Iterable[JobRow]) -> None:
-        with self._lock, self.conn:
+        with self._write():
             self.conn.executemany(
                 "INSERT INTO jobs (run_id, record_pk, criteria_name, criterion_id, criterion_group, rubrics, "
                 "item_key, position) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
