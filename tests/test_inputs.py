@@ -20,7 +20,7 @@ def test_jsonl_reader_reports_unreadable_lines_and_keeps_the_rest():
     result = read_rows(CORPUS / "answers.jsonl")
     problems = problems_by_line(result)
     assert set(problems) == {2, 8, 9}
-    assert "broken JSON" in problems[2]
+    assert problems[2] == "broken JSON: Expecting ',' delimiter at column 56"
     assert "UTF-8" in problems[8] and "0xff" in problems[8]
     assert "JSON object" in problems[9]
     lines = [r.line for r in result.rows]

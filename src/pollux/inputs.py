@@ -96,7 +96,7 @@ def _read_jsonl(path: Path) -> Iterator[InputRow | InputProblem]:
             if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]  # a UTF-8 byte order mark
             try:
-                text = raw.decode("utf-8")
+                text = raw.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError as e:
                 yield InputProblem(source, number, f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})")
                 continue
