@@ -113,8 +113,8 @@ async def run_phase(name: str, base: str, model: str, key: str | None, endpoint:
                     err = r.json().get("error", {})
                     if not err.get("queue_depth", 0) + 1 > err.get("max_queue", 0):
                         result.bad_429 += 1
-                    wait = float(r.headers.get("retry-after", "1"))
-                    await asyncio.sleep(min(wait, 10.0) * random.uniform(0.5, 1.0))
+                    wait = float(r.headers.get("retry-after", "1"))  # honoured, plus jitter
+                    await asyncio.sleep(min(wait, 10.0) * random.uniform(1.0, 1.5))
                 else:
                     result.errors.append(f"HTTP {r.status_code}: {r.text[:200]}")
 

@@ -91,18 +91,23 @@ class MicroBatcher:
             await self._worker
         self._worker = None
 
-    def retry_after(self) -> int:
-        """Seconds until the queue has probably drained enough to take a request."""
+    def retry_after(self, wanted: int = 1) -> int:
+        """Seconds until the queue has probably drained enough to take `wanted` more items.
+
+        Only the overflow has to drain, not the whole queue: telling every refused client to wait
+        for a full drain would leave the engine idle while they sleep.
+        """
         if self._rate <= 0:
             return 1
-        return max(1, min(60, math.ceil((self.depth + self.in_flight) / self._rate)))
+        overflow = max(1, self.depth + wanted - self.max_queue)
+        return max(1, min(60, math.ceil(overflow / self._rate)))
 
     async def submit(self, items: Sequence[JudgeItem]) -> list[Verdict]:
         """Judge `items` (all admitted or none); verdicts in input order."""
         if self._closing:
             raise ShuttingDown("the server is shutting down")
         if self.depth + len(items) > self.max_queue:
-            raise QueueFull(self.depth, self.max_queue, len(items), self.retry_after())
+            raise QueueFull(self.depth, self.max_queue, len(items), self.retry_after(len(items)))
         loop = asyncio.get_running_loop()
         entries = [_Entry(item, loop.create_future()) for item in items]
         for entry in entries:
