@@ -78,13 +78,13 @@ def main() -> None:
     c0 = time.process_time()
     t0 = time.perf_counter()
     experts = load_experts(raw)
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     rng = np.random.default_rng(1)
     scores = [scores_from_frame(pd.DataFrame({"key": experts.frame["key"],
                                               "head_score": judge + rng.normal(scale=0.2 * k, size=judge.size)}),
                                 judge=f"judge-{k}")
               for k in range(args.judges)]
-    t2 = time.perf_counter()
+    t2, c2 = time.perf_counter(), time.process_time()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MetaEvalWarning)
         result = meta_evaluate(experts, scores, split=args.split, n_bootstrap=args.bootstrap, by_group=args.groups)
@@ -95,9 +95,9 @@ def main() -> None:
           f"LLMs: {len(result.models)}  judges: {args.judges}  resamples: {args.bootstrap:,}  split: {args.split}")
     for r in avg[avg["metric"].isin(["spearman", "mae", "vc"])].itertuples():
         print(f"  {r.judge} Avg. {r.metric}: {r.value:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]")
-    print(f"load expert rows (keys, answers, scales): {t1 - t0:.2f} s")
-    print(f"build score frames:                       {t2 - t1:.2f} s")
-    print(f"meta_evaluate (join, metrics, bootstrap): {t3 - t2:.2f} s")
+    print(f"load expert rows (keys, answers, scales): {t1 - t0:.2f} s wall, {c1 - c0:.2f} s CPU")
+    print(f"build score frames:                       {t2 - t1:.2f} s wall, {c2 - c1:.2f} s CPU")
+    print(f"meta_evaluate (join, metrics, bootstrap): {t3 - t2:.2f} s wall, {cpu - (c2 - c0):.2f} s CPU")
     print(f"total: {t3 - t0:.2f} s wall, {cpu:.2f} s CPU   (CPUs: {os.cpu_count()}, load average before/after: "
           f"{load0:.1f} / {os.getloadavg()[0]:.1f})")
 

@@ -112,7 +112,8 @@ def _expert_scores(value: Any) -> list[float]:
         value = [value]
     out = []
     for a in value:
-        s = _number(a.get("score") if isinstance(a, dict) else a)
+        s = a.get("score") if isinstance(a, dict) else a
+        s = float(s) if isinstance(s, (int, float)) else _number(s)  # the common case first
         if not math.isnan(s) and s != NOT_APPLICABLE:
             out.append(s)
     return out
@@ -135,6 +136,7 @@ def load_experts(
     n = len(raw)
     col = {c: (raw[c].tolist() if c in raw.columns else [None] * n)
            for c in (*REQUIRED, "reference_answer", "task_type", "criteria_score", "annotations", "criteria_group")}
+    has_aggregate = "criteria_score" in raw.columns
     keys: list[str] = []
     expert: list[float] = []
     per_expert: list[list[float]] = []
@@ -154,7 +156,7 @@ def load_experts(
             except (ValueError, TypeError, AttributeError) as e:
                 raise RecordError(f"{where}: cannot read 'annotations' ({e})") from None
             try:
-                agg = _number(col["criteria_score"][i]) if "criteria_score" in raw.columns else (
+                agg = _number(col["criteria_score"][i]) if has_aggregate else (
                     float(np.mean(scores)) if scores else math.nan)
             except (ValueError, TypeError):
                 raise RecordError(f"{where}: 'criteria_score' is not a number: {col['criteria_score'][i]!r}") from None
@@ -189,7 +191,9 @@ def load_experts(
     scales = {r: parse_scale(r) for r in frame["rubrics"].unique()}
     frame["scale_min"] = frame["rubrics"].map(lambda r: scales[r].min if scales[r] else math.nan).astype(float)
     frame["scale_max"] = frame["rubrics"].map(lambda r: scales[r].max if scales[r] else math.nan).astype(float)
-    explicit = [canonical_group(g) if g not in (None, "") else None for g in pick("criteria_group", None)]
+    labels = pick("criteria_group", None)
+    canonical = {g: canonical_group(g) for g in set(labels) if g not in (None, "")}
+    explicit = [canonical.get(g) if g not in (None, "") else None for g in labels]
     looked_up = criterion_groups(frame["criteria_name"].unique()) if None in explicit else {}
     frame["group"] = [g if g is not None else looked_up.get(c, UNKNOWN)
                       for g, c in zip(explicit, frame["criteria_name"], strict=True)]
