@@ -185,3 +185,36 @@ def test_user_criteria_file_applies_to_rows_without_criteria(tmp_path: Path, jud
                        user_criteria=load_user_criteria(crit, catalog))
     assert summary.judged == 1
     assert read_verdicts(tmp_path / "run.db")["criteria_name"].tolist() == ["Вежливость"]
+
+
+def test_pollux_dataset_and_instructions_columns_as_they_are(tmp_path: Path, judge):
+    import pandas as pd
+
+    from pollux.aggregate import prepare
+
+    gate_rubric = "0: нарушения нет.\n\n1: нарушение есть."
+    base = {"instruction": "Переведи «кот».", "reference_answer": "", "answer": "cat", "model_id": "GPT-4o",
+            "task_type": "Перевод на русский или английский", "task_subtype": "Слова (внутри контекста или культурный перевод)",
+            "task_subsubtype": None, "difficulty": "Easy", "domain": "Общее", "is_provocative": False,
+            "criteria_description": "…", "rubrics_example": "…", "criteria_score": 1.5,
+            "annotations": [{"comment": "ок", "score": 1}, {"comment": "хорошо", "score": 2}]}
+    dataset = pd.DataFrame([
+        {**base, "criteria_name": "Есть ли критичное нарушение формата?", "rubrics": gate_rubric},
+        {**base, "criteria_name": "Полезность", "rubrics": R2},
+    ])
+    dataset.to_parquet(tmp_path / "pollux.parquet")
+    instructions = [{"prompt_id": 17, "instruction": "Назови столицу России.", "reference_answer": "Москва",
+                     "answer": "Москва.", "meta": "Поиск информации", "task_type": "Проверить факт",
+                     "criteria": [{"criteria_name": "Правильность ответа", "rubrics": R2}]}]
+    write_jsonl(tmp_path / "instr.jsonl", instructions)
+    summary = evaluate([tmp_path / "pollux.parquet", tmp_path / "instr.jsonl"], tmp_path / "run.db", judge)
+    assert summary.problems == [] and summary.judged == 3
+    df = read_verdicts(tmp_path / "run.db")
+    parquet_rows = df[df["source"] == "pollux.parquet"]
+    assert sorted(parquet_rows["line"]) == [1, 2] and parquet_rows["answer_key"].nunique() == 1  # one answer
+    assert parquet_rows["task_group"].notna().all()
+    instr = df[df["source"] == "instr.jsonl"].iloc[0]
+    assert instr["record_id"] == "17" and instr["task_group"] == "Поиск информации"
+    assert instr["reference_answer"] == "Москва"
+    scores = prepare(parquet_rows)
+    assert scores["is_gate"].tolist() == [True, False]  # the 0/1 criterion gates its answer's other rows
