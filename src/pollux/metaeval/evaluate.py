@@ -223,6 +223,9 @@ def meta_evaluate(
             for j in judges:
                 records += _average(records, j, subset, models, per_judge_samples[j], confidence, n_bootstrap)
     notes += [str(w.message) for w in caught if issubclass(w.category, MetaEvalWarning)]
+    for w in caught:  # anything else (numpy, scipy) is passed on, not swallowed
+        if not issubclass(w.category, MetaEvalWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     for note in notes:
         warnings.warn(note, MetaEvalWarning, stacklevel=2)
     settings = {"score": score, "split": split, "n_bootstrap": n_bootstrap, "confidence": confidence,
