@@ -165,11 +165,20 @@ def _render_html(agg: Aggregation, summary: dict[str, Any], title: str) -> str:
         "distribution": svg.histograms(samples, title="Distribution of normalised scores"),
         "legend": svg.legend(models),
     }
+    # Texts are stored once per answer (an answer has ~15 verdicts); verdicts point at them.
     verdict_cols = ["model_id", "record_id", "source", "line", "task_type", "task_group", "criteria_name",
                     "criterion_id", "score", "norm_score", "scale_max", "valid", "is_gate", "gated", "error",
-                    "invalid_reason", "rationale", "instruction", "answer", "reference_answer"]
-    present = [c for c in verdict_cols if c in agg.scores.columns]
-    verdicts = _records(agg.scores[present])
+                    "invalid_reason", "rationale"]
+    scores = agg.scores
+    present = [c for c in verdict_cols if c in scores.columns]
+    text_cols = [c for c in ("instruction", "answer", "reference_answer") if c in scores.columns]
+    answer_index = {key: i for i, key in enumerate(dict.fromkeys(scores["answer_key"]))}
+    firsts = scores.drop_duplicates("answer_key")
+    texts = [{c: _clean(row[c]) for c in text_cols} for _, row in firsts.iterrows()]
+    # Column-wise (names once, then rows as arrays): a run has 100k+ verdicts.
+    frame = scores[present].assign(a=scores["answer_key"].map(answer_index))
+    verdicts = {"columns": list(frame.columns),
+                "rows": [[_clean(v) for v in row] for row in frame.itertuples(index=False, name=None)]}
     table_rows = []
     for row in _records(board):
         table_rows.append({
@@ -187,7 +196,7 @@ def _render_html(agg: Aggregation, summary: dict[str, Any], title: str) -> str:
         groups=groups,
         board=table_rows,
         charts=charts,
-        verdicts_json=_script_json(verdicts),
+        verdicts_json=_script_json({"verdicts": verdicts, "answers": texts}),
         models=models,
         criteria=sorted(agg.scores["criteria_name"].unique().tolist()),
     )
