@@ -109,3 +109,13 @@ def test_report_cli(tmp_path: Path):
     assert data["leaderboard"][0]["model_id"] == "alpha"
     bad = CliRunner().invoke(app, ["report", str(tmp_path / "nope.db")])
     assert bad.exit_code == 2 and "no such run database" in bad.stderr
+
+
+def test_per_model_criterion_by_group_tables(tmp_path: Path):
+    db = make_run_db(tmp_path / "run.db")
+    html = build_report(db, tmp_path / "out").html.read_text(encoding="utf-8")
+    assert html.count('<table class="criterion-table"') == 2
+    beta = html.split('data-model="beta"')[1].split("</table>")[0]
+    # rows: 2 criteria + "mean over criteria"; columns: 2 groups + "mean over groups"
+    assert beta.count("<tr") == 1 + 3 and "mean over groups" in beta and "mean over criteria" in beta
+    assert f"{(0.0 + 0.5 + 0.5) / 3:.3f}" in beta  # Полезность in the gated group

@@ -51,6 +51,7 @@ def test_report_renders_charts_and_tables(report: Path):
     heat_cells = re.findall(r'<rect class="cell"', dom)
     assert len(heat_cells) == 2 * 2  # 2 averaged criteria × 2 models
     assert len(re.findall(r'<rect class="bar"', dom)) > 2
+    assert dom.count('<table class="criterion-table"') == 2  # per model: criterion × task group
     board = dom.split('id="leaderboard-table"')[1].split("</table>")[0]
     assert board.count("<tr>") == 3 and "alpha" in board and "beta" in board
     # the verdict rows are built by the page's JS from the embedded data

@@ -186,6 +186,14 @@ def _render_html(agg: Aggregation, summary: dict[str, Any], title: str) -> str:
             "groups": [row.get(g) for g in groups], "answers": row["answers"], "judgements": row["judgements"],
             "gated": row["gated_answers"], "invalid": row["invalid"], "errors": row["errors"],
         })
+    per_model = []
+    for model in models:
+        table = agg.criterion_table(model)
+        per_model.append({
+            "model": model,
+            "columns": [str(c) for c in table.columns],
+            "rows": [(str(idx), [_clean(v) for v in table.loc[idx].tolist()]) for idx in table.index],
+        })
     env = Environment(loader=FileSystemLoader(str(TEMPLATE_DIR)), autoescape=select_autoescape(["html"]))
     env.filters["score"] = lambda v: "–" if v is None else f"{v:.3f}"
     template = env.get_template("template.html")
@@ -199,4 +207,5 @@ def _render_html(agg: Aggregation, summary: dict[str, Any], title: str) -> str:
         verdicts_json=_script_json({"verdicts": verdicts, "answers": texts}),
         models=models,
         criteria=sorted(agg.scores["criteria_name"].unique().tolist()),
+        per_model=per_model,
     )
