@@ -143,14 +143,20 @@ def aggregate(
                 .agg(mean=("mean", "mean"), n=("n", "sum")).reset_index())
     grand = by_group.groupby("model_id")["mean"].mean().rename("grand_mean")
 
-    per_model = scores.groupby("model_id")
+    flags = pd.DataFrame({
+        "model_id": scores["model_id"],
+        "counted": scores["counted"].astype(int),
+        "invalid": (~scores["usable"] & scores["error"].isna()).astype(int),
+        "errors": scores["error"].notna().astype(int),
+    })
+    per_model = flags.groupby("model_id")
     stats = pd.DataFrame({
-        "answers": per_model["answer_key"].nunique(),
+        "answers": scores.groupby("model_id")["answer_key"].nunique(),
         "judgements": per_model.size(),
         "counted": per_model["counted"].sum(),
         "gated_answers": scores[scores["gate_failed"]].groupby("model_id")["answer_key"].nunique(),
-        "invalid": per_model.apply(lambda g: int((~g["usable"] & g["error"].isna()).sum()), include_groups=False),
-        "errors": per_model["error"].apply(lambda s: int(s.notna().sum())),
+        "invalid": per_model["invalid"].sum(),
+        "errors": per_model["errors"].sum(),
     }).fillna(0)
     board = stats.join(grand, how="left")
     group_wide = by_group.pivot_table(index="model_id", columns="task_group", values="mean", aggfunc="first")
