@@ -100,3 +100,16 @@ def test_cli_reports_lines_and_exits_zero(tmp_path: Path, tiny_judge_path: Path)
                                       "--db", str(db), "--strict"])
     assert strict.exit_code == 2
     assert "answers.jsonl:2: broken JSON" in strict.stderr
+
+
+def test_cli_unloadable_judge_is_a_clear_error(tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from pollux.cli import app
+
+    db = tmp_path / "run.db"
+    result = CliRunner().invoke(app, ["evaluate", str(CORPUS / "answers.jsonl"), "--judge", str(tmp_path / "nope"),
+                                      "--db", str(db), "--no-progress"])
+    assert result.exit_code == 2
+    assert "not a local checkpoint folder" in result.stderr
+    assert not db.exists()  # nothing is created before the judge is loaded

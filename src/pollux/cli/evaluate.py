@@ -60,6 +60,7 @@ def evaluate_command(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr."),
 ) -> None:
     """Judge every answer × criterion of INPUT into --db; run it again to resume."""
+    from pollux.checkpoint import CheckpointError
     from pollux.evaluate import EvaluateError, Progress, RichProgress, evaluate
     from pollux.taxonomy import TaxonomyError, load_catalog, load_user_criteria
 
@@ -79,7 +80,7 @@ def evaluate_command(
             strict=strict, new_run=new_run, chunk_size=chunk_size, max_field_chars=max_field_chars,
             progress=RichProgress() if progress else Progress(), log=log,
         )
-    except (EvaluateError, TaxonomyError, OSError, ValueError) as e:
+    except (EvaluateError, TaxonomyError, CheckpointError, OSError, ValueError, TypeError, ImportError) as e:
         log(f"error: {e}")
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
