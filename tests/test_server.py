@@ -267,3 +267,31 @@ def test_overload_gets_429_with_retry_after_and_shutdown_is_graceful(slow_server
     assert all(v["error"] is None for v in result["r"].json()["verdicts"])
     with pytest.raises(httpx.TransportError):
         httpx.get(slow_server.url + "/healthz", timeout=2)
+
+
+@pytest.mark.slow
+def test_generative_judge_served_and_reasked(tiny_generative_path: Path, tmp_path: Path) -> None:
+    """A judge without a regression head: no head score over HTTP, and a reply without
+    `[RESULT] n [END]` is re-asked once (both asks' tokens counted)."""
+    port = free_port()
+    proc = start_serve(tiny_generative_path, port, ["--max-new-tokens", "6", "--dtype", "float32",
+                                                    "--device", "cpu", "--model-name", "gen"],
+                       log_path=tmp_path / "serve.log")
+    try:
+        rows = [item(i) for i in range(3)]
+        expected = Judge.from_pretrained(str(tiny_generative_path), dtype="float32", device="cpu",
+                                         sampling=SamplingParams(max_new_tokens=6)).judge_many(rows)
+        models = httpx.get(f"http://127.0.0.1:{port}/v1/models").json()
+        assert models["data"][0]["kind"] == "generative"
+        engine = OpenAIEngine("gen", base_url=f"http://127.0.0.1:{port}/v1", max_reasks=1,
+                              sampling=SamplingParams(max_new_tokens=6))
+        verdicts = engine.judge_many([in_process_item(r) for r in rows])
+    finally:
+        assert stop(proc) in GRACEFUL_EXIT
+    assert [v.raw_text for v in verdicts] == [e.raw_text for e in expected]
+    assert all(v.head_score is None and v.error is None for v in verdicts)
+    unscored = [e for e in expected if e.text_score is None]
+    assert engine.usage["reasks"] == len(unscored)
+    assert engine.usage["requests"] == len(rows) + len(unscored)
+    assert sum(v.completion_tokens for v in verdicts) == sum(
+        e.completion_tokens * (2 if e.text_score is None else 1) for e in expected)
