@@ -159,6 +159,9 @@ def in_process_item(row: dict[str, Any]):
     ({"json": {"items": [item(i) for i in range(9)]}}, 413, "9 items in one request exceeds the limit of 8"),
     ({"json": item(1, answer="ы" * 20_000)}, 413, "exceeds the limit of 20000 bytes"),
     ({"json": item(1, rubrics="без шкалы", criteria_name="  ")}, 422, "criteria_name' is empty"),
+    ({"json": item(1, answer=42)}, 422, "field 'answer' must be a string"),
+    ({"json": item(1, meta=5)}, 422, "item: "),
+    ({"content": b"[" * 19_000}, 400, "nested too deeply"),
 ])
 def test_bad_judge_requests_get_clear_4xx(server: Server, kwargs: dict[str, Any], status: int, message: str) -> None:
     r = server.post("/v1/judge", **kwargs)

@@ -160,6 +160,9 @@ def create_app(judge: Any, config: ServerConfig) -> FastAPI:
             except RecordError as e:
                 items.append(None)
                 problems[i] = str(e)
+            except (TypeError, ValueError) as e:  # e.g. a "meta" that is not an object
+                items.append(None)
+                problems[i] = f"{where}: {e}"
         if len(problems) == len(rows):  # nothing to judge: the request itself is wrong
             raise ApiError(422, "; ".join(problems[i] for i in sorted(problems))[:4000])
         good = [it for it in items if it is not None]
@@ -252,6 +255,8 @@ async def _read_json(request: Request, limit: int) -> Any:
         raise ApiError(400, f"request body is not UTF-8: {e}") from None
     except json.JSONDecodeError as e:
         raise ApiError(400, f"request body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except RecursionError:
+        raise ApiError(400, "request body is nested too deeply") from None
 
 
 def _judge_rows(body: Any, max_items: int) -> tuple[list[Any], bool]:
