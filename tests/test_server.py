@@ -298,3 +298,14 @@ def test_generative_judge_served_and_reasked(tiny_generative_path: Path, tmp_pat
     assert engine.usage["requests"] == len(rows) + len(unscored)
     assert sum(v.completion_tokens for v in verdicts) == sum(
         e.completion_tokens * (2 if e.text_score is None else 1) for e in expected)
+
+
+def test_serve_with_a_bad_checkpoint_exits_with_a_clear_message(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", "from pollux.cli import main; main()", "serve", "--model",
+                          str(tmp_path / "missing"), "--port", str(free_port())],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert "not a local checkpoint folder" in run.stderr and "Traceback" not in run.stderr

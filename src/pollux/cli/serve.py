@@ -35,6 +35,7 @@ def serve(
 ) -> None:
     """Serve a judge: POST /v1/judge, OpenAI-compatible /v1/chat/completions and /v1/models,
     GET /healthz and Prometheus /metrics."""
+    from pollux.checkpoint import CheckpointError
     from pollux.engine import SamplingParams
     from pollux.server.run import serve as run_server
 
@@ -44,9 +45,13 @@ def serve(
     except ValueError as e:
         typer.echo(f"pollux serve: {e}", err=True)
         raise typer.Exit(2) from None
-    run_server(
-        model, host=host, port=port, model_name=model_name, api_key=api_key, batch_size=batch_size,
-        max_wait_ms=max_wait_ms, max_queue=max_queue, max_body_bytes=max_body_bytes, max_items=max_items,
-        graceful_timeout=graceful_timeout, log_level=log_level,
-        judge_options={"sampling": sampling, "dtype": dtype, "device": device},
-    )
+    try:
+        run_server(
+            model, host=host, port=port, model_name=model_name, api_key=api_key, batch_size=batch_size,
+            max_wait_ms=max_wait_ms, max_queue=max_queue, max_body_bytes=max_body_bytes, max_items=max_items,
+            graceful_timeout=graceful_timeout, log_level=log_level,
+            judge_options={"sampling": sampling, "dtype": dtype, "device": device},
+        )
+    except (CheckpointError, OSError, ValueError, ImportError) as e:  # a bad checkpoint or option: say so, no traceback
+        typer.echo(f"pollux serve: {type(e).__name__}: {e}", err=True)
+        raise typer.Exit(2) from None
