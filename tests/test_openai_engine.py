@@ -309,3 +309,11 @@ def test_unset_options_come_from_the_environment(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("POLLUX_API_TIMEOUT", "soon")
     with pytest.raises(ValueError, match="POLLUX_API_TIMEOUT"):
         OpenAIEngine("m")
+
+
+def test_describe_ignores_where_and_how_hard_we_call() -> None:
+    a = OpenAIEngine("m", base_url="http://127.0.0.1:1/v1", timeout=5, max_retries=1, concurrency=2)
+    b = OpenAIEngine("m", base_url="http://127.0.0.1:2/v1", timeout=50, max_retries=9, concurrency=32)
+    assert a.describe() == b.describe()
+    assert OpenAIEngine("m", base_url="http://x", prompt_style="general").describe() != a.describe()
+    assert OpenAIEngine("m2", base_url="http://x").describe() != a.describe()

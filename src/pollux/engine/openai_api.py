@@ -174,10 +174,11 @@ class OpenAIEngine:
     # -- the Engine protocol ------------------------------------------------------------------
 
     def describe(self) -> dict[str, Any]:
+        """What changes verdicts. Not the base URL (a restarted server on another port, or a proxy,
+        serves the same judge: a run must resume across that) nor timeouts/retries/concurrency."""
         return {
             "engine": "openai",
             "model": self.model,
-            "base_url": self.base_url,
             "prompt_style": self.prompt_style,
             "template": self.template.to_dict(),
             "sampling": self.sampling.to_dict(),
