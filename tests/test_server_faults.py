@@ -1,6 +1,7 @@
 """Exactly once through faults: `pollux evaluate` → fault proxy → `pollux serve`, all real processes.
 
-The proxy (scripts/fault_proxy.py) fails 20% of requests (429 + Retry-After before the server,
+First the server is down (every item fails and is recorded as an error); then the same command runs
+through the proxy and resumes. The proxy (scripts/fault_proxy.py) fails 20% of requests (429 + Retry-After before the server,
 500 after the server did the work) and holds 10% past the client's timeout. The evaluate run
 must still finish with every item judged exactly once, no errors, and the same scores the server
 gives without faults.
@@ -58,13 +59,24 @@ def test_evaluate_through_faults_judges_every_item_exactly_once(stack: dict[str,
     n_items = len(rows) * len(CRITERIA)  # 42
 
     env = {**os.environ, "FAULT_TEST_KEY": KEY, "POLLUX_API_TIMEOUT": "1.5", "POLLUX_API_MAX_RETRIES": "12"}
-    cmd = [sys.executable, "-c", "from pollux.cli import main; main()", "evaluate", str(src),
-           "--judge", "openai:tiny-r", "--base-url", stack["proxy"] + "/v1", "--api-key-env", "FAULT_TEST_KEY",
-           "--concurrency", "8", "--max-new-tokens", "8", "--db", str(db), "--no-progress"]
-    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+    def evaluate(base_url: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-c", "from pollux.cli import main; main()", "evaluate", str(src),
+               "--judge", "openai:tiny-r", "--base-url", base_url, "--api-key-env", "FAULT_TEST_KEY",
+               "--concurrency", "8", "--max-new-tokens", "8", "--db", str(db), "--no-progress"]
+        return subprocess.run(cmd, env={**env, **extra_env}, capture_output=True, text=True, timeout=600)
+
+    # 1. the server is not there: every item fails (after one retry) and is recorded as an error
+    down = evaluate(f"http://127.0.0.1:{free_port()}/v1", POLLUX_API_MAX_RETRIES="1")
+    assert down.returncode == 1, down.stderr[-3000:]
+    assert json.loads(down.stdout)["remaining"] == n_items
+    assert read_verdicts(db)["error"].str.contains("connection error").all()
+
+    # 2. the same command through the faulty proxy resumes the run and retries every failed item
+    run = evaluate(stack["proxy"] + "/v1")
     assert run.returncode == 0, run.stderr[-3000:]
     summary = json.loads(run.stdout)
-    assert summary["judged"] == n_items and summary["remaining"] == 0
+    assert summary["judged"] == n_items and summary["remaining"] == 0 and not summary["new_run"]
 
     # the faults really happened
     faults = httpx.get(stack["proxy"] + "/_proxy/stats").json()
