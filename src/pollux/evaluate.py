@@ -84,7 +84,8 @@ class EvaluateSummary:
     failed: int = 0
     remaining: int = 0
     interrupted: bool = False
-    elapsed_s: float = 0.0
+    elapsed_s: float = 0.0  # the whole call, loading included
+    judging_s: float = 0.0  # judging only: what judgements_per_s is measured over
     judgements_per_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -323,7 +324,7 @@ def evaluate(
     for p in expansion.problems:
         log(f"skipped {p}")
 
-    if not isinstance(judge, _JudgeLike):
+    if not hasattr(judge, "judge_many"):  # a loader: load only now that the inputs are known good
         judge = judge()
     config = run_config(judge)
     summary.judge = judge.name
@@ -360,6 +361,7 @@ def evaluate(
             f"{summary.already_done} already done, {len(todo)} to judge")
 
         progress.start(total=summary.items, done=summary.already_done)
+        t_judge = time.monotonic()
         try:
             for start in range(0, len(todo), chunk_size):
                 chunk_keys = todo[start : start + chunk_size]
@@ -370,11 +372,13 @@ def evaluate(
             log("interrupted: every verdict so far is saved; run the same command again to resume")
         finally:
             progress.stop()
+        judging_s = time.monotonic() - t_judge
         summary.remaining = summary.items - len(store.done_keys(run.run_id, judge.name))
 
     summary.elapsed_s = round(time.monotonic() - t0, 3)
+    summary.judging_s = round(judging_s, 3)
     judged_total = summary.judged + summary.failed
-    summary.judgements_per_s = round(judged_total / summary.elapsed_s, 3) if summary.elapsed_s else 0.0
+    summary.judgements_per_s = round(judged_total / judging_s, 3) if judging_s > 0 else 0.0
     return summary
 
 
@@ -417,12 +421,3 @@ def _judge_chunk(
     for index, verdict in enumerate(verdicts):
         if index not in written:
             on_verdict(index, verdict)
-
-
-class _JudgeLikeMeta(type):
-    def __instancecheck__(cls, obj: object) -> bool:
-        return hasattr(obj, "judge_many") and hasattr(obj, "describe") and hasattr(obj, "name")
-
-
-class _JudgeLike(metaclass=_JudgeLikeMeta):
-    """Anything with `name`, `describe()` and `judge_many()` (a `Judge` or an engine)."""
