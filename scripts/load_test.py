@@ -2,7 +2,7 @@
 """Load test for `pollux serve`: N concurrent loopback clients for D seconds.
 
     python scripts/load_test.py                       # starts its own server with a tiny random judge
-    python scripts/load_test.py --url http://127.0.0.1:8000 --api-key KEY --max-queue 1024
+    python scripts/load_test.py --url http://127.0.0.1:8000 --api-key KEY
     python scripts/load_test.py --model ./pollux-judge-7b-r --clients 200 --duration 60
 
 Phases:
@@ -41,7 +41,7 @@ import numpy as np
 
 from pollux.prompts import PromptTemplate
 from pollux.records import JudgeItem
-from pollux.server.launch import free_port, start_serve, stop
+from pollux.server.launch import free_port, start_serve, stop, wait_ready
 
 RUBRICS = "0: ответ неверен\n\n1: ответ частично верен\n\n2: ответ полностью верен"
 
@@ -167,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=60.0)
     p.add_argument("--calm-duration", type=float, default=10.0, help="0 skips the calm phase")
     p.add_argument("--endpoint", choices=("chat", "judge"), default="chat")
-    p.add_argument("--max-queue", type=int, default=64, help="the server's --max-queue (passed when starting one)")
+    p.add_argument("--max-queue", type=int, default=None,
+                   help="--max-queue of a started server (default 64); a running server's is read from /healthz")
     p.add_argument("--batch-size", type=int, default=32, help="--batch-size of a started server")
     p.add_argument("--max-new-tokens", type=int, default=8, help="--max-new-tokens of a started server")
     p.add_argument("--timeout", type=float, default=120.0, help="client timeout per request, seconds")
@@ -178,6 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.url:
             base, key = a.url.rstrip("/"), a.api_key
+            try:
+                wait_ready(base + "/healthz", timeout=60)
+            except TimeoutError as e:
+                print(f"load_test: the server does not answer: {e}", file=sys.stderr)
+                return 2
         else:
             key = a.api_key or secrets.token_urlsafe(16)
             model_path = a.model
@@ -190,11 +196,12 @@ def main(argv: list[str] | None = None) -> int:
             port = free_port()
             print(f"starting pollux serve on 127.0.0.1:{port}…", file=sys.stderr, flush=True)
             proc = start_serve(model_path, port, [
-                "--max-new-tokens", str(a.max_new_tokens), "--max-queue", str(a.max_queue),
+                "--max-new-tokens", str(a.max_new_tokens), "--max-queue", str(a.max_queue or 64),
                 "--batch-size", str(a.batch_size), "--dtype", "float32", "--device", "cpu",
             ], env={"POLLUX_API_KEY": key})
             base = f"http://127.0.0.1:{port}"
         auth = {"Authorization": f"Bearer {key}"} if key else {}
+        a.max_queue = httpx.get(base + "/healthz", timeout=30).json()["max_queue"]
         model = a.model_name or httpx.get(base + "/v1/models", headers=auth, timeout=30).json()["data"][0]["id"]
 
         failures: list[str] = []
@@ -244,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         if failures:
             print("FAILED:\n  " + "\n  ".join(failures), file=sys.stderr)
             return 1
-        print("all checks passed: no 5xx, 429 only under overload, key enforced", file=sys.stderr)
+        key_note = "key enforced" if key else "no key set, so no key check"
+        print(f"all checks passed: no 5xx, 429 only under overload, {key_note}", file=sys.stderr)
         return 0
     finally:
         if proc is not None:

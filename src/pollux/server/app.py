@@ -131,8 +131,9 @@ def create_app(judge: Any, config: ServerConfig) -> FastAPI:
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
         b = batcher_box.get("b")
-        return {"status": "ok", "model": config.model_name,
-                "queue_depth": b.depth if b else 0, "in_flight": b.in_flight if b else 0}
+        return {"status": "ok", "model": config.model_name, "queue_depth": b.depth if b else 0,
+                "in_flight": b.in_flight if b else 0, "max_queue": config.max_queue,
+                "batch_size": config.batch_size}
 
     @app.get("/metrics")
     async def metrics_endpoint() -> Response:
