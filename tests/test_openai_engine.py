@@ -317,3 +317,28 @@ def test_describe_ignores_where_and_how_hard_we_call() -> None:
     assert a.describe() == b.describe()
     assert OpenAIEngine("m", base_url="http://x", prompt_style="general").describe() != a.describe()
     assert OpenAIEngine("m2", base_url="http://x").describe() != a.describe()
+
+
+def test_adapts_to_servers_that_refuse_max_tokens_or_temperature() -> None:
+    def handler(instruction: str, attempt: int, body: dict[str, Any]) -> Response:
+        if "max_tokens" in body:
+            return JSONResponse({"error": {"message": "Unsupported parameter: 'max_tokens' is not supported with "
+                                           "this model. Use 'max_completion_tokens' instead."}}, status_code=400)
+        if "temperature" in body:
+            return JSONResponse({"error": {"message": "Unsupported value: 'temperature' does not support 0 with "
+                                           "this model. Only the default (1) value is supported."}}, status_code=400)
+        return completion("[FEEDBACK] ok [RESULT] 2 [END]")
+
+    with ScriptedServer(handler) as srv:
+        eng = engine(srv.url, concurrency=1, max_retries=0, sampling=SamplingParams(max_new_tokens=77))
+        verdicts = eng.judge_many(items(3))
+    assert all(v.text_score == 2.0 for v in verdicts)
+    assert eng.adaptations == {"max_completion_tokens", "no_temperature"}
+    assert len(srv.bodies) == 3 + 2  # two refusals for the first item, then every payload is adapted
+    assert srv.bodies[-1]["max_completion_tokens"] == 77 and "temperature" not in srv.bodies[-1]
+
+
+def test_other_400s_are_errors() -> None:
+    with ScriptedServer(lambda i, a, b: error(400)) as srv:
+        [v] = engine(srv.url).judge_many(items(1))
+    assert v.error is not None and "HTTP 400" in v.error and srv.attempts["q0"] == 1

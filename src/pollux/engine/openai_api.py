@@ -170,6 +170,8 @@ class OpenAIEngine:
             ("requests", "retries", "reasks", "failed_items", "prompt_tokens", "completion_tokens"), 0
         )
         self._rng = random.Random()
+        # Request parameters the server refused and we changed (see `_adapt`).
+        self.adaptations: set[str] = set()
 
     # -- the Engine protocol ------------------------------------------------------------------
 
@@ -288,7 +290,31 @@ class OpenAIEngine:
         }
         if self.sampling.top_p < 1:
             payload["top_p"] = self.sampling.top_p
+        self._apply_adaptations(payload)
         return payload
+
+    def _apply_adaptations(self, payload: dict[str, Any]) -> None:
+        if "max_completion_tokens" in self.adaptations and "max_tokens" in payload:
+            payload["max_completion_tokens"] = payload.pop("max_tokens")
+        if "no_temperature" in self.adaptations:
+            payload.pop("temperature", None)
+
+    def _adapt(self, payload: dict[str, Any], response: httpx.Response) -> bool:
+        """Some hosted models (OpenAI's reasoning models) refuse `max_tokens` or any temperature but
+        their default, and say so in a 400. Learn that once, fix the payload, and resend."""
+        message = response.text.lower()
+        learned: set[str] = set()
+        if "max_completion_tokens" in message and "max_tokens" in payload:
+            learned.add("max_completion_tokens")
+        if "temperature" in message and "unsupported" in message and "temperature" in payload:
+            learned.add("no_temperature")
+        if not learned:  # only what this payload still has: a second refusal is a real error
+            return False
+        if learned - self.adaptations:
+            log.warning("%s: the server refused a parameter; adapting: %s", self.name, sorted(learned))
+        self.adaptations |= learned
+        self._apply_adaptations(payload)
+        return True
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         """Exponential backoff with jitter; never shorter than the server's Retry-After."""
@@ -301,7 +327,8 @@ class OpenAIEngine:
     async def _post(self, client: httpx.AsyncClient, payload: dict[str, Any]) -> _Reply:
         url = f"{self.base_url}/chat/completions"
         last = "no attempt made"
-        for attempt in range(self.max_retries + 1):
+        attempt = adapted = 0
+        while True:
             retry_after: float | None = None
             self.usage["requests"] += 1
             try:
@@ -320,13 +347,17 @@ class OpenAIEngine:
                 elif response.status_code in RETRY_STATUSES or response.status_code >= 500:
                     last = f"HTTP {response.status_code}: {_snippet(response)}"
                     retry_after = parse_retry_after(response.headers.get("retry-after"))
+                elif response.status_code == 400 and adapted < 2 and self._adapt(payload, response):
+                    adapted += 1  # not a failure: resend at once with what the server accepts
+                    continue
                 else:
                     raise ApiError(f"HTTP {response.status_code} from {url}: {_snippet(response)}")
             if attempt == self.max_retries:
                 break
+            attempt += 1
             self.usage["retries"] += 1
-            delay = self._backoff(attempt, retry_after)
-            log.info("%s: attempt %d failed (%s); retrying in %.2f s", self.name, attempt + 1, last, delay)
+            delay = self._backoff(attempt - 1, retry_after)
+            log.info("%s: attempt %d failed (%s); retrying in %.2f s", self.name, attempt, last, delay)
             await asyncio.sleep(delay)
         raise ApiError(f"gave up after {self.max_retries + 1} attempt(s) at {url}; last error: {last}")
 
