@@ -221,3 +221,16 @@ def test_table_formats():
     assert "Avg." in terminal and "Coverage" in terminal
     with pytest.raises(ValueError, match="unknown format"):
         render(result, "xlsx")
+
+
+def test_missing_reference_and_task_type_cells_are_empty_texts():
+    rows = pollux_rows(1, models=("a",))
+    rows[0]["reference_answer"] = None
+    rows[1]["reference_answer"] = "Эталон"
+    rows[2]["task_type"] = None
+    frame = pd.DataFrame(rows)  # pandas spells the missing cells NaN
+    experts = load_experts(frame)
+    assert len(experts.frame) == 3 and not experts.skipped
+    assert experts.frame["key"].tolist() == [key_of({**r, "reference_answer": r["reference_answer"] or ""})
+                                             for r in rows]
+    assert experts.frame["task_type"].tolist()[2] == ""

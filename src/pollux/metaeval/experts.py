@@ -13,10 +13,11 @@ warning that names it — the other rows are still evaluated.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,30 @@ def _expert_scores(value: Any) -> list[float]:
     return out
 
 
+def _blank_if_missing(value: Any) -> Any:
+    """None / NaN (how parquet and pandas spell an empty optional text) → ""."""
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+def _key_function() -> Callable[[str, str, str, str, str], str]:
+    """`JudgeItem.key` of (instruction, reference, answer, criterion, rubrics) without building a
+    JudgeItem per row — a third of the loading time at POLLUX's size. The shortcut is used only
+    when it reproduces `JudgeItem.key` on a probe with quotes, escapes and Cyrillic, so a change
+    to how keys are made falls back to JudgeItem instead of silently breaking the join."""
+    enc = json.encoder.c_encode_basestring or json.encoder.py_encode_basestring  # json.dumps(ensure_ascii=False)
+
+    def fast(instruction: str, reference: str, answer: str, criterion: str, rubrics: str) -> str:
+        payload = "[" + ", ".join([enc(instruction), enc(reference), enc(answer), enc(criterion), enc(rubrics)]) + "]"
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
+
+    def slow(instruction: str, reference: str, answer: str, criterion: str, rubrics: str) -> str:
+        return JudgeItem(instruction=instruction, answer=answer, criteria_name=criterion, rubrics=rubrics,
+                         reference_answer=reference).key
+
+    probe = ('Задание "1"\n\tс \\ и ё', "", "Ответ\u2028 </script>", "Грамотность", "0: нет\n\n1: да")
+    return fast if fast(*probe) == slow(*probe) else slow
+
+
 def load_experts(
     source: str | Path | pd.DataFrame,
     *,
@@ -142,13 +167,17 @@ def load_experts(
     per_expert: list[list[float]] = []
     kept: list[int] = []
     skipped: list[str] = []
+    key_of = _key_function()
     for i in range(n):
         where = f"{name}: row {i + 1}"
         try:
-            item = JudgeItem.from_dict(
-                {k: col[k][i] for k in ("instruction", "answer", "criteria_name", "rubrics", "reference_answer")},
-                where=where,
-            )
+            texts = [col[k][i] for k in ("instruction", "answer", "criteria_name", "rubrics")]
+            reference = _blank_if_missing(col["reference_answer"][i])
+            if all(isinstance(t, str) for t in (*texts, reference)) and texts[2].strip() and texts[3].strip():
+                key = key_of(texts[0], reference, texts[1], texts[2], texts[3])
+            else:  # let JudgeItem say what is wrong
+                key = JudgeItem.from_dict(dict(zip(("instruction", "answer", "criteria_name", "rubrics"), texts,
+                                                   strict=True)) | {"reference_answer": reference}, where=where).key
             if not isinstance(col["model_id"][i], str) or not col["model_id"][i].strip():
                 raise RecordError(f"{where}: field 'model_id' is empty or not a string")
             try:
@@ -163,7 +192,7 @@ def load_experts(
         except RecordError as e:
             skipped.append(str(e))
             continue
-        keys.append(item.key)
+        keys.append(key)
         expert.append(math.nan if agg == NOT_APPLICABLE else agg)
         per_expert.append(scores)
         kept.append(i)
@@ -178,10 +207,10 @@ def load_experts(
     frame = pd.DataFrame({
         "key": keys,
         "model_id": pick("model_id"),
-        "task_type": [str(t) for t in pick("task_type")],
+        "task_type": [str(_blank_if_missing(t)) for t in pick("task_type")],
         "criteria_name": pick("criteria_name"),
         "instruction": pick("instruction"),
-        "reference_answer": pick("reference_answer"),
+        "reference_answer": [_blank_if_missing(r) for r in pick("reference_answer")],
         "answer": pick("answer"),
         "rubrics": pick("rubrics"),
         "expert": np.asarray(expert, dtype=float),
