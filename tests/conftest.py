@@ -16,6 +16,16 @@ _HF_HOME = tempfile.mkdtemp(prefix="pollux-hf-home-")
 os.environ["HF_HOME"] = _HF_HOME
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One compute thread per process: test models are tiny, and tests often run a server or a CLI
+# subprocess beside the test process; oversubscribed OpenMP threads spin-wait and can make a
+# 1-second job take 10× longer on a 2-core machine. (Benchmarks set their own thread counts.)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(scope="session")

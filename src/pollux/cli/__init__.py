@@ -23,6 +23,8 @@ app = typer.Typer(
 
 def _register_verbs() -> None:
     for module in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if module.name.startswith("_"):  # __main__ and private helpers
+            continue
         mod = importlib.import_module(f"{__name__}.{module.name}")
         register = getattr(mod, "register", None)
         if register is not None:

@@ -1,0 +1,5 @@
+"""`python -m pollux.cli …` — the same as the `pollux` command."""
+
+from pollux.cli import main
+
+main()
