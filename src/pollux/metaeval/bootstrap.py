@@ -25,6 +25,7 @@ import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from scipy import stats
@@ -41,6 +42,32 @@ def resample_counts(n_answers: int, n_resamples: int, rng: np.random.Generator) 
     return np.bincount(flat.ravel(), minlength=n_resamples * n_answers).reshape(n_resamples, n_answers).astype(
         np.float64
     )
+
+
+class Resamples:
+    """A count matrix and the functions of it that Spearman needs, computed once and shared by
+    every judge scored on these resamples."""
+
+    def __init__(self, counts: np.ndarray):
+        self.counts = counts
+
+    @cached_property
+    def as_float32(self) -> np.ndarray:
+        return self.counts.astype(np.float32)
+
+    @cached_property
+    def pairs(self) -> np.ndarray:
+        """(k² − k) / 2 for each count k."""
+        return (self.counts * self.counts - self.counts) / 2
+
+    @cached_property
+    def cubes(self) -> np.ndarray:
+        """k³ − k for each count k (a tie of size k contributes it to Σ(t³ − t))."""
+        return self.counts * self.counts * self.counts - self.counts
+
+
+def _resamples(counts: np.ndarray | Resamples) -> Resamples:
+    return counts if isinstance(counts, Resamples) else Resamples(counts)
 
 
 @dataclass(frozen=True)
@@ -111,13 +138,15 @@ def _sum_sq_ranks(n: np.ndarray, tie_term: np.ndarray) -> np.ndarray:
     return n * (n + 1) * (2 * n + 1) / 6 - tie_term / 12
 
 
-def spearman_resampled(x: np.ndarray, y: np.ndarray, answer: np.ndarray, counts: np.ndarray) -> np.ndarray:
+def spearman_resampled(x: np.ndarray, y: np.ndarray, answer: np.ndarray, counts: np.ndarray | Resamples) -> np.ndarray:
     """Spearman's rho in each resample (ties → average ranks): shape (n_resamples,).
 
     Uses that average ranks sum to N(N+1)/2 and their squares to Σk² − Σ(t³ − t)/12 whatever
     the ties, so only the cross term Σ w·rx·ry needs the rows. A drawn-k-times row is a tie of
     size k with itself.
     """
+    resamples = _resamples(counts)
+    counts = resamples.counts
     tx, ty = _Ties.of(x), _Ties.of(y)
     if tx.n_groups < ty.n_groups:  # x: the side with more distinct values
         x, y, tx, ty = y, x, ty, tx
@@ -148,9 +177,9 @@ def spearman_resampled(x: np.ndarray, y: np.ndarray, answer: np.ndarray, counts:
         tied_rows = np.flatnonzero(size[tx.group] > 1)  # sorted positions
         tied_local = np.searchsorted(tied_groups, tx.group[tied_rows])
         single = np.bincount(ans_sorted[size[tx.group] == 1], minlength=a_count).astype(float)
-        t = -(((counts * counts - counts) / 2) @ n_ag)
-        ties_x = (counts**3 - counts) @ single
-        c32 = counts.astype(np.float32)
+        t = -(resamples.pairs @ n_ag)
+        ties_x = resamples.cubes @ single
+        c32 = resamples.as_float32
 
         def cross(sl: slice) -> None:
             # float32 halves the memory traffic of the passes that touch every row; counts, their

@@ -200,7 +200,7 @@ def meta_evaluate(
             for m in models:
                 rows = np.flatnonzero(base & (model_col == m))
                 ans_ids, local = np.unique(answer_col[rows], return_inverse=True)
-                counts = (bs.resample_counts(ans_ids.size, n_bootstrap, _seed(seed, subset, m))
+                counts = (bs.Resamples(bs.resample_counts(ans_ids.size, n_bootstrap, _seed(seed, subset, m)))
                           if n_bootstrap and ans_ids.size else None)
                 for j in judges:
                     use = np.isfinite(values[j][rows])
@@ -236,11 +236,12 @@ def meta_evaluate(
                           groups=subsets[1:], settings=settings, warnings=notes)
 
 
-def _resampled(x: np.ndarray, y: np.ndarray, ann: np.ndarray, a: np.ndarray, counts: np.ndarray,
+def _resampled(x: np.ndarray, y: np.ndarray, ann: np.ndarray, a: np.ndarray, resamples: bs.Resamples,
                kendall_ci: bool) -> dict[str, np.ndarray]:
+    counts = resamples.counts
     out = bs.means_resampled(row_values(x, y, ann), a, counts)
     if correlation_problem(x, y) is None:
-        out["spearman"] = bs.spearman_resampled(x, y, a, counts)
+        out["spearman"] = bs.spearman_resampled(x, y, a, resamples)
         out["pearson"] = bs.pearson_resampled(x, y, a, counts)
         if kendall_ci:
             out["kendall"] = bs.kendall_resampled(x, y, a, counts)
