@@ -136,15 +136,13 @@ def test_split_and_ood_task_list(tmp_path: Path):
         meta_evaluate(experts, scores, split="train")
 
 
-def test_real_run_database(tmp_path: Path):
+def build_run_db(db: Path, rows: list[dict], judge: str = "pollux-judge-test") -> None:
+    """A real pollux run database: row 0 never judged, row 1 an error, the rest 0.25 off the experts."""
     from pollux.store import JobRow, RunStore
     from pollux.verdicts import Verdict
 
-    rows = pollux_rows(2, models=("a", "b"))
-    experts = load_experts(pd.DataFrame(rows))
-    db = tmp_path / "run.db"
     with RunStore(db) as store:
-        run, _ = store.open_run("pollux-judge-test", {"judge": "pollux-judge-test"})
+        run, _ = store.open_run(judge, {"judge": judge})
         for i, r in enumerate(rows):
             pk = store.upsert_record({"source": "e.jsonl", "record_id": f"{r['instruction']}|{r['answer']}",
                                       "model_id": r["model_id"], "line": i, "answer_key": r["answer"],
@@ -154,21 +152,48 @@ def test_real_run_database(tmp_path: Path):
             store.add_jobs(run.run_id, [JobRow(pk, r["criteria_name"], None, None, r["rubrics"], key_of(r), 0)])
             if i == 0:
                 continue  # never judged
-            verdict = (Verdict(r["criteria_name"], error="timeout", judge="pollux-judge-test") if i == 1 else
-                       Verdict(r["criteria_name"], head_score=r["criteria_score"] + (0.25 if r["criteria_score"] < 1 else -0.25), valid=True,
-                               judge="pollux-judge-test"))
+            off = 0.25 if r["criteria_score"] < 1 else -0.25
+            verdict = (Verdict(r["criteria_name"], error="timeout", judge=judge) if i == 1 else
+                       Verdict(r["criteria_name"], head_score=r["criteria_score"] + off, valid=True, judge=judge))
             store.write_verdict(run.run_id, key_of(r), verdict)
+
+
+def test_real_run_database(tmp_path: Path):
+    rows = pollux_rows(2, models=("a", "b"))
+    experts = load_experts(pd.DataFrame(rows))
+    db = tmp_path / "run.db"
+    build_run_db(db, rows)
     scores = scores_from_db(db)
     assert set(scores["judge"]) == {"pollux-judge-test"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MetaEvalWarning)
         result = meta_evaluate(experts, scores, split="all", n_bootstrap=100)
     cov = result.coverage.set_index("model")
-    assert cov.loc["a", "missing"] + cov.loc["a", "error"] == 2 and cov.loc["a", "used"] == 4
+    assert cov.loc["a", "missing"] == 1 and cov.loc["a", "error"] == 1 and cov.loc["a", "used"] == 4
     assert cov.loc["b", "used"] == 6
     assert result.table("mae")["pollux-judge-test"]["Avg."] == pytest.approx(0.25)
     renamed = scores_from_db(db, judge="R")
     assert set(renamed["judge"]) == {"R"}
+
+
+def test_cli_reads_a_run_database(tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from pollux.cli import app
+
+    rows = pollux_rows(2, models=("a", "b"))
+    write_jsonl(tmp_path / "experts.jsonl", rows)
+    build_run_db(tmp_path / "run.db", rows)
+    res = CliRunner().invoke(app, ["meta-eval", str(tmp_path / "experts.jsonl"), "--scores", str(tmp_path / "run.db"),
+                                   "--split", "all", "--format", "json", "--bootstrap", "20"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["judges"] == ["pollux-judge-test"]
+    mae = [m for m in data["metrics"] if m["metric"] == "mae" and m["model"] == "Avg." and m["group"] == "all"]
+    assert mae[0]["value"] == pytest.approx(0.25)
+    assert "missing 1, error 1" in res.stderr
+    res = CliRunner().invoke(app, ["meta-eval", str(tmp_path / "experts.jsonl"), "--scores", str(tmp_path / "x.db")])
+    assert res.exit_code == 2 and "no such file" in res.stderr
 
 
 def test_running_a_judge(tiny_judge_path: Path):
