@@ -12,8 +12,10 @@ and every metric is computed from it without materialising the resampled rows:
 * Pearson: per-answer sums of x, y, x², y², xy, then the same product;
 * Spearman: ranks in a weighted sample. With rows sorted by value once, a value's average rank
   is (weight of smaller values) + (weight of its tie group + 1) / 2, i.e. a cumulative sum over
-  tie groups — no sorting per resample. The experts' scores have few distinct values, so their
-  side is a small one-hot matrix product.
+  tie groups — no sorting per resample. Average ranks always sum to N(N+1)/2 and their squares
+  to Σk² − Σ(t³ − t)/12, so only the cross term Σ w·rx·ry needs the rows; the experts' scores
+  have few distinct values, so their side is a small one-hot matrix product (and when both
+  sides have few values, everything is a contingency table per resample).
 
 Kendall's tau has no such shortcut; its intervals are computed only on request, one scipy call
 per resample.
@@ -97,7 +99,9 @@ def _group_ranks(wg: np.ndarray) -> np.ndarray:
     return np.cumsum(wg, axis=1) - wg / 2 + 0.5
 
 
-def _weighted_corr(n, sx, sy, sxx, syy, sxy) -> np.ndarray:
+def _weighted_corr(n: np.ndarray, sx: np.ndarray, sy: np.ndarray, sxx: np.ndarray, syy: np.ndarray,
+                   sxy: np.ndarray) -> np.ndarray:
+    """Pearson's r from weighted sums (n = Σw, sx = Σw·x, sxx = Σw·x², sxy = Σw·x·y)."""
     cov = sxy - sx * sy / n
     vx = sxx - sx * sx / n
     vy = syy - sy * sy / n
