@@ -32,6 +32,8 @@ def train_command(
     micro_batch_size: int = typer.Option(4, help="Rows per forward per process (accumulation makes up the rest)."),
     epochs: float = typer.Option(3.0),
     max_steps: int | None = typer.Option(None, help="Stop after this many optimiser steps (overrides epochs)."),
+    stop_after: int | None = typer.Option(None, help="End this invocation after N steps with a checkpoint "
+                                          "(the schedule spans the whole run); continue with --resume-from latest."),
     precision: str = typer.Option("auto", help="auto (bf16 on GPUs that support it, else fp32), bf16, fp32."),
     seed: int = typer.Option(0),
     eval_every: int = typer.Option(0, help="Validate every N steps (and at start and end); 0: at the end only."),
@@ -54,7 +56,8 @@ def train_command(
             template_file=str(template) if template else None, max_length=max_length,
             skip_bad_rows=skip_bad_rows, regr_weight=regr_weight, lr=lr, warmup_steps=warmup_steps,
             weight_decay=weight_decay, max_grad_norm=max_grad_norm or None, batch_size=batch_size,
-            micro_batch_size=micro_batch_size, epochs=epochs, max_steps=max_steps, precision=precision,
+            micro_batch_size=micro_batch_size, epochs=epochs, max_steps=max_steps, stop_after=stop_after,
+            precision=precision,
             seed=seed, eval_every=eval_every, eval_batch_size=eval_batch_size, log_every=log_every,
             save_every=save_every, save_total_limit=save_total_limit, resume_from=resume_from,
             lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,

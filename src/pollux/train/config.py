@@ -45,6 +45,9 @@ class TrainConfig:
     micro_batch_size: int = 4
     epochs: float = 3.0
     max_steps: int | None = None  # stop after this many optimiser steps (overrides epochs)
+    # End this invocation once this many steps are done (the LR schedule still spans the whole run),
+    # writing a checkpoint to resume from: for time-limited jobs (cluster queues).
+    stop_after: int | None = None
 
     precision: str = "auto"  # auto: bf16 mixed precision on CUDA GPUs that support it, else fp32
     seed: int = 0
@@ -79,6 +82,8 @@ class TrainConfig:
             problems.append("epochs must be > 0 (or give max_steps)")
         if self.max_steps is not None and self.max_steps < 1:
             problems.append("max_steps must be ≥ 1")
+        if self.stop_after is not None and self.stop_after < 1:
+            problems.append("stop_after must be ≥ 1")
         if self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {', '.join(PRECISIONS)}")
         if self.lora_r < 0:

@@ -56,10 +56,11 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)  # one record per logged step / eval
     data: dict[str, Any] = field(default_factory=dict)
     final_eval: dict[str, Any] | None = None
+    stopped_at: str | None = None  # the checkpoint to resume from, when `stop_after` ended the run early
 
     def to_dict(self) -> dict[str, Any]:
         return {"output_dir": self.output_dir, "final_dir": self.final_dir, "steps": self.steps,
-                "data": self.data, "final_eval": self.final_eval,
+                "stopped_at": self.stopped_at, "data": self.data, "final_eval": self.final_eval,
                 "last_train": next((h for h in reversed(self.history) if h.get("kind") == "train"), None)}
 
 
@@ -349,8 +350,16 @@ class Trainer:
                 self._say(record)
             if valid and cfg.eval_every and done % cfg.eval_every == 0 and done != total:
                 self._say({"kind": "eval", "step": done, **self.evaluate(model, valid, pad_id, regression)})
-            if cfg.save_every and done % cfg.save_every == 0 and done != total:
+            saved = cfg.save_every and done % cfg.save_every == 0
+            if saved and done != total:
                 self._save_checkpoint(model, tokenizer, scheduler, done, {**info, "epoch": done / steps_per_epoch})
+            if cfg.stop_after and done >= cfg.stop_after and done != total:
+                path = self.output_dir / f"checkpoint-{done}"
+                if not saved:
+                    self._save_checkpoint(model, tokenizer, scheduler, done, {**info, "epoch": done / steps_per_epoch})
+                self._say({"kind": "stopped", "step": done, "checkpoint": str(path)})
+                return TrainResult(output_dir=str(self.output_dir), final_dir="", steps=done,
+                                   history=self.history, data=data, stopped_at=str(path))
 
         final_eval = None
         if valid:
