@@ -54,7 +54,7 @@ def test_evaluate_through_an_openai_compatible_server(tmp_path: Path, monkeypatc
         db = tmp_path / "run.db"
         args = ["evaluate", str(src), "--judge", "openai:judge-model", "--db", str(db),
                 "--base-url", f"http://127.0.0.1:{server.server_port}/v1", "--api-key-env", "POLLUX_TEST_KEY",
-                "--concurrency", "2", "--temperature", "0.1", "--max-new-tokens", "64", "--no-progress"]
+                "--concurrency", "2", "--temperature", "0.1", "--max-new-tokens", "64", "--prompt-style", "general", "--api-timeout", "5", "--no-progress"]
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 0, result.output
         assert json.loads(result.stdout)["judged"] == 4
@@ -71,3 +71,4 @@ def test_evaluate_through_an_openai_compatible_server(tmp_path: Path, monkeypatc
     (run,) = read_runs(db)
     assert run.config["engine"]["engine"] == "openai" and run.config["engine"]["model"] == "judge-model"
     assert run.config["engine"]["sampling"]["max_new_tokens"] == 64
+    assert run.config["engine"]["prompt_style"] == "general"

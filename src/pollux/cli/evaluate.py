@@ -32,6 +32,10 @@ def _load_judge(spec: str, options: dict[str, Any]) -> Any:
             kwargs["base_url"] = options["base_url"]
         if options["api_key_env"]:
             kwargs["api_key_env"] = options["api_key_env"]
+        if options["prompt_style"]:
+            kwargs["prompt_style"] = options["prompt_style"]
+        if options["api_timeout"]:
+            kwargs["timeout"] = options["api_timeout"]
         return Judge.from_spec(spec, **kwargs)
     kwargs = {"dtype": options["dtype"], "device": options["device"], "sampling": sampling}
     if options["batch_size"]:
@@ -57,6 +61,10 @@ def evaluate_command(
     base_url: str | None = typer.Option(None, "--base-url", help="openai: the server's base URL (…/v1)."),
     api_key_env: str | None = typer.Option(None, "--api-key-env", help="openai: environment variable with the API key."),
     concurrency: int = typer.Option(8, "--concurrency", min=1, help="openai: requests in flight."),
+    prompt_style: str | None = typer.Option(
+        None, "--prompt-style",
+        help="openai: 'pollux' (a POLLUX judge) or 'general' (asks a general LLM for [FEEDBACK] … [RESULT] n [END])."),
+    api_timeout: float | None = typer.Option(None, "--api-timeout", min=0.1, help="openai: seconds per request."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr."),
 ) -> None:
     """Judge every answer × criterion of INPUT into --db; run it again to resume."""
@@ -71,7 +79,7 @@ def evaluate_command(
     signal.signal(signal.SIGTERM, _interrupt)
     options = {"dtype": dtype, "device": device, "batch_size": batch_size, "max_new_tokens": max_new_tokens,
                "temperature": temperature, "base_url": base_url, "api_key_env": api_key_env,
-               "concurrency": concurrency}
+               "concurrency": concurrency, "prompt_style": prompt_style, "api_timeout": api_timeout}
     try:
         catalog = load_catalog(taxonomy) if taxonomy else load_catalog()
         user_criteria = load_user_criteria(criteria, catalog) if criteria else None
