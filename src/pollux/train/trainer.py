@@ -117,7 +117,10 @@ class Trainer:
 
         self.config = config
         self.bf16 = use_bf16(config.precision)
-        self.acc = accelerator or Accelerator(mixed_precision="bf16" if self.bf16 else "no")
+        # cpu=True on machines without CUDA: several processes then join over gloo (DDP on CPUs),
+        # whichever launcher started them (torchrun, or accelerate's multi-GPU launcher).
+        self.acc = accelerator or Accelerator(mixed_precision="bf16" if self.bf16 else "no",
+                                              cpu=not torch.cuda.is_available())
         self.world = self.acc.num_processes
         self.rank = self.acc.process_index
         self.output_dir = Path(config.output_dir)
@@ -282,7 +285,8 @@ class Trainer:
         if cfg.valid_file:
             valid, reports["valid"] = load_examples(cfg.valid_file, tokenizer, **opts)
         data = {k: r.to_dict() for k, r in reports.items()}
-        self._say({"kind": "data", **data})
+        self._say({"kind": "data", "world_size": self.world, "precision": "bf16" if self.bf16 else "fp32",
+                   "device": str(self.acc.device), **data})
 
         steps_per_epoch = len(train) // cfg.batch_size
         if steps_per_epoch < 1:

@@ -1,0 +1,72 @@
+"""Two processes on this CPU (DDP over gloo, started by `accelerate launch` with the shipped
+config) reproduce a one-process run with the same effective batch.
+
+Tolerance: per-step training loss within rel 1e-5 and final weights within abs 1e-5. In practice
+they agree to every printed digit: each process takes half of every step's rows, the step's loss
+is normalised by the global token and row counts, and DDP's gradient average times the world
+size is the sum a single process accumulates.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).parent.parent
+
+
+def _records(out: Path, kind: str) -> dict[int, dict]:
+    lines = (out / "train_log.jsonl").read_text(encoding="utf-8").splitlines()
+    return {r["step"]: r for r in map(json.loads, lines) if r["kind"] == kind}
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    out = {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        out.update(load_file(shard))
+    return out
+
+
+@pytest.mark.slow
+def test_two_process_run_matches_one_process(tmp_path: Path):
+    from pollux.fixtures import build_tiny_judge
+
+    spec = importlib.util.spec_from_file_location("make_data", ROOT / "examples" / "train_arithmetic" / "make_data.py")
+    make_data = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_data)
+    data = make_data.make_dataset(tmp_path / "data", train=32, valid=8, test=0, seed=2)
+    base = build_tiny_judge(tmp_path / "base", hidden=64, layers=2, initializer_range=0.02, head_std=0.02)
+
+    args = ["--model", str(base), "--train", str(data["train"]), "--valid", str(data["valid"]),
+            "--batch-size", "8", "--micro-batch-size", "4", "--max-steps", "3", "--lr", "3e-3", "--eval-every", "3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "pollux.train", *args, "--output", str(tmp_path / "one")],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    accelerate = Path(sys.executable).with_name("accelerate")
+    two = subprocess.run([str(accelerate), "launch", "--config_file", str(ROOT / "configs/accelerate/cpu-ddp.yaml"),
+                          "--num_processes", "2", "-m", "pollux.train", *args, "--output", str(tmp_path / "two")],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+
+    first = {run: json.loads((tmp_path / run / "train_log.jsonl").read_text().splitlines()[0]) for run in ("one", "two")}
+    assert (first["one"]["world_size"], first["two"]["world_size"]) == (1, 2)
+
+    a, b = _records(tmp_path / "one", "train"), _records(tmp_path / "two", "train")
+    assert sorted(a) == sorted(b) == [1, 2, 3]
+    for step in a:
+        assert b[step]["loss"] == pytest.approx(a[step]["loss"], rel=1e-5), step
+        print(f"step {step}: 1 process {a[step]['loss']:.8f}, 2 processes {b[step]['loss']:.8f}")
+    ea, eb = _records(tmp_path / "one", "eval")[3], _records(tmp_path / "two", "eval")[3]
+    assert eb["loss"] == pytest.approx(ea["loss"], rel=1e-5) and eb["n"] == ea["n"] == 8
+    wa, wb = _weights(tmp_path / "one" / "final"), _weights(tmp_path / "two" / "final")
+    for name in wa:
+        torch.testing.assert_close(wb[name], wa[name], rtol=0, atol=1e-5)
