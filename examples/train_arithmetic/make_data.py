@@ -29,18 +29,38 @@ RUBRICS = (
     "1: небольшая ошибка в вычислении — ответ отличается от эталона на 1–3\n\n"
     "2: ответ совпадает с эталоном"
 )
+# Operands are written in words, so the only numerals a judge sees before the answer are the
+# reference's: comparing the answer with the reference is then a matter of two short numerals.
 QUESTIONS = {
-    "+": ["Сколько будет {a} + {b}?", "Найдите сумму чисел {a} и {b}.", "Вычислите: {a} + {b}."],
-    "-": ["Сколько будет {a} - {b}?", "Найдите разность чисел {a} и {b}.", "Вычислите: {a} - {b}."],
+    "+": ["Сколько будет {a} плюс {b}?", "Найдите сумму чисел {a} и {b}.", "Вычислите: {a} плюс {b}."],
+    "-": ["Сколько будет {a} минус {b}?", "Найдите разность чисел {a} и {b}.", "Вычислите: {a} минус {b}."],
 }
+UNITS = ["", "один", "два", "три", "четыре", "пять", "шесть", "семь", "восемь", "девять"]
+TEENS = ["десять", "одиннадцать", "двенадцать", "тринадцать", "четырнадцать", "пятнадцать",
+         "шестнадцать", "семнадцать", "восемнадцать", "девятнадцать"]
+TENS = ["", "", "двадцать", "тридцать", "сорок", "пятьдесят", "шестьдесят", "семьдесят", "восемьдесят",
+        "девяносто"]
+
+
+def in_words(n: int) -> str:
+    """1 → «один», 17 → «семнадцать», 42 → «сорок два» (1–99)."""
+    if n < 10:
+        return UNITS[n]
+    if n < 20:
+        return TEENS[n - 10]
+    return f"{TENS[n // 10]} {UNITS[n % 10]}".strip()
+
+
 # The answer ends with its number, as short answers to arithmetic questions do.
 ANSWERS = ["{n}", "Ответ: {n}.", "Получается {n}."]
-# Short rationales: on a CPU each target token costs a pass of the 152k-token LM head.
-RATIONALES = {
-    2: "Ответ верный.",
-    1: "Ответ почти верный.",
-    0: "Ответ неверный.",
-}
+# The rationale quotes both numbers, then says how they compare — what a careful judge writes,
+# and a scratchpad that makes the comparison local for a small model. Kept short: on a CPU every
+# target token costs a pass of the 152k-token LM head.
+VERDICTS = {2: "верно", 1: "почти верно", 0: "неверно"}
+
+
+def rationale(reference: int, answer: int, score: int) -> str:
+    return f"Эталон {reference}, ответ {answer}: {VERDICTS[score]}."
 
 
 def questions(rng: random.Random) -> list[tuple[int, str, int, int]]:
@@ -69,12 +89,12 @@ def make_row(q: tuple[int, str, int, int], score: int, rng: random.Random) -> di
     a, op, b, result = q
     n = answer_for(result, score, rng)
     return {
-        "instruction": rng.choice(QUESTIONS[op]).format(a=a, b=b),
+        "instruction": rng.choice(QUESTIONS[op]).format(a=in_words(a), b=in_words(b)),
         "reference_answer": str(result),
         "answer": rng.choice(ANSWERS).format(n=n),
         "criteria_name": CRITERION,
         "rubrics": RUBRICS,
-        "rationale": RATIONALES[score],
+        "rationale": rationale(result, n, score),
         "score": score,
     }
 
