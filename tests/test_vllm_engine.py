@@ -144,3 +144,27 @@ def test_vllm_matches_in_process_engine(judge_dir):
     assert (d["engine"], d["kind"], d["dtype"], d["architecture"]) == (
         "vllm", "regression", "float32", "Qwen2WithRegressionHead")
     assert d["sampling"] == sampling.to_dict()
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_generative_judge_through_from_spec(tmp_path):
+    """A plain Qwen2ForCausalLM judge runs generation only (no head pass), through
+    `Judge.from_spec("vllm:PATH")` with the options the CLI passes, and matches in-process."""
+    from pollux.fixtures import build_tiny_judge
+    from pollux.judge import Judge
+    from pollux.prompts import PromptTemplate
+
+    path = build_tiny_judge(tmp_path / "gen", regression=False, hidden=256, heads=4, kv_heads=2, layers=2, seed=1)
+    sampling = SamplingParams(max_new_tokens=12)
+    items = parity_items()[:4]
+    expected = _hf_verdicts(path, items, sampling)
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    judge = Judge.from_spec(f"vllm:{path}", template=PromptTemplate(), sampling=sampling, dtype="float32",
+                            device="auto", batch_size=8, max_batch_tokens=65_536, share_prefix=True,
+                            gpu_memory_utilization=0.1, enforce_eager=True)
+    assert judge.kind == "generative" and judge.engine.pooler is None
+    got = judge.judge_many([it.to_dict() for it in items])
+    assert [v.raw_text for v in got] == [v.raw_text for v in expected]
+    assert all(v.head_score is None and v.error is None for v in got)
+    assert [v.completion_tokens for v in got] == [v.completion_tokens for v in expected]
