@@ -123,7 +123,11 @@ def test_vllm_matches_in_process_engine(judge_dir):
     engine = VLLMEngine.from_pretrained(str(judge_dir), sampling=sampling, dtype="float32",
                                         gpu_memory_utilization=0.1, max_model_len=CONTEXT, enforce_eager=True)
     seen: list[int] = []
-    got = engine.judge_many([*items[:3], long_item, *items[3:]], on_verdict=lambda i, v: seen.append(i))
+    try:
+        got = engine.judge_many([*items[:3], long_item, *items[3:]], on_verdict=lambda i, v: seen.append(i))
+        described = engine.describe()
+    finally:
+        engine.close()
     assert sorted(seen) == list(range(len(items) + 1))
     assert got[3].error and f"context is {CONTEXT} tokens" in got[3].error and got[3].head_score is None
     got = got[:3] + got[4:]
@@ -140,7 +144,7 @@ def test_vllm_matches_in_process_engine(judge_dir):
     assert max(deltas) <= 1e-3
     assert len({round(v.head_score, 4) for v in got}) > 1  # the head reads each sequence, not a constant
 
-    d = engine.describe()
+    d = described
     assert (d["engine"], d["kind"], d["dtype"], d["architecture"]) == (
         "vllm", "regression", "float32", "Qwen2WithRegressionHead")
     assert d["sampling"] == sampling.to_dict()
@@ -164,7 +168,10 @@ def test_generative_judge_through_from_spec(tmp_path):
                             device="auto", batch_size=8, max_batch_tokens=65_536, share_prefix=True,
                             gpu_memory_utilization=0.1, enforce_eager=True)
     assert judge.kind == "generative" and judge.engine.pooler is None
-    got = judge.judge_many([it.to_dict() for it in items])
+    try:
+        got = judge.judge_many([it.to_dict() for it in items])
+    finally:
+        judge.engine.close()
     assert [v.raw_text for v in got] == [v.raw_text for v in expected]
     assert all(v.head_score is None and v.error is None for v in got)
     assert [v.completion_tokens for v in got] == [v.completion_tokens for v in expected]

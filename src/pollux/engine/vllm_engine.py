@@ -248,6 +248,15 @@ class VLLMEngine:
             "sampling": self.sampling.to_dict(),
         }
 
+    def close(self) -> None:
+        """Stop both vLLM engines' processes now and free their memory (otherwise that happens
+        when the engine is garbage-collected or the process exits)."""
+        for llm in (self.llm, self.pooler):
+            core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+            if core is not None and hasattr(core, "shutdown"):
+                core.shutdown()
+        self.pooler = None
+
     # ---- public ---------------------------------------------------------------------------
 
     def judge_many(self, items: Sequence[JudgeItem], on_verdict: OnVerdict | None = None) -> list[Verdict]:
