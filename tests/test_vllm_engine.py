@@ -152,26 +152,30 @@ def test_vllm_matches_in_process_engine(judge_dir):
 
 @needs_vllm
 @pytest.mark.slow
-def test_generative_judge_through_from_spec(tmp_path):
-    """A plain Qwen2ForCausalLM judge runs generation only (no head pass), through
-    `Judge.from_spec("vllm:PATH")` with the options the CLI passes, and matches in-process."""
+def test_generative_judge_through_the_cli(tmp_path):
+    """A plain Qwen2ForCausalLM judge runs generation only (no head pass). `pollux judge --model
+    vllm:PATH` (Judge.from_spec with every option the CLI passes) prints only JSON verdicts on
+    stdout — vLLM's logs go to stderr — and they match the in-process engine's."""
+    import subprocess
+    import sys
+
     from pollux.fixtures import build_tiny_judge
-    from pollux.judge import Judge
-    from pollux.prompts import PromptTemplate
 
     path = build_tiny_judge(tmp_path / "gen", regression=False, hidden=256, heads=4, kv_heads=2, layers=2, seed=1)
-    sampling = SamplingParams(max_new_tokens=12)
     items = parity_items()[:4]
-    expected = _hf_verdicts(path, items, sampling)
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    judge = Judge.from_spec(f"vllm:{path}", template=PromptTemplate(), sampling=sampling, dtype="float32",
-                            device="auto", batch_size=8, max_batch_tokens=65_536, share_prefix=True,
-                            gpu_memory_utilization=0.1, enforce_eager=True)
-    assert judge.kind == "generative" and judge.engine.pooler is None
-    try:
-        got = judge.judge_many([it.to_dict() for it in items])
-    finally:
-        judge.engine.close()
-    assert [v.raw_text for v in got] == [v.raw_text for v in expected]
-    assert all(v.head_score is None and v.error is None for v in got)
-    assert [v.completion_tokens for v in got] == [v.completion_tokens for v in expected]
+    expected = _hf_verdicts(path, items, SamplingParams(max_new_tokens=12))
+    (tmp_path / "items.jsonl").write_text("".join(json.dumps(it.to_dict(), ensure_ascii=False) + "\n"
+                                                  for it in items), encoding="utf-8")
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    env.pop("VLLM_LOGGING_STREAM", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pollux.cli", "judge", "--model", f"vllm:{path}", "--input",
+         str(tmp_path / "items.jsonl"), "--max-new-tokens", "12", "--dtype", "float32", "--batch-size", "8"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = [json.loads(line) for line in proc.stdout.splitlines()]  # every stdout line is a verdict
+    assert [v["raw_text"] for v in got] == [v.raw_text for v in expected]
+    assert [v["completion_tokens"] for v in got] == [v.completion_tokens for v in expected]
+    assert all(v["head_score"] is None and v["error"] is None for v in got)
+    assert "Qwen2ForCausalLM" in proc.stderr  # vLLM's log went to stderr

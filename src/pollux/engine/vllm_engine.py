@@ -37,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -60,6 +61,9 @@ _DTYPES = {"auto": "auto", "float32": "float32", "fp32": "float32", "bfloat16": 
 
 def vllm_status() -> tuple[bool, str]:
     """Whether vLLM can run here, and if not, why (for clean skips and clear errors)."""
+    # vLLM logs to stdout by default; pollux verbs print results there. Must be set before vLLM
+    # is first imported (its logger reads it then); its engine processes inherit it.
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     try:
         import vllm
         from vllm.platforms import current_platform
