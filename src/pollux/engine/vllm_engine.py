@@ -181,9 +181,11 @@ class VLLMEngine:
             raise ValueError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16")
         if not 0 < pooler_memory_share < 1:
             raise ValueError("pooler_memory_share must lie in (0, 1)")
+        config = read_config(path)
         self.path = path
         self.name = str(path)
-        self.kind = judge_kind(read_config(path))
+        self.kind = judge_kind(config)
+        self.architecture = (config.get("architectures") or ["?"])[0]
         self.template = template or PromptTemplate()
         self.sampling = sampling or SamplingParams()
         self.chunk_size = chunk_size
@@ -246,7 +248,7 @@ class VLLMEngine:
             "engine": "vllm",
             "judge": self.name,
             "kind": self.kind,
-            "architecture": (read_architectures(self.path) or ["?"])[0],
+            "architecture": self.architecture,
             "dtype": self.dtype,
             "template": self.template.to_dict(),
             "sampling": self.sampling.to_dict(),
@@ -361,9 +363,3 @@ class VLLMEngine:
         hidden = torch.tensor([o.outputs.embedding for o in outs], dtype=torch.float32)
         weight, bias = self.head
         return (hidden @ weight.T + bias).squeeze(-1).tolist()
-
-
-def read_architectures(path: Path) -> list[str]:
-    from pollux.checkpoint import read_config
-
-    return list(read_config(path).get("architectures") or [])
