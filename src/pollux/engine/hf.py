@@ -41,7 +41,8 @@ import torch
 from torch import nn
 
 from pollux.engine import OnVerdict, SamplingParams
-from pollux.prompts import PromptTemplate, chat_text
+from pollux.engine.jobs import Job, prepare_jobs
+from pollux.prompts import PromptTemplate
 from pollux.records import JudgeItem
 from pollux.verdicts import Verdict, error_verdict, make_verdict
 
@@ -51,14 +52,6 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------
 # Planning: tokenise, group by shared prefix, pack into bounded batches
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Job:
-    index: int  # position in the caller's list
-    item: JudgeItem
-    ids: list[int]  # the full chat-formatted prompt, tokenised whole
-    max_new: int  # max new tokens for this job (capped by the context)
 
 
 @dataclass
@@ -258,7 +251,8 @@ class TransformersEngine:
             if on_verdict is not None:
                 on_verdict(index, verdict)
 
-        jobs = self._prepare(items, done)
+        jobs = prepare_jobs(items, tokenizer=self.tokenizer, template=self.template, context=self.context,
+                            max_new_tokens=self.sampling.max_new_tokens, judge=self.name, done=done)
         groups = make_groups(jobs, self.share_prefix, self.batch_size, self.max_batch_tokens)
         for batch in pack_batches(groups, self.batch_size, self.max_batch_tokens):
             self._run_batch_safely(batch, done)
@@ -266,25 +260,6 @@ class TransformersEngine:
         return verdicts  # type: ignore[return-value]
 
     # ---- preparation ----------------------------------------------------------------------
-
-    def _prepare(self, items: Sequence[JudgeItem], done) -> list[Job]:
-        texts = [chat_text(self.tokenizer, self.template.render(it)) for it in items]
-        all_ids = self.tokenizer(texts)["input_ids"] if texts else []
-        jobs = []
-        for i, (item, ids) in enumerate(zip(items, all_ids, strict=True)):
-            room = self.context - len(ids)
-            if room < 1:
-                done(i, error_verdict(
-                    item,
-                    f"prompt has {len(ids)} tokens but the judge's context is {self.context} tokens "
-                    "(shorten the answer or reference)",
-                    judge=self.name, prompt_tokens=len(ids),
-                ))
-                continue
-            # prompt + generated text must fit the context (the model card's second forward reads
-            # it whole; our last token is fed at position len(prompt) + max_new - 1)
-            jobs.append(Job(i, item, list(ids), min(self.sampling.max_new_tokens, room)))
-        return jobs
 
     # ---- running a batch --------------------------------------------------------------------
 

@@ -44,7 +44,8 @@ from pathlib import Path
 from typing import Any
 
 from pollux.engine import OnVerdict, SamplingParams
-from pollux.prompts import PromptTemplate, chat_text
+from pollux.engine.jobs import Job, prepare_jobs
+from pollux.prompts import PromptTemplate
 from pollux.records import JudgeItem
 from pollux.verdicts import Verdict, error_verdict, make_verdict
 
@@ -273,7 +274,8 @@ class VLLMEngine:
             if on_verdict is not None:
                 on_verdict(index, verdict)
 
-        jobs = self._prepare(items, done)
+        jobs = prepare_jobs(items, tokenizer=self.tokenizer, template=self.template, context=self.context,
+                            max_new_tokens=self.sampling.max_new_tokens, judge=self.name, done=done)
         # Chunks bound the work between verdict callbacks (resumable runs store them as they
         # come) while still giving vLLM's scheduler far more sequences than one batch holds.
         for a in range(0, len(jobs), self.chunk_size):
@@ -283,26 +285,7 @@ class VLLMEngine:
 
     # ---- internals --------------------------------------------------------------------------
 
-    def _prepare(self, items: Sequence[JudgeItem], done: OnVerdict) -> list[tuple[int, JudgeItem, list[int], int]]:
-        """(index, item, prompt ids, max new tokens) per item that fits the context; an error
-        verdict for each that does not."""
-        texts = [chat_text(self.tokenizer, self.template.render(it)) for it in items]
-        all_ids = self.tokenizer(texts)["input_ids"] if texts else []
-        jobs = []
-        for i, (item, ids) in enumerate(zip(items, all_ids, strict=True)):
-            room = self.context - len(ids)
-            if room < 1:
-                done(i, error_verdict(
-                    item,
-                    f"prompt has {len(ids)} tokens but the judge's context is {self.context} tokens "
-                    "(shorten the answer or reference)",
-                    judge=self.name, prompt_tokens=len(ids),
-                ))
-                continue
-            jobs.append((i, item, list(ids), min(self.sampling.max_new_tokens, room)))
-        return jobs
-
-    def _run_chunk_safely(self, jobs, done: OnVerdict) -> None:
+    def _run_chunk_safely(self, jobs: list[Job], done: OnVerdict) -> None:
         """Run a chunk; if vLLM rejects it, retry item by item so one bad item never costs the
         others their verdicts."""
         try:
@@ -310,7 +293,7 @@ class VLLMEngine:
             return
         except Exception as exc:
             if len(jobs) == 1:
-                i, item, ids, _ = jobs[0]
+                i, item, ids = jobs[0].index, jobs[0].item, jobs[0].ids
                 done(i, error_verdict(item, f"engine error: {exc!r}", judge=self.name, prompt_tokens=len(ids)))
                 return
             log.warning("vLLM chunk of %d failed (%r); retrying item by item", len(jobs), exc)
@@ -330,22 +313,23 @@ class VLLMEngine:
             seed=seed, detokenize=False, skip_special_tokens=True,
         )
 
-    def _run_chunk(self, jobs, done: OnVerdict) -> None:
+    def _run_chunk(self, jobs: list[Job], done: OnVerdict) -> None:
         from vllm.inputs import TokensPrompt
 
         started = time.perf_counter()
         outputs = self.llm.generate(
-            [TokensPrompt(prompt_token_ids=ids) for _, _, ids, _ in jobs],
-            [self._sampling_params(item, max_new) for _, item, _, max_new in jobs],
+            [TokensPrompt(prompt_token_ids=j.ids) for j in jobs],
+            [self._sampling_params(j.item, j.max_new) for j in jobs],
             use_tqdm=False,
         )
         generated = [list(out.outputs[0].token_ids) for out in outputs]
         reasons = [out.outputs[0].finish_reason for out in outputs]
         scores: list[float | None] = [None] * len(jobs)
         if self.pooler is not None:
-            scores = self._head_scores([ids + gen for (_, _, ids, _), gen in zip(jobs, generated, strict=True)])
+            scores = self._head_scores([j.ids + gen for j, gen in zip(jobs, generated, strict=True)])
         elapsed = time.perf_counter() - started
-        for (i, item, ids, _), gen, reason, score in zip(jobs, generated, reasons, scores, strict=True):
+        for job, gen, reason, score in zip(jobs, generated, reasons, scores, strict=True):
+            i, item, ids = job.index, job.item, job.ids
             text = self.tokenizer.decode(gen, skip_special_tokens=True)
             done(i, make_verdict(
                 item, text, head_score=score, prompt_tokens=len(ids), completion_tokens=len(gen),
