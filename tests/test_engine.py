@@ -8,6 +8,7 @@ from pollux.engine import SamplingParams
 from pollux.engine.hf import TransformersEngine
 from pollux.engine.reference import model_card_judge
 from pollux.records import JudgeItem
+from pollux.verdicts import make_verdict
 
 RUBRIC_2 = "0: ответ неверный.\n\n1: ответ частично верный.\n\n2: ответ полностью верный."
 RUBRIC_1 = "0 — требование не выполнено.\n\n1 — требование выполнено."
@@ -191,3 +192,43 @@ def test_judge_api_one_and_many(tiny_judge):
     tiny_judge.judge_many(mixed_items()[:3], on_verdict=lambda i, v: seen.append(i))
     assert sorted(seen) == [0, 1, 2]
     assert tiny_judge.describe()["sampling"]["max_new_tokens"] == 24
+
+
+def test_a_failing_batch_is_retried_item_by_item_and_delivers_each_verdict_once(loaded):
+    """A batch that fails after one row finished: the others are retried alone; nobody twice."""
+    items = mixed_items()[:4]
+    eng = engine(loaded, sampling=SamplingParams(max_new_tokens=4))
+    original = eng._run_batch
+    state: dict = {}
+
+    def flaky(batch, done):
+        jobs = [j for g in batch for j in g.jobs]
+        if len(jobs) > 1:
+            done(jobs[0].index, make_verdict(jobs[0].item, "[FEEDBACK] частично [RESULT] 1 [END]"))
+            state.update(first=jobs[0].index, doomed=jobs[-1].index)
+            raise RuntimeError("simulated out of memory")
+        if jobs[0].index == state["doomed"]:
+            raise RuntimeError("this item always fails")
+        return original(batch, done)
+
+    eng._run_batch = flaky
+    seen: list[int] = []
+    verdicts = eng.judge_many(items, on_verdict=lambda i, v: seen.append(i))
+    assert sorted(seen) == [0, 1, 2, 3]  # each exactly once
+    assert verdicts[state["first"]].text_score == 1  # delivered before the failure: it stands
+    assert "this item always fails" in verdicts[state["doomed"]].error
+    others = [v for i, v in enumerate(verdicts) if i not in (state["first"], state["doomed"])]
+    assert len(others) == 2 and all(v.error is None and v.head_score is not None for v in others)
+
+
+def test_errors_of_the_callers_callback_propagate_unretried(loaded):
+    eng = engine(loaded, sampling=SamplingParams(max_new_tokens=3))
+    calls: list[int] = []
+
+    def broken_store(i, v):
+        calls.append(i)
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        eng.judge_many(mixed_items()[:3], on_verdict=broken_store)
+    assert len(calls) == 1

@@ -245,33 +245,32 @@ class TransformersEngine:
 
     def judge_many(self, items: Sequence[JudgeItem], on_verdict: OnVerdict | None = None) -> list[Verdict]:
         verdicts: list[Verdict | None] = [None] * len(items)
-
-        def done(index: int, verdict: Verdict) -> None:
-            verdicts[index] = verdict
-            if on_verdict is not None:
-                on_verdict(index, verdict)
-
+        done = _Delivery(verdicts, on_verdict)
         jobs = prepare_jobs(items, tokenizer=self.tokenizer, template=self.template, context=self.context,
                             max_new_tokens=self.sampling.max_new_tokens, judge=self.name, done=done)
         groups = make_groups(jobs, self.share_prefix, self.batch_size, self.max_batch_tokens)
-        for batch in pack_batches(groups, self.batch_size, self.max_batch_tokens):
-            self._run_batch_safely(batch, done)
+        try:
+            for batch in pack_batches(groups, self.batch_size, self.max_batch_tokens):
+                self._run_batch_safely(batch, done)
+        except _CallbackError as e:
+            raise e.__cause__ from None  # the caller's own error, unchanged
         assert all(v is not None for v in verdicts)
         return verdicts  # type: ignore[return-value]
 
-    # ---- preparation ----------------------------------------------------------------------
-
     # ---- running a batch --------------------------------------------------------------------
 
-    def _run_batch_safely(self, batch: list[Group], done) -> None:
-        """Run a batch; if it fails (e.g. out of memory), retry its jobs one by one so a single
-        bad item never costs the others their verdicts."""
+    def _run_batch_safely(self, batch: list[Group], done: _Delivery) -> None:
+        """Run a batch; if it fails (e.g. out of memory), retry its undelivered jobs one by one so a
+        single bad item never costs the others their verdicts. Errors raised by the caller's
+        `on_verdict` are not engine failures: they propagate at once."""
         try:
             self._run_batch(batch, done)
             return
+        except _CallbackError:
+            raise
         except Exception as exc:
-            jobs = [j for g in batch for j in g.jobs]
-            if len(jobs) == 1:
+            jobs = [j for g in batch for j in g.jobs if not done.delivered(j.index)]
+            if len(jobs) == 1 and len(batch) == 1 and len(batch[0].jobs) == 1:
                 done(jobs[0].index, error_verdict(jobs[0].item, f"engine error: {exc!r}", judge=self.name,
                                                   prompt_tokens=len(jobs[0].ids)))
                 return
@@ -368,22 +367,27 @@ class TransformersEngine:
             empty = torch.zeros(cfg.num_key_value_heads, 0, m.layers[0].self_attn.head_dim, dtype=p.dtype, device=p.device)
             return [(empty, empty) for _ in m.layers]
         ids = torch.tensor([prefix], device=self.device)
-        layers_kv: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in m.layers]
+        kv: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(m.layers)
+        last = len(m.layers) - 1
         for a in range(0, len(prefix), self.prefill_chunk):
             b = min(a + self.prefill_chunk, len(prefix))
             x = m.embed_tokens(ids[:, a:b])
             cos, sin = m.rotary_emb(x, torch.arange(a, b, device=self.device)[None])
             for li, layer in enumerate(m.layers):
-                q, k, v = _qkv(layer, x, cos, sin)
-                ks = torch.cat([kk for kk, _ in layers_kv[li]] + [k[0]], dim=1) if layers_kv[li] else k[0]
-                vs = torch.cat([vv for _, vv in layers_kv[li]] + [v[0]], dim=1) if layers_kv[li] else v[0]
-                layers_kv[li] = [(ks, vs)]
+                # the prefix's hidden states after the last layer are never read: only its K/V
+                q, k, v = _qkv(layer, x, cos, sin, queries=li < last)
+                if kv[li] is not None:
+                    k = torch.cat([kv[li][0], k[0]], dim=1)[None]
+                    v = torch.cat([kv[li][1], v[0]], dim=1)[None]
+                kv[li] = (k[0], v[0])
+                if li == last:
+                    break
                 mask = torch.ones(b - a, b, dtype=torch.bool, device=self.device).tril(diagonal=a)
                 o = nn.functional.scaled_dot_product_attention(
-                    q, ks[None], vs[None], attn_mask=mask, scale=layer.self_attn.scaling, enable_gqa=True
+                    q, k, v, attn_mask=mask, scale=layer.self_attn.scaling, enable_gqa=True
                 )
                 x = _finish_layer(layer, x, o)
-        return [kv[0] for kv in layers_kv]
+        return kv  # type: ignore[return-value]
 
     def _forward(self, tokens, rows, batch, prefixes, cache: _OwnCache, start: list[int]) -> torch.Tensor:
         """Run `tokens` [B, L] (each row's next own tokens, starting at own index start[b]) through
@@ -441,23 +445,49 @@ class TransformersEngine:
                                        judge=self.name))
 
 
+class _CallbackError(Exception):
+    """The caller's `on_verdict` raised (e.g. its database failed): not to be retried."""
+
+
+class _Delivery:
+    """Hands each verdict to its slot and to the caller's `on_verdict`, exactly once per item."""
+
+    def __init__(self, verdicts: list[Verdict | None], on_verdict: OnVerdict | None):
+        self.verdicts = verdicts
+        self.on_verdict = on_verdict
+
+    def delivered(self, index: int) -> bool:
+        return self.verdicts[index] is not None
+
+    def __call__(self, index: int, verdict: Verdict) -> None:
+        if self.delivered(index):
+            return
+        self.verdicts[index] = verdict
+        if self.on_verdict is not None:
+            try:
+                self.on_verdict(index, verdict)
+            except Exception as e:
+                raise _CallbackError() from e
+
+
 # --------------------------------------------------------------------------------------------
 # Building blocks of the forward
 # --------------------------------------------------------------------------------------------
 
 
-def _qkv(layer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-    """Pre-norm, projections and rotary embedding of one decoder layer: q [B,H,L,D], k/v [B,KVH,L,D]."""
+def _qkv(layer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, queries: bool = True):
+    """Pre-norm, projections and rotary embedding of one decoder layer: q [B,H,L,D] (None when
+    `queries` is False), k/v [B,KVH,L,D]."""
     from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
     attn = layer.self_attn
     B, L, _ = x.shape
     h = layer.input_layernorm(x)
-    q = attn.q_proj(h).view(B, L, -1, attn.head_dim).transpose(1, 2)
     k = attn.k_proj(h).view(B, L, -1, attn.head_dim).transpose(1, 2)
     v = attn.v_proj(h).view(B, L, -1, attn.head_dim).transpose(1, 2)
+    q = attn.q_proj(h).view(B, L, -1, attn.head_dim).transpose(1, 2) if queries else k
     q, k = apply_rotary_pos_emb(q, k, cos, sin)
-    return q, k, v
+    return (q if queries else None), k, v
 
 
 def _finish_layer(layer, x: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
@@ -478,6 +508,9 @@ def _group_spans(rows: list[_Row]) -> list[tuple[int, slice]]:
     return spans
 
 
+_EXP_FLOOR = -80.0
+
+
 def _merged_attention(q, own_k, own_v, visible, prefix_parts, scale: float) -> torch.Tensor:
     """Softmax attention over [group prefix keys ; own keys] for every query, without copying a
     prefix per row: one max / sum across both key sets.
@@ -488,27 +521,29 @@ def _merged_attention(q, own_k, own_v, visible, prefix_parts, scale: float) -> t
     B, H, L, D = q.shape
     KVH = own_k.shape[1]
     rep = H // KVH
-    qg = q.reshape(B, KVH, rep * L, D)  # head h reads kv head h // rep
-    s_own = torch.matmul(qg, own_k.transpose(-1, -2)) * scale  # [B,KVH,rep*L,T]
-    s_own = s_own.view(B, KVH, rep, L, -1).masked_fill(~visible[:, None, None], float("-inf"))
-    s_own = s_own.view(B, KVH, rep * L, -1)
+    qg = (q * scale).reshape(B, KVH, rep * L, D)  # head h reads kv head h // rep; scaled once, here
+    s_own = torch.matmul(qg, own_k.transpose(-1, -2))  # [B,KVH,rep*L,T]
+    s_own.view(B, KVH, rep, L, -1).masked_fill_(~visible[:, None, None], float("-inf"))
     m_own = s_own.amax(dim=-1, keepdim=True)
     out = torch.empty(B, KVH, rep * L, D, dtype=q.dtype, device=q.device)
+    # Large score tensors are exponentiated in place (no temporaries on the hot path), after
+    # clamping at -80: exp(-80) ≈ 2e-35 weighs nothing next to the row's maximum (weight 1), and
+    # CPUs' vectorised exp takes a several-times-slower path for inputs far below that (masked
+    # keys are -inf; random or sharp models give scores thousands apart).
     for rows, (pk, pv) in prefix_parts:
         n = rows.stop - rows.start
         if pk.shape[1] == 0:  # nothing shared: plain attention over the own keys
-            e_own = torch.exp(s_own[rows] - m_own[rows])
+            e_own = s_own[rows].sub_(m_own[rows]).clamp_(min=_EXP_FLOOR).exp_()
             out[rows] = torch.matmul(e_own, own_v[rows]) / e_own.sum(dim=-1, keepdim=True)
             continue
         qp = qg[rows].permute(1, 0, 2, 3).reshape(KVH, n * rep * L, D)
-        s_pre = torch.matmul(qp, pk.transpose(-1, -2)) * scale  # [KVH, n*rep*L, P]
-        m_pre = s_pre.amax(dim=-1, keepdim=True)
-        m = torch.maximum(m_pre, m_own[rows].permute(1, 0, 2, 3).reshape(KVH, n * rep * L, 1))
-        e_pre = torch.exp(s_pre - m)
+        s_pre = torch.matmul(qp, pk.transpose(-1, -2))  # [KVH, n*rep*L, P]
+        m = torch.maximum(s_pre.amax(dim=-1, keepdim=True),
+                          m_own[rows].permute(1, 0, 2, 3).reshape(KVH, n * rep * L, 1))
+        e_pre = s_pre.sub_(m).clamp_(min=_EXP_FLOOR).exp_()
         num = torch.matmul(e_pre, pv)  # [KVH, n*rep*L, D]
         den = e_pre.sum(dim=-1, keepdim=True)
-        m_rows = m.reshape(KVH, n, rep * L, 1).permute(1, 0, 2, 3)
-        e_own = torch.exp(s_own[rows] - m_rows)
+        e_own = s_own[rows].sub_(m.reshape(KVH, n, rep * L, 1).permute(1, 0, 2, 3)).clamp_(min=_EXP_FLOOR).exp_()
         num = num.reshape(KVH, n, rep * L, D).permute(1, 0, 2, 3) + torch.matmul(e_own, own_v[rows])
         den = den.reshape(KVH, n, rep * L, 1).permute(1, 0, 2, 3) + e_own.sum(dim=-1, keepdim=True)
         out[rows] = num / den
