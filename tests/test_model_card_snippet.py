@@ -5,28 +5,16 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
 
+from pollux.engine.reference import run_model_card_snippet
 from pollux.prompts import DEFAULT_TEMPLATE
 
 SNIPPET = Path(__file__).parent.parent / "examples" / "model_card_snippet.py"
-
-# Runs a script with site-packages on the path but without processing .pth files (-S), so the
-# editable install of pollux is invisible; it fails loudly if pollux is importable anyway.
-BOOT = """
-import importlib.util, runpy, sys
-sys.path.append({site!r})
-assert importlib.util.find_spec("pollux") is None, "pollux must not be importable here"
-script = sys.argv[1]
-sys.argv = sys.argv[1:]
-runpy.run_path(script, run_name="__main__")
-"""
 
 
 def snippet_literals() -> dict[str, str]:
@@ -38,24 +26,13 @@ def snippet_literals() -> dict[str, str]:
     return values
 
 
-def run_snippet(model_path: Path, cwd: Path) -> tuple[str, float]:
-    boot = BOOT.format(site=sysconfig.get_paths()["purelib"])
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, "-S", "-c", boot, str(SNIPPET), str(model_path)],
-                          capture_output=True, cwd=cwd, env=env, timeout=900)
-    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-3000:]
-    # bytes, not text mode: a generated "\r" must not be turned into "\n"
-    *text, score = proc.stdout.decode("utf-8").removesuffix("\n").split("\n")
-    return "\n".join(text), float(score)
-
-
 def test_snippet_uses_the_default_template():
     assert snippet_literals()["PROMPT_TEMPLATE"] == DEFAULT_TEMPLATE
 
 
 @pytest.mark.slow
 def test_model_card_snippet_matches_pollux_judge(tiny_judge_path: Path, tmp_path: Path):
-    text, score = run_snippet(tiny_judge_path, tmp_path)
+    text, score = run_model_card_snippet(SNIPPET, tiny_judge_path, cwd=tmp_path)
     lit = snippet_literals()
     proc = subprocess.run(
         [sys.executable, "-m", "pollux.cli", "judge", "--model", str(tiny_judge_path),

@@ -7,7 +7,12 @@ the same greedy text and the same score (within float tolerance) without that se
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import sysconfig
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -47,3 +52,30 @@ def model_card_judge(
         "prefilled_tokens": prompt_len + (int(sequence_ids.shape[1]) if score is not None else 0),
         "time_s": time.perf_counter() - started,
     }
+
+
+# Runs a script with site-packages on the path but without processing .pth files (-S), so an
+# editable install of pollux is invisible; it fails loudly if pollux is importable anyway.
+_WITHOUT_POLLUX = """
+import importlib.util, runpy, sys
+sys.path.append({site!r})
+assert importlib.util.find_spec("pollux") is None, "pollux must not be importable here"
+script = sys.argv[1]
+sys.argv = sys.argv[1:]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+def run_model_card_snippet(script: str | Path, model_path: str | Path, *, cwd: str | Path,
+                           timeout: float = 900) -> tuple[str, float]:
+    """Run the model card's snippet (`examples/model_card_snippet.py`) in a subprocess where pollux
+    cannot be imported; return what it prints: the rationale and the score."""
+    boot = _WITHOUT_POLLUX.format(site=sysconfig.get_paths()["purelib"])
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-S", "-c", boot, str(script), str(model_path)],
+                          capture_output=True, cwd=cwd, env=env, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the model card snippet failed:\n{proc.stderr.decode(errors='replace')[-3000:]}")
+    # bytes, not text mode: a generated "\r" must not be turned into "\n"
+    *text, score = proc.stdout.decode("utf-8").removesuffix("\n").split("\n")
+    return "\n".join(text), float(score)
