@@ -122,7 +122,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("runs/arithmetic"))
     p.add_argument("--train-rows", type=int, default=6000)
     p.add_argument("--test-rows", type=int, default=120)
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=400)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=5e-3)
     p.add_argument("--hidden", type=int, default=64)
