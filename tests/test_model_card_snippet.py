@@ -3,7 +3,6 @@ checkpoint pollux saved, and prints the same text and score as `pollux judge`.""
 
 from __future__ import annotations
 
-import ast
 import json
 import subprocess
 import sys
@@ -11,29 +10,20 @@ from pathlib import Path
 
 import pytest
 
-from pollux.engine.reference import run_model_card_snippet
+from pollux.engine.reference import model_card_snippet_literals, run_model_card_snippet
 from pollux.prompts import DEFAULT_TEMPLATE
 
 SNIPPET = Path(__file__).parent.parent / "examples" / "model_card_snippet.py"
 
 
-def snippet_literals() -> dict[str, str]:
-    tree = ast.parse(SNIPPET.read_text(encoding="utf-8"))
-    values = {}
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
-            values[node.targets[0].id] = node.value.value  # type: ignore[attr-defined]
-    return values
-
-
 def test_snippet_uses_the_default_template():
-    assert snippet_literals()["PROMPT_TEMPLATE"] == DEFAULT_TEMPLATE
+    assert model_card_snippet_literals(SNIPPET)["PROMPT_TEMPLATE"] == DEFAULT_TEMPLATE
 
 
 @pytest.mark.slow
 def test_model_card_snippet_matches_pollux_judge(tiny_judge_path: Path, tmp_path: Path):
     text, score = run_model_card_snippet(SNIPPET, tiny_judge_path, cwd=tmp_path)
-    lit = snippet_literals()
+    lit = model_card_snippet_literals(SNIPPET)
     proc = subprocess.run(
         [sys.executable, "-m", "pollux.cli", "judge", "--model", str(tiny_judge_path),
          "--instruction", lit["instruction"], "--answer", lit["answer"], "--reference", lit["reference_answer"],

@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
-import sysconfig
 import time
 from pathlib import Path
 
@@ -76,31 +74,14 @@ def set_rope_theta(model_dir: Path, theta: float) -> None:
     cfg_file.write_text(json.dumps(cfg, indent=2), encoding="utf-8")
 
 
-BOOT = """
-import importlib.util, runpy, sys
-sys.path.append({site!r})
-assert importlib.util.find_spec("pollux") is None, "pollux must not be importable here"
-script = sys.argv[1]
-sys.argv = sys.argv[1:]
-runpy.run_path(script, run_name="__main__")
-"""
-
-
 def snippet_vs_pollux_judge(model_dir: Path, workdir: Path) -> dict:
     """The model card's snippet (pollux hidden: -S skips the editable install's .pth) and
     `pollux judge` on the snippet's own item: the same score is expected (|Δ| ≤ 1e-4)."""
-    import ast
+    from pollux.engine.reference import model_card_snippet_literals, run_model_card_snippet
 
     snippet = ROOT / "examples" / "model_card_snippet.py"
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    boot = BOOT.format(site=sysconfig.get_paths()["purelib"])
-    card = subprocess.run([sys.executable, "-S", "-c", boot, str(snippet), str(model_dir)], capture_output=True,
-                          text=True, cwd=workdir, env=env, timeout=1800)
-    if card.returncode != 0:
-        raise RuntimeError(f"model card snippet failed:\n{card.stderr[-2000:]}")
-    *text, card_score = card.stdout.removesuffix("\n").split("\n")
-    lit = {n.targets[0].id: n.value.value for n in ast.parse(snippet.read_text(encoding="utf-8")).body
-           if isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant)}
+    card_text, card_score = run_model_card_snippet(snippet, model_dir, cwd=workdir, timeout=1800)
+    lit = model_card_snippet_literals(snippet)
     cli = subprocess.run(
         [sys.executable, "-m", "pollux.cli", "judge", "--model", str(model_dir), "--instruction", lit["instruction"],
          "--answer", lit["answer"], "--reference", lit["reference_answer"], "--criterion", lit["criteria_name"],
@@ -111,7 +92,7 @@ def snippet_vs_pollux_judge(model_dir: Path, workdir: Path) -> dict:
     verdict = json.loads(cli.stdout)
     out = {"model_card_score": float(card_score), "pollux_judge_score": verdict["head_score"],
            "abs_diff": abs(float(card_score) - verdict["head_score"]),
-           "same_text": verdict["raw_text"] == "\n".join(text), "text": verdict["raw_text"]}
+           "same_text": verdict["raw_text"] == card_text, "text": verdict["raw_text"]}
     print(f"model card snippet: {out['model_card_score']:.6f}   pollux judge: {out['pollux_judge_score']:.6f}"
           f"   |Δ| = {out['abs_diff']:.2e}   same rationale: {out['same_text']}   ({out['text'][:60]!r})", flush=True)
     return out

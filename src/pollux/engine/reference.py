@@ -79,3 +79,13 @@ def run_model_card_snippet(script: str | Path, model_path: str | Path, *, cwd: s
     # bytes, not text mode: a generated "\r" must not be turned into "\n"
     *text, score = proc.stdout.decode("utf-8").removesuffix("\n").split("\n")
     return "\n".join(text), float(score)
+
+
+def model_card_snippet_literals(script: str | Path) -> dict[str, Any]:
+    """The snippet's literal assignments (its item's texts and its prompt template), read without
+    running it — so `pollux judge` can be asked about the very item the snippet judges."""
+    import ast
+
+    tree = ast.parse(Path(script).read_text(encoding="utf-8"))
+    return {node.targets[0].id: node.value.value for node in tree.body  # type: ignore[attr-defined]
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)}
