@@ -44,27 +44,33 @@ def _best(values: pd.Series, metric: str) -> set[str]:
     return {str(j) for j, v in ok.items() if v == target}
 
 
+def _tables(result: MetaEvalResult, metrics: tuple[str, ...]):
+    """(table kind, metric, values, CI lows, CI highs) for every table to show: per evaluated LLM,
+    then per criterion group when the result has groups."""
+    for kind in ("models", "groups"):
+        if kind == "groups" and not result.groups:
+            continue
+        for metric in metrics:
+            table = result.table if kind == "models" else result.group_table
+            yield (kind, metric, table(metric, what="value"), table(metric, what="ci_low"),
+                   table(metric, what="ci_high"))
+
+
 def _blocks(result: MetaEvalResult, metrics: tuple[str, ...]) -> list[tuple[str, str, pd.DataFrame, pd.DataFrame]]:
     """(title, first-column name, values, formatted cells with '**' marks for the best)."""
     split = SPLIT_LABELS.get(result.settings["split"], result.settings["split"])
     digits = 3
     out = []
-    for kind in ("models", "groups"):
-        if kind == "groups" and not result.groups:
-            continue
-        for metric in metrics:
-            get = (lambda what, m=metric: result.table(m, what=what)) if kind == "models" else (
-                lambda what, m=metric: result.group_table(m, what=what))
-            val, lo, hi = get("value"), get("ci_low"), get("ci_high")
-            cells = val.copy().astype(object)
-            for r in val.index:
-                best = _best(val.loc[r], metric)
-                for j in val.columns:
-                    text = _cell(val.loc[r, j], lo.loc[r, j], hi.loc[r, j], digits)
-                    cells.loc[r, j] = f"**{text}**" if j in best else text
-            title = f"{LABELS[metric]} — {split}"
-            title += "" if kind == "models" else ", by criterion group (Avg. over LLMs)"
-            out.append((title, "Evaluated LLM" if kind == "models" else "Criterion group", val, cells))
+    for kind, metric, val, lo, hi in _tables(result, metrics):
+        cells = val.copy().astype(object)
+        for r in val.index:
+            best = _best(val.loc[r], metric)
+            for j in val.columns:
+                text = _cell(val.loc[r, j], lo.loc[r, j], hi.loc[r, j], digits)
+                cells.loc[r, j] = f"**{text}**" if j in best else text
+        title = f"{LABELS[metric]} — {split}"
+        title += "" if kind == "models" else ", by criterion group (Avg. over LLMs)"
+        out.append((title, "Evaluated LLM" if kind == "models" else "Criterion group", val, cells))
     return out
 
 
@@ -124,19 +130,13 @@ def to_terminal(result: MetaEvalResult, metrics: tuple[str, ...] = DEFAULT_SHOWN
 
 def to_csv(result: MetaEvalResult, metrics: tuple[str, ...] = DEFAULT_SHOWN) -> str:
     parts = []
-    for kind in ("models", "groups"):
-        if kind == "groups" and not result.groups:
-            continue
-        for metric in metrics:
-            get = (lambda what, m=metric: result.table(m, what=what)) if kind == "models" else (
-                lambda what, m=metric: result.group_table(m, what=what))
-            val, lo, hi = get("value"), get("ci_low"), get("ci_high")
-            block = pd.DataFrame({"table": kind, "metric": metric, "row": val.index})
-            for j in result.judges:
-                block[j] = val[j].to_numpy()
-                block[f"{j} ci_low"] = lo[j].to_numpy()
-                block[f"{j} ci_high"] = hi[j].to_numpy()
-            parts.append(block)
+    for kind, metric, val, lo, hi in _tables(result, metrics):
+        block = pd.DataFrame({"table": kind, "metric": metric, "row": val.index})
+        for j in result.judges:
+            block[j] = val[j].to_numpy()
+            block[f"{j} ci_low"] = lo[j].to_numpy()
+            block[f"{j} ci_high"] = hi[j].to_numpy()
+        parts.append(block)
     return pd.concat(parts, ignore_index=True).to_csv(index=False, float_format="%.6g")
 
 
