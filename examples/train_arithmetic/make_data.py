@@ -9,7 +9,7 @@ so the ground truth is known exactly:
 * 1 — a slip: the answer differs from the reference by 1;
 * 0 — wrong: the answer differs from the reference by 3 or more.
 
-The rationale quotes both numbers and the verdict («Эталон 5, ответ 6: почти верно.»). Judging is
+The rationale quotes both numbers and the verdict («Эталон 5, ответ 6 почти верен.»). Judging is
 a comparison of the answer with the reference — a task a tiny transformer can learn from scratch
 on a CPU in minutes. Classes are balanced. A fifth of the (a, op, b) questions is held out (half
 for valid, half for test), so held-out rows are new questions, not new answers to seen ones.
@@ -56,13 +56,17 @@ def in_words(n: int) -> str:
 # Answers are bare numerals, as short answers to arithmetic questions are.
 ANSWERS = ["{n}"]
 # The rationale quotes both numbers, then says how they compare — what a careful judge writes,
-# and a scratchpad that makes the comparison local for a small model. Kept short: on a CPU every
-# target token costs a pass of the 152k-token LM head.
-VERDICTS = {2: "верно", 1: "почти верно", 0: "неверно"}
+# and a scratchpad that makes the comparison local for a small model. The verdict follows the
+# answer's number directly: the model decides it where that number is its current token and only
+# the reference has to be fetched by attention. With a separator in between («ответ 6: почти
+# верно») both numbers must be fetched, and since either alone says little about the verdict
+# (it depends on the pair), a from-scratch model sat at chance for 650 to over 1,000 steps. Kept short:
+# on a CPU every target token costs a pass of the 152k-token LM head.
+VERDICTS = {2: "верен", 1: "почти верен", 0: "неверен"}
 
 
 def rationale(reference: int, answer: int, score: int) -> str:
-    return f"Эталон {reference}, ответ {answer}: {VERDICTS[score]}."
+    return f"Эталон {reference}, ответ {answer} {VERDICTS[score]}."
 
 
 def questions(rng: random.Random) -> list[tuple[int, str, int, int]]:

@@ -34,6 +34,14 @@ TEMPLATE = HERE / "template.txt"
 
 from make_data import make_dataset  # noqa: E402
 
+GOAL_SPEARMAN = 0.8  # the worked example's promise (docs/training.md)
+GOAL_WALL_S = 15 * 60
+
+
+def fmt(x: float | None) -> str:
+    """Spearman is undefined (None) when a judge gives every row the same score."""
+    return "n/a" if x is None else f"{x:.3f}"
+
 
 def judge_rows(model_dir: Path, rows: list[dict], max_new_tokens: int) -> tuple[list[float], list[str]]:
     """Head scores and generated texts of a judge over `rows`, through pollux's inference engine."""
@@ -57,8 +65,8 @@ def report(name: str, rows: list[dict], scores: list[float], texts: list[str]) -
     metrics = head_metrics(scores, [r["score"] for r in rows])
     expected = [f"[FEEDBACK] {r['rationale']} [END]" for r in rows]
     metrics["rationale_exact"] = sum(t.strip() == e for t, e in zip(texts, expected, strict=True)) / len(rows)
-    rho = "n/a" if metrics["spearman"] is None else f"{metrics['spearman']:.3f}"
-    print(f"{name}: Spearman {rho}  MAE {metrics['mae']:.3f}  rationale exact {metrics['rationale_exact']:.1%}"
+    print(f"{name}: Spearman {fmt(metrics['spearman'])}  MAE {metrics['mae']:.3f}"
+          f"  rationale exact {metrics['rationale_exact']:.1%}"
           f"  (n={len(rows)}; e.g. {texts[0][:60]!r})", flush=True)
     return metrics
 
@@ -103,16 +111,19 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("runs/arithmetic"))
     p.add_argument("--train-rows", type=int, default=6000)
     p.add_argument("--test-rows", type=int, default=120)
-    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--steps", type=int, default=800)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=5e-3)
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--intermediate", type=int, default=None, help="MLP width (default: 2 × hidden).")
     p.add_argument("--init-std", type=float, default=0.125,
                    help="Initial weight std; ~1/sqrt(hidden) (0.02, a large model's value, starts on a long plateau).")
     p.add_argument("--rope-theta", type=float, default=10_000.0,
                    help="RoPE base of the new model (0: keep Qwen2.5's 1e6, made for long contexts).")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--check", action="store_true",
+                   help=f"Exit 1 unless the goal is met (held-out Spearman ≥ {GOAL_SPEARMAN} within {GOAL_WALL_S} s).")
     p.add_argument("--skip-parity", action="store_true", help="Skip the model card snippet vs pollux judge check.")
     a = p.parse_args()
 
@@ -128,6 +139,7 @@ def main() -> None:
     files = make_dataset(out / "data", train=a.train_rows, valid=60, test=a.test_rows, seed=a.seed)
     test_rows = [json.loads(line) for line in files["test"].read_text(encoding="utf-8").splitlines()]
     base = build_tiny_judge(out / "base", hidden=a.hidden, layers=a.layers, heads=4, kv_heads=2,
+                            intermediate=a.intermediate,
                             initializer_range=a.init_std, head_std=0.02, head_bias=1.0, seed=a.seed)
     if a.rope_theta:
         set_rope_theta(base, a.rope_theta)
@@ -154,8 +166,13 @@ def main() -> None:
     results["wall_s"] = round(time.time() - clock, 1)
     (out / "metrics.json").write_text(json.dumps(results, ensure_ascii=False, indent=1), encoding="utf-8")
     b, f = results["before"], results["after"]
-    print(f"SUMMARY  Spearman {b['spearman']} → {f['spearman']:.3f}   MAE {b['mae']:.3f} → {f['mae']:.3f}   "
+    print(f"SUMMARY  Spearman {fmt(b['spearman'])} → {fmt(f['spearman'])}   MAE {b['mae']:.3f} → {f['mae']:.3f}   "
           f"wall {results['wall_s']:.0f} s   (metrics: {out / 'metrics.json'})", flush=True)
+    met = f["spearman"] is not None and f["spearman"] >= GOAL_SPEARMAN and results["wall_s"] <= GOAL_WALL_S
+    print(f"goal (held-out Spearman ≥ {GOAL_SPEARMAN} in ≤ {GOAL_WALL_S // 60} min): {'met' if met else 'NOT met'}",
+          flush=True)
+    if a.check and not met:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
