@@ -59,6 +59,7 @@ def test_two_process_run_matches_one_process(tmp_path: Path):
 
     first = {run: json.loads((tmp_path / run / "train_log.jsonl").read_text().splitlines()[0]) for run in ("one", "two")}
     assert (first["one"]["world_size"], first["two"]["world_size"]) == (1, 2)
+    assert (first["one"]["distributed"], first["two"]["distributed"]) == ("NO", "MULTI_CPU")
 
     a, b = _records(tmp_path / "one", "train"), _records(tmp_path / "two", "train")
     assert sorted(a) == sorted(b) == [1, 2, 3]
@@ -70,3 +71,27 @@ def test_two_process_run_matches_one_process(tmp_path: Path):
     wa, wb = _weights(tmp_path / "one" / "final"), _weights(tmp_path / "two" / "final")
     for name in wa:
         torch.testing.assert_close(wb[name], wa[name], rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_fsdp_config_on_a_cpu_machine_says_it_runs_as_ddp(tmp_path: Path):
+    """accelerate uses FSDP on GPUs only and silently runs the FSDP config as plain data
+    parallelism on CPUs; pollux says so (stderr) and logs the mode it really got."""
+    from pollux.fixtures import build_tiny_judge
+
+    spec = importlib.util.spec_from_file_location("make_data", ROOT / "examples" / "train_arithmetic" / "make_data.py")
+    make_data = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_data)
+    data = make_data.make_dataset(tmp_path / "data", train=16, valid=0, test=0, seed=3)
+    base = build_tiny_judge(tmp_path / "base", hidden=64, layers=2)
+    accelerate = Path(sys.executable).with_name("accelerate")
+    run = subprocess.run(
+        [str(accelerate), "launch", "--config_file", str(ROOT / "configs/accelerate/fsdp.yaml"), "--num_processes", "2",
+         "--mixed_precision", "no", "-m", "pollux.train", "--model", str(base), "--train", str(data["train"]),
+         "--batch-size", "8", "--micro-batch-size", "4", "--max-steps", "1", "--output", str(tmp_path / "out")],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "asks for FSDP, but this run is MULTI_CPU" in run.stderr
+    first = json.loads((tmp_path / "out" / "train_log.jsonl").read_text().splitlines()[0])
+    assert (first["world_size"], first["distributed"]) == (2, "MULTI_CPU")

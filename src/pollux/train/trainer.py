@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import shutil
 import sys
 import time
@@ -129,6 +130,12 @@ class Trainer:
             raise TrainError(f"batch_size {config.batch_size} is not divisible by the {self.world} processes")
         if config.lora_r and self.acc.distributed_type.value == "FSDP":
             raise TrainError("LoRA under FSDP is not supported yet: use full fine-tuning, or DDP for LoRA")
+        # accelerate turns an FSDP config into plain data parallelism on CPU-only machines, silently.
+        fsdp_asked = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+        if fsdp_asked and self.acc.distributed_type.value != "FSDP" and self.acc.is_main_process:
+            print(f"warning: the accelerate config asks for FSDP, but this run is {self.acc.distributed_type.value} "
+                  "(accelerate uses FSDP on GPUs only): every process holds the whole model", file=sys.stderr,
+                  flush=True)
 
     # ---- setup --------------------------------------------------------------------------------
 
@@ -285,8 +292,8 @@ class Trainer:
         if cfg.valid_file:
             valid, reports["valid"] = load_examples(cfg.valid_file, tokenizer, **opts)
         data = {k: r.to_dict() for k, r in reports.items()}
-        self._say({"kind": "data", "world_size": self.world, "precision": "bf16" if self.bf16 else "fp32",
-                   "device": str(self.acc.device), **data})
+        self._say({"kind": "data", "world_size": self.world, "distributed": self.acc.distributed_type.value,
+                   "precision": "bf16" if self.bf16 else "fp32", "device": str(self.acc.device), **data})
 
         steps_per_epoch = len(train) // cfg.batch_size
         if steps_per_epoch < 1:
