@@ -1,9 +1,9 @@
-"""The worked example, run as shipped (defaults: 6,000 rows, 500 steps): a random judge that
+"""The worked example, run as shipped (defaults: 6,000 rows, 800 steps): a random judge that
 cannot judge, trained until its head's held-out Spearman is ≥ 0.8 — judged by generation, as
 inference works — and the trained checkpoint scored alike by `pollux judge` and by the model
 card's snippet (run without pollux importable): |Δ| ≤ 1e-4, the same rationale.
 
-Slow (≈ 6–10 min on two cores): it is the real thing the example promises, not a shortened
+Slow (≈ 9 min on two idle cores): it is the real thing the example promises, not a shortened
 stand-in. Its wall time is printed by the script; this test checks what it learned, not how fast."""
 
 from __future__ import annotations

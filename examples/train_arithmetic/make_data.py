@@ -60,8 +60,8 @@ ANSWERS = ["{n}"]
 # answer's number directly: the model decides it where that number is its current token and only
 # the reference has to be fetched by attention. With a separator in between («ответ 6: почти
 # верно») both numbers must be fetched, and since either alone says little about the verdict
-# (it depends on the pair), a from-scratch model sat at chance for 650 to over 1,000 steps. Kept short:
-# on a CPU every target token costs a pass of the 152k-token LM head.
+# (it depends on the pair), a from-scratch model sat at chance for 650 to over 1,000 steps.
+# Kept short: on a CPU every target token costs a pass of the 152k-token LM head.
 VERDICTS = {2: "верен", 1: "почти верен", 0: "неверен"}
 
 
