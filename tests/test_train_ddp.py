@@ -23,6 +23,14 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).parent.parent
 
 
+def _make_data():
+    """The worked example's data generator (examples/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("make_data", ROOT / "examples" / "train_arithmetic" / "make_data.py")
+    make_data = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_data)
+    return make_data
+
+
 def _records(out: Path, kind: str) -> dict[int, dict]:
     lines = (out / "train_log.jsonl").read_text(encoding="utf-8").splitlines()
     return {r["step"]: r for r in map(json.loads, lines) if r["kind"] == kind}
@@ -39,10 +47,7 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
 def test_two_process_run_matches_one_process(tmp_path: Path):
     from pollux.fixtures import build_tiny_judge
 
-    spec = importlib.util.spec_from_file_location("make_data", ROOT / "examples" / "train_arithmetic" / "make_data.py")
-    make_data = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(make_data)
-    data = make_data.make_dataset(tmp_path / "data", train=32, valid=8, test=0, seed=2)
+    data = _make_data().make_dataset(tmp_path / "data", train=32, valid=8, test=0, seed=2)
     base = build_tiny_judge(tmp_path / "base", hidden=64, layers=2, initializer_range=0.02, head_std=0.02)
 
     args = ["--model", str(base), "--train", str(data["train"]), "--valid", str(data["valid"]),
@@ -79,10 +84,7 @@ def test_fsdp_config_on_a_cpu_machine_says_it_runs_as_ddp(tmp_path: Path):
     parallelism on CPUs; pollux says so (stderr) and logs the mode it really got."""
     from pollux.fixtures import build_tiny_judge
 
-    spec = importlib.util.spec_from_file_location("make_data", ROOT / "examples" / "train_arithmetic" / "make_data.py")
-    make_data = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(make_data)
-    data = make_data.make_dataset(tmp_path / "data", train=16, valid=0, test=0, seed=3)
+    data = _make_data().make_dataset(tmp_path / "data", train=16, valid=0, test=0, seed=3)
     base = build_tiny_judge(tmp_path / "base", hidden=64, layers=2)
     accelerate = Path(sys.executable).with_name("accelerate")
     run = subprocess.run(
