@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+_BAD_TEXT = re.compile("[\ud800-\udfff\x00]")
 
 # The text fields of an item, in prompt order. All of them are untrusted user text.
 TEXT_FIELDS = ("instruction", "reference_answer", "answer", "criteria_name", "rubrics")
@@ -19,6 +22,23 @@ TEXT_FIELDS = ("instruction", "reference_answer", "answer", "criteria_name", "ru
 
 class RecordError(ValueError):
     """A record cannot be turned into a judgement; the message names the record and the field."""
+
+
+def text_problem(value: str) -> str | None:
+    """What makes `value` unusable as text anywhere downstream, or None.
+
+    A lone surrogate (JSON's `"\\ud800"`, or a byte that was not UTF-8 read with `surrogateescape`)
+    is a valid Python str that no tokenizer, database or JSON encoder accepts: left in, it fails
+    far from its source and takes the other items of a batch with it. NUL is refused for the
+    same reason (C-string APIs, SQLite text). Checking once, at the record's edge, names the field.
+    """
+    bad = _BAD_TEXT.search(value)
+    if bad is None:
+        return None
+    ch, at = bad.group(), bad.start() + 1
+    if ch == "\x00":
+        return f"invalid text: a NUL character at character {at}"
+    return f"invalid text: a lone surrogate U+{ord(ch):04X} at character {at} (not valid Unicode)"
 
 
 @dataclass(frozen=True)
@@ -39,6 +59,9 @@ class JudgeItem:
                 continue
             if not isinstance(value, str):
                 raise RecordError(f"field {name!r} must be a string, got {type(value).__name__}")
+            problem = text_problem(value)
+            if problem is not None:
+                raise RecordError(f"field {name!r}: {problem}")
         if not self.criteria_name.strip():
             raise RecordError("field 'criteria_name' is empty")
         if not self.rubrics.strip():
