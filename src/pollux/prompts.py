@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pollux.records import JudgeItem
@@ -109,6 +110,21 @@ class PromptTemplate:
 
     def to_dict(self) -> dict[str, Any]:
         return {"text": self.text, "neutralise": self.neutralise}
+
+
+# Templates users can pick by name (`--template model-card`); any other value is a file path.
+NAMED_TEMPLATES = {"default": DEFAULT_TEMPLATE, "model-card": MODEL_CARD_TEMPLATE}
+
+
+def load_template(value: str | None) -> PromptTemplate:
+    """A template by name (`default`, `model-card`) or from a UTF-8 file; None is the default."""
+    if value is None or value in NAMED_TEMPLATES:
+        return PromptTemplate(text=NAMED_TEMPLATES[value or "default"])
+    path = Path(value)
+    if not path.is_file():
+        names = ", ".join(NAMED_TEMPLATES)
+        raise ValueError(f"template {value!r} is neither a template name ({names}) nor a file")
+    return PromptTemplate(text=path.read_text(encoding="utf-8"))
 
 
 def chat_messages(prompt: str) -> list[dict[str, str]]:
