@@ -136,3 +136,24 @@ def test_scale_from_catalog_when_verdict_has_none():
     assert agg.cells["criteria_name"].tolist() == ["Полезность"]
     assert agg.cells["mean"].iloc[0] == pytest.approx(0.5)
     assert math.isclose(agg.leaderboard["grand_mean"].iloc[0], 0.5)
+
+
+def test_per_model_table_corner_is_the_leaderboards_grand_mean():
+    """A sparse criterion × group table (not every criterion in every group): the mean over
+    groups of the per-group means (the leaderboard's grand mean, 0.5 here) differs from the mean
+    over criteria of the per-criterion means (0.75). The table's corner is the grand mean, so the
+    per-model table and the leaderboard never show two different "means" for one model."""
+    df = pd.DataFrame([
+        row("A", 1, "Полезность", 2.0, group="Г1"),  # 1.0
+        row("A", 1, "Грамотность", 2.0, group="Г1"),  # 1.0
+        row("A", 2, "Полезность", 0.0, group="Г2"),  # 0.0; Грамотность not judged in Г2
+    ])
+    agg = aggregate(df)
+    grand = agg.leaderboard.set_index("model_id").loc["A", "grand_mean"]
+    assert grand == pytest.approx(0.5)
+    table = agg.criterion_table("A")
+    assert table.loc["Полезность", "mean over groups"] == pytest.approx(0.5)
+    assert table.loc["Грамотность", "mean over groups"] == pytest.approx(1.0)
+    assert table.loc["mean over criteria", "Г1"] == pytest.approx(1.0)
+    assert table.loc["mean over criteria", "Г2"] == pytest.approx(0.0)
+    assert table.loc["mean over criteria", "mean over groups"] == pytest.approx(grand)

@@ -45,11 +45,17 @@ class Aggregation:
 
     def criterion_table(self, model_id: str) -> pd.DataFrame:
         """Criterion × task-group table of one model, with the mean over groups as a last column
-        and the mean over criteria as a last row."""
+        and the mean over criteria as a last row.
+
+        The corner cell is the leaderboard's grand mean (the mean over groups of the last row).
+        Where not every criterion is judged in every group, the mean of the last column (criteria
+        weighted equally) is a different number; shown there, the report gave one model two
+        unlabelled "means" (e.g. 0.167 in its table, 0.208 on the leaderboard)."""
         cells = self.cells[self.cells["model_id"] == model_id]
         table = cells.pivot_table(index="criteria_name", columns="task_group", values="mean", aggfunc="first")
+        by_group = table.mean(axis=0, skipna=True)
         table["mean over groups"] = table.mean(axis=1, skipna=True)
-        table.loc["mean over criteria"] = table.mean(axis=0, skipna=True)
+        table.loc["mean over criteria"] = [*by_group.tolist(), by_group.mean(skipna=True)]
         return table
 
     def model_criterion_matrix(self) -> pd.DataFrame:
