@@ -1,0 +1,79 @@
+"""One executor layer: apply stateful workers to batches of rows, locally or on Ray Data.
+
+A *worker* is whatever a stage needs per process — a loaded model, an open HTTP client — built once
+by a picklable factory and then called batch after batch. The same stage code runs in threads of
+this process (the default: no Ray import, nothing to install) or on a Ray cluster (`ray="auto"` or
+an address), where each worker lives in a Ray Data actor.
+
+The contract both paths keep:
+
+* result batches are yielded as they complete, in any order;
+* a batch whose worker raises (or whose actor process dies) is retried, on a fresh worker, up to
+  `max_retries` times, then the run stops with an `ExecutorError` naming the batch's first key;
+* a result may be delivered twice after a retry — the caller (the driver, the only writer of its
+  store) dedupes by key, e.g. with a PRIMARY KEY in SQLite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+Row = dict[str, Any]  # JSON-able values only
+BatchFn = Callable[[list[Row]], list[Row]]  # a built worker: one batch in, result rows out
+WorkerFactory = Callable[[], BatchFn]  # picklable; called once per worker thread / actor
+
+
+class ExecutorError(RuntimeError):
+    """The executor cannot go on: Ray missing, a bad cluster address, a batch failing after retries, …"""
+
+
+@dataclass(frozen=True)
+class ExecutorOptions:
+    """Where and how wide to run. The defaults run one local worker thread."""
+
+    ray: str | None = None  # None = local (no Ray import); "auto" or a cluster address
+    workers: int = 1  # local: worker threads; Ray: actors in the pool
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    batch_size: int = 16
+    max_retries: int = 3  # a batch whose worker dies/raises is retried (on a fresh worker), then reported
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
+        if self.cpus_per_worker < 0 or self.gpus_per_worker < 0:
+            raise ValueError("cpus_per_worker and gpus_per_worker must be >= 0")
+        if self.ray is not None and not self.ray.strip():
+            raise ValueError("ray must be None (local), 'auto' or a cluster address, got an empty string")
+
+
+def map_batches(rows: Iterable[Row], make_worker: WorkerFactory, options: ExecutorOptions) -> Iterator[list[Row]]:
+    """Apply workers to batches of rows; yield result batches as they complete (any order).
+
+    The caller (driver) is the only writer of its store; a result may arrive twice after a retry —
+    callers dedupe by key. Raises `ExecutorError` when the run cannot complete.
+    """
+    if options.ray is None:
+        from pollux.executor.local import map_batches_local
+
+        return map_batches_local(rows, make_worker, options)
+    from pollux.executor.ray_data import map_batches_ray
+
+    return map_batches_ray(rows, make_worker, options)
+
+
+def first_key(batch: list[Row]) -> str:
+    """How an error names a batch: its first row's key (rows carry a "key"), else its first row."""
+    if not batch:
+        return "<empty batch>"
+    row = batch[0]
+    return str(row.get("key", row)) if isinstance(row, dict) else repr(row)
+
+
+__all__ = ["BatchFn", "ExecutorError", "ExecutorOptions", "Row", "WorkerFactory", "map_batches"]
