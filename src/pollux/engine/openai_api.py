@@ -35,21 +35,17 @@ import random
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any
 
-import httpx
-
 from pollux.engine import OnVerdict, SamplingParams
+from pollux.engine.http_chat import RETRY_STATUSES as RETRY_STATUSES  # re-exported: the transport moved there
+from pollux.engine.http_chat import ApiError, ChatClient
+from pollux.engine.http_chat import parse_retry_after as parse_retry_after
 from pollux.prompts import PromptTemplate
 from pollux.records import JudgeItem
 from pollux.verdicts import Verdict, error_verdict, make_verdict
 
 log = logging.getLogger("pollux.openai")
-
-# Statuses worth another try: the request was fine, the server was not (or was busy).
-RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 
 GENERAL_PROMPT = (
     "Ты — строгий и беспристрастный эксперт, который оценивает ответы языковых моделей. "
@@ -81,35 +77,6 @@ ENV_DEFAULTS: dict[str, tuple[str, Any]] = {
     "max_reasks": ("POLLUX_API_MAX_REASKS", 1),
     "prompt_style": ("POLLUX_API_PROMPT_STYLE", "pollux"),
 }
-
-
-class ApiError(RuntimeError):
-    """A request that failed for good (after retries, or with a status not worth retrying)."""
-
-
-@dataclass
-class _Reply:
-    text: str
-    head_score: float | None
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str | None
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a `Retry-After` header (seconds or an HTTP date), or None."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 class OpenAIEngine:
@@ -224,13 +191,16 @@ class OpenAIEngine:
 
     async def _judge_all(self, items: Sequence[JudgeItem], on_verdict: OnVerdict | None) -> list[Verdict]:
         results: list[Verdict | None] = [None] * len(items)
-        semaphore = asyncio.Semaphore(self.concurrency)
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
-        async with httpx.AsyncClient(headers=headers, timeout=self.timeout, limits=limits) as client:
+        # The transport (retries, backoff, Retry-After, adaptations) is `http_chat.ChatClient`; it
+        # counts into this engine's `usage` and `adaptations`, and an item holds its slot across re-asks.
+        chat = ChatClient(self.base_url, api_key=self.api_key, concurrency=self.concurrency, timeout=self.timeout,
+                          max_retries=self.max_retries, backoff_base=self.backoff_base,
+                          backoff_max=self.backoff_max, retry_after_max=self.retry_after_max, name=self.name,
+                          usage=self.usage, adaptations=self.adaptations)
+        async with chat as client:
 
             async def one(i: int) -> None:
-                async with semaphore:
+                async with client.semaphore:
                     verdict = await self._judge_one(client, items[i])
                 results[i] = verdict
                 if on_verdict is not None:
@@ -244,7 +214,7 @@ class OpenAIEngine:
                 raise eg.exceptions[0] from None
         return [v for v in results if v is not None]
 
-    async def _judge_one(self, client: httpx.AsyncClient, item: JudgeItem) -> Verdict:
+    async def _judge_one(self, client: ChatClient, item: JudgeItem) -> Verdict:
         started = time.perf_counter()
         messages = self.messages_for(item)
         prompt_tokens = completion_tokens = 0
@@ -253,7 +223,7 @@ class OpenAIEngine:
             if ask:
                 self.usage["reasks"] += 1
             try:
-                reply = await self._post(client, self._payload(messages, reask=ask > 0))
+                reply = await client.post(self._payload(messages, reask=ask > 0), hold=False)
             except ApiError as e:
                 self.usage["failed_items"] += 1
                 log.warning("%s: item %s failed: %s", self.name, item.key, e)
@@ -263,7 +233,7 @@ class OpenAIEngine:
             verdict = make_verdict(
                 item,
                 reply.text,
-                head_score=reply.head_score,
+                head_score=_head_score(reply.data),
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
                 finish_reason=reply.finish_reason,
@@ -290,98 +260,14 @@ class OpenAIEngine:
         }
         if self.sampling.top_p < 1:
             payload["top_p"] = self.sampling.top_p
-        self._apply_adaptations(payload)
         return payload
 
-    def _apply_adaptations(self, payload: dict[str, Any]) -> None:
-        if "max_completion_tokens" in self.adaptations and "max_tokens" in payload:
-            payload["max_completion_tokens"] = payload.pop("max_tokens")
-        if "no_temperature" in self.adaptations:
-            payload.pop("temperature", None)
 
-    def _adapt(self, payload: dict[str, Any], response: httpx.Response) -> bool:
-        """Some hosted models (OpenAI's reasoning models) refuse `max_tokens` or any temperature but
-        their default, and say so in a 400. Learn that once, fix the payload, and resend."""
-        message = response.text.lower()
-        learned: set[str] = set()
-        if "max_completion_tokens" in message and "max_tokens" in payload:
-            learned.add("max_completion_tokens")
-        if "temperature" in message and "unsupported" in message and "temperature" in payload:
-            learned.add("no_temperature")
-        if not learned:  # only what this payload still has: a second refusal is a real error
-            return False
-        if learned - self.adaptations:
-            log.warning("%s: the server refused a parameter; adapting: %s", self.name, sorted(learned))
-        self.adaptations |= learned
-        self._apply_adaptations(payload)
-        return True
-
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        """Exponential backoff with jitter; never shorter than the server's Retry-After."""
-        cap = min(self.backoff_max, self.backoff_base * 2**attempt)
-        delay = cap / 2 + self._rng.uniform(0, cap / 2)
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, self.retry_after_max) + self._rng.uniform(0, 0.1 * cap))
-        return delay
-
-    async def _post(self, client: httpx.AsyncClient, payload: dict[str, Any]) -> _Reply:
-        url = f"{self.base_url}/chat/completions"
-        last = "no attempt made"
-        attempt = adapted = 0
-        while True:
-            retry_after: float | None = None
-            self.usage["requests"] += 1
-            try:
-                async with asyncio.timeout(self.timeout):  # a total deadline, not per read
-                    response = await client.post(url, json=payload)
-            except (TimeoutError, httpx.TimeoutException):
-                last = f"timed out after {self.timeout:g} s"
-            except httpx.TransportError as e:
-                last = f"connection error: {type(e).__name__}: {e}"
-            else:
-                if response.status_code == 200:
-                    try:
-                        return self._parse(response)
-                    except ValueError as e:
-                        last = f"malformed response: {e}"
-                elif response.status_code in RETRY_STATUSES or response.status_code >= 500:
-                    last = f"HTTP {response.status_code}: {_snippet(response)}"
-                    retry_after = parse_retry_after(response.headers.get("retry-after"))
-                elif response.status_code == 400 and adapted < 2 and self._adapt(payload, response):
-                    adapted += 1  # not a failure: resend at once with what the server accepts
-                    continue
-                else:
-                    raise ApiError(f"HTTP {response.status_code} from {url}: {_snippet(response)}")
-            if attempt == self.max_retries:
-                break
-            attempt += 1
-            self.usage["retries"] += 1
-            delay = self._backoff(attempt - 1, retry_after)
-            log.info("%s: attempt %d failed (%s); retrying in %.2f s", self.name, attempt, last, delay)
-            await asyncio.sleep(delay)
-        raise ApiError(f"gave up after {self.max_retries + 1} attempt(s) at {url}; last error: {last}")
-
-    def _parse(self, response: httpx.Response) -> _Reply:
-        try:
-            data = response.json()
-            choice = data["choices"][0]
-            text = choice["message"].get("content") or ""
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
-            raise ValueError(f"not a chat completion ({type(e).__name__}: {e}): {_snippet(response)}") from None
-        usage = data.get("usage") or {}
-        extra = data.get("pollux") or {}
-        head = extra.get("head_score") if isinstance(extra, dict) else None
-        prompt_tokens = int(usage.get("prompt_tokens") or 0)
-        completion_tokens = int(usage.get("completion_tokens") or 0)
-        self.usage["prompt_tokens"] += prompt_tokens
-        self.usage["completion_tokens"] += completion_tokens
-        return _Reply(
-            text=text,
-            head_score=float(head) if head is not None else None,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            finish_reason=choice.get("finish_reason"),
-        )
+def _head_score(data: dict[str, Any]) -> float | None:
+    """`pollux serve`'s non-standard `pollux.head_score` (the regression head's score), if present."""
+    extra = data.get("pollux") or {}
+    head = extra.get("head_score") if isinstance(extra, dict) else None
+    return float(head) if head is not None else None
 
 
 def _option(value: Any, name: str, kind: type) -> Any:
@@ -408,8 +294,3 @@ def _resolve_key(api_key: str | None, api_key_env: str | None) -> str | None:
             raise ValueError(f"environment variable {api_key_env} (named for the API key) is not set or empty")
         return value
     return os.environ.get("OPENAI_API_KEY") or None
-
-
-def _snippet(response: httpx.Response, limit: int = 300) -> str:
-    text = response.text.strip().replace("\n", " ")
-    return text[:limit] + ("…" if len(text) > limit else "")
