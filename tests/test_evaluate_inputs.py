@@ -113,3 +113,39 @@ def test_cli_unloadable_judge_is_a_clear_error(tmp_path: Path):
     assert result.exit_code == 2
     assert "not a local checkpoint folder" in result.stderr
     assert not db.exists()  # nothing is created before the judge is loaded
+
+
+SURROGATE_LINES = {  # line: the field named in its problem
+    2: "'id'", 3: "'rubrics'", 4: "'criteria_name'", 5: "'source_note'", 6: "'criteria[0].rubrics'",
+    7: "'meta.note[1]'", 8: "a key", 9: "'answer'", 10: "'model_id'",
+}
+
+
+def test_lone_surrogates_and_nul_anywhere_in_a_row_skip_only_that_row(tmp_path: Path, judge):
+    """Defect 2 of issue 11: a lone surrogate in `id`, `rubrics`, `criteria_name`, an extra column,
+    a nested value or a key used to end the run (SQLite / the tokenizer refused it) with no line named."""
+    summary = evaluate(CORPUS / "surrogates.jsonl", tmp_path / "run.db", judge)
+    by_line = {int(p.split(":")[1]): p for p in summary.problems}
+    assert set(by_line) == set(SURROGATE_LINES)
+    for line, field_name in SURROGATE_LINES.items():
+        assert by_line[line].startswith(f"surrogates.jsonl:{line}: "), by_line[line]
+        assert field_name in by_line[line], by_line[line]
+        assert ("lone surrogate" in by_line[line]) or ("NUL" in by_line[line]), by_line[line]
+    assert summary.judged == 2 and summary.remaining == 0
+    assert sorted(read_verdicts(tmp_path / "run.db")["record_id"]) == ["good-1", "good-2"]
+
+
+def test_cli_skips_rows_with_lone_surrogates_and_exits_zero(tmp_path: Path, tiny_judge_path: Path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from pollux.cli import app
+
+    result = CliRunner().invoke(app, ["evaluate", str(CORPUS / "surrogates.jsonl"), "--judge", str(tiny_judge_path),
+                                      "--db", str(tmp_path / "run.db"), "--dtype", "float32", "--device", "cpu",
+                                      "--max-new-tokens", "8", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "skipped surrogates.jsonl:2: field 'id': invalid text: a lone surrogate U+D800" in result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["judged"] == 2 and summary["rows_skipped"] == len(SURROGATE_LINES)

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pollux.records import text_problem
+
 # A field longer than this is almost certainly a mistake (a whole file pasted into a cell) and would
 # blow the judge's context; POLLUX's longest instructions are ~30k characters.
 DEFAULT_MAX_FIELD_CHARS = 200_000
@@ -208,7 +210,37 @@ def check_row(row: InputRow, *, max_field_chars: int = DEFAULT_MAX_FIELD_CHARS) 
     criteria = data.get("criteria")
     if criteria is not None and not isinstance(criteria, list):
         return f"field 'criteria' must be a list of {{criteria_name, rubrics}}, got {_type_name(criteria)}"
+    return bad_text(data)
+
+
+def bad_text(data: Mapping[str, Any]) -> str | None:
+    """The first text anywhere in a row — any column, nested lists and objects, keys — that no
+    tokenizer, database or JSON encoder accepts (`pollux.records.text_problem`), or None.
+
+    Every string is checked, not only the judged ones: an id, a model name or an extra column
+    is written to the run database too, and one bad string there used to end the whole run."""
+    for path, text in _strings(data, ""):
+        problem = text_problem(text)
+        if problem is not None:
+            return f"{path}: {problem}"
     return None
+
+
+def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
+    """(where, text) for every string in a JSON-like value, keys included; `where` reads
+    `field 'criteria[0].rubrics'` or `a key in field 'meta'`."""
+    if isinstance(value, str):
+        yield f"field {path!r}", value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            key_text = str(key)
+            if text_problem(key_text) is not None:
+                yield (f"a key in field {path!r}" if path else "a key"), key_text
+                continue
+            yield from _strings(item, f"{path}.{key_text}" if path else key_text)
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            yield from _strings(item, f"{path}[{i}]")
 
 
 def _type_name(value: Any) -> str:
