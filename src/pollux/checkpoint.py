@@ -21,7 +21,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 REGRESSION_ARCH = "Qwen2WithRegressionHead"
 MODELING_FILE = Path(__file__).parent / "modeling" / "qwen2_regression.py"
@@ -116,7 +116,9 @@ def load_judge(path: str | Path, *, dtype: str | Any = "auto", device: str = "au
                 )
         from pollux.modeling.qwen2_regression import Qwen2WithRegressionHead
 
-        model, info = Qwen2WithRegressionHead.from_pretrained(path, dtype=torch_dtype, output_loading_info=True)
+        # with output_loading_info, from_pretrained returns (model, info); its annotation says model only
+        model, info = cast(tuple[Any, dict[str, list[str]]], Qwen2WithRegressionHead.from_pretrained(
+            path, dtype=torch_dtype, output_loading_info=True))
         lost = [k for k in info.get("missing_keys", []) if k.startswith("regression_head")]
         if lost:
             raise CheckpointError(f"{path}: regression head weights not loaded: {', '.join(sorted(lost))}")

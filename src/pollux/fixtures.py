@@ -103,14 +103,15 @@ def build_tiny_judge(
         max_position_embeddings=max_position_embeddings,
         initializer_range=initializer_range,
         tie_word_embeddings=False,
-        rope_theta=1_000_000.0,
+        # transformers 4.x takes rope_theta; 5.x still accepts it (into rope_parameters) but no longer declares it
+        rope_theta=1_000_000.0,  # type: ignore[call-arg]
         bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(seed)
     model_cls = Qwen2WithRegressionHead if regression else Qwen2ForCausalLM
-    model = model_cls(config).to(torch.float32)
+    model = model_cls(config).float()
     if regression:
         with torch.no_grad():
             model.regression_head.weight.normal_(0.0, head_std)

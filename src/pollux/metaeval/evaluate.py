@@ -152,7 +152,7 @@ def meta_evaluate(
 
     model_col = frame["model_id"].to_numpy()
     models = [str(m) for m in pd.unique(frame.loc[in_split, "model_id"])]
-    coverage = []
+    coverage: list[dict[str, Any]] = []
     for j in judges:
         for m in models:
             rows = in_split & (model_col == m)

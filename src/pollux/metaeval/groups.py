@@ -42,7 +42,7 @@ def canonical_group(label: object) -> str:
 
 def _catalog_lookup() -> Callable[[str], object] | None:
     try:
-        from pollux.taxonomy import load_catalog  # type: ignore[attr-defined]
+        from pollux.taxonomy import load_catalog
 
         catalog = load_catalog()
     except Exception:  # not installed yet, or its data is missing: fall back to "unknown"

@@ -29,9 +29,9 @@ _CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__
 
 @dataclass
 class RegressionCausalLMOutput(CausalLMOutputWithPast):
-    lm_loss: torch.FloatTensor | None = None
-    regr_loss: torch.FloatTensor | None = None
-    regr_output: torch.FloatTensor | None = None
+    lm_loss: torch.Tensor | None = None
+    regr_loss: torch.Tensor | None = None
+    regr_output: torch.Tensor | None = None
 
 
 def last_token_index(attention_mask: torch.Tensor | None, batch: int, length: int, device) -> torch.Tensor:
@@ -55,10 +55,10 @@ class Qwen2WithRegressionHead(Qwen2ForCausalLM):
 
     def forward(
         self,
-        input_ids: torch.LongTensor | None = None,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        labels: torch.LongTensor | None = None,
-        regr_labels: torch.FloatTensor | None = None,
+        labels: torch.Tensor | None = None,
+        regr_labels: torch.Tensor | None = None,
         regr_weight: float = 1.0,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,

@@ -108,23 +108,24 @@ def load_user_criteria(path: str | Path, catalog: Catalog | None = None) -> list
 def _spec_from_entry(entry: Any, catalog: Catalog, leaf: TaskNode | None, where: str) -> CriterionSpec:
     """One criterion from a record / user file: an id or name string, or a {criteria_name, rubrics} object."""
     if isinstance(entry, str):
-        found = _lookup(entry, catalog, leaf)
-        if found is None:
+        known = _lookup(entry, catalog, leaf)
+        if known is None:
             raise TaxonomyError(f"{where}: unknown criterion {entry!r}{suggest(entry, _all_names(catalog))}")
-        return CriterionSpec.from_criterion(found)
+        return CriterionSpec.from_criterion(known)
     if not isinstance(entry, Mapping):
         raise TaxonomyError(f"{where}: expected a criterion id or a {{criteria_name, rubrics}} object, "
                             f"got {type(entry).__name__}")
     cid = entry.get("criterion_id") or entry.get("id")
-    name = entry.get("criteria_name") or entry.get("name")
+    given_name = entry.get("criteria_name") or entry.get("name")
+    found: Criterion | None
     if not is_blank(cid):
         try:
-            found: Criterion | None = catalog.criterion(str(cid))
+            found = catalog.criterion(str(cid))
         except TaxonomyError as e:  # an unknown id is an error, never a silent free-text criterion
             raise TaxonomyError(f"{where}: {e}") from None
-        if is_blank(name):
-            name = found.name
-    elif isinstance(name, str) and not is_blank(name):
+        name = found.name if is_blank(given_name) else str(given_name)
+    elif isinstance(given_name, str) and not is_blank(given_name):
+        name = given_name
         found = _lookup(name, catalog, leaf)
     else:
         raise TaxonomyError(f"{where}: the criterion has no 'criteria_name'")
