@@ -1,12 +1,203 @@
-"""The Ray Data executor (work in progress: the local executor is the default)."""
+"""The Ray Data executor: each worker lives in an actor of a Ray Data actor pool.
+
+`ray.data.from_items` → `map_batches(_ActorWorker, concurrency=workers, num_cpus=…, num_gpus=…)` →
+`iter_batches`, so the driver reads result batches as they stream back and stays the only writer of
+its store. Rows travel as one JSON string column: Arrow would otherwise infer (and mangle) types of
+nested, heterogeneous JSON values.
+
+Faults, and who handles them:
+
+* a worker that *raises* — the actor builds a fresh worker and retries the batch itself, up to
+  `max_retries` times, then raises `BatchFailed` naming the batch's first key (the run stops);
+* an actor *process that dies* (killed, OOM) — Ray restarts the actor (`max_restarts=-1`) and
+  resubmits its in-flight tasks, each up to `max_retries` times (`max_task_retries`), so a batch
+  that kills every process it lands on is reported instead of looped on forever;
+* a factory that raises (no model, bad endpoint) — the actor never starts; Ray Data fails the
+  run at the first such death and the factory's message reaches the user.
+"""
 
 from __future__ import annotations
 
+import importlib
+import json
+import logging
+import os
+import re
+import socket
+import warnings
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
-from pollux.executor import ExecutorError, ExecutorOptions, Row, WorkerFactory
+from pollux.executor import BatchFn, ExecutorError, ExecutorOptions, Row, WorkerFactory, first_key
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+RAY_MISSING = "Ray is not installed; the --ray mode needs the `ray` extra: pip install 'pollux[ray]'"
+CONNECT_TIMEOUT_S = 10.0  # a cluster address that does not answer within this is an error, not a hang
+_COLUMN = "row"
+_OUR_ERROR = re.compile(r"(?:BatchFailed|WorkerBuildFailed): (.+)")
+
+
+class BatchFailed(RuntimeError):
+    """A batch failed on fresh workers `max_retries + 1` times; the message names its first key."""
+
+
+class WorkerBuildFailed(RuntimeError):
+    """The worker factory raised inside an actor (e.g. the model could not be loaded)."""
+
+
+class _ActorWorker:
+    """The callable class Ray Data runs in each actor: one built worker, JSON rows in and out."""
+
+    def __init__(self, make_worker: WorkerFactory, max_retries: int) -> None:
+        self._make_worker = make_worker
+        self._max_retries = max_retries
+        self._fn = self._build()
+
+    def _build(self) -> BatchFn:
+        try:
+            return self._make_worker()
+        except Exception as exc:
+            raise WorkerBuildFailed(f"building a worker failed: {type(exc).__name__}: {exc}") from exc
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import pyarrow as pa
+
+        rows = [json.loads(text) for text in batch.column(_COLUMN).to_pylist()]
+        for attempt in range(self._max_retries + 1):
+            try:
+                result = self._fn(rows)
+                if not isinstance(result, list):
+                    raise TypeError(f"a worker must return a list of rows, got {type(result).__name__}")
+                break
+            except Exception as exc:
+                if attempt == self._max_retries:
+                    raise BatchFailed(
+                        f"batch starting at key {first_key(rows)!r} failed {attempt + 1} times "
+                        f"(max_retries={self._max_retries}); last error: {type(exc).__name__}: {exc}"
+                    ) from exc
+                self._fn = self._build()  # a fresh worker for the retry
+        texts = [json.dumps(row, ensure_ascii=False) for row in result]
+        return pa.table({_COLUMN: pa.array(texts, type=pa.string())})
+
+
+def import_ray() -> Any:
+    """`ray`, or an ExecutorError that says how to install it."""
+    try:
+        return importlib.import_module("ray")
+    except ImportError as exc:
+        raise ExecutorError(RAY_MISSING) from exc
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast on an address nothing listens on (ray.init would retry it for a long time)."""
+    host_port = address.removeprefix("ray://").rsplit("/", 1)[0]
+    host, sep, port = host_port.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ExecutorError(f"bad Ray cluster address {address!r}: expected HOST:PORT, ray://HOST:PORT or 'auto'")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ExecutorError(f"cannot reach the Ray cluster at {address!r}: {exc}") from exc
+
+
+def quiet_ray_environment() -> None:
+    """Before `ray.init`: Ray's C++ core logs only fatal errors to stderr (its errors reach the
+    driver as exceptions anyway); a user's own setting wins."""
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+
+
+def connect(address: str) -> Any:
+    """Connect this driver to a Ray cluster once ("auto" or an address); reuse an existing connection."""
+    ray = import_ray()
+    if ray.is_initialized():
+        return ray
+    if address != "auto":
+        _check_reachable(address)
+    quiet_ray_environment()
+    try:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise ExecutorError(f"cannot connect to the Ray cluster at {address!r}: {exc}") from exc
+    return ray
+
+
+class _ConsoleFilter(logging.Filter):
+    """What of Ray Data's console log a user needs: its warnings (e.g. a worker that no node can
+    fit). Not its info lines, not its errors (a failed run reaches the user as one ExecutorError;
+    the full text stays in Ray Data's log file), not the notice that progress bars are off."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno == logging.WARNING and "Progress bars disabled" not in record.getMessage()
+
+
+def _quiet(data_context: Any) -> None:
+    """Progress bars and per-run banners off: the stage's own progress bar is what a user reads."""
+    data_context.enable_progress_bars = False
+    data_context.print_on_execution_start = False
+    data_context.verbose_stats_logs = False
+    for handler in logging.getLogger("ray.data").handlers:
+        if handler.get_name() == "console" and not any(isinstance(f, _ConsoleFilter) for f in handler.filters):
+            handler.addFilter(_ConsoleFilter())
+
+
+def _cause(exc: BaseException, died: tuple[type[BaseException], ...]) -> str:
+    """The line a user needs from a Ray error: our own message if the chain carries one (Ray
+    re-raises an actor's exception as a wrapper whose text holds the original), else the first line."""
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and seen not in chain:
+        if isinstance(seen, BatchFailed | WorkerBuildFailed):
+            return str(seen)
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    for error in chain:
+        found = _OUR_ERROR.findall(str(error))
+        if found:
+            return str(found[-1])
+    text = str(exc).strip()
+    first_line = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+    if any(isinstance(error, died) for error in chain):
+        return f"a worker process died running a batch and on each of its retries; last error: {first_line}"
+    return first_line
 
 
 def map_batches_ray(rows: Iterable[Row], make_worker: WorkerFactory, options: ExecutorOptions) -> Iterator[list[Row]]:
-    """`pollux.executor.map_batches` on a Ray cluster."""
-    raise ExecutorError("the Ray executor is not available yet; run without --ray")
+    """`pollux.executor.map_batches` on a Ray cluster (`options.ray`: "auto" or an address)."""
+    assert options.ray is not None
+    ray = connect(options.ray)  # at the call, before reading any input: a bad address fails fast
+    items = [{_COLUMN: json.dumps(row, ensure_ascii=False)} for row in rows]
+    if not items:
+        return iter(())
+    return _stream(ray, items, make_worker, options)
+
+
+def _stream(ray: Any, items: list[dict[str, str]], make_worker: WorkerFactory,
+            options: ExecutorOptions) -> Iterator[list[Row]]:
+    blocks = min(-(-len(items) // options.batch_size), 1000)
+    ds = ray.data.from_items(items, override_num_blocks=blocks)
+    _quiet(ds.context)
+    with warnings.catch_warnings():
+        # Ray 2.60 deprecates remote args given as keywords, but names no other way to bound the
+        # retries of an actor's tasks after its process dies; Ray Data's default is to retry forever.
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*", category=DeprecationWarning)
+        results = ds.map_batches(
+            _ActorWorker,
+            fn_constructor_args=(make_worker, options.max_retries),
+            compute=ray.data.ActorPoolStrategy(size=options.workers),
+            num_cpus=options.cpus_per_worker,
+            num_gpus=options.gpus_per_worker,
+            batch_size=options.batch_size,
+            batch_format="pyarrow",
+            max_restarts=-1,
+            max_task_retries=options.max_retries,
+        )
+    try:
+        for batch in results.iter_batches(batch_size=None, batch_format="pyarrow"):
+            yield [json.loads(text) for text in batch.column(_COLUMN).to_pylist()]
+    except ExecutorError:
+        raise
+    except Exception as exc:
+        died = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
+        raise ExecutorError(f"the Ray run failed: {_cause(exc, died)}") from exc

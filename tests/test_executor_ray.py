@@ -1,0 +1,189 @@
+"""The Ray Data executor on one local Ray cluster (127.0.0.1, 2 CPUs) started once for this file.
+
+Worker factories are top-level classes of this module; the cluster's workers import it because the
+fixture puts tests/ on their PYTHONPATH. Connection and installation errors run in subprocesses,
+where no cluster is connected yet.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pollux.executor import ExecutorError, ExecutorOptions, Row, map_batches
+
+pytestmark = pytest.mark.slow  # one Ray cluster start plus actor pools: ~1 min on 2 cores
+
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[None]:
+    ray = pytest.importorskip("ray")
+    from pollux.executor.ray_data import quiet_ray_environment
+
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
+    # Ray's servers bind the node's address on all interfaces; as on a laptop, keep them on loopback.
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    quiet_ray_environment()
+    ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=2, log_to_driver=False,
+             logging_level="WARNING")
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _rows(n: int) -> list[Row]:
+    return [{"key": f"k{i:03d}", "x": i, "nested": {"list": [i, "два", None, {"deep": 1.5}], "empty": {}}}
+            for i in range(n)]
+
+
+class Square:
+    """Deterministic: "y" = x², the nested value passed through untouched."""
+
+    def __call__(self):
+        def run(batch: list[Row]) -> list[Row]:
+            return [{"key": r["key"], "y": r["x"] ** 2, "nested": r["nested"]} for r in batch]
+
+        return run
+
+
+class SlowWithPid:
+    """Writes its process id to `pid_dir` when built, then takes `delay` s per batch."""
+
+    def __init__(self, pid_dir: Path, delay: float) -> None:
+        self.pid_dir = pid_dir
+        self.delay = delay
+
+    def __call__(self):
+        (self.pid_dir / str(os.getpid())).touch()
+
+        def run(batch: list[Row]) -> list[Row]:
+            time.sleep(self.delay)
+            return [{"key": r["key"], "pid": os.getpid()} for r in batch]
+
+        return run
+
+
+class BrokenFactory:
+    def __call__(self):
+        raise FileNotFoundError("no model at /models/missing")
+
+
+class AlwaysFails:
+    def __call__(self):
+        def run(batch: list[Row]) -> list[Row]:
+            if any(r["key"] == "k002" for r in batch):
+                raise ValueError("the teacher's reply has no [RESULT]")
+            return batch
+
+        return run
+
+
+class DiesOnKey:
+    """The process exits whenever it runs the batch holding k002 — as a segfault or OOM would."""
+
+    def __call__(self):
+        def run(batch: list[Row]) -> list[Row]:
+            if any(r["key"] == "k002" for r in batch):
+                os._exit(1)
+            return batch
+
+        return run
+
+
+def _collect(batches) -> list[Row]:
+    return [row for batch in batches for row in batch]
+
+
+def test_ray_and_local_give_the_same_results(ray_cluster):
+    rows = _rows(40)
+    local = _collect(map_batches(rows, Square(), ExecutorOptions(workers=2, batch_size=6)))
+    on_ray = _collect(map_batches(rows, Square(), ExecutorOptions(ray="auto", workers=2, batch_size=6)))
+    assert len(on_ray) == 40
+    assert sorted(on_ray, key=lambda r: r["key"]) == sorted(local, key=lambda r: r["key"])
+    assert on_ray[0]["nested"]["list"][1] == "два"
+
+
+def test_a_killed_worker_process_loses_nothing(ray_cluster, tmp_path):
+    factory = SlowWithPid(tmp_path, delay=0.3)
+    options = ExecutorOptions(ray="auto", workers=2, batch_size=1, max_retries=3)
+    results = map_batches(_rows(24), factory, options)
+    out = list(next(results))
+    victims = sorted(int(p.name) for p in tmp_path.iterdir())
+    assert victims, "no worker wrote its pid"
+    os.kill(victims[0], signal.SIGKILL)
+    out += _collect(results)
+    keys = {r["key"] for r in out}
+    assert keys == {f"k{i:03d}" for i in range(24)}  # every key, none lost (a duplicate is allowed)
+    assert len(list(tmp_path.iterdir())) > len(victims)  # a fresh worker took its place
+
+
+def test_a_factory_that_raises_reaches_the_user(ray_cluster):
+    started = time.monotonic()
+    with pytest.raises(ExecutorError, match="FileNotFoundError: no model at /models/missing"):
+        _collect(map_batches(_rows(4), BrokenFactory(), ExecutorOptions(ray="auto", batch_size=2)))
+    assert time.monotonic() - started < 60
+
+
+def test_a_batch_that_keeps_failing_is_reported_with_its_key(ray_cluster):
+    options = ExecutorOptions(ray="auto", batch_size=1, max_retries=2)
+    with pytest.raises(ExecutorError) as err:
+        _collect(map_batches(_rows(4), AlwaysFails(), options))
+    assert "'k002' failed 3 times" in str(err.value)
+    assert "ValueError: the teacher's reply has no [RESULT]" in str(err.value)
+
+
+def test_a_batch_that_keeps_killing_its_worker_is_not_retried_forever(ray_cluster):
+    started = time.monotonic()
+    options = ExecutorOptions(ray="auto", batch_size=1, max_retries=1)
+    with pytest.raises(ExecutorError, match="a worker process died running a batch"):
+        _collect(map_batches(_rows(4), DiesOnKey(), options))
+    assert time.monotonic() - started < 120
+
+
+def _python(code: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+
+
+def test_without_ray_installed_the_error_names_the_extra():
+    done = _python(
+        "import sys\n"
+        "sys.modules['ray'] = None  # as if Ray were not installed\n"
+        "from pollux.executor import ExecutorError, ExecutorOptions, map_batches\n"
+        "class F:\n"
+        "    def __call__(self):\n"
+        "        return lambda b: b\n"
+        "try:\n"
+        "    list(map_batches([{'key': 'a'}], F(), ExecutorOptions(ray='auto')))\n"
+        "except ExecutorError as exc:\n"
+        "    print(exc)\n"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "pip install 'pollux[ray]'" in done.stdout
+
+
+def test_a_bad_address_fails_fast():
+    started = time.monotonic()
+    done = _python(
+        "from pollux.executor import ExecutorError, ExecutorOptions, map_batches\n"
+        "class F:\n"
+        "    def __call__(self):\n"
+        "        return lambda b: b\n"
+        "try:\n"
+        "    list(map_batches([{'key': 'a'}], F(), ExecutorOptions(ray='127.0.0.1:9')))\n"
+        "except ExecutorError as exc:\n"
+        "    print(exc)\n",
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "cannot reach the Ray cluster at '127.0.0.1:9'" in done.stdout
+    assert time.monotonic() - started < 30
