@@ -8,22 +8,34 @@ card's variant is provided as `MODEL_CARD_TEMPLATE`.
 Untrusted text cannot open a section. Instructions, answers and references are written by
 users and by the evaluated LLMs, so a line inside them such as `### Критерий оценки:` could make
 the judge read a forged criterion. Before rendering, every field value goes through
-`neutralise_headers`: a line that *looks like* one of the five section headers — after Unicode
-normalisation (NFKC, so fullwidth `＃` counts), with zero-width characters removed, Latin
-look-alike letters read as Cyrillic, any number of `#` (also none followed by the exact
-header text and colon), any case and spacing — gets a backslash put in front of it (`\\### …`),
-the Markdown escape for a heading. The text stays readable for the judge but no longer matches a
-header line. Lines that do not look like a header are left byte-identical, so ordinary prompts
-render exactly as the official template does.
+`neutralise_headers`, which compares each line's *skeleton* with the five section headers. The
+skeleton is what a reader sees: NFKD (fullwidth `＃`, mathematical letters, accents split off),
+every invisible character dropped (Unicode format characters — zero-width, LRM/RLM, bidi embeddings and
+isolates, U+2062, tag characters — combining marks and the Hangul fillers), every character that
+Unicode's confusables table says looks like a header letter read as that Cyrillic letter (Latin
+`K`, Greek `ο`, the digit `3` for `З`, …), then case-folded. A skeleton that is a header — after
+any Markdown prefix (`>`, `-`, `*`, `+`, `1.`), behind any number of number or sharp signs
+(`###`, `# # #`, `♯♯♯`) and then the header text, or the bare header text with its colon — marks
+the line: it gets a backslash put in front of it (`\\### …`), the Markdown escape for a heading.
+The text stays readable for the judge but no longer matches a header line. Lines that do not look
+like a header are left byte-identical, so ordinary prompts render exactly as the official
+template does.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
+import json
 import re
+import sys
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+from confusable_homoglyphs import utils as confusable_data
 
 from pollux.records import JudgeItem
 
@@ -52,39 +64,126 @@ SECTION_HEADERS = (
     "Шкала оценивания по критерию",
 )
 
-# Latin letters that look like Cyrillic ones: a spoofed header may mix them in.
-_LOOKALIKES = str.maketrans("aAeEoOpPcCxXyBHKMT", "аАеЕоОрРсСхХуВНКМТ")
-_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"), None)
+# Unicode's own data, not a hand list: the confusables table shipped (and kept up to date) by
+# confusable-homoglyphs, and the general categories of unicodedata.
+_INVISIBLE_CATEGORIES = frozenset({"Cf", "Mn", "Me"})  # format characters, combining marks
+_FILLERS = "\u115f\u1160\u3164\uffa0"  # default-ignorable letters that render as nothing ("Lo")
+_MARKERS = "#>-*+.):"  # what a header line's Markdown prefix, hashes and colon are made of
+# Planes 0-3 and 14 (tags, variation selectors); the others hold no letters, marks or formats.
+_ASSIGNED_PLANES = (range(0x40000), range(0xE0000, 0xE1000))
+_DROP = 0xFFFFFFFF  # in the skeleton lookup table: the character is removed
 
 
-def _skeleton(line: str) -> str:
-    """The line as a header matcher sees it: normalised, invisible characters dropped."""
-    s = unicodedata.normalize("NFKC", line).translate(_INVISIBLE).translate(_LOOKALIKES)
-    return re.sub(r"\s+", " ", s).strip().casefold()
+def _union_find_classes(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """Each character → a representative of its class; look-alike is transitive (`З`~`3`~`Ʒ`)."""
+    parent: dict[str, str] = {}
+
+    def root(c: str) -> str:
+        while parent.setdefault(c, c) != c:
+            parent[c] = parent[parent[c]]
+            c = parent[c]
+        return c
+
+    for a, b in pairs:
+        parent[root(a)] = root(b)
+    return {c: root(c) for c in list(parent)}
 
 
-_HEADER_NAMES = "|".join(re.escape(_skeleton(h)) for h in SECTION_HEADERS)
-# "#…# name …" in any spacing, or the bare "name:" alone on its line.
-_SPOOF = re.compile(rf"^(?:#+ ?(?:{_HEADER_NAMES})\b.*|(?:{_HEADER_NAMES}) ?:)$")
+@functools.cache
+def _skeleton_table() -> dict[int, str | None]:
+    """What `_skeleton` does to single characters: invisibles → nothing, look-alikes → their target.
+
+    Targets are the header letters in both cases (Cyrillic, the script of the headers) and the
+    Markdown markers; number and sharp signs (`＃`, `♯`, `﹟`, …) all read as `#`. Built once, on
+    first use (a fraction of a second), because it scans Unicode's assigned planes.
+    """
+    with open(confusable_data.path("confusables.json"), encoding="utf-8") as f:
+        table_data: dict[str, list[dict[str, str]]] = json.load(f)
+    table: dict[int, str | None] = {}
+    for code in itertools.chain(*_ASSIGNED_PLANES):
+        char = chr(code)
+        category = unicodedata.category(char)
+        if category in _INVISIBLE_CATEGORIES:
+            table[code] = None
+        elif category[0] in "PS" and any(s in unicodedata.name(char, "") for s in ("NUMBER SIGN", "SHARP SIGN")):
+            table[code] = "#"
+    table.update(dict.fromkeys(map(ord, _FILLERS)))
+
+    def visible(text: str) -> str:  # the table's entries may carry LRM marks around a glyph
+        return "".join(c for c in text if table.get(ord(c), c) is not None)
+
+    pairs = [(visible(k), visible(g["c"])) for k, glyphs in table_data.items() for g in glyphs]
+    classes = _union_find_classes([(a, b) for a, b in pairs if len(a) == 1 and len(b) == 1])
+    # letters as the skeleton has them: `й` is `и` plus a combining breve, which is dropped
+    letters = {c for c in unicodedata.normalize("NFKD", "".join(SECTION_HEADERS)) if c.isalpha()}
+    targets = {c for letter in letters for c in (letter.lower(), letter.upper())} | set(_MARKERS)
+    by_class = {classes.get(t, t): t for t in targets}
+    if len(by_class) != len(targets):
+        raise RuntimeError("two header letters or markers are confusable with each other")
+    for char, cls in classes.items():
+        if cls in by_class and char not in targets and ord(char) not in table:
+            table[ord(char)] = by_class[cls]
+    return table
+
+
+@functools.cache
+def _skeleton_lookup() -> np.ndarray:
+    """`_skeleton_table` as an array indexed by code point: one vectorised gather per text,
+    because a per-character `str.translate` costs ~40 ms on a 200k-character answer."""
+    lookup = np.arange(sys.maxunicode + 1, dtype=np.uint32)
+    for code, target in _skeleton_table().items():
+        lookup[code] = _DROP if target is None else ord(target)
+    return lookup
+
+
+def _skeleton(text: str) -> str:
+    """`text` as a header matcher sees it (see module doc); line breaks are kept.
+
+    NFKD rather than NFKC: a mark on a letter (`ӥ`, `й`) becomes a separate combining mark, which
+    the table drops, so no accent can hide a letter. The header texts go through the same function.
+    """
+    codes = np.frombuffer(unicodedata.normalize("NFKD", text).encode("utf-32-le", "surrogatepass"), np.uint32)
+    mapped = _skeleton_lookup()[codes]
+    return mapped[mapped != _DROP].tobytes().decode("utf-32-le", "surrogatepass").casefold()
+
+
+@functools.cache
+def _patterns() -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """(a header text anywhere, a header line in `\n`-separated lines): regexes over skeletons."""
+    blank = r"[^\S\n]"  # a space within one line
+    space = blank + "*"
+    names = "|".join(space.join(map(re.escape, _skeleton(h).split())) for h in SECTION_HEADERS)
+    prefix = rf"(?:(?:[>*+\-]|\w{{1,4}}[.)]){space})*"  # Markdown quote, bullet, numbered list (`1.`, `а)`)
+    # "#…# name …" in any spacing, or the bare "name:" alone on its line, after Markdown prefixes
+    line = rf"^{space}{prefix}(?:#(?:#|{blank})*(?:{names})\b.*|(?:{names}){space}:{space})$"
+    return re.compile(names), re.compile(line, re.MULTILINE)
 
 
 def looks_like_header(line: str) -> bool:
-    return bool(_SPOOF.match(_skeleton(line)))
-
-
-# Every line break a reader (or a tokenizer) might honour, kept so the text round-trips exactly.
-_LINE_BREAK = re.compile(r"(\r\n|[\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029])")
+    return bool(_patterns()[1].fullmatch(_skeleton(line)))
 
 
 def neutralise_headers(text: str) -> str:
-    """Escape every line of `text` that looks like a prompt section header (see module doc)."""
-    parts = _LINE_BREAK.split(text)
-    for i in range(0, len(parts), 2):  # even parts are lines, odd ones the breaks between them
-        line = parts[i]
-        if looks_like_header(line):
-            indent = len(line) - len(line.lstrip())
-            parts[i] = line[:indent] + "\\" + line[indent:]
-    return "".join(parts)
+    """Escape every line of `text` that looks like a prompt section header (see module doc).
+
+    Lines end at every break a reader (or a tokenizer) might honour — `str.splitlines`'s set:
+    `\\n`, `\\r`, `\\r\\n`, U+2028, NEL, … — and the breaks are kept, so the text round-trips
+    exactly. This runs on every field of every prompt, so it works on whole texts, not line by
+    line: the lines, joined by `\\n` (which the skeleton keeps, one for one), are skeletonised
+    once; a text with no header text anywhere is returned at once, otherwise one regex pass finds
+    the header lines.
+    """
+    skeleton = _skeleton("\n".join(text.splitlines()))
+    if not _patterns()[0].search(skeleton):
+        return text
+    lines = text.splitlines(keepends=True)
+    starts = [match.start() for match in _patterns()[1].finditer(skeleton)]
+    newlines = np.flatnonzero(np.frombuffer(skeleton.encode("utf-32-le", "surrogatepass"), np.uint32) == 10)
+    for line_no in np.searchsorted(newlines, starts).tolist():  # the line each match starts on
+        line = lines[line_no]
+        indent = len(line) - len(line.lstrip())
+        lines[line_no] = line[:indent] + "\\" + line[indent:]
+    return "".join(lines)
 
 
 @dataclass(frozen=True)
