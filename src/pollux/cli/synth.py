@@ -1,0 +1,107 @@
+"""`pollux synth`: build a judge's training data from one pipeline config (see docs/synth.md).
+
+    pollux synth run CONFIG                 every stage, in order (resumes: only what is missing)
+    pollux synth STAGE CONFIG               one stage: instructions, filter, criteria, answers,
+                                            annotate, sample, export
+    pollux synth status CONFIG              rows per table and each stage's last counts
+
+`--ray auto|ADDRESS` runs the LLM stages on Ray Data (`--workers` actors, `--cpus-per-worker`,
+`--gpus-per-worker`); the store and the keys are the same, so a run started locally continues on a
+cluster and back. Progress (rate, ETA) goes to stderr, results as one JSON object to stdout; a bad
+config, input or endpoint exits 1 with a message naming what is wrong (what was done stays stored).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+synth_app = typer.Typer(help="Build a judge's training data: instructions → filter → criteria → answers → "
+                             "annotate → sample → export (resumable; local or on Ray Data).",
+                        no_args_is_help=True)
+
+_CONFIG = typer.Argument(..., help="The pipeline config (TOML), e.g. examples/synth.toml.")
+
+
+def _options() -> dict[str, Any]:
+    return {
+        "taxonomy": typer.Option(None, "--taxonomy", help="Folder with the official criteria.json + tasks.json "
+                                 "(default: the built-in catalog, or the config's taxonomy.path)."),
+        "ray": typer.Option(None, "--ray", help="Run on Ray Data: 'auto' or a cluster address (default: local)."),
+        "workers": typer.Option(None, "--workers", help="Worker threads (local) or actors (Ray)."),
+        "cpus_per_worker": typer.Option(None, "--cpus-per-worker", help="CPUs per Ray actor."),
+        "gpus_per_worker": typer.Option(None, "--gpus-per-worker", help="GPUs per Ray actor (local models)."),
+        "batch_size": typer.Option(None, "--batch-size", help="Rows per worker batch."),
+        "quiet": typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    }
+
+
+def _run(stages: list[str] | None, config: Path, taxonomy: Path | None, ray: str | None, workers: int | None,
+         cpus_per_worker: float | None, gpus_per_worker: float | None, batch_size: int | None, quiet: bool) -> None:
+    from pollux.executor import ExecutorError
+    from pollux.synth import SynthConfigError, SynthError, executor_options, load_config, run
+    from pollux.taxonomy import TaxonomyError
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(config)
+        options = executor_options(cfg, ray=ray, workers=workers, cpus_per_worker=cpus_per_worker,
+                                   gpus_per_worker=gpus_per_worker, batch_size=batch_size)
+        result = run(cfg, stages, options=options, taxonomy=taxonomy, progress=not quiet)
+    except (SynthConfigError, SynthError, ExecutorError, TaxonomyError, ValueError, OSError) as e:
+        typer.echo(f"pollux synth: error: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(result, ensure_ascii=False, indent=2))
+
+
+def _stage_command(stage: str | None) -> Any:
+    o = _options()
+
+    def command(
+        config: Path = _CONFIG,
+        taxonomy: Path | None = o["taxonomy"],
+        ray: str | None = o["ray"],
+        workers: int | None = o["workers"],
+        cpus_per_worker: float | None = o["cpus_per_worker"],
+        gpus_per_worker: float | None = o["gpus_per_worker"],
+        batch_size: int | None = o["batch_size"],
+        quiet: bool = o["quiet"],
+    ) -> None:
+        _run([stage] if stage else None, config, taxonomy, ray, workers, cpus_per_worker, gpus_per_worker,
+             batch_size, quiet)
+
+    command.__doc__ = f"Run the {stage!r} stage only." if stage else "Run every stage, in order."
+    return command
+
+
+def status_command(config: Path = _CONFIG) -> None:
+    """Rows per table and each stage's last counts (runs nothing)."""
+    from pollux.synth import SynthConfigError, load_config, status
+
+    try:
+        result = status(load_config(config))
+    except SynthConfigError as e:
+        typer.echo(f"pollux synth: error: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(result, ensure_ascii=False, indent=2))
+
+
+def _register_stages() -> None:
+    from pollux.synth.pipeline import STAGES
+
+    synth_app.command("run")(_stage_command(None))
+    for stage in STAGES:
+        synth_app.command(stage)(_stage_command(stage))
+    synth_app.command("status")(status_command)
+
+
+_register_stages()
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(synth_app, name="synth")

@@ -1,0 +1,363 @@
+"""The pipeline config: one TOML file a user edits, read into frozen dataclasses and checked up front.
+
+Every problem is a `SynthConfigError` that names the key (`answers.models[2]`, `models.teacher.base_url`)
+and what is wrong, raised before any request is sent, so a typo never costs a half-run. Paths in the
+file are relative to the file's folder.
+
+    [run]        dir, seed
+    [taxonomy]   path (official metainfo folder, optional), tasks (leaves or task types), levels
+    [models.X]   model ("NAME" at base_url | "local:PATH" | "vllm:PATH"), base_url, api_key_env, concurrency, …
+    [instructions] generators, per_generator, prompt, temperature, max_tokens
+    [filter]     max_foreign_share, near_dup_threshold, num_perm, shingle_size
+    [answers]    models, mode ("all" | "equal"), prompt, temperature, max_tokens
+    [annotate]   teacher, prompt, max_attempts, temperature, max_tokens
+    [sample]     size, by, held_out
+    [executor]   workers, batch_size, max_retries (the CLI's --ray/--workers/… override these)
+
+See docs/synth.md for every key and examples/synth.toml for a complete file.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pollux.metaeval.domains import DEFAULT_OOD_TASKS
+
+LEVELS = ("easy", "medium", "hard")
+SAMPLE_BY = ("task_type", "criterion_group", "score")
+ANSWER_MODES = ("all", "equal")
+
+
+class SynthConfigError(ValueError):
+    """The config cannot be used; the message names the key and what is wrong."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One LLM: an OpenAI-compatible endpoint, a local checkpoint or a vLLM model."""
+
+    name: str
+    model: str  # the endpoint's model name, or "local:PATH" / "vllm:PATH"
+    base_url: str | None = None
+    api_key_env: str | None = None
+    concurrency: int = 8
+    timeout: float = 120.0
+    max_retries: int = 6
+    batch_size: int = 8  # local / vLLM: prompts per generate call
+    device: str = "auto"
+    dtype: str = "auto"
+
+    @property
+    def kind(self) -> str:
+        if self.model.startswith("local:"):
+            return "local"
+        if self.model.startswith("vllm:"):
+            return "vllm"
+        return "openai"
+
+    @property
+    def path(self) -> str:
+        return self.model.split(":", 1)[1]
+
+    def identity(self) -> dict[str, Any]:
+        """What changes the texts this model writes (part of every row key): not the URL, port, key,
+        timeouts or concurrency — a restarted server on another port serves the same model."""
+        return {"name": self.name, "model": self.model}
+
+
+@dataclass(frozen=True)
+class Generation:
+    temperature: float = 0.0
+    max_tokens: int = 512
+
+
+@dataclass(frozen=True)
+class InstructionsConfig:
+    generators: tuple[str, ...]
+    per_generator: int = 1  # instructions per (leaf, level, generator): equal shares by default
+    prompt: str = "instruction"  # a prompt name in the package or a file path
+    generation: Generation = Generation(temperature=0.9, max_tokens=512)
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    max_foreign_share: float = 0.05
+    near_dup_threshold: float = 0.7
+    num_perm: int = 128
+    shingle_size: int = 3
+
+
+@dataclass(frozen=True)
+class AnswersConfig:
+    models: tuple[str, ...]
+    mode: str = "all"  # "all": every model answers every instruction; "equal": one model each, equal shares
+    prompt: str = "answer"
+    generation: Generation = Generation(temperature=0.7, max_tokens=1024)
+
+
+@dataclass(frozen=True)
+class AnnotateConfig:
+    teacher: str
+    prompt: str = "annotate"
+    max_attempts: int = 3  # an unparseable / out-of-scale reply is asked again, then dropped and counted
+    generation: Generation = Generation(temperature=0.0, max_tokens=1024)
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    size: int = 1_000_000
+    by: tuple[str, ...] = ("task_type",)
+    held_out: tuple[str, ...] = DEFAULT_OOD_TASKS
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    workers: int = 1
+    batch_size: int = 32
+    max_retries: int = 3
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    path: Path
+    run_dir: Path
+    seed: int
+    taxonomy: Path | None
+    tasks: tuple[str, ...]  # task types or "type / subtype [/ subsubtype]" leaves; () = every leaf
+    levels: tuple[str, ...]
+    models: dict[str, ModelConfig]
+    instructions: InstructionsConfig
+    filter: FilterConfig
+    answers: AnswersConfig
+    annotate: AnnotateConfig
+    sample: SampleConfig
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+
+    @property
+    def db_path(self) -> Path:
+        return self.run_dir / "synth.db"
+
+
+def load_config(path: str | Path) -> SynthConfig:
+    """Read and check a pipeline config (TOML). Raises `SynthConfigError` naming the key."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise SynthConfigError(f"{path}: cannot read the config: {e.strerror or e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise SynthConfigError(f"{path}: not valid TOML: {e}") from None
+    return parse_config(raw, path)
+
+
+def parse_config(raw: dict[str, Any], path: Path) -> SynthConfig:
+    base = path.resolve().parent
+    _known(raw, "", {"run", "taxonomy", "models", "instructions", "filter", "answers", "annotate", "sample",
+                     "executor"})
+    run = _table(raw, "run")
+    _known(run, "run", {"dir", "seed"})
+    tax = _table(raw, "taxonomy")
+    _known(tax, "taxonomy", {"path", "tasks", "levels"})
+    models = _models(_table(raw, "models"), base)
+    if not models:
+        raise SynthConfigError(f"{path}: [models] is empty: configure at least one model ([models.NAME] model = …)")
+    levels = _strings(tax, "taxonomy", "levels", LEVELS)
+    for i, level in enumerate(levels):
+        if level not in LEVELS:
+            raise SynthConfigError(f"taxonomy.levels[{i}]: unknown complexity level {level!r} (one of {LEVELS})")
+    taxonomy_path = tax.get("path")
+    return SynthConfig(
+        path=path,
+        run_dir=base / str(run.get("dir", "synth-run")),
+        seed=_int(run, "run", "seed", 0),
+        taxonomy=base / taxonomy_path if taxonomy_path else None,
+        tasks=_strings(tax, "taxonomy", "tasks", ()),
+        levels=levels,
+        models=models,
+        instructions=_instructions(_table(raw, "instructions"), models, base),
+        filter=_filter(_table(raw, "filter")),
+        answers=_answers(_table(raw, "answers"), models, base),
+        annotate=_annotate(_table(raw, "annotate"), models, base),
+        sample=_sample(_table(raw, "sample")),
+        executor=_executor(_table(raw, "executor")),
+    )
+
+
+# -- sections -----------------------------------------------------------------------------------
+
+MODEL_KEYS = {"model", "base_url", "api_key_env", "concurrency", "timeout", "max_retries", "batch_size",
+              "device", "dtype"}
+
+
+def _models(table: dict[str, Any], base: Path) -> dict[str, ModelConfig]:
+    out = {}
+    for name, spec in table.items():
+        where = f"models.{name}"
+        if not isinstance(spec, dict):
+            raise SynthConfigError(f"{where}: expected a table ([{where}] model = …), got {type(spec).__name__}")
+        _known(spec, where, MODEL_KEYS)
+        model = spec.get("model")
+        if not isinstance(model, str) or not model.strip() or model.strip() in ("local:", "vllm:"):
+            raise SynthConfigError(f"{where}.model: missing: the endpoint's model name, 'local:PATH' or 'vllm:PATH'")
+        if model.startswith(("local:", "vllm:")):
+            kind, local = model.split(":", 1)
+            folder = (base / local).resolve()
+            if not folder.is_dir():
+                raise SynthConfigError(f"{where}.model: {kind} checkpoint folder {str(folder)!r} does not exist")
+            model = f"{kind}:{folder}"
+        elif not spec.get("base_url"):
+            raise SynthConfigError(f"{where}.base_url: missing endpoint for model {model!r} (an OpenAI-compatible "
+                                   "server's URL, e.g. http://127.0.0.1:8000/v1; or use model = 'local:PATH')")
+        out[name] = ModelConfig(
+            name=name, model=model, base_url=spec.get("base_url"), api_key_env=spec.get("api_key_env"),
+            concurrency=_int(spec, where, "concurrency", 8, minimum=1),
+            timeout=_float(spec, where, "timeout", 120.0, minimum=1e-3),
+            max_retries=_int(spec, where, "max_retries", 6, minimum=0),
+            batch_size=_int(spec, where, "batch_size", 8, minimum=1),
+            device=str(spec.get("device", "auto")), dtype=str(spec.get("dtype", "auto")),
+        )
+    return out
+
+
+def _instructions(t: dict[str, Any], models: dict[str, ModelConfig], base: Path) -> InstructionsConfig:
+    _known(t, "instructions", {"generators", "per_generator", "prompt", "temperature", "max_tokens"})
+    return InstructionsConfig(
+        generators=_model_list(t, "instructions", "generators", models),
+        per_generator=_int(t, "instructions", "per_generator", 1, minimum=1),
+        prompt=_prompt(t, "instructions", "instruction", base),
+        generation=_generation(t, "instructions", Generation(0.9, 512)),
+    )
+
+
+def _filter(t: dict[str, Any]) -> FilterConfig:
+    _known(t, "filter", {"max_foreign_share", "near_dup_threshold", "num_perm", "shingle_size"})
+    share = _float(t, "filter", "max_foreign_share", 0.05, minimum=0.0)
+    threshold = _float(t, "filter", "near_dup_threshold", 0.7, minimum=0.0)
+    if share > 1 or threshold > 1:
+        raise SynthConfigError("filter.max_foreign_share and filter.near_dup_threshold must lie in [0, 1]")
+    return FilterConfig(share, threshold, _int(t, "filter", "num_perm", 128, minimum=16),
+                        _int(t, "filter", "shingle_size", 3, minimum=1))
+
+
+def _answers(t: dict[str, Any], models: dict[str, ModelConfig], base: Path) -> AnswersConfig:
+    _known(t, "answers", {"models", "mode", "prompt", "temperature", "max_tokens"})
+    mode = str(t.get("mode", "all"))
+    if mode not in ANSWER_MODES:
+        raise SynthConfigError(f"answers.mode: {mode!r} is not one of {ANSWER_MODES}")
+    return AnswersConfig(models=_model_list(t, "answers", "models", models), mode=mode,
+                         prompt=_prompt(t, "answers", "answer", base),
+                         generation=_generation(t, "answers", Generation(0.7, 1024)))
+
+
+def _annotate(t: dict[str, Any], models: dict[str, ModelConfig], base: Path) -> AnnotateConfig:
+    _known(t, "annotate", {"teacher", "prompt", "max_attempts", "temperature", "max_tokens"})
+    teacher = t.get("teacher")
+    if not isinstance(teacher, str) or not teacher:
+        raise SynthConfigError("annotate.teacher: missing: the name of a [models.NAME] entry")
+    if teacher not in models:
+        raise SynthConfigError(f"annotate.teacher: unknown model {teacher!r} (configured: {sorted(models)})")
+    return AnnotateConfig(teacher=teacher, prompt=_prompt(t, "annotate", "annotate", base),
+                          max_attempts=_int(t, "annotate", "max_attempts", 3, minimum=1),
+                          generation=_generation(t, "annotate", Generation(0.0, 1024)))
+
+
+def _sample(t: dict[str, Any]) -> SampleConfig:
+    _known(t, "sample", {"size", "by", "held_out"})
+    by = _strings(t, "sample", "by", ("task_type",))
+    for i, b in enumerate(by):
+        if b not in SAMPLE_BY:
+            raise SynthConfigError(f"sample.by[{i}]: {b!r} is not one of {SAMPLE_BY}")
+    if "task_type" not in by:
+        raise SynthConfigError("sample.by: must include 'task_type' (the recipe samples by task)")
+    return SampleConfig(size=_int(t, "sample", "size", 1_000_000, minimum=1), by=by,
+                        held_out=_strings(t, "sample", "held_out", DEFAULT_OOD_TASKS))
+
+
+def _executor(t: dict[str, Any]) -> ExecutorConfig:
+    _known(t, "executor", {"workers", "batch_size", "max_retries"})
+    return ExecutorConfig(workers=_int(t, "executor", "workers", 1, minimum=1),
+                          batch_size=_int(t, "executor", "batch_size", 32, minimum=1),
+                          max_retries=_int(t, "executor", "max_retries", 3, minimum=0))
+
+
+# -- value helpers ------------------------------------------------------------------------------
+
+def _table(raw: dict[str, Any], key: str) -> dict[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, dict):
+        raise SynthConfigError(f"{key}: expected a table [{key}], got {type(value).__name__}")
+    return value
+
+
+def _known(table: dict[str, Any], where: str, keys: set[str]) -> None:
+    for key in table:
+        if key not in keys:
+            name = f"{where}.{key}" if where else key
+            raise SynthConfigError(f"{name}: unknown key (expected one of: {', '.join(sorted(keys))})")
+
+
+def _int(t: dict[str, Any], where: str, key: str, default: int, *, minimum: int | None = None) -> int:
+    value = t.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise SynthConfigError(f"{where}.{key}: expected an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise SynthConfigError(f"{where}.{key}: must be ≥ {minimum}, got {value}")
+    return value
+
+
+def _float(t: dict[str, Any], where: str, key: str, default: float, *, minimum: float | None = None) -> float:
+    value = t.get(key, default)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise SynthConfigError(f"{where}.{key}: expected a number, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise SynthConfigError(f"{where}.{key}: must be ≥ {minimum:g}, got {value}")
+    return float(value)
+
+
+def _strings(t: dict[str, Any], where: str, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    value = t.get(key)
+    if value is None:
+        return tuple(default)
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise SynthConfigError(f"{where}.{key}: expected a list of non-empty strings, got {value!r}")
+    return tuple(v.strip() for v in value)
+
+
+def _model_list(t: dict[str, Any], where: str, key: str, models: dict[str, ModelConfig]) -> tuple[str, ...]:
+    names = _strings(t, where, key, ())
+    if not names:
+        raise SynthConfigError(f"{where}.{key}: missing: a list of [models.NAME] names")
+    for i, name in enumerate(names):
+        if name not in models:
+            raise SynthConfigError(f"{where}.{key}[{i}]: unknown model {name!r} (configured: {sorted(models)})")
+    if len(set(names)) != len(names):
+        raise SynthConfigError(f"{where}.{key}: a model is listed twice: {list(names)}")
+    return names
+
+
+def _generation(t: dict[str, Any], where: str, default: Generation) -> Generation:
+    temperature = _float(t, where, "temperature", default.temperature, minimum=0.0)
+    return Generation(temperature=temperature,
+                      max_tokens=_int(t, where, "max_tokens", default.max_tokens, minimum=1))
+
+
+def _prompt(t: dict[str, Any], where: str, default: str, base: Path) -> str:
+    """A built-in prompt name, or a file (relative to the config); the file must be readable now."""
+    from pollux.synth.prompts import BUILTIN, read_prompt
+
+    value = t.get("prompt", default)
+    if not isinstance(value, str) or not value.strip():
+        raise SynthConfigError(f"{where}.prompt: expected a prompt name ({sorted(BUILTIN)}) or a file path")
+    if value in BUILTIN:
+        return value
+    path = (base / value).resolve()
+    try:
+        read_prompt(str(path), default)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise SynthConfigError(f"{where}.prompt: unreadable prompt file {str(path)!r}: {e}") from None
+    return str(path)

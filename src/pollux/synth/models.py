@@ -1,0 +1,239 @@
+"""The LLMs synth talks to — endpoints, local checkpoints, vLLM — behind one batch call, and the
+executor workers built on them.
+
+A *request* is a row with `key`, `messages` (chat), `temperature`, `max_tokens` and `seed`; a
+backend turns a batch of requests into replies (`text`, token counts, or an `error`). Backends:
+
+* `openai` — any OpenAI-compatible `/chat/completions` endpoint, through pollux's own transport
+  (`pollux.engine.http_chat.ChatClient`: bounded concurrency, retries with backoff and jitter,
+  Retry-After, usage counts). The worker keeps one event loop and one client for its whole life,
+  so connections are reused from batch to batch.
+* `local:PATH` — a checkpoint generating chat replies with plain transformers `generate` (pollux
+  judges and plain causal LMs load alike). Greedy requests are batched (left padding); sampled
+  requests run one by one, seeded by their key, so a row's text does not depend on which rows
+  happened to share its batch (a resumed run gets the same texts).
+* `vllm:PATH` — vLLM's offline `LLM.chat` (imported lazily; needs the `vllm` extra and a GPU).
+
+`ChatWorker` is the executor's worker factory (picklable: a dataclass of plain values): it builds a
+backend once per worker thread / Ray actor. With `validate="verdict"` it checks each reply with
+pollux's own parser against the row's rubric scale and asks again (up to `max_attempts`), so the
+teacher's retries happen where the client lives, not in the driver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pollux.engine.http_chat import ApiError, ChatClient
+from pollux.scales import check_score, parse_feedback, parse_result, parse_scale
+from pollux.synth.config import ModelConfig
+
+Row = dict[str, Any]
+
+# Temperature for asking again after a broken reply: at temperature 0 the same prompt gives the same text.
+RETRY_TEMPERATURE = 0.3
+
+
+class HttpBackend:
+    """An OpenAI-compatible endpoint; one event loop and one `ChatClient` per worker."""
+
+    def __init__(self, model: ModelConfig):
+        api_key = None
+        if model.api_key_env:
+            api_key = os.environ.get(model.api_key_env)
+            if not api_key:
+                raise ValueError(f"models.{model.name}.api_key_env: environment variable "
+                                 f"{model.api_key_env} is not set or empty")
+        self.model = model
+        self.loop = asyncio.new_event_loop()
+        self.client = ChatClient(model.base_url or "", api_key=api_key, concurrency=model.concurrency,
+                                 timeout=model.timeout, max_retries=model.max_retries, name=model.name)
+        self.loop.run_until_complete(self.client.__aenter__())
+
+    def generate(self, requests: list[Row]) -> list[Row]:
+        return self.loop.run_until_complete(self._all(requests))
+
+    async def _all(self, requests: list[Row]) -> list[Row]:
+        return list(await asyncio.gather(*(self.one(r) for r in requests)))
+
+    async def one(self, request: Row) -> Row:
+        payload = {"model": self.model.model, "messages": request["messages"],
+                   "max_tokens": request["max_tokens"], "temperature": request["temperature"],
+                   "seed": request["seed"]}
+        try:
+            reply = await self.client.post(payload)
+        except ApiError as e:
+            return {"key": request["key"], "text": None, "error": str(e)}
+        return {"key": request["key"], "text": reply.text, "error": None,
+                "prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens}
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.client.__aexit__())
+        self.loop.close()
+
+
+class LocalBackend:
+    """A local checkpoint with transformers `generate` (see module doc)."""
+
+    def __init__(self, model: ModelConfig):
+        from pollux.checkpoint import load_judge
+
+        loaded = load_judge(model.path, dtype=model.dtype, device=model.device)
+        self.model, self.tokenizer = loaded.model, loaded.tokenizer
+        self.batch_size = model.batch_size
+        self.name = model.name
+
+    def generate(self, requests: list[Row]) -> list[Row]:
+        greedy = [r for r in requests if r["temperature"] == 0]
+        out: dict[str, Row] = {}
+        for i in range(0, len(greedy), self.batch_size):
+            out.update(self._generate(greedy[i:i + self.batch_size], sample=False))
+        for r in requests:
+            if r["temperature"] > 0:
+                out.update(self._generate([r], sample=True))
+        return [out[r["key"]] for r in requests]
+
+    def _generate(self, requests: list[Row], *, sample: bool) -> dict[str, Row]:
+        import torch
+
+        texts = [self.tokenizer.apply_chat_template(r["messages"], tokenize=False, add_generation_prompt=True)
+                 for r in requests]
+        self.tokenizer.padding_side = "left"
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = {k: v.to(self.model.device) for k, v in enc.items()}
+        kwargs: dict[str, Any] = {"max_new_tokens": max(r["max_tokens"] for r in requests), "do_sample": sample,
+                                  "pad_token_id": self.tokenizer.pad_token_id}
+        if sample:
+            torch.manual_seed(requests[0]["seed"])
+            kwargs.update(temperature=requests[0]["temperature"], top_k=0, top_p=1.0)
+        with torch.no_grad():
+            generated = self.model.generate(**enc, **kwargs)
+        width = enc["input_ids"].shape[1]
+        out = {}
+        for i, (r, ids) in enumerate(zip(requests, generated[:, width:], strict=True)):
+            ids = ids[: r["max_tokens"]]
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            out[r["key"]] = {"key": r["key"], "text": text, "error": None,
+                             "prompt_tokens": int(enc["attention_mask"][i].sum()),
+                             "completion_tokens": int((ids != self.tokenizer.pad_token_id).sum())}
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+class VllmBackend:
+    """vLLM's offline chat API (lazily imported; untested on CPU-only machines)."""
+
+    def __init__(self, model: ModelConfig):
+        try:
+            from vllm import LLM
+        except ImportError as e:
+            raise ValueError(f"models.{model.name}: model = 'vllm:…' needs vLLM installed (pip install vllm): {e}") from None
+        self.llm = LLM(model=model.path, dtype=model.dtype)
+
+    def generate(self, requests: list[Row]) -> list[Row]:
+        from vllm import SamplingParams
+
+        params = [SamplingParams(temperature=r["temperature"], max_tokens=r["max_tokens"], seed=r["seed"])
+                  for r in requests]
+        outputs = self.llm.chat([r["messages"] for r in requests], sampling_params=params, use_tqdm=False)
+        return [{"key": r["key"], "text": o.outputs[0].text, "error": None, "prompt_tokens": len(o.prompt_token_ids),
+                 "completion_tokens": len(o.outputs[0].token_ids)} for r, o in zip(requests, outputs, strict=True)]
+
+    def close(self) -> None:
+        pass
+
+
+Backend = HttpBackend | LocalBackend | VllmBackend
+
+
+def make_backend(model: ModelConfig) -> Backend:
+    return {"openai": HttpBackend, "local": LocalBackend, "vllm": VllmBackend}[model.kind](model)
+
+
+def check_verdict(text: str, rubrics: str) -> tuple[float | None, str | None]:
+    """(score, None) for a reply with a complete `[RESULT] n [END]` inside the rubric's scale, else
+    (None, reason) — pollux's own parser and scale check, as for judge verdicts."""
+    score = parse_result(text)
+    if score is None:
+        return None, "unparseable"
+    valid, _ = check_score(score, parse_scale(rubrics))
+    return (score, None) if valid else (None, "out_of_scale")
+
+
+@dataclass(frozen=True)
+class ChatWorker:
+    """Worker factory for `pollux.executor.map_batches` (see module doc)."""
+
+    model: ModelConfig
+    validate: str | None = None  # None: any text; "verdict": [FEEDBACK] … [RESULT] n [END] within the row's scale
+    max_attempts: int = 1
+
+    def __call__(self) -> Callable[[list[Row]], list[Row]]:
+        backend = make_backend(self.model)
+        if self.validate == "verdict":
+            return lambda batch: _verdicts(backend, batch, self.max_attempts)
+        return lambda batch: [_text_reply(r) for r in backend.generate(batch)]
+
+
+def _text_reply(reply: Row) -> Row:
+    return {**reply, "attempts": 1}
+
+
+def _verdicts(backend: Backend, batch: list[Row], max_attempts: int) -> list[Row]:
+    """Ask the teacher; ask again (new seed, some temperature) while a reply is unparseable or out of
+    scale; after `max_attempts`, the row comes back with `drop` = the last reason. Over HTTP each row
+    retries on its own (no round waits for the slowest row); local models retry in rounds (batches)."""
+    if isinstance(backend, HttpBackend):
+        async def all_rows() -> list[Row]:
+            return list(await asyncio.gather(*(_verdict_http(backend, r, max_attempts) for r in batch)))
+
+        return backend.loop.run_until_complete(all_rows())
+    done: list[Row] = []
+    pending = batch
+    for attempt in range(max_attempts):
+        retry = []
+        requests = [_attempt(r, attempt) for r in pending]
+        for request, reply in zip(pending, backend.generate(requests), strict=True):
+            result = _judged(request, reply, attempt, max_attempts)
+            if result is None:
+                retry.append(request)
+            else:
+                done.append(result)
+        pending = retry
+        if not pending:
+            break
+    return done
+
+
+async def _verdict_http(backend: HttpBackend, request: Row, max_attempts: int) -> Row:
+    for attempt in range(max_attempts):
+        result = _judged(request, await backend.one(_attempt(request, attempt)), attempt, max_attempts)
+        if result is not None:
+            return result
+    raise AssertionError("unreachable: the last attempt always gives a result")
+
+
+def _attempt(request: Row, attempt: int) -> Row:
+    """The request for attempt n: after the first, a new seed and some temperature."""
+    if attempt == 0:
+        return request
+    return {**request, "seed": request["seed"] + attempt, "temperature": max(request["temperature"], RETRY_TEMPERATURE)}
+
+
+def _judged(request: Row, reply: Row, attempt: int, max_attempts: int) -> Row | None:
+    """The finished row for this reply, or None to ask again."""
+    if reply["error"] is not None:  # the endpoint failed for good: not the teacher's fault, not retried here
+        return {**reply, "attempts": attempt + 1, "drop": None}
+    score, reason = check_verdict(reply["text"], request["rubrics"])
+    if score is not None:
+        return {**reply, "attempts": attempt + 1, "drop": None, "score": score,
+                "rationale": parse_feedback(reply["text"])}
+    if attempt + 1 == max_attempts:
+        return {**reply, "attempts": attempt + 1, "drop": reason, "score": None, "rationale": None}
+    return None
