@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,21 +25,22 @@ pytestmark = pytest.mark.slow  # one Ray cluster start plus actor pools: ~1 min 
 TESTS = Path(__file__).resolve().parent
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[None]:
+    """One local Ray cluster for the session (other test files import this fixture)."""
     ray = pytest.importorskip("ray")
-    from pollux.executor.ray_data import quiet_ray_environment
-
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
-    # Ray's servers bind the node's address on all interfaces; as on a laptop, keep them on loopback.
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    quiet_ray_environment()
-    ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=2, log_to_driver=False,
-             logging_level="WARNING")
-    try:
-        yield
-    finally:
-        ray.shutdown()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])))
+        # Ray binds its servers to the node's address on all interfaces; keep them on loopback.
+        env.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        if "RAY_BACKEND_LOG_LEVEL" not in os.environ:  # as pollux.executor.ray_data.connect does
+            env.setenv("RAY_BACKEND_LOG_LEVEL", "fatal")
+        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=2, log_to_driver=False,
+                 logging_level="WARNING")
+        try:
+            yield
+        finally:
+            ray.shutdown()
 
 
 def _rows(n: int) -> list[Row]:
@@ -150,6 +152,11 @@ def test_a_batch_that_keeps_killing_its_worker_is_not_retried_forever(ray_cluste
     assert time.monotonic() - started < 120
 
 
+def test_a_row_that_is_not_json_is_named(ray_cluster):
+    with pytest.raises(ExecutorError, match="row 'k1' cannot be sent to a Ray worker"):
+        list(map_batches([{"key": "k0"}, {"key": "k1", "when": object()}], Square(), ExecutorOptions(ray="auto")))
+
+
 def _python(code: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
 
@@ -186,4 +193,26 @@ def test_a_bad_address_fails_fast():
     )
     assert done.returncode == 0, done.stderr
     assert "cannot reach the Ray cluster at '127.0.0.1:9'" in done.stdout
+    assert time.monotonic() - started < 30
+
+
+def test_an_address_that_is_not_ray_fails_within_the_connect_timeout():
+    with socket.create_server(("127.0.0.1", 0)) as not_ray:  # accepts TCP, never answers as Ray
+        port = not_ray.getsockname()[1]
+        started = time.monotonic()
+        done = _python(
+            "import pollux.executor.ray_data as ray_data\n"
+            "ray_data.CONNECT_TIMEOUT_S = 3\n"
+            "from pollux.executor import ExecutorError, ExecutorOptions, map_batches\n"
+            "class F:\n"
+            "    def __call__(self):\n"
+            "        return lambda b: b\n"
+            "try:\n"
+            f"    list(map_batches([{{'key': 'a'}}], F(), ExecutorOptions(ray='127.0.0.1:{port}')))\n"
+            "except ExecutorError as exc:\n"
+            "    print(exc)\n",
+            timeout=90,
+        )
+    assert done.returncode == 0, done.stderr
+    assert f"no Ray cluster answered at '127.0.0.1:{port}' within 3 s" in done.stdout
     assert time.monotonic() - started < 30

@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import socket
+import threading
 import warnings
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -34,8 +35,9 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 RAY_MISSING = "Ray is not installed; the --ray mode needs the `ray` extra: pip install 'pollux[ray]'"
-CONNECT_TIMEOUT_S = 10.0  # a cluster address that does not answer within this is an error, not a hang
+CONNECT_TIMEOUT_S = 30.0  # a cluster address that does not answer within this is an error, not a hang
 _COLUMN = "row"
+_MAX_BLOCKS = 1000  # input blocks of about one batch each, up to this many (millions of rows: bigger blocks)
 _OUR_ERROR = re.compile(r"(?:BatchFailed|WorkerBuildFailed): (.+)")
 
 
@@ -108,18 +110,42 @@ def quiet_ray_environment() -> None:
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
 
 
+def _not_main_thread_notice(record: logging.LogRecord) -> bool:
+    return "not the main thread" not in record.getMessage()
+
+
 def connect(address: str) -> Any:
-    """Connect this driver to a Ray cluster once ("auto" or an address); reuse an existing connection."""
+    """Connect this driver to a Ray cluster once ("auto" or an address); reuse an existing connection.
+
+    `ray.init` retries an address that accepts TCP but never answers as Ray for many minutes, so it
+    runs in a helper thread and the connection is given up after `CONNECT_TIMEOUT_S`.
+    """
     ray = import_ray()
     if ray.is_initialized():
         return ray
     if address != "auto":
         _check_reachable(address)
     quiet_ray_environment()
+    failure: list[BaseException] = []
+
+    def init() -> None:
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        except BaseException as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=init, name="pollux-ray-connect", daemon=True)
+    ray_worker_log = logging.getLogger("ray._private.worker")
+    ray_worker_log.addFilter(_not_main_thread_notice)  # Ray's SIGTERM handler is for the main thread only
     try:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise ExecutorError(f"cannot connect to the Ray cluster at {address!r}: {exc}") from exc
+        thread.start()
+        thread.join(CONNECT_TIMEOUT_S)
+    finally:
+        ray_worker_log.removeFilter(_not_main_thread_notice)
+    if thread.is_alive():
+        raise ExecutorError(f"no Ray cluster answered at {address!r} within {CONNECT_TIMEOUT_S:.0f} s")
+    if failure:
+        raise ExecutorError(f"cannot connect to the Ray cluster at {address!r}: {failure[0]}") from failure[0]
     return ray
 
 
@@ -167,22 +193,29 @@ def map_batches_ray(rows: Iterable[Row], make_worker: WorkerFactory, options: Ex
     """`pollux.executor.map_batches` on a Ray cluster (`options.ray`: "auto" or an address)."""
     assert options.ray is not None
     ray = connect(options.ray)  # at the call, before reading any input: a bad address fails fast
-    items = [{_COLUMN: json.dumps(row, ensure_ascii=False)} for row in rows]
+    items = [{_COLUMN: _encode(row)} for row in rows]
     if not items:
         return iter(())
     return _stream(ray, items, make_worker, options)
 
 
-def _stream(ray: Any, items: list[dict[str, str]], make_worker: WorkerFactory,
-            options: ExecutorOptions) -> Iterator[list[Row]]:
-    blocks = min(-(-len(items) // options.batch_size), 1000)
+def _encode(row: Row) -> str:
+    try:
+        return json.dumps(row, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ExecutorError(f"row {first_key([row])!r} cannot be sent to a Ray worker (rows must be JSON): {exc}") from exc
+
+
+def _results(ray: Any, items: list[dict[str, str]], make_worker: WorkerFactory, options: ExecutorOptions) -> Any:
+    """The lazy Ray Data pipeline: rows in blocks of about one batch → the actor pool → result rows."""
+    blocks = min(-(-len(items) // options.batch_size), _MAX_BLOCKS)
     ds = ray.data.from_items(items, override_num_blocks=blocks)
     _quiet(ds.context)
     with warnings.catch_warnings():
         # Ray 2.60 deprecates remote args given as keywords, but names no other way to bound the
         # retries of an actor's tasks after its process dies; Ray Data's default is to retry forever.
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*", category=DeprecationWarning)
-        results = ds.map_batches(
+        return ds.map_batches(
             _ActorWorker,
             fn_constructor_args=(make_worker, options.max_retries),
             compute=ray.data.ActorPoolStrategy(size=options.workers),
@@ -190,11 +223,15 @@ def _stream(ray: Any, items: list[dict[str, str]], make_worker: WorkerFactory,
             num_gpus=options.gpus_per_worker,
             batch_size=options.batch_size,
             batch_format="pyarrow",
-            max_restarts=-1,
-            max_task_retries=options.max_retries,
+            max_restarts=-1,  # a dead actor process is replaced…
+            max_task_retries=options.max_retries,  # …and its batches resubmitted, a bounded number of times
         )
+
+
+def _stream(ray: Any, items: list[dict[str, str]], make_worker: WorkerFactory,
+            options: ExecutorOptions) -> Iterator[list[Row]]:
     try:
-        for batch in results.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for batch in _results(ray, items, make_worker, options).iter_batches(batch_size=None, batch_format="pyarrow"):
             yield [json.loads(text) for text in batch.column(_COLUMN).to_pylist()]
     except ExecutorError:
         raise
