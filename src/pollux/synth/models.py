@@ -157,13 +157,17 @@ def make_backend(model: ModelConfig) -> Backend:
 
 
 def check_verdict(text: str, rubrics: str) -> tuple[float | None, str | None]:
-    """(score, None) for a reply with a complete `[RESULT] n [END]` inside the rubric's scale, else
-    (None, reason) — pollux's own parser and scale check, as for judge verdicts."""
+    """(score, None) for a reply with a rationale and a complete `[RESULT] n [END]` inside the rubric's
+    scale, else (None, reason) — pollux's own parser and scale check, as for judge verdicts."""
     score = parse_result(text)
     if score is None:
         return None, "unparseable"
     valid, _ = check_score(score, parse_scale(rubrics))
-    return (score, None) if valid else (None, "out_of_scale")
+    if not valid:
+        return None, "out_of_scale"
+    if not parse_feedback(text):  # `pollux train` needs a rationale to learn from
+        return None, "no_rationale"
+    return score, None
 
 
 @dataclass(frozen=True)

@@ -223,7 +223,7 @@ def annotate_requests(ctx: StageContext) -> list[Row]:
     requests = []
     for answer in ctx.store.iter_rows("answers"):
         instruction = instructions.get(answer["instruction_key"])
-        if instruction is None:  # the filter changed since this answer was made
+        if instruction is None or not answer["answer"]:  # the filter changed since; an empty answer
             continue
         for crit in criteria.get(answer["instruction_key"], []):
             key = content_key("annotate", answer["key"], crit["criteria_name"], crit["rubrics"], teacher.identity(),
@@ -254,6 +254,7 @@ def run_annotate(ctx: StageContext) -> dict[str, Any]:
                                                    max_attempts=cfg.max_attempts))
     drops = Counter(r["drop"] for r in ctx.store.iter_rows("annotations") if r["drop"])
     result["dropped"] = dict(sorted(drops.items()))
+    result["empty_answers_skipped"] = sum(1 for a in ctx.store.iter_rows("answers") if not a["answer"])
     return result
 
 

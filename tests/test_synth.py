@@ -1,0 +1,214 @@
+"""`pollux synth`: the config's errors, the store's dedupe, the teacher's check, sampling, export
+determinism, and a refusing endpoint — each on real components (SQLite files, a fake server process)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from pollux.cli import app
+from pollux.synth import SynthConfigError, SynthError, load_config, run, status
+from pollux.synth.export import SCHEMA, TRAIN_COLUMNS, write_parquet
+from pollux.synth.models import check_verdict
+from pollux.synth.pipeline import executor_options
+from pollux.synth.stages import StageContext, allocate, content_key, run_sample
+from pollux.synth.store import Store
+from pollux.taxonomy import load_catalog
+from synth_fakes import FakeServer
+
+RUBRICS = "0: плохо.\n\n1: средне.\n\n2: хорошо."
+
+
+def write_config(tmp_path: Path, body: str, *, url: str = "http://127.0.0.1:9/v1") -> Path:
+    """A minimal valid config with `body` appended (later keys of a table go in `body`)."""
+    path = tmp_path / "synth.toml"
+    path.write_text(f"""
+[run]
+dir = "run"
+[taxonomy]
+tasks = ["Дать совет"]
+[models.gen]
+model = "gen"
+base_url = "{url}"
+max_retries = 1
+[instructions]
+generators = ["gen"]
+[answers]
+models = ["gen"]
+[annotate]
+teacher = "gen"
+{body}
+""", encoding="utf-8")
+    return path
+
+
+# -- config -------------------------------------------------------------------------------------
+
+def test_a_valid_config_loads(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path, ""))
+    assert config.models["gen"].kind == "openai" and config.run_dir == tmp_path / "run"
+    assert config.sample.held_out[0] == "ИИ как персонаж (бытовая ситуация)" and len(config.sample.held_out) == 8
+
+
+def test_the_example_config_loads() -> None:
+    config = load_config(Path(__file__).parent.parent / "examples" / "synth.toml")
+    assert config.annotate.teacher == "teacher" and len(config.answers.models) == 3
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda s: s.replace('base_url = "http://127.0.0.1:9/v1"\n', ""), "models.gen.base_url: missing endpoint"),
+    (lambda s: s.replace('teacher = "gen"', 'teacher = "judge"'), "annotate.teacher: unknown model 'judge'"),
+    (lambda s: s.replace("[answers]", "[answers]\nmode = \"some\""), "answers.mode: 'some' is not one of"),
+    (lambda s: s.replace("[run]", "[run]\nsed = 1"), "run.sed: unknown key"),
+    (lambda s: s.replace("[instructions]", "[instructions]\nprompt = \"nope.txt\""),
+     "instructions.prompt: unreadable prompt file"),
+    (lambda s: s.replace('model = "gen"', 'model = "local:no/such/folder"'), "models.gen.model: local checkpoint"),
+    (lambda s: s + "[sample]\nby = [\"task_type\", \"length\"]\n", "sample.by[1]: 'length' is not one of"),
+    (lambda s: s.replace("[run]", "[run]\nseed = \"x\""), "run.seed: expected an integer"),
+    (lambda s: s + "[[oops\n", "not valid TOML"),
+])
+def test_bad_configs_name_the_key(tmp_path: Path, edit, message: str) -> None:
+    path = write_config(tmp_path, "")
+    path.write_text(edit(path.read_text(encoding="utf-8")), encoding="utf-8")
+    with pytest.raises(SynthConfigError, match=message.replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):
+        load_config(path)
+
+
+def test_a_prompt_file_without_its_placeholders_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "mine.txt").write_text("Ответь на вопрос.", encoding="utf-8")
+    path = write_config(tmp_path, "")
+    path.write_text(path.read_text().replace("[annotate]", "[annotate]\nprompt = \"mine.txt\""), encoding="utf-8")
+    with pytest.raises(SynthConfigError, match=r"annotate\.prompt: .*lacks placeholder\(s\) \{instruction\}"):
+        load_config(path)
+
+
+def test_unknown_task_leaf_is_an_error_before_anything_runs(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "")
+    path.write_text(path.read_text().replace('tasks = ["Дать совет"]', 'tasks = ["Дать совет", "Написать код / Rust"]'),
+                    encoding="utf-8")
+    with pytest.raises(SynthError, match=r"taxonomy\.tasks\[1\]: unknown task leaf 'Написать код / Rust'.*Python"):
+        run(load_config(path))
+    assert not (tmp_path / "run" / "synth.db").exists()
+
+
+def test_cli_reports_a_bad_config_on_stderr_and_exits_1(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "")
+    path.write_text(path.read_text().replace('teacher = "gen"', ""), encoding="utf-8")
+    result = CliRunner().invoke(app, ["synth", "run", str(path)])
+    assert result.exit_code == 1
+    assert "annotate.teacher: missing" in result.stderr and result.stdout == ""
+
+
+# -- store, teacher check, sampling -------------------------------------------------------------
+
+def test_store_ignores_a_second_delivery_and_keeps_the_first(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.db") as store:
+        assert store.add("answers", [{"key": "a", "answer": "1"}, {"key": "b", "answer": "2"}]) == 2
+        assert store.add("answers", [{"key": "a", "answer": "other"}, {"key": "c", "answer": "3"}]) == 1
+        assert [r["answer"] for r in store.rows("answers")] == ["1", "2", "3"]
+    rows = sqlite3.connect(tmp_path / "s.db").execute("SELECT key FROM answers").fetchall()
+    assert sorted(rows) == [("a",), ("b",), ("c",)]
+
+
+def test_a_failed_chunk_writes_nothing(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.db") as store:
+        with pytest.raises(KeyError):
+            store.add("answers", [{"key": "a"}, {"no key": 1}])
+        assert store.count("answers") == 0
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("[FEEDBACK] Хорошо. [RESULT] 2 [END]", (2.0, None)),
+    ("[FEEDBACK] Хорошо. [RESULT] 2", (None, "unparseable")),
+    ("[FEEDBACK] Хорошо.", (None, "unparseable")),
+    ("[FEEDBACK] Хорошо. [RESULT] 5 [END]", (None, "out_of_scale")),
+    ("[FEEDBACK] [RESULT] 1 [END]", (None, "no_rationale")),
+])
+def test_teacher_replies_are_checked_against_the_rubric_scale(text: str, expected) -> None:
+    assert check_verdict(text, RUBRICS) == expected
+
+
+def test_allocate_gives_equal_shares_and_passes_on_what_small_strata_lack() -> None:
+    assert allocate({"a": 100, "b": 100, "c": 100}, 90) == {"a": 30, "b": 30, "c": 30}
+    assert allocate({"a": 5, "b": 100, "c": 100}, 90) == {"a": 5, "b": 43, "c": 42}
+    assert allocate({"a": 5, "b": 7}, 90) == {"a": 5, "b": 7}
+    assert sum(allocate({i: i for i in range(1, 30)}, 200).values()) == 200
+
+
+def _sample_store(tmp_path: Path, seed: int = 0) -> StageContext:
+    tmp_path.mkdir()
+    path = write_config(tmp_path, "[sample]\nsize = 40\nby = [\"task_type\", \"criterion_group\"]\n")
+    text = path.read_text().replace("[run]", f"[run]\nseed = {seed}")
+    path.write_text(text, encoding="utf-8")
+    config = load_config(path)
+    store = Store(config.db_path)
+    filtered, annotations = [], []
+    tasks = ["Дать совет", "Объяснить концепт", "Изменить код", "Стайл-трансфер"]  # the last two are held out
+    for i in range(40):
+        key = content_key("i", i)
+        filtered.append({"key": key, "task_type": tasks[i % 4]})
+        for c in range(5):
+            annotations.append({"key": content_key("a", i, c), "instruction_key": key, "drop": "unparseable" if c == 4
+                                else None, "criterion_group": "general" if c % 2 else "subjective", "score": c % 3})
+    store.replace("filtered", filtered)
+    store.add("annotations", annotations)
+    return StageContext(config=config, store=store, catalog=load_catalog(), options=executor_options(config))
+
+
+def test_sample_is_stratified_deterministic_and_never_takes_held_out_tasks(tmp_path: Path) -> None:
+    ctx = _sample_store(tmp_path / "a")
+    result = run_sample(ctx)
+    chosen = ctx.store.rows("sample")
+    assert result == {"candidates": 80, "held_out_excluded": 80, "strata": 4, "selected": 40}
+    tasks = {r["stratum"][0] for r in chosen}
+    assert tasks == {"Дать совет", "Объяснить концепт"}
+    per_stratum = {tuple(r["stratum"]) for r in chosen}
+    assert len(per_stratum) == 4 and all(sum(1 for r in chosen if tuple(r["stratum"]) == s) == 10 for s in per_stratum)
+    assert run_sample(ctx) == result and ctx.store.rows("sample") == chosen  # the same seed: the same sample
+    other = _sample_store(tmp_path / "b", seed=1)
+    run_sample(other)
+    assert {r["key"] for r in other.store.rows("sample")} != {r["key"] for r in chosen}
+
+
+def test_parquet_export_is_byte_identical_and_in_train_format(tmp_path: Path) -> None:
+    rows = [{c: (float(i % 3) if c == "score" else i if c == "attempts" else f"{c} {i}") for c in SCHEMA.names}
+            for i in range(50)]
+    write_parquet(rows, tmp_path / "a.parquet")
+    write_parquet(rows, tmp_path / "b.parquet")
+    assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
+    table = pq.read_table(tmp_path / "a.parquet")
+    assert table.column_names[: len(TRAIN_COLUMNS)] == list(TRAIN_COLUMNS) and table.num_rows == 50
+    assert table.schema.metadata is None or b"pandas" not in table.schema.metadata
+
+
+# -- endpoints ----------------------------------------------------------------------------------
+
+def test_a_refusing_endpoint_is_a_clear_error_and_partial_results_stay(tmp_path: Path) -> None:
+    with FakeServer() as good, FakeServer("--refuse") as bad:
+        path = write_config(tmp_path, "", url=good.url)
+        path.write_text(path.read_text().replace(
+            "[instructions]\ngenerators = [\"gen\"]",
+            f"[models.broken]\nmodel = \"broken\"\nbase_url = \"{bad.url}\"\nmax_retries = 1\n"
+            "[instructions]\ngenerators = [\"gen\", \"broken\"]"), encoding="utf-8")
+        config = load_config(path)
+        with pytest.raises(SynthError, match=r"instructions: 3 of 6 request\(s\) failed for good; first: model "
+                                             r"'broken': gave up after 2 attempt\(s\).*HTTP 503"):
+            run(config, ["instructions"])
+        state = status(config)
+        assert state["tables"]["instructions"] == 3 and state["tables"]["instruction_failures"] == 3
+        # a rerun asks only for what is missing: the refusing endpoint's three
+        with pytest.raises(SynthError, match="3 of 3 request"):
+            run(config, ["instructions"])
+        assert status(config)["tables"]["instructions"] == 3
+
+
+def test_a_stage_without_its_input_says_which_stage_to_run(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path, ""))
+    with pytest.raises(SynthError, match="answers: no input — run the 'filter' stage first"):
+        run(config, ["answers"])
+    assert json.loads(json.dumps(status(config)))["tables"]["answers"] == 0
