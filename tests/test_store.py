@@ -112,12 +112,57 @@ def test_shared_content_is_judged_once_but_read_per_job(tmp_path: Path):
     assert (df["score"] == 1.0).all()
 
 
-def test_record_upsert_refreshes_texts(tmp_path: Path):
+def test_a_record_keeps_its_texts_and_a_changed_answer_is_another_record(tmp_path: Path):
     with RunStore(tmp_path / "run.db") as store:
         pk = store.upsert_record(record(1))
-        changed = {**record(1), "answer": "Исправленный ответ"}
-        assert store.upsert_record(changed) == pk
-        assert store.conn.execute("SELECT answer FROM records WHERE record_pk=?", (pk,)).fetchone()[0] == "Исправленный ответ"
+        moved = {**record(1), "line": 9, "task_group": "Другая"}
+        assert store.upsert_record(moved) == pk  # the same answer: line and task fields refreshed
+        row = store.conn.execute("SELECT line, task_group, answer FROM records WHERE record_pk=?", (pk,)).fetchone()
+        assert tuple(row) == (9, "Другая", "Ответ 1")
+        changed = {**record(1), "answer": "Исправленный ответ", "answer_key": "ak-new"}
+        new_pk = store.upsert_record(changed)
+        assert new_pk != pk
+        assert store.conn.execute("SELECT answer FROM records WHERE record_pk=?", (pk,)).fetchone()[0] == "Ответ 1"
+
+
+def test_replace_jobs_retires_the_jobs_of_an_older_answer_in_this_run_only(tmp_path: Path):
+    db = tmp_path / "run.db"
+    with RunStore(db) as store:
+        run1, _ = store.open_run("j", CONFIG)
+        run2, _ = store.open_run("j", {**CONFIG, "x": 1}, new_run=True)
+        old = store.upsert_record(record(1))
+        for run in (run1, run2):
+            store.replace_jobs(run.run_id, old, [JobRow(old, "К1", None, None, "r", "k-old-1", 0),
+                                                 JobRow(old, "К2", None, None, "r", "k-old-2", 1)])
+        new = store.upsert_record({**record(1), "answer": "Новый", "answer_key": "ak-new"})
+        store.replace_jobs(run2.run_id, new, [JobRow(new, "К1", None, None, "r", "k-new-1", 0)])
+        jobs = store.conn.execute("SELECT run_id, record_pk, item_key FROM jobs ORDER BY run_id, item_key").fetchall()
+    assert [tuple(j) for j in jobs] == [(1, old, "k-old-1"), (1, old, "k-old-2"), (2, new, "k-new-1")]
+
+
+def test_a_schema_1_database_is_migrated_with_its_rows(tmp_path: Path):
+    from pollux.store import _SCHEMA
+
+    db = tmp_path / "old.db"
+    conn = sqlite3.connect(db)
+    conn.executescript(_SCHEMA.replace("UNIQUE (source, record_id, model_id, answer_key)",
+                                       "UNIQUE (source, record_id, model_id)"))
+    conn.execute("INSERT INTO store_meta VALUES ('schema_version', '1')")
+    rec = record(0)
+    conn.execute(f"INSERT INTO records ({', '.join(rec)}) VALUES ({', '.join('?' * len(rec))})", list(rec.values()))
+    conn.commit()
+    conn.close()
+    with RunStore(db) as store:
+        run, _ = store.open_run("j", CONFIG)
+        keys = fill(store, run.run_id, n=1)  # upserts record 0: the migrated row, not a new one
+        store.write_verdict(run.run_id, keys[0], Verdict("К1", head_score=1.0, valid=True, judge="j"))
+    with RunStore(db) as store:  # reopening a migrated store is a no-op
+        pk = store.upsert_record({**record(0), "answer": "Другой", "answer_key": "other"})
+        assert store.conn.execute("SELECT COUNT(*) FROM records").fetchone()[0] == 2 and pk == 2
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT value FROM store_meta WHERE key='schema_version'").fetchone()[0] == "2"
+    conn.close()
+    assert read_verdicts(db)["answer"].tolist() == ["Ответ 0"]
 
 
 def test_not_a_store(tmp_path: Path):

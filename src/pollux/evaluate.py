@@ -7,8 +7,10 @@
 2. expand every row into one `JudgeItem` per criterion (`pollux.taxonomy.resolve_criteria`: the row's
    own criteria, else its task's, else the user's criteria file); an unknown task or criterion is a
    problem of that row;
+   rows sharing an id and model are one answer (`merge_rows`: the same texts or all are rejected);
 3. open (or resume) the run whose configuration — judge, template, sampling, pollux version — equals
-   this one; a different configuration is refused unless `new_run=True`;
+   this one; a different configuration is refused unless `new_run=True`. A `JudgeLoader` whose
+   request already finished every judgement of the inputs is found without loading the judge;
 4. judge what is still missing, a chunk at a time, committing each verdict the moment the engine
    reports it (`on_verdict`), so a crash or SIGKILL loses at most the verdicts in flight and Ctrl-C
    stops cleanly. A chunk whose call fails records an error verdict for each of its unfinished
@@ -22,7 +24,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +39,7 @@ from pollux.inputs import (
     record_id,
 )
 from pollux.records import JudgeItem, RecordError
-from pollux.store import JobRow, RunStore
+from pollux.store import JobRow, Run, RunStore, StoreError, config_hash
 from pollux.verdicts import Verdict, error_verdict
 
 DEFAULT_CHUNK_SIZE = 256
@@ -51,11 +53,18 @@ _KNOWN_COLUMNS = {
 
 @dataclass
 class PreparedRecord:
-    """A valid input row with its store fields and its items (one per criterion)."""
+    """One answer to judge: its store fields and its items (one per criterion). `row` is its first
+    input row; `lines` all of them (the POLLUX dataset layout gives one row per answer × criterion)."""
 
     row: InputRow
     fields: dict[str, Any]
     items: list[JudgeItem]
+    lines: list[int] = field(default_factory=list)
+
+    @property
+    def identity(self) -> tuple[str, str, str]:
+        """What the user calls this answer: (file, id, evaluated model)."""
+        return self.fields["source"], self.fields["record_id"], self.fields["model_id"]
 
 
 @dataclass
@@ -66,6 +75,11 @@ class Expansion:
     @property
     def items(self) -> list[JudgeItem]:
         return [it for rec in self.records for it in rec.items]
+
+    @property
+    def rows(self) -> int:
+        """Valid input rows (several rows may make one record)."""
+        return sum(len(rec.lines) for rec in self.records)
 
 
 @dataclass
@@ -128,6 +142,7 @@ def expand(
 
     catalog = catalog if catalog is not None else load_catalog()
     out = Expansion()
+    prepared: list[PreparedRecord] = []
     for path in paths:
         read = read_rows(path)
         out.problems += read.problems
@@ -152,9 +167,63 @@ def expand(
                     raise EvaluateError(f"{p} (--strict)")
                 out.problems.append(p)
                 continue
-            out.records.append(PreparedRecord(row, fields, items))
+            prepared.append(PreparedRecord(row, fields, items, [row.line]))
+    out.records, duplicates = merge_rows(prepared)
+    if strict and duplicates:
+        raise EvaluateError(f"{duplicates[0]} (--strict)")
+    out.problems += duplicates
     out.problems.sort(key=lambda p: (p.source, p.line))
     return out
+
+
+def merge_rows(rows: Sequence[PreparedRecord]) -> tuple[list[PreparedRecord], list[InputProblem]]:
+    """The duplicate-id rule: rows with the same (file, id, model) are one answer.
+
+    They must then carry the same texts (instruction, reference answer, answer): their criteria
+    are merged into one record (the POLLUX dataset layout, one row per answer × criterion). Rows
+    that share an id and model but differ in a text are ambiguous — which answer did the id mean?
+    — so all of them are rejected, each naming the others' lines; judging both would attach one
+    id to two answers, keeping one would silently drop the other. A criterion an answer already
+    has (from an earlier row, or twice in one row) is rejected too: one judgement per answer and
+    criterion, so the job count always equals what the store holds."""
+    groups: dict[tuple[str, str, str], list[PreparedRecord]] = {}
+    for rec in rows:
+        groups.setdefault(rec.identity, []).append(rec)
+    merged: list[PreparedRecord] = []
+    problems: list[InputProblem] = []
+    for (_source, rid, model), group in groups.items():
+        texts = {rec.fields["answer_key"] for rec in group}
+        if len(texts) > 1:
+            problems += [_conflict(rec, group, rid, model) for rec in group]
+            continue
+        first = group[0]
+        record = PreparedRecord(first.row, first.fields, [], [])
+        seen: dict[str, int] = {}
+        for rec in group:
+            names = [it.criteria_name for it in rec.items]
+            repeated = next((n for n in names if n in seen or names.count(n) > 1), None)
+            if repeated is not None:
+                where = f"line {seen[repeated]}" if repeated in seen else "this row"
+                problems.append(InputProblem(rec.row.source, rec.row.line,
+                                             f"criterion {repeated!r} of id {rid!r} (model {model!r}) is already "
+                                             f"at {where}: an answer is judged once per criterion"))
+                continue
+            seen.update(dict.fromkeys(names, rec.row.line))
+            record.items += rec.items
+            record.lines.append(rec.row.line)
+        if record.items:
+            merged.append(record)
+    return merged, problems
+
+
+def _conflict(rec: PreparedRecord, group: Sequence[PreparedRecord], rid: str, model: str) -> InputProblem:
+    others = [o for o in group if o is not rec and o.fields["answer_key"] != rec.fields["answer_key"]]
+    fields = [f for f in ("instruction", "reference_answer", "answer")
+              if any(o.fields[f] != rec.fields[f] for o in others)]
+    lines = ", ".join(str(o.row.line) for o in others)
+    message = (f"id {rid!r} of model {model!r} is also at line{'s' if len(others) > 1 else ''} {lines} with "
+               f"a different {' / '.join(fields)}: an id must name one answer per model (all its rows skipped)")
+    return InputProblem(rec.row.source, rec.row.line, message)
 
 
 def _record_fields(row: InputRow, catalog: Any) -> dict[str, Any]:
@@ -224,6 +293,49 @@ def run_config(judge: Any) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class JudgeLoader:
+    """A judge to load only when something is left to judge.
+
+    `request` is what the user asked for — the judge spec and its options, as given — and `load`
+    loads it. A run remembers the request that opened it, so rerunning a finished run with the
+    same request needs no weights: `evaluate` finds the run by the request and, when every
+    judgement of the inputs is already stored there, never calls `load`. (The run's own
+    configuration — `run_config` — needs the loaded judge: its resolved dtype, architecture, ….)
+    """
+
+    request: Mapping[str, Any]
+    load: Callable[[], Any]
+
+    def describe(self) -> dict[str, Any]:
+        """The request as plain JSON-able values (an API key is never part of it)."""
+        return _plain_value(dict(self.request))
+
+    def __call__(self) -> Any:
+        return self.load()
+
+
+def _plain_value(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain_value(v) for k, v in value.items() if k != "api_key"}
+    if hasattr(value, "model_dump"):  # a pydantic options object
+        return _plain_value(dict(value))
+    if is_dataclass(value) and not isinstance(value, type):
+        return _plain_value(asdict(value))
+    if isinstance(value, list | tuple):
+        return [_plain_value(v) for v in value]
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return repr(value)
+
+
+def request_key(loader: Any) -> str:
+    """The hash a run remembers its request by (`JudgeLoader.describe()` and the pollux version)."""
+    from pollux import __version__
+
+    return config_hash({"request": loader.describe(), "pollux_version": __version__})
+
+
 class Progress:
     """Progress reporting hook: `start(total, done)`, `advance(n)`, `stop()`. Silent by default."""
 
@@ -234,48 +346,93 @@ class Progress:
     def stop(self) -> None: ...
 
 
-class RichProgress(Progress):
-    """A rich progress bar on stderr: judgements done / total, judgements per second, ETA."""
+class Throughput:
+    """Judgements per second and time left, measured on THIS session's judgements only.
 
-    def __init__(self, description: str = "judging") -> None:
+    A resumed run starts with judgements already done, and an engine reports a whole batch at
+    once after a long silence; an estimator over all completed items, or over the last burst,
+    then shows a rate far too high (`27/266 … ETA 0:00:01` while ~55 s remain). Here the rate is
+    the judgements made since judging started divided by the time since then, so it only
+    exists once the first verdict has arrived, and it falls while no verdict comes."""
+
+    def __init__(self, total: int, done: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.total, self.done_before = total, done
+        self.session = 0
+        self.clock = clock
+        self.started = clock()
+
+    def advance(self, n: int = 1) -> None:
+        self.session += n
+
+    def rate(self) -> float | None:
+        """Judgements per second in this session; None before the first one."""
+        elapsed = self.clock() - self.started
+        return self.session / elapsed if self.session and elapsed > 0 else None
+
+    def eta_s(self) -> float | None:
+        rate = self.rate()
+        if rate is None:
+            return None
+        return max(self.total - self.done_before - self.session, 0) / rate
+
+    def text(self) -> str:
+        rate, eta = self.rate(), self.eta_s()
+        if rate is None or eta is None:
+            return "– judgements/s · ETA ? (first batch running)"
+        return f"{rate:.2f} judgements/s · ETA {_clock_time(eta)}"
+
+
+def _clock_time(seconds: float) -> str:
+    s = round(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+class RichProgress(Progress):
+    """A rich progress bar on stderr: judgements done / total, then `Throughput.text()` — redrawn
+    several times a second, so the ETA moves between batches instead of freezing."""
+
+    def __init__(self, description: str = "judging", *, clock: Callable[[], float] = time.monotonic,
+                 console: Any = None) -> None:
         self.description = description
+        self.clock = clock
+        self.console = console  # a rich Console; default: stderr
+        self.meter: Throughput | None = None
         self._progress: Any = None
         self._task: Any = None
-        self._t0 = 0.0
-        self._n = 0
 
     def start(self, total: int, done: int) -> None:
         from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import Progress as Bar
+        from rich.text import Text
 
-        self._progress = Progress(
+        meter = self.meter = Throughput(total, done, clock=self.clock)
+
+        class ThroughputColumn(ProgressColumn):
+            def render(self, task: Any) -> Text:
+                return Text(meter.text())
+
+        self._progress = Bar(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]} judgements/s"),
+            ThroughputColumn(),
             TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=Console(file=sys.stderr),
+            console=self.console or Console(file=sys.stderr),
             transient=False,
         )
         self._progress.start()
-        self._task = self._progress.add_task(self.description, total=total, completed=done, rate="–")
-        self._t0 = time.monotonic()
+        self._task = self._progress.add_task(self.description, total=total, completed=done)
 
     def advance(self, n: int = 1) -> None:
-        if self._progress is None:
+        if self._progress is None or self.meter is None:
             return
-        self._n += n
-        elapsed = max(time.monotonic() - self._t0, 1e-9)
-        self._progress.update(self._task, advance=n, rate=f"{self._n / elapsed:.2f}")
+        self.meter.advance(n)
+        self._progress.update(self._task, advance=n)
+
+    def refresh(self) -> None:
+        if self._progress is not None:
+            self._progress.refresh()
 
     def stop(self) -> None:
         if self._progress is not None:
@@ -319,43 +476,37 @@ def evaluate(
     except InputError as e:
         raise EvaluateError(str(e)) from None
     summary.problems = [str(p) for p in expansion.problems]
-    summary.rows_read = len(expansion.records) + len(expansion.problems)
+    summary.rows_read = expansion.rows + len(expansion.problems)
     summary.rows_skipped = len(expansion.problems)
     for p in expansion.problems:
         log(f"skipped {p}")
 
-    if not hasattr(judge, "judge_many"):  # a loader: load only now that the inputs are known good
+    by_key: dict[str, JudgeItem] = {}  # identical judgements are made once
+    for item in expansion.items:
+        by_key.setdefault(item.key, item)
+    request = request_key(judge) if _is_loader(judge) and hasattr(judge, "describe") else None
+    finished = None if new_run or request is None else _finished_run(db, request, list(by_key))
+    if finished is not None:
+        log(f"run {finished.run_id} already holds every judgement of these inputs: the judge is not loaded")
+    elif _is_loader(judge):  # load only now that the inputs are known good and something is left
         judge = judge()
-    config = run_config(judge)
-    summary.judge = judge.name
 
     with RunStore(db) as store:
-        from pollux.store import StoreError
-
-        try:
-            run, created = store.open_run(judge.name, config, new_run=new_run)
-        except StoreError as e:
-            raise EvaluateError(str(e)) from None
-        summary.run_id, summary.new_run = run.run_id, created
-
-        by_key: dict[str, JudgeItem] = {}
-        order: list[str] = []
-        with store.transaction():
-            for rec in expansion.records:
-                pk = store.upsert_record(rec.fields)
-                jobs = []
-                for position, item in enumerate(rec.items):
-                    key = item.key
-                    jobs.append(JobRow(pk, item.criteria_name, item.meta.get("criterion_id"),
-                                       item.meta.get("criterion_group"), item.rubrics, key, position))
-                    if key not in by_key:
-                        by_key[key] = item
-                        order.append(key)
-                store.add_jobs(run.run_id, jobs)
+        if finished is not None:
+            run, created = finished, False
+        else:
+            try:
+                run, created = store.open_run(judge.name, run_config(judge), new_run=new_run)
+            except StoreError as e:
+                raise EvaluateError(str(e)) from None
+            if request is not None:
+                store.remember_request(request, run.run_id)
+        summary.run_id, summary.new_run, summary.judge = run.run_id, created, run.judge
+        _store_jobs(store, run.run_id, expansion.records)
         summary.jobs = sum(len(rec.items) for rec in expansion.records)
-        summary.items = len(order)
-        done = store.done_keys(run.run_id, judge.name)
-        todo = [k for k in order if k not in done]
+        summary.items = len(by_key)
+        done = store.done_keys(run.run_id, run.judge)
+        todo = [k for k in by_key if k not in done]
         summary.already_done = summary.items - len(todo)
         log(f"run {run.run_id} ({'new' if created else 'resumed'}): {summary.items} judgements, "
             f"{summary.already_done} already done, {len(todo)} to judge")
@@ -373,13 +524,40 @@ def evaluate(
         finally:
             progress.stop()
         judging_s = time.monotonic() - t_judge
-        summary.remaining = summary.items - len(store.done_keys(run.run_id, judge.name))
+        summary.remaining = summary.items - len(store.done_keys(run.run_id, run.judge))
 
     summary.elapsed_s = round(time.monotonic() - t0, 3)
     summary.judging_s = round(judging_s, 3)
     judged_total = summary.judged + summary.failed
     summary.judgements_per_s = round(judged_total / judging_s, 3) if judging_s > 0 else 0.0
     return summary
+
+
+def _is_loader(judge: Any) -> bool:
+    return not hasattr(judge, "judge_many")
+
+
+def _finished_run(db: str | Path, request: str, keys: Sequence[str]) -> Run | None:
+    """The run this request opened before, if it already holds a verdict for every key."""
+    if not Path(db).is_file():
+        return None
+    with RunStore(db) as store:
+        run = store.run_for_request(request)
+        if run is None or not set(keys) <= store.done_keys(run.run_id, run.judge):
+            return None
+        return run
+
+
+def _store_jobs(store: RunStore, run_id: int, records: Sequence[PreparedRecord]) -> None:
+    """Each record and its jobs, in one transaction; a record's jobs replace those of its id."""
+    with store.transaction():
+        for rec in records:
+            pk = store.upsert_record(rec.fields)
+            store.replace_jobs(run_id, pk, [
+                JobRow(pk, item.criteria_name, item.meta.get("criterion_id"), item.meta.get("criterion_group"),
+                       item.rubrics, item.key, position)
+                for position, item in enumerate(rec.items)
+            ])
 
 
 def _judge_chunk(

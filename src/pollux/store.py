@@ -5,10 +5,15 @@ An evaluation takes hours and must survive crashes, so every verdict is committe
 
 * `runs` — one row per configuration (judge, template, sampling, pollux version). Resuming reuses the
   run whose configuration hash matches; a different configuration is a new run, made only on request.
-* `records` — the input rows (an answer of an evaluated model to an instruction), keyed by
-  (source file, record id, model id), with their texts and task fields.
+  `run_requests` maps what a user asked for (judge spec and options, before loading) to the run it
+  led to, so a finished run is recognised without loading the judge.
+* `records` — the answers (an answer of an evaluated model to an instruction), keyed by (source
+  file, record id, model id) *and* `answer_key`, the hash of their texts. A record's texts never
+  change: a file that changes the answer of an id adds a record, so the verdicts of an older run
+  stay beside the text they were judged on.
 * `jobs` — the (record × criterion) pairs a run must judge, each with the `JudgeItem.key` of its
-  content. Two jobs with the same content share one judgement.
+  content: a job's verdict is the one whose content hash equals the hash of the job's own record
+  texts, criterion and rubric. Two jobs with the same content share one judgement.
 * `verdicts` — one row per (item_key, judge, run) — a UNIQUE constraint, so nothing is written twice.
   A verdict that failed (`error` set) may be replaced by a later attempt; a successful one never is.
 
@@ -32,7 +37,7 @@ import pandas as pd
 
 from pollux.verdicts import Verdict
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -42,6 +47,10 @@ CREATE TABLE IF NOT EXISTS runs (
     judge TEXT NOT NULL,
     config_hash TEXT NOT NULL,
     config_json TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS run_requests (
+    request_hash TEXT PRIMARY KEY,
+    run_id INTEGER NOT NULL REFERENCES runs(run_id)
 );
 CREATE TABLE IF NOT EXISTS records (
     record_pk INTEGER PRIMARY KEY,
@@ -58,7 +67,7 @@ CREATE TABLE IF NOT EXISTS records (
     task_subsubtype TEXT,
     task_group TEXT,
     extra_json TEXT NOT NULL DEFAULT '{}',
-    UNIQUE (source, record_id, model_id)
+    UNIQUE (source, record_id, model_id, answer_key)
 );
 CREATE TABLE IF NOT EXISTS jobs (
     run_id INTEGER NOT NULL REFERENCES runs(run_id),
@@ -158,14 +167,18 @@ class RunStore:
             raise StoreError(f"{self.path}: not a SQLite database ({e})") from None
         # NORMAL in WAL mode: a killed process loses nothing committed (only a power cut could).
         self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.execute("PRAGMA foreign_keys=ON")
         with self.conn:
             self.conn.executescript(_SCHEMA)
             row = self.conn.execute("SELECT value FROM store_meta WHERE key='schema_version'").fetchone()
-            if row is None:
-                self.conn.execute("INSERT INTO store_meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            elif int(row[0]) != SCHEMA_VERSION:
-                raise StoreError(f"{self.path}: schema version {row[0]}, this pollux reads {SCHEMA_VERSION}")
+            version = SCHEMA_VERSION if row is None else int(row[0])
+            if version == 1:
+                _migrate_v1(self.conn)
+            elif version != SCHEMA_VERSION:
+                self.conn.close()
+                raise StoreError(f"{self.path}: schema version {version}, this pollux reads {SCHEMA_VERSION}")
+            self.conn.execute("INSERT OR REPLACE INTO store_meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        # After the schema work: a table rebuild needs the checks off, and the pragma is a no-op in a transaction.
+        self.conn.execute("PRAGMA foreign_keys=ON")
 
     def close(self) -> None:
         with self._lock:
@@ -209,6 +222,18 @@ class RunStore:
         run_id = int(cur.lastrowid or 0)
         return Run(run_id, judge, dict(config), digest, time.time()), True
 
+    def remember_request(self, request_hash: str, run_id: int) -> None:
+        """Note that this request (what the user asked for, before any loading) leads to this run."""
+        with self._write():
+            self.conn.execute("INSERT OR REPLACE INTO run_requests (request_hash, run_id) VALUES (?, ?)",
+                              (request_hash, run_id))
+
+    def run_for_request(self, request_hash: str) -> Run | None:
+        """The run a request led to last time, found without loading the judge (see `evaluate`)."""
+        with self._lock:
+            row = self.conn.execute("SELECT run_id FROM run_requests WHERE request_hash=?", (request_hash,)).fetchone()
+        return next((r for r in self.runs() if row is not None and r.run_id == row[0]), None)
+
     # --- records and jobs ---------------------------------------------------------------------
 
     @contextmanager
@@ -234,22 +259,37 @@ class RunStore:
             yield
 
     def upsert_record(self, rec: Mapping[str, Any]) -> int:
-        """Insert or refresh an input row (its texts may have been corrected); returns its key."""
-        cols = ("source", "record_id", "model_id", "line", "answer_key", "instruction", "answer",
+        """Insert an answer, or refresh the line, task and extra fields of the same answer (same id,
+        model and texts); returns its key. Changed texts are another record (see the module doc)."""
+        cols = ("source", "record_id", "model_id", "answer_key", "line", "instruction", "answer",
                 "reference_answer", "task_type", "task_subtype", "task_subsubtype", "task_group", "extra_json")
         values = [rec.get(c) for c in cols]
         with self._write():
             self.conn.execute(
                 f"INSERT INTO records ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
-                "ON CONFLICT (source, record_id, model_id) DO UPDATE SET "
-                + ", ".join(f"{c}=excluded.{c}" for c in cols[3:]),
+                "ON CONFLICT (source, record_id, model_id, answer_key) DO UPDATE SET "
+                + ", ".join(f"{c}=excluded.{c}" for c in ("line", "task_type", "task_subtype", "task_subsubtype",
+                                                            "task_group", "extra_json")),
                 values,
             )
             row = self.conn.execute(
-                "SELECT record_pk FROM records WHERE source=? AND record_id=? AND model_id=?",
-                (rec["source"], rec["record_id"], rec["model_id"]),
+                "SELECT record_pk FROM records WHERE source=? AND record_id=? AND model_id=? AND answer_key=?",
+                (rec["source"], rec["record_id"], rec["model_id"], rec["answer_key"]),
             ).fetchone()
         return int(row[0])
+
+    def replace_jobs(self, run_id: int, record_pk: int, jobs: Iterable[JobRow]) -> None:
+        """Make `jobs` the run's only jobs for this answer's id: the jobs of an earlier version of
+        the answer (same file, id and model, other texts) and criteria it no longer has are dropped
+        from the run, so a resumed run shows each id with its current text and criteria only.
+        Verdicts are never deleted: they are keyed by content and come back if the text does."""
+        with self._write():
+            self.conn.execute(
+                "DELETE FROM jobs WHERE run_id=? AND record_pk IN (SELECT b.record_pk FROM records a JOIN records b "
+                "ON a.source=b.source AND a.record_id=b.record_id AND a.model_id=b.model_id WHERE a.record_pk=?)",
+                (run_id, record_pk),
+            )
+            self.add_jobs(run_id, jobs)
 
     def add_jobs(self, run_id: int, jobs: Iterable[JobRow]) -> None:
         with self._write():
@@ -313,6 +353,17 @@ class RunStore:
             "judged": judged,
             "failed": failed,
         }
+
+
+def _migrate_v1(conn: sqlite3.Connection) -> None:
+    """Schema 1 keyed records by (source, record id, model) only, so a changed answer overwrote
+    the text an older verdict was judged on. Rebuild `records` with the content key (SQLite's
+    documented table-rebuild: a new table, copy, drop, rename); rows and their keys are kept."""
+    create = _SCHEMA.split("CREATE TABLE IF NOT EXISTS records")[1].split(";")[0]
+    conn.execute("CREATE TABLE records_v2" + create)
+    conn.execute("INSERT INTO records_v2 SELECT * FROM records")
+    conn.execute("DROP TABLE records")
+    conn.execute("ALTER TABLE records_v2 RENAME TO records")
 
 
 def _num(value: float | None) -> float | None:
