@@ -27,12 +27,13 @@ equal normal forms are exact duplicates. Near duplicates are found by MinHash LS
 seeded permutations) over word shingles of the text's *content* words (Russian function words left
 out), and every LSH candidate is confirmed with the exact Jaccard similarity of the shingle sets,
 so the decision does not depend on MinHash noise. Rows are processed in key order; the first one
-is kept. The default shingle is one word: instructions are short (10–30 words), and on
-`tests/data/synth/filter_near_duplicates.json` at the default threshold 0.7, word 3-grams miss
-paraphrases that only move a word or swap a synonym (Jaccard 0.3–0.65), while sets of content
-words catch all 15 and leave 26 of 27 distinct asks of one leaf apart. The one they merge differs
-in a single word of an 8-word template ("закон Архимеда" / "закон Ома") — no word-level measure
-separates that from a synonym swap.
+is kept. The default shingle is one word (`shingle_size=1`: a set of content words), because
+instructions are short (10–30 words) and paraphrases move words around: on
+`tests/data/synth/filter_near_duplicates.json` at the default threshold 0.7, content-word sets
+catch all 15 paraphrases (Jaccard ≥ 0.78) and keep all 25 pairs of distinct asks of one leaf
+apart (≤ 0.67), while word 3-grams catch 6 of 15 (the rest at 0.20–0.67). Known limit: two asks
+that differ in one word of a short template ("…что такое закон Архимеда" / "…закон Ома", 0.75) are
+merged — no word-level measure tells that from a synonym swap.
 """
 
 from __future__ import annotations
@@ -243,16 +244,18 @@ def _non_russian_letters(words: Sequence[str]) -> bool:
     return odd >= 2 or (odd > 0 and odd * 4 >= len(words))
 
 
-def _verdict(words: Sequence[str], confidences: dict[str, float]) -> int:
+def _verdict(words: Sequence[str], scores: dict[str, dict[str, float]]) -> int:
     """+1 clearly foreign, -1 clearly Russian, 0 undecided (see `_RUSSIAN_PRIOR_ODDS`).
 
     Fewer than `_MIN_LINGUA_WORDS` words are judged by their letters only: lingua cannot tell one
-    or two Cyrillic words of Russian from Bulgarian or Serbian.
+    or two Cyrillic words of Russian from Bulgarian or Serbian. `scores` holds lingua's
+    confidences for every word sequence `_queries` asked about.
     """
     if _non_russian_letters(words):
         return 1
     if len(words) < _MIN_LINGUA_WORDS:
         return 0
+    confidences = scores[" ".join(words)]
     russian = confidences.get("RUSSIAN", 0.0)
     other = max((v for k, v in confidences.items() if k != "RUSSIAN"), default=0.0)
     if other >= _RUSSIAN_PRIOR_ODDS * russian:
@@ -261,16 +264,17 @@ def _verdict(words: Sequence[str], confidences: dict[str, float]) -> int:
 
 
 def _queries(analysis: _Analysis) -> list[str]:
-    """What lingua must score for a text: its whole Cyrillic part, then each segment (if several)."""
-    if not analysis.segments:
-        return []
-    if len(analysis.segments) == 1:
-        return [analysis.cyrillic]
-    return [analysis.cyrillic, *(" ".join(segment) for segment in analysis.segments)]
+    """What lingua must score for a text: its whole Cyrillic part and, if it has several, each
+    segment — only those that letters and length leave undecided."""
+    parts = [analysis.cyrillic.split()] if analysis.segments else []
+    if len(analysis.segments) > 1:
+        parts += analysis.segments
+    return [" ".join(words) for words in parts
+            if len(words) >= _MIN_LINGUA_WORDS and not _non_russian_letters(words)]
 
 
 def foreign_shares(texts: Sequence[str]) -> list[float]:
-    """`foreign_share` of each text; lingua runs once over all segments, on all cores.
+    """`foreign_share` of each text; lingua runs once over all distinct word sequences, on all cores.
 
     Each Cyrillic segment is judged on its own and in the context of the text's whole Cyrillic part:
     it is foreign when it clearly is, or when the text as a whole clearly is and the segment is not
@@ -278,18 +282,16 @@ def foreign_shares(texts: Sequence[str]) -> list[float]:
     quote inside a Russian instruction still counts as foreign.
     """
     analyses = [_analyse(text) for text in texts]
-    queries: list[str] = []
-    for analysis in analyses:
-        queries.extend(_queries(analysis))
+    queries = sorted({query for analysis in analyses for query in _queries(analysis)})
     values = _detector().compute_language_confidence_values_in_parallel(queries) if queries else []
-    confidences = iter([{c.language.name: c.value for c in row} for row in values])
+    scores = {query: {c.language.name: c.value for c in row} for query, row in zip(queries, values, strict=True)}
     shares: list[float] = []
     for analysis in analyses:
         russian, foreign = 0, analysis.foreign
         if analysis.segments:
-            whole = _verdict(analysis.cyrillic.split(), next(confidences))
+            whole = _verdict(analysis.cyrillic.split(), scores)
             for segment in analysis.segments:
-                own = whole if len(analysis.segments) == 1 else _verdict(segment, next(confidences))
+                own = whole if len(analysis.segments) == 1 else _verdict(segment, scores)
                 if own == 1 or (whole == 1 and own != -1):
                     foreign += len(segment)
                 else:
