@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import unicodedata
 from collections import defaultdict
 from pathlib import Path
 
@@ -113,6 +114,13 @@ def test_a_quoted_ukrainian_sentence_counts_and_a_ukrainian_place_name_does_not(
     assert foreign_share("Составь план поездки на выходные в Київ и Львов для семьи с детьми.") == 0.0
 
 
+def test_decomposed_unicode_reads_like_composed():
+    text = "Напиши короткий рассказ о ёжике и его друзьях, который прочтёт первоклассник."
+    assert foreign_share(unicodedata.normalize("NFD", text)) == foreign_share(text) == 0.0
+    ukrainian = "Напиши короткий вірш про осінь у Києві."
+    assert foreign_share(unicodedata.normalize("NFD", ukrainian)) == 1.0
+
+
 def test_share_is_zero_for_a_text_without_words():
     assert foreign_share("") == 0.0
     assert foreign_share("```\nx = 1\n```\n 2 + 2 = 4 !!!") == 0.0
@@ -138,6 +146,14 @@ def test_exact_duplicates_after_normalisation_keep_the_first_key():
     assert [r["key"] for r in kept] == ["k000"]
     assert [(r["reason"], r["detail"]) for r in rejected] == [("exact_duplicate", "k000")] * 2
     assert normalise("Ёлка") == normalise("елка")
+
+
+def test_an_exact_copy_of_a_near_duplicate_points_at_the_kept_original():
+    original, edited = json.loads(NEAR.read_text(encoding="utf-8"))["paraphrases"][0]
+    kept, rejected = filter_instructions(rows_of([original, edited, edited.upper()]), FilterSettings())
+    assert [r["key"] for r in kept] == ["k000"]
+    assert [(r["key"], r["reason"], r["detail"]) for r in rejected] == [
+        ("k001", "near_duplicate", "k000"), ("k002", "exact_duplicate", "k000")]
 
 
 def test_paraphrases_with_small_edits_are_near_duplicates():

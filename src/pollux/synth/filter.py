@@ -192,7 +192,7 @@ def _is_phrase(words: Sequence[str]) -> bool:
 
 def _analyse(text: str) -> _Analysis:
     """Sort `text`'s word tokens into Cyrillic segments, Latin runs and other-script words."""
-    masked = _mask(text)
+    masked = _mask(unicodedata.normalize("NFC", text))       # composed letters: й, ё, ї as one character
     result = _Analysis()
     segment: list[str] = []
     run: list[str] = []
@@ -350,7 +350,7 @@ def _jaccard(a: set[str], b: set[str]) -> float:
 
 
 class _NearIndex:
-    """Kept texts' shingle sets behind a MinHash LSH index; `match` finds the closest earlier one."""
+    """Kept texts' shingle sets behind a MinHash LSH index; `match_or_add` finds the closest one."""
 
     def __init__(self, settings: FilterSettings):
         from datasketch import MinHash, MinHashLSH
@@ -390,6 +390,7 @@ class _NearIndex:
 
 def _checked(rows: Iterable[Row]) -> list[Row]:
     """Rows sorted by key, each checked for the fields the filter reads; errors name the row."""
+    rows = list(rows)
     seen: set[str] = set()
     for i, row in enumerate(rows):
         where = f"row {i}" + (f" (key {row.get('key')!r})" if isinstance(row, dict) else "")
@@ -430,8 +431,9 @@ def filter_instructions(rows: list[Row], settings: FilterSettings) -> tuple[list
         if normal in exact:
             rejected.append({**row, "reason": "exact_duplicate", "detail": exact[normal]})
             continue
-        exact[normal] = row["key"]
         match = near.match_or_add(row["key"], shingles(normal, settings.shingle_size))
+        # A later exact copy of this text duplicates the row that is kept: this one, or its original.
+        exact[normal] = row["key"] if match is None else match[0]
         if match is not None:
             rejected.append({**row, "reason": "near_duplicate", "detail": match[0]})
             continue
