@@ -232,3 +232,153 @@ def test_errors_of_the_callers_callback_propagate_unretried(loaded):
     with pytest.raises(OSError, match="disk full"):
         eng.judge_many(mixed_items()[:3], on_verdict=broken_store)
     assert len(calls) == 1
+
+
+# ---- defect 5: the generate fallback gives every item its own token budget -----------------
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    """A tiny random non-Qwen2 judge (LlamaForCausalLM) with Qwen's tokenizer: the engine runs
+    it through the batched `generate` fallback."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from pollux.fixtures import QWEN25_VOCAB, build_tokenizer
+
+    tokenizer = build_tokenizer(tmp_path_factory.mktemp("llama-tokenizer"))
+    config = LlamaConfig(vocab_size=QWEN25_VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
+                         initializer_range=0.5, tie_word_embeddings=False,
+                         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                         pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config).eval(), tokenizer
+
+
+def test_generate_fallback_gives_each_item_its_own_budget(tiny_llama):
+    """Prompts of different lengths leave different room in the context: each item may generate
+    up to its own room (not the batch's smallest), exactly as `generate` on that item alone."""
+    model, tokenizer = tiny_llama
+    items = mixed_items()[:4]  # two answers of different lengths
+    sampling = SamplingParams(max_new_tokens=12, min_new_tokens=12)
+    eng = TransformersEngine(model, tokenizer, kind="generative", name="llama", sampling=sampling)
+    assert not eng.custom_forward
+    lengths = [len(tokenizer(shared_text(eng, it))["input_ids"]) for it in items]
+    eng.context = max(lengths) + 3  # the longest prompt has room for 3 tokens, the shortest for 12
+    budgets = [min(12, eng.context - n) for n in lengths]
+    assert len(set(budgets)) > 1 and max(budgets) == 12
+    verdicts = eng.judge_many(items)
+    assert eng.stats["batches"] == 1  # one batch, several budgets
+    assert [v.completion_tokens for v in verdicts] == budgets
+    for item, v, budget in zip(items, verdicts, budgets, strict=True):
+        ref = model_card_judge(model, tokenizer, item, max_new_tokens=budget, min_new_tokens=budget)
+        assert v.raw_text == ref["text"] and v.finish_reason == "length"
+
+
+# ---- defect 8: the sampling generator lives on the logits' device ---------------------------
+
+
+def test_sampling_generator_follows_the_model_device(loaded):
+    from pollux.engine.hf import sampling_generator
+
+    eng = engine(loaded, sampling=SamplingParams(max_new_tokens=4, temperature=0.7, seed=3))
+    generator = sampling_generator(eng.device, eng.sampling)
+    assert generator is not None and generator.device == eng.device
+    assert sampling_generator(eng.device, SamplingParams(temperature=0)) is None
+    # On CPU this cannot tell a CPU-only generator from a device-following one; the CUDA case
+    # (temperature > 0 with CUDA logits) is checked by bench/gpu_check.sh.
+
+
+# ---- the checkpoint's generation_config: repetition_penalty and precedence ------------------
+
+
+def test_sampling_precedence_user_then_checkpoint_then_default():
+    from transformers import GenerationConfig
+
+    ckpt = GenerationConfig(do_sample=True, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.05)
+    assert SamplingParams().resolve(ckpt).to_dict() | {} == SamplingParams(
+        temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.05).to_dict()
+    mine = SamplingParams(temperature=0, repetition_penalty=1.0).resolve(ckpt)
+    assert (mine.temperature, mine.repetition_penalty, mine.greedy) == (0, 1.0, True)
+    greedy_ckpt = GenerationConfig(do_sample=False, temperature=0.6, repetition_penalty=1.3)
+    r = SamplingParams().resolve(greedy_ckpt)
+    assert (r.temperature, r.repetition_penalty, r.top_k, r.top_p) == (0.0, 1.3, 0, 1.0)
+    d = SamplingParams().resolve(None)
+    assert (d.temperature, d.top_p, d.top_k, d.repetition_penalty) == (0.0, 1.0, 0, 1.0)
+    with pytest.raises(ValueError, match="repetition_penalty"):
+        SamplingParams(repetition_penalty=0)
+
+
+@pytest.fixture(scope="module")
+def penalised_judge_path(tmp_path_factory):
+    """A tiny judge whose generation_config.json sets repetition_penalty 1.3."""
+    import json
+
+    from pollux.fixtures import build_tiny_judge
+
+    path = build_tiny_judge(tmp_path_factory.mktemp("tiny-judge-rp"))
+    gen_file = path / "generation_config.json"
+    cfg = json.loads(gen_file.read_text())
+    cfg["repetition_penalty"] = 1.3
+    gen_file.write_text(json.dumps(cfg))
+    return path
+
+
+def _make_a_prompt_token_tempting(loaded, item) -> int:
+    """A random judge seldom writes a token of its prompt, so the penalty would change nothing.
+    Give a prompt token X the output row of the token t the judge writes first, times 1.1: then
+    X wins the first step (1.1·logit) unless penalised as a seen token (1.1/1.3·logit < logit)."""
+    import torch
+
+    from pollux.prompts import PromptTemplate, chat_text
+
+    ids = loaded.tokenizer(chat_text(loaded.tokenizer, PromptTemplate().render(item)))["input_ids"]
+    with torch.no_grad():
+        first = int(loaded.model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
+        tempting = next(t for t in reversed(ids[:-8]) if t != first)
+        loaded.model.lm_head.weight[tempting] = 1.1 * loaded.model.lm_head.weight[first]
+    return tempting
+
+
+def test_repetition_penalty_from_the_checkpoint_matches_generate(penalised_judge_path):
+    """pollux honours the checkpoint's repetition_penalty: same texts and scores as the model
+    card's `generate` on that checkpoint; an explicit value overrides it."""
+    from pollux.checkpoint import load_judge
+
+    pen = load_judge(penalised_judge_path, dtype="float32", device="cpu")
+    assert pen.model.generation_config.repetition_penalty == 1.3
+    items = mixed_items()[:6]
+    tempting = _make_a_prompt_token_tempting(pen, items[0])
+    eng = TransformersEngine(pen.model, pen.tokenizer, kind=pen.kind, name="rp",
+                             sampling=SamplingParams(max_new_tokens=16))
+    assert eng.sampling.repetition_penalty == 1.3 and eng.describe()["sampling"]["repetition_penalty"] == 1.3
+    verdicts = eng.judge_many(items)
+    assert_parity(pen, items, verdicts, eng.sampling)
+    # an explicit 1.0 turns it off: the tempting prompt token is written first …
+    off = TransformersEngine(pen.model, pen.tokenizer, kind=pen.kind, name="rp",
+                             sampling=SamplingParams(max_new_tokens=16, repetition_penalty=1.0))
+    unpenalised = off.judge_many(items)
+    first_token = pen.tokenizer(unpenalised[0].raw_text, add_special_tokens=False)["input_ids"][0]
+    assert first_token == tempting
+    assert unpenalised[0].raw_text != verdicts[0].raw_text
+    # … and equals `generate` with the penalty off
+    pen.model.generation_config.repetition_penalty = 1.0
+    try:
+        assert_parity(pen, items, unpenalised, off.sampling)
+    finally:
+        pen.model.generation_config.repetition_penalty = 1.3
+
+
+def test_repetition_penalty_in_the_generate_fallback(tiny_llama):
+    model, tokenizer = tiny_llama
+    items = mixed_items()[:2]
+    model.generation_config.repetition_penalty = 1.3
+    try:
+        eng = TransformersEngine(model, tokenizer, kind="generative", name="llama",
+                                 sampling=SamplingParams(max_new_tokens=10))
+        assert eng.sampling.repetition_penalty == 1.3
+        for item, v in zip(items, eng.judge_many(items), strict=True):
+            assert v.raw_text == model_card_judge(model, tokenizer, item, max_new_tokens=10)["text"]
+    finally:
+        model.generation_config.repetition_penalty = None

@@ -74,6 +74,100 @@ def test_head_missing_is_a_checkpoint_error(tiny_generative_path):
         read_head(tiny_generative_path)
 
 
+# ---- delivery, shared with the in-process engine (no vLLM needed) --------------------------
+
+
+def _jobs(n: int):
+    from pollux.engine.jobs import Job
+
+    return [Job(i, it, [1, 2, 3], 4) for i, it in enumerate(parity_items()[:n])]
+
+
+def _verdict(job):
+    from pollux.verdicts import make_verdict
+
+    return make_verdict(job.item, "[FEEDBACK] ок [RESULT] 2 [END]", judge="t")
+
+
+def test_delivery_reruns_a_failed_batch_item_by_item_once_each():
+    from pollux.engine.jobs import Delivery, run_isolating_failures
+
+    jobs = _jobs(4)
+    seen: list[int] = []
+    done = Delivery(4, lambda i, v: seen.append(i))
+
+    def together():
+        done(jobs[0].index, _verdict(jobs[0]))  # delivered before the failure: it stands
+        raise MemoryError("simulated out of memory")
+
+    def alone(job):
+        if job.index == 2:
+            raise RuntimeError("this item always fails")
+        done(job.index, _verdict(job))
+        done(job.index, _verdict(job))  # a second delivery of one item is ignored
+
+    run_isolating_failures(jobs, together, alone, done, judge="t")
+    assert seen == [0, 1, 2, 3]
+    verdicts = done.all()
+    assert "this item always fails" in verdicts[2].error
+    assert all(v.error is None for k, v in enumerate(verdicts) if k != 2)
+
+
+def test_delivery_lets_the_callers_error_propagate_unretried():
+    from pollux.engine.jobs import Delivery, caller_errors_unwrapped, run_isolating_failures
+
+    jobs = _jobs(3)
+    calls: list[int] = []
+    reruns: list[int] = []
+
+    def broken_store(i, v):
+        calls.append(i)
+        raise OSError("disk full")
+
+    done = Delivery(3, broken_store)
+
+    def together():
+        for j in jobs:
+            done(j.index, _verdict(j))
+
+    with pytest.raises(OSError, match="disk full"), caller_errors_unwrapped():
+        run_isolating_failures(jobs, together, lambda j: reruns.append(j.index), done, judge="t")
+    assert calls == [0] and reruns == []
+
+
+def test_vllm_engine_delivers_each_verdict_once_when_the_callback_fails(tiny_judge_path):
+    """Defect 6: the vLLM engine used to catch the caller's exception as a vLLM failure, rerun the
+    chunk item by item and call `on_verdict` again. The engine here is real but for vLLM itself:
+    `_run_chunk` (the vLLM call) is replaced by one that delivers verdicts as it would."""
+    from transformers import AutoTokenizer
+
+    from pollux.prompts import PromptTemplate
+
+    engine = object.__new__(VLLMEngine)  # no vLLM here: skip __init__, set what judge_many reads
+    engine.tokenizer = AutoTokenizer.from_pretrained(tiny_judge_path)
+    engine.template, engine.sampling = PromptTemplate(), SamplingParams(max_new_tokens=4).resolve()
+    engine.name, engine.context, engine.chunk_size = "stub", 4096, 1024
+    runs: list[int] = []
+
+    def fake_chunk(jobs, done):
+        runs.append(len(jobs))
+        for j in jobs:
+            done(j.index, _verdict(j))
+
+    engine._run_chunk = fake_chunk
+    calls: list[int] = []
+
+    def broken_store(i, v):
+        calls.append(i)
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        engine.judge_many(parity_items()[:3], on_verdict=broken_store)
+    assert calls == [0] and runs == [3]  # one callback, no rerun
+    got = engine.judge_many(parity_items()[:3], on_verdict=lambda i, v: calls.append(i))
+    assert calls == [0, 0, 1, 2] and [v.text_score for v in got] == [2, 2, 2]
+
+
 # ---- with vLLM (slow) ----------------------------------------------------------------------
 
 
@@ -147,7 +241,7 @@ def test_vllm_matches_in_process_engine(judge_dir):
     d = described
     assert (d["engine"], d["kind"], d["dtype"], d["architecture"]) == (
         "vllm", "regression", "float32", "Qwen2WithRegressionHead")
-    assert d["sampling"] == sampling.to_dict()
+    assert d["sampling"] == sampling.resolve().to_dict()  # the test judge's generation config sets none
 
 
 @needs_vllm

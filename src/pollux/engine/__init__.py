@@ -13,7 +13,7 @@ they differ only in how text (and the head score) is produced:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol
 
 from pollux.records import JudgeItem
@@ -26,13 +26,24 @@ OnVerdict = Callable[[int, Verdict], None]
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How the judge decodes. Greedy by default (temperature 0), as the official offline runs."""
+    """How the judge decodes.
+
+    `temperature`, `top_p`, `top_k` and `repetition_penalty` default to None: "as the checkpoint
+    says". An engine resolves them once, against the checkpoint's `generation_config.json`
+    (`resolve`), with this precedence: **a value set here > the checkpoint's generation config >
+    pollux's default** (greedy, top_p 1, top_k 0 = off, repetition_penalty 1 = off). That is what
+    the model card's `model.generate(...)` does, so a checkpoint whose generation config sets e.g.
+    `repetition_penalty: 1.05` is judged with it unless you override it. The checkpoint's
+    temperature / top_p / top_k count only where it sets `do_sample: true` (as in `generate`);
+    pass `temperature=0` to force greedy decoding whatever the checkpoint says.
+    """
 
     max_new_tokens: int = 1024
     min_new_tokens: int = 0  # end-of-turn tokens are suppressed until this many were generated
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
+    temperature: float | None = None  # 0 = greedy
+    top_p: float | None = None
+    top_k: int | None = None  # 0 = off
+    repetition_penalty: float | None = None  # 1 = off; HF semantics (prompt + generated tokens)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -40,14 +51,37 @@ class SamplingParams:
             raise ValueError("max_new_tokens must be ≥ 1")
         if not 0 <= self.min_new_tokens <= self.max_new_tokens:
             raise ValueError("min_new_tokens must lie in [0, max_new_tokens]")
-        if self.temperature < 0:
+        if self.temperature is not None and self.temperature < 0:
             raise ValueError("temperature must be ≥ 0")
-        if not 0 < self.top_p <= 1:
+        if self.top_p is not None and not 0 < self.top_p <= 1:
             raise ValueError("top_p must lie in (0, 1]")
+        if self.top_k is not None and self.top_k < 0:
+            raise ValueError("top_k must be ≥ 0")
+        if self.repetition_penalty is not None and self.repetition_penalty <= 0:
+            raise ValueError("repetition_penalty must be > 0")
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return not self.temperature
+
+    def resolve(self, generation_config: Any = None) -> SamplingParams:
+        """Every field concrete: set here > `generation_config` (a transformers `GenerationConfig`
+        or anything with its attributes; None = the checkpoint has none) > pollux's default."""
+        def ckpt(name: str) -> Any:
+            return getattr(generation_config, name, None)
+
+        sampling_ckpt = bool(ckpt("do_sample"))
+        temperature = self.temperature
+        if temperature is None:
+            temperature = float(ckpt("temperature") or 1.0) if sampling_ckpt else 0.0
+        return replace(
+            self,
+            temperature=temperature,
+            top_p=self.top_p if self.top_p is not None else float(ckpt("top_p") or 1.0),
+            top_k=self.top_k if self.top_k is not None else int(ckpt("top_k") or 0),
+            repetition_penalty=(self.repetition_penalty if self.repetition_penalty is not None
+                                else float(ckpt("repetition_penalty") or 1.0)),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -35,16 +35,17 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
 
 from pollux.engine import OnVerdict, SamplingParams
-from pollux.engine.jobs import Job, prepare_jobs
+from pollux.engine.jobs import Delivery, Job, caller_errors_unwrapped, prepare_jobs, run_isolating_failures
 from pollux.prompts import PromptTemplate
 from pollux.records import JudgeItem
-from pollux.verdicts import Verdict, error_verdict, make_verdict
+from pollux.verdicts import Verdict, make_verdict
 
 log = logging.getLogger(__name__)
 
@@ -138,10 +139,27 @@ def pack_batches(groups: list[Group], batch_size: int, max_batch_tokens: int) ->
 # --------------------------------------------------------------------------------------------
 
 
+def sampling_generator(device: torch.device, sampling: SamplingParams) -> torch.Generator | None:
+    """The seeded generator for a batch, on the device the logits live on: `torch.multinomial`
+    rejects a generator on another device (a CPU generator with CUDA logits fails every item)."""
+    if sampling.greedy:
+        return None
+    return torch.Generator(device=device).manual_seed(sampling.seed)
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Transformers' repetition penalty (`RepetitionPenaltyLogitsProcessor`): the logit of every
+    token already in the row's prompt + generated text is divided by `penalty` when positive and
+    multiplied by it when negative. `seen` is a [rows, vocab] boolean mask of those tokens."""
+    penalised = torch.where(logits < 0, logits * penalty, logits / penalty)
+    return torch.where(seen, penalised, logits)
+
+
 def choose_tokens(logits: torch.Tensor, sampling: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
-    """Greedy argmax, or temperature / top-k / top-p sampling."""
+    """Greedy argmax, or temperature / top-k / top-p sampling (`sampling` resolved)."""
     if sampling.greedy:
         return logits.argmax(dim=-1)
+    assert sampling.temperature is not None and sampling.top_p is not None and sampling.top_k is not None
     logits = logits.float() / sampling.temperature
     if sampling.top_k > 0:
         kth = torch.topk(logits, min(sampling.top_k, logits.shape[-1]), dim=-1).values[..., -1:]
@@ -179,7 +197,7 @@ class TransformersEngine:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: Any,  # a Qwen2-family (or, for the fallback, any) transformers causal LM
         tokenizer: Any,
         *,
         kind: str,
@@ -196,7 +214,8 @@ class TransformersEngine:
         self.kind = kind
         self.name = name
         self.template = template or PromptTemplate()
-        self.sampling = sampling or SamplingParams()
+        # explicit values > the checkpoint's generation_config.json > pollux's defaults
+        self.sampling = (sampling or SamplingParams()).resolve(getattr(model, "generation_config", None))
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
         self.share_prefix = share_prefix
@@ -244,39 +263,21 @@ class TransformersEngine:
     # ---- public ---------------------------------------------------------------------------
 
     def judge_many(self, items: Sequence[JudgeItem], on_verdict: OnVerdict | None = None) -> list[Verdict]:
-        verdicts: list[Verdict | None] = [None] * len(items)
-        done = _Delivery(verdicts, on_verdict)
-        jobs = prepare_jobs(items, tokenizer=self.tokenizer, template=self.template, context=self.context,
-                            max_new_tokens=self.sampling.max_new_tokens, judge=self.name, done=done)
-        groups = make_groups(jobs, self.share_prefix, self.batch_size, self.max_batch_tokens)
-        try:
+        done = Delivery(len(items), on_verdict)
+        with caller_errors_unwrapped():
+            jobs = prepare_jobs(items, tokenizer=self.tokenizer, template=self.template, context=self.context,
+                                max_new_tokens=self.sampling.max_new_tokens, judge=self.name, done=done)
+            groups = make_groups(jobs, self.share_prefix, self.batch_size, self.max_batch_tokens)
             for batch in pack_batches(groups, self.batch_size, self.max_batch_tokens):
-                self._run_batch_safely(batch, done)
-        except _CallbackError as e:
-            raise e.__cause__ from None  # the caller's own error, unchanged
-        assert all(v is not None for v in verdicts)
-        return verdicts  # type: ignore[return-value]
+                # a failed batch (e.g. out of memory) is rerun item by item, without prefix sharing
+                run_isolating_failures([j for g in batch for j in g.jobs], partial(self._run_batch, batch, done),
+                                       partial(self._run_alone, done=done), done, judge=self.name)
+        return done.all()
 
     # ---- running a batch --------------------------------------------------------------------
 
-    def _run_batch_safely(self, batch: list[Group], done: _Delivery) -> None:
-        """Run a batch; if it fails (e.g. out of memory), retry its undelivered jobs one by one so a
-        single bad item never costs the others their verdicts. Errors raised by the caller's
-        `on_verdict` are not engine failures: they propagate at once."""
-        try:
-            self._run_batch(batch, done)
-            return
-        except _CallbackError:
-            raise
-        except Exception as exc:
-            jobs = [j for g in batch for j in g.jobs if not done.delivered(j.index)]
-            if len(jobs) == 1 and len(batch) == 1 and len(batch[0].jobs) == 1:
-                done(jobs[0].index, error_verdict(jobs[0].item, f"engine error: {exc!r}", judge=self.name,
-                                                  prompt_tokens=len(jobs[0].ids)))
-                return
-            log.warning("batch of %d failed (%r); retrying item by item", len(jobs), exc)
-        for j in jobs:
-            self._run_batch_safely([Group([j], len(j.ids) - 1)], done)
+    def _run_alone(self, job: Job, done: Delivery) -> None:
+        self._run_batch([Group([job], len(job.ids) - 1)], done)
 
     @torch.inference_mode()
     def _run_batch(self, batch: list[Group], done) -> None:
@@ -284,10 +285,11 @@ class TransformersEngine:
         if not self.custom_forward:
             return self._run_batch_generate(batch, done)
         started = time.perf_counter()
-        generator = None if self.sampling.greedy else torch.Generator().manual_seed(self.sampling.seed)
+        generator = sampling_generator(self.device, self.sampling)
         prefixes = [self._prefill_prefix(g.prefix) for g in batch]
         rows = [_Row(job=j, group=gi) for gi, g in enumerate(batch) for j in g.jobs]
         cache = _OwnCache(self.model, rows, batch)
+        seen = self._seen_tokens(rows)
         kv_tokens = sum(g.prefix_len for g in batch) + cache.rows * cache.capacity
         self.stats["peak_kv_tokens"] = max(self.stats["peak_kv_tokens"], kv_tokens)
 
@@ -312,7 +314,7 @@ class TransformersEngine:
                     for i, score in zip(reading, scores, strict=True):
                         rows[i].head_score = score
                         rows[i].finishing = False
-            self._choose_next(rows, final, generator)
+            self._choose_next(rows, final, generator, seen)
             for r in rows:
                 if r.finish_reason and not r.finishing:
                     self._finish(r, done, started)
@@ -320,6 +322,8 @@ class TransformersEngine:
             if not keep:
                 return
             if len(keep) < len(rows):
+                if seen is not None:
+                    seen = seen.index_select(0, torch.tensor(keep, device=seen.device))
                 rows, final = cache.compact(rows, keep, final)
             feed = torch.tensor([[r.generated[-1]] for r in rows], device=self.device)
             final = self._forward(feed, rows, batch, prefixes, cache, start=[r.own_len for r in rows])[:, 0]
@@ -327,13 +331,30 @@ class TransformersEngine:
                 r.own_len += 1
             self.stats["decode_steps"] += 1
 
-    def _choose_next(self, rows: list[_Row], final: torch.Tensor, generator) -> None:
+    def _seen_tokens(self, rows: list[_Row]) -> torch.Tensor | None:
+        """For the repetition penalty: a [rows, vocab] mask of the tokens in each row's prompt
+        (generated tokens are added as they come). None when the penalty is off."""
+        if self.sampling.repetition_penalty == 1.0:
+            return None
+        vocab = self.model.lm_head.out_features
+        seen = torch.zeros(len(rows), vocab, dtype=torch.bool, device=self.device)
+        for k, r in enumerate(rows):
+            seen[k, torch.tensor(r.job.ids, device=self.device)] = True
+        return seen
+
+    def _choose_next(self, rows: list[_Row], final: torch.Tensor, generator, seen: torch.Tensor | None) -> None:
         """Pick the next token of every row still generating. A row whose text is now complete
-        is marked `finishing` when its last token must still be fed to read the head."""
+        is marked `finishing` when its last token must still be fed to read the head.
+        Logits are processed in `generate`'s order: repetition penalty, end-of-turn suppression
+        (`min_new_tokens`), then temperature / top-k / top-p."""
         active = [i for i, r in enumerate(rows) if r.finish_reason is None]
         if not active:
             return
         logits = self.model.lm_head(final[active]).float()
+        if seen is not None:
+            assert self.sampling.repetition_penalty is not None
+            index = torch.tensor(active, device=seen.device)
+            logits = apply_repetition_penalty(logits, seen.index_select(0, index), self.sampling.repetition_penalty)
         for k, i in enumerate(active):
             if len(rows[i].generated) < self.sampling.min_new_tokens and self.eos_ids:
                 logits[k, self.eos_ids] = float("-inf")
@@ -341,6 +362,8 @@ class TransformersEngine:
         for i, tok in zip(active, chosen, strict=True):
             r = rows[i]
             r.generated.append(int(tok))
+            if seen is not None:
+                seen[i, int(tok)] = True
             if tok in self.eos_ids:
                 r.finish_reason = "stop"
             elif len(r.generated) >= r.job.max_new:
@@ -376,9 +399,10 @@ class TransformersEngine:
             for li, layer in enumerate(m.layers):
                 # the prefix's hidden states after the last layer are never read: only its K/V
                 q, k, v = _qkv(layer, x, cos, sin, queries=li < last)
-                if kv[li] is not None:
-                    k = torch.cat([kv[li][0], k[0]], dim=1)[None]
-                    v = torch.cat([kv[li][1], v[0]], dim=1)[None]
+                earlier = kv[li]
+                if earlier is not None:
+                    k = torch.cat([earlier[0], k[0]], dim=1)[None]
+                    v = torch.cat([earlier[1], v[0]], dim=1)[None]
                 kv[li] = (k[0], v[0])
                 if li == last:
                     break
@@ -417,19 +441,28 @@ class TransformersEngine:
     # ---- fallback for other architectures ----------------------------------------------------
 
     def _run_batch_generate(self, batch: list[Group], done) -> None:
-        """Batched `generate` for non-Qwen2 generative judges (no prefix sharing, no head)."""
+        """Batched `generate` for non-Qwen2 generative judges (no prefix sharing, no head). Jobs
+        are generated in sub-batches of equal token budget: `generate` takes one `max_new_tokens`
+        per call, and each job's budget is its own (`min(max_new_tokens, context - prompt)`)."""
+        by_budget: dict[int, list[Job]] = {}
+        for j in (j for g in batch for j in g.jobs):
+            by_budget.setdefault(j.max_new, []).append(j)
+        for budget, jobs in by_budget.items():
+            self._generate_jobs(jobs, budget, done)
+
+    def _generate_jobs(self, jobs: list[Job], budget: int, done) -> None:
         started = time.perf_counter()
-        jobs = [j for g in batch for j in g.jobs]
         longest = max(len(j.ids) for j in jobs)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
         ids = torch.tensor([[pad] * (longest - len(j.ids)) + j.ids for j in jobs], device=self.device)
         mask = torch.tensor([[0] * (longest - len(j.ids)) + [1] * len(j.ids) for j in jobs], device=self.device)
         s = self.sampling
         out = self.model.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=min(j.max_new for j in jobs),
-            min_new_tokens=s.min_new_tokens or None, do_sample=not s.greedy,
+            input_ids=ids, attention_mask=mask, max_new_tokens=budget,
+            min_new_tokens=min(s.min_new_tokens, budget) or None, do_sample=not s.greedy,
             temperature=s.temperature if not s.greedy else None, top_p=s.top_p if not s.greedy else None,
-            top_k=s.top_k or None, eos_token_id=self.eos_ids, pad_token_id=pad,
+            top_k=(s.top_k or None) if not s.greedy else None, repetition_penalty=s.repetition_penalty,
+            eos_token_id=self.eos_ids, pad_token_id=pad,
         )
         for j, seq in zip(jobs, out[:, longest:].tolist(), strict=True):
             gen = []
@@ -443,31 +476,6 @@ class TransformersEngine:
             done(j.index, make_verdict(j.item, text, prompt_tokens=len(j.ids), completion_tokens=len(gen),
                                        finish_reason=reason, time_s=time.perf_counter() - started,
                                        judge=self.name))
-
-
-class _CallbackError(Exception):
-    """The caller's `on_verdict` raised (e.g. its database failed): not to be retried."""
-
-
-class _Delivery:
-    """Hands each verdict to its slot and to the caller's `on_verdict`, exactly once per item."""
-
-    def __init__(self, verdicts: list[Verdict | None], on_verdict: OnVerdict | None):
-        self.verdicts = verdicts
-        self.on_verdict = on_verdict
-
-    def delivered(self, index: int) -> bool:
-        return self.verdicts[index] is not None
-
-    def __call__(self, index: int, verdict: Verdict) -> None:
-        if self.delivered(index):
-            return
-        self.verdicts[index] = verdict
-        if self.on_verdict is not None:
-            try:
-                self.on_verdict(index, verdict)
-            except Exception as e:
-                raise _CallbackError() from e
 
 
 # --------------------------------------------------------------------------------------------
@@ -553,7 +561,7 @@ def _merged_attention(q, own_k, own_v, visible, prefix_parts, scale: float) -> t
 class _OwnCache:
     """Preallocated per-row KV buffers for the rows' own tokens (prompt suffix + generated)."""
 
-    def __init__(self, model: nn.Module, rows: list[_Row], batch: list[Group]):
+    def __init__(self, model: Any, rows: list[_Row], batch: list[Group]):
         cfg = model.config
         p = next(model.parameters())
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads

@@ -126,7 +126,7 @@ class OpenAIEngine:
         self.max_retries = max_retries
         self.max_reasks = max_reasks
         self.template = template or PromptTemplate()
-        self.sampling = sampling or SamplingParams()
+        self.sampling = (sampling or SamplingParams()).resolve()  # no checkpoint config here
         self.prompt_style = prompt_style
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max

@@ -40,14 +40,15 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from pollux.engine import OnVerdict, SamplingParams
-from pollux.engine.jobs import Job, prepare_jobs
+from pollux.engine.jobs import Delivery, Job, caller_errors_unwrapped, prepare_jobs, run_isolating_failures
 from pollux.prompts import PromptTemplate
 from pollux.records import JudgeItem
-from pollux.verdicts import Verdict, error_verdict, make_verdict
+from pollux.verdicts import Verdict, make_verdict
 
 log = logging.getLogger(__name__)
 
@@ -103,15 +104,20 @@ def read_head(path: str | Path) -> tuple[Any, Any]:
     return tensors[HEAD_KEYS[0]], tensors[HEAD_KEYS[1]]
 
 
-def _eos_ids(path: Path, tokenizer: Any) -> list[int]:
-    """End-of-turn ids as the in-process engine reads them: generation config + tokenizer."""
+def _generation_config(path: Path) -> Any:
+    """The checkpoint's `generation_config.json` (None when it has none), as transformers reads it."""
     from transformers import GenerationConfig
 
-    ids: set[int] = set()
     try:
-        source = GenerationConfig.from_pretrained(path).eos_token_id
+        return GenerationConfig.from_pretrained(path)
     except OSError:  # no generation_config.json
-        source = None
+        return None
+
+
+def _eos_ids(generation_config: Any, tokenizer: Any) -> list[int]:
+    """End-of-turn ids as the in-process engine reads them: generation config + tokenizer."""
+    ids: set[int] = set()
+    source = getattr(generation_config, "eos_token_id", None)
     for s in (source, tokenizer.eos_token_id):
         if isinstance(s, int):
             ids.add(s)
@@ -188,12 +194,14 @@ class VLLMEngine:
         self.kind = judge_kind(config)
         self.architecture = (config.get("architectures") or ["?"])[0]
         self.template = template or PromptTemplate()
-        self.sampling = sampling or SamplingParams()
+        generation_config = _generation_config(path)
+        # explicit values > the checkpoint's generation_config.json > pollux's defaults, as in-process
+        self.sampling = (sampling or SamplingParams()).resolve(generation_config)
         self.chunk_size = chunk_size
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         if self.tokenizer.chat_template is None:
             raise CheckpointError(f"{path}: the tokenizer has no chat template; POLLUX judges read ChatML")
-        self.eos_ids = _eos_ids(path, self.tokenizer)
+        self.eos_ids = _eos_ids(generation_config, self.tokenizer)
         self.head = read_head(path) if self.kind == "regression" else None
 
         vllm_plugin.register()  # this process; worker processes load it as a vLLM general plugin
@@ -267,38 +275,25 @@ class VLLMEngine:
     # ---- public ---------------------------------------------------------------------------
 
     def judge_many(self, items: Sequence[JudgeItem], on_verdict: OnVerdict | None = None) -> list[Verdict]:
-        verdicts: list[Verdict | None] = [None] * len(items)
-
-        def done(index: int, verdict: Verdict) -> None:
-            verdicts[index] = verdict
-            if on_verdict is not None:
-                on_verdict(index, verdict)
-
-        jobs = prepare_jobs(items, tokenizer=self.tokenizer, template=self.template, context=self.context,
-                            max_new_tokens=self.sampling.max_new_tokens, judge=self.name, done=done)
-        # Chunks bound the work between verdict callbacks (resumable runs store them as they
-        # come) while still giving vLLM's scheduler far more sequences than one batch holds.
-        for a in range(0, len(jobs), self.chunk_size):
-            self._run_chunk_safely(jobs[a : a + self.chunk_size], done)
-        assert all(v is not None for v in verdicts)
-        return verdicts  # type: ignore[return-value]
+        """Verdicts in input order. Delivery is the in-process engine's (`pollux.engine.jobs`):
+        each verdict reaches `on_verdict` exactly once; a chunk vLLM rejects is rerun item by
+        item; an exception from `on_verdict` propagates at once, unretried and unchanged."""
+        done = Delivery(len(items), on_verdict)
+        with caller_errors_unwrapped():
+            jobs = prepare_jobs(items, tokenizer=self.tokenizer, template=self.template, context=self.context,
+                                max_new_tokens=self.sampling.max_new_tokens, judge=self.name, done=done)
+            # Chunks bound the work between verdict callbacks (resumable runs store them as they
+            # come) while still giving vLLM's scheduler far more sequences than one batch holds.
+            for a in range(0, len(jobs), self.chunk_size):
+                chunk = jobs[a : a + self.chunk_size]
+                run_isolating_failures(chunk, partial(self._run_chunk, chunk, done),
+                                       partial(self._run_alone, done=done), done, judge=self.name)
+        return done.all()
 
     # ---- internals --------------------------------------------------------------------------
 
-    def _run_chunk_safely(self, jobs: list[Job], done: OnVerdict) -> None:
-        """Run a chunk; if vLLM rejects it, retry item by item so one bad item never costs the
-        others their verdicts."""
-        try:
-            self._run_chunk(jobs, done)
-            return
-        except Exception as exc:
-            if len(jobs) == 1:
-                i, item, ids = jobs[0].index, jobs[0].item, jobs[0].ids
-                done(i, error_verdict(item, f"engine error: {exc!r}", judge=self.name, prompt_tokens=len(ids)))
-                return
-            log.warning("vLLM chunk of %d failed (%r); retrying item by item", len(jobs), exc)
-        for job in jobs:
-            self._run_chunk_safely([job], done)
+    def _run_alone(self, job: Job, done: Delivery) -> None:
+        self._run_chunk([job], done)
 
     def _sampling_params(self, item: JudgeItem, max_new: int) -> Any:
         import vllm
@@ -307,8 +302,10 @@ class VLLMEngine:
         seed = None
         if not s.greedy:  # per item, so a sample does not depend on what else is in the call
             seed = int(hashlib.sha256(f"{s.seed}:{item.key}".encode()).hexdigest()[:8], 16)
+        assert s.top_k is not None  # resolved in __init__
         return vllm.SamplingParams(
             n=1, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k if s.top_k > 0 else 0,
+            repetition_penalty=s.repetition_penalty,  # same semantics as transformers: prompt + output
             max_tokens=max_new, min_tokens=min(s.min_new_tokens, max_new), stop_token_ids=list(self.eos_ids),
             seed=seed, detokenize=False, skip_special_tokens=True,
         )
@@ -326,11 +323,11 @@ class VLLMEngine:
         reasons = [out.outputs[0].finish_reason for out in outputs]
         scores: list[float | None] = [None] * len(jobs)
         if self.pooler is not None:
-            scores = self._head_scores([j.ids + gen for j, gen in zip(jobs, generated, strict=True)])
+            scores = list(self._head_scores([j.ids + gen for j, gen in zip(jobs, generated, strict=True)]))
         elapsed = time.perf_counter() - started
         for job, gen, reason, score in zip(jobs, generated, reasons, scores, strict=True):
             i, item, ids = job.index, job.item, job.ids
-            text = self.tokenizer.decode(gen, skip_special_tokens=True)
+            text = str(self.tokenizer.decode(gen, skip_special_tokens=True))
             done(i, make_verdict(
                 item, text, head_score=score, prompt_tokens=len(ids), completion_tokens=len(gen),
                 finish_reason=reason, time_s=elapsed, judge=self.name,
