@@ -86,6 +86,14 @@ def test_code_numbers_urls_and_identifiers_are_neither_russian_nor_foreign():
     assert foreign_share(mixed) > 0.05
 
 
+def test_prose_in_a_code_fence_is_still_text():
+    passage = "The quick brown fox jumps over the lazy dog. It was a sunny day in the park."
+    assert foreign_share(f"Переведи текст на русский:\n\n```\n{passage}\n```") > 0.5
+    assert foreign_share(f"Переведи текст на русский:\n\n```text\n{passage}\n```") > 0.5
+    assert foreign_share("Объясни код:\n```\nfor i in range(10):\n    print(i)\n```") == 0.0
+    assert foreign_share('Объясни код:\n```python\nprint("this is the text it prints")\n```') == 0.0
+
+
 def test_latin_terms_inside_russian_are_not_foreign_but_latin_phrases_are():
     assert foreign_share("Сравни Python и Java для первого языка программирования у школьника.") == 0.0
     assert foreign_share("Какие плагины для Visual Studio Code нужны начинающему разработчику?") == 0.0

@@ -77,8 +77,8 @@ class FilterSettings:
 # Language share
 
 # Spans that are code or machine text, removed before tokenising (replaced by a space).
+_FENCE = re.compile(r"(```|~~~)([^\n]*)\n?(.*?)(?:\1|\Z)", re.S)
 _MASKS = [
-    re.compile(r"(```|~~~).*?(\1|\Z)", re.S),                 # fenced code blocks
     re.compile(r"`[^`\n]+`"),                                 # inline code
     re.compile(r"\$\$.+?\$\$|\$[^$\n]+\$|\\\(.+?\\\)|\\\[.+?\\\]", re.S),  # LaTeX math
     re.compile(r"\b(?:https?|ftp)://\S+|\bwww\.\S+", re.I),   # URLs
@@ -153,8 +153,18 @@ class _Analysis:
         return " ".join(word for segment in self.segments for word in segment)
 
 
+def _fence(match: re.Match[str]) -> str:
+    """A fenced block's replacement: a space for code; the text itself for prose in a fence
+    (generators fence passages to translate or summarise, and those are words like any other)."""
+    info, body = match.group(2).strip().lower(), match.group(3)
+    is_prose = info in ("", "text", "txt", "plain", "plaintext", "markdown", "md") and not any(
+        _CODE_LINE.search(line) for line in body.split("\n"))
+    return f"\n{body}\n" if is_prose else " "
+
+
 def _mask(text: str) -> str:
     """`text` without code, math, URLs and e-mails (each replaced by a space)."""
+    text = _FENCE.sub(_fence, text)
     for pattern in _MASKS:
         text = pattern.sub(" ", text)
     if not _CYRILLIC.search(text):
