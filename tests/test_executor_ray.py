@@ -157,6 +157,18 @@ def test_a_row_that_is_not_json_is_named(ray_cluster):
         list(map_batches([{"key": "k0"}, {"key": "k1", "when": object()}], Square(), ExecutorOptions(ray="auto")))
 
 
+def test_an_actor_no_node_can_hold_is_warned_about(ray_cluster, caplog):
+    import ray
+
+    from pollux.executor.ray_data import _warn_if_no_node_fits
+
+    with caplog.at_level("WARNING", logger="pollux.executor.ray_data"):
+        _warn_if_no_node_fits(ray, ExecutorOptions(ray="auto", cpus_per_worker=2))  # the cluster: 2 CPUs
+        assert caplog.records == []
+        _warn_if_no_node_fits(ray, ExecutorOptions(ray="auto", gpus_per_worker=1))  # …and no GPU
+    assert "no node of the Ray cluster has 1.0 CPU(s) and 1 GPU(s)" in caplog.text
+
+
 def _python(code: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
 

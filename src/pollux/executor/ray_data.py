@@ -34,6 +34,8 @@ from pollux.executor import BatchFn, ExecutorError, ExecutorOptions, Row, Worker
 if TYPE_CHECKING:
     import pyarrow as pa
 
+log = logging.getLogger(__name__)
+
 RAY_MISSING = "Ray is not installed; the --ray mode needs the `ray` extra: pip install 'pollux[ray]'"
 CONNECT_TIMEOUT_S = 30.0  # a cluster address that does not answer within this is an error, not a hang
 _COLUMN = "row"
@@ -193,10 +195,25 @@ def map_batches_ray(rows: Iterable[Row], make_worker: WorkerFactory, options: Ex
     """`pollux.executor.map_batches` on a Ray cluster (`options.ray`: "auto" or an address)."""
     assert options.ray is not None
     ray = connect(options.ray)  # at the call, before reading any input: a bad address fails fast
+    _warn_if_no_node_fits(ray, options)
     items = [{_COLUMN: _encode(row)} for row in rows]
     if not items:
         return iter(())
     return _stream(ray, items, make_worker, options)
+
+
+def _warn_if_no_node_fits(ray: Any, options: ExecutorOptions) -> None:
+    """Ray waits, silently, for a node that can hold an actor; say so when none can now (e.g. GPUs
+    asked of a CPU-only cluster). Not an error: an autoscaling cluster adds such nodes on demand."""
+    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+    if any(r.get("CPU", 0) >= options.cpus_per_worker and r.get("GPU", 0) >= options.gpus_per_worker
+           for r in nodes):
+        return
+    log.warning(
+        "no node of the Ray cluster has %s CPU(s) and %s GPU(s) for one worker now; the run waits until one "
+        "joins (an autoscaling cluster adds it; otherwise stop and lower --cpus-per-worker/--gpus-per-worker)",
+        options.cpus_per_worker, options.gpus_per_worker,
+    )
 
 
 def _encode(row: Row) -> str:
