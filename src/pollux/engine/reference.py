@@ -66,10 +66,23 @@ runpy.run_path(script, run_name="__main__")
 """
 
 
+SNIPPET_GENERATE = "model.generate(**model_inputs, max_new_tokens=4096)"  # the card's call
+
+
 def run_model_card_snippet(script: str | Path, model_path: str | Path, *, cwd: str | Path,
-                           timeout: float = 900) -> tuple[str, float]:
+                           timeout: float = 900, max_new_tokens: int | None = None) -> tuple[str, float]:
     """Run the model card's snippet (`examples/model_card_snippet.py`) in a subprocess where pollux
-    cannot be imported; return what it prints: the rationale and the score."""
+    cannot be imported; return what it prints: the rationale and the score.
+
+    `max_new_tokens` runs a copy of the script (in `cwd`) whose `generate` call asks for that many
+    tokens instead of 4096 — nothing else changes — so a quick check need not generate 4096."""
+    if max_new_tokens is not None:
+        source = Path(script).read_text(encoding="utf-8")
+        if source.count(SNIPPET_GENERATE) != 1:
+            raise ValueError(f"{script}: expected {SNIPPET_GENERATE!r} exactly once")
+        script = Path(cwd) / Path(script).name
+        script.write_text(source.replace(SNIPPET_GENERATE, SNIPPET_GENERATE.replace("4096", str(max_new_tokens))),
+                          encoding="utf-8")
     boot = _WITHOUT_POLLUX.format(site=sysconfig.get_paths()["purelib"])
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run([sys.executable, "-S", "-c", boot, str(script), str(model_path)],
