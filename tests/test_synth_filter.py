@@ -98,6 +98,9 @@ def test_latin_terms_inside_russian_are_not_foreign_but_latin_phrases_are():
     assert foreign_share("Сравни Python и Java для первого языка программирования у школьника.") == 0.0
     assert foreign_share("Какие плагины для Visual Studio Code нужны начинающему разработчику?") == 0.0
     assert foreign_share("Как настроить API на FastAPI и задеплоить его в Docker?") == 0.0
+    # Titles and product names keep their function words and are still names.
+    assert foreign_share("Сравни Ruby on Rails и Django для стартапа.") == 0.0
+    assert foreign_share("Напиши обзор сериала Game of Thrones без спойлеров.") == 0.0
     phrase = foreign_share("Переведи на русский: The weather is nice today, so we are going to the park.")
     assert phrase > 0.5
     # No Cyrillic at all: the text is foreign even when it is only "terms".

@@ -19,7 +19,8 @@ math, URLs, e-mails, numbers, punctuation and identifiers (`snake_case`, `camelC
   "Visual Studio Code", "list comprehension"): a Russian reader calls such an instruction Russian.
   They count as foreign only when they form a *phrase*: a run of Latin words (not broken by
   punctuation or Cyrillic) of 2+ words containing a function word ("the", "is", "und", "de", …),
-  of 3+ words with a lowercase word, or of 5+ words. A text with no Cyrillic word at all is
+  of 3+ words with a lowercase word, or of 5+ words — unless the run is a Title Case name of up to
+  6 words ("Ruby on Rails", "The Lord of the Rings"). A text with no Cyrillic word at all is
   entirely foreign. Words of other scripts (Greek, CJK, Arabic, …) are foreign.
 
 **Duplicates.** Texts are normalised (NFKC, casefold, ё → е, punctuation and whitespace folded);
@@ -98,6 +99,7 @@ _LATIN = re.compile(r"[A-Za-z\u00c0-\u024f]")
 _RUSSIAN_LETTERS = set("абвгдеёжзийклмнопрстуфхцчшщъыьэюя")
 _SEGMENT_BREAK = set(".!?;:«»\"“”„()[]{}…")
 _LATIN_RUN_BREAK = _SEGMENT_BREAK | set(",—–")
+_MAX_TITLE_WORDS = 6
 # Function words that turn a run of Latin words into a phrase (en, de, fr, es, it).
 _FUNCTION_WORDS = frozenset({
     # en
@@ -191,8 +193,15 @@ def _word_kind(token: str) -> str | None:
     return "other"
 
 
+def _is_title(words: Sequence[str]) -> bool:
+    """Title Case ("Ruby on Rails", "The Lord of the Rings"): a name, though it has function words."""
+    return words[0][0].isupper() and all(w[0].isupper() or w.casefold() in _FUNCTION_WORDS for w in words)
+
+
 def _is_phrase(words: Sequence[str]) -> bool:
     """A run of Latin words that is language rather than a name or term (see module doc)."""
+    if len(words) <= _MAX_TITLE_WORDS and _is_title(words):
+        return False
     if len(words) >= 5:
         return True
     if len(words) >= 2 and any(w.casefold() in _FUNCTION_WORDS for w in words):
