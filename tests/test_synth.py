@@ -212,3 +212,16 @@ def test_a_stage_without_its_input_says_which_stage_to_run(tmp_path: Path) -> No
     with pytest.raises(SynthError, match="answers: no input — run the 'filter' stage first"):
         run(config, ["answers"])
     assert json.loads(json.dumps(status(config)))["tables"]["answers"] == 0
+
+
+def test_cli_stage_and_status_print_json_on_stdout(tmp_path: Path) -> None:
+    with FakeServer() as server:
+        path = write_config(tmp_path, "", url=server.url)
+        result = CliRunner().invoke(app, ["synth", "instructions", str(path), "--quiet", "--workers", "2",
+                                          "--batch-size", "1"])
+        assert result.exit_code == 0, result.stderr
+        assert json.loads(result.stdout)["instructions"] == {"requested": 3, "new": 3, "already_done": 0, "total": 3}
+        again = CliRunner().invoke(app, ["synth", "instructions", str(path), "--quiet"])
+        assert json.loads(again.stdout)["instructions"]["already_done"] == 3
+    state = CliRunner().invoke(app, ["synth", "status", str(path)])
+    assert state.exit_code == 0 and json.loads(state.stdout)["tables"]["instructions"] == 3

@@ -153,7 +153,11 @@ Backend = HttpBackend | LocalBackend | VllmBackend
 
 
 def make_backend(model: ModelConfig) -> Backend:
-    return {"openai": HttpBackend, "local": LocalBackend, "vllm": VllmBackend}[model.kind](model)
+    if model.kind == "local":
+        return LocalBackend(model)
+    if model.kind == "vllm":
+        return VllmBackend(model)
+    return HttpBackend(model)
 
 
 def check_verdict(text: str, rubrics: str) -> tuple[float | None, str | None]:
