@@ -52,7 +52,7 @@ def test_evaluate_through_an_openai_compatible_server(tmp_path: Path, monkeypatc
         src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
         monkeypatch.setenv("POLLUX_TEST_KEY", "secret-123")
         db = tmp_path / "run.db"
-        args = ["evaluate", str(src), "--judge", "openai:judge-model", "--db", str(db),
+        args = ["evaluate", str(src), "--model", "openai:judge-model", "--db", str(db),  # --model: --judge's alias
                 "--base-url", f"http://127.0.0.1:{server.server_port}/v1", "--api-key-env", "POLLUX_TEST_KEY",
                 "--concurrency", "2", "--temperature", "0.1", "--max-new-tokens", "64", "--prompt-style", "general", "--api-timeout", "5", "--no-progress"]
         result = CliRunner().invoke(app, args)
@@ -72,3 +72,17 @@ def test_evaluate_through_an_openai_compatible_server(tmp_path: Path, monkeypatc
     assert run.config["engine"]["engine"] == "openai" and run.config["engine"]["model"] == "judge-model"
     assert run.config["engine"]["sampling"]["max_new_tokens"] == 64
     assert run.config["engine"]["prompt_style"] == "general"
+
+
+def test_an_option_the_judge_does_not_take_stops_the_run_before_it_starts(tmp_path: Path):
+    """Local-only flags left out never reach an openai: judge (the run above); one given
+    explicitly is a usage error naming it, before any input is read or any database written."""
+    src = tmp_path / "a.jsonl"
+    src.write_text(json.dumps({"instruction": "В", "answer": "О", "criteria_name": "К", "rubrics": R2},
+                              ensure_ascii=False) + "\n", encoding="utf-8")
+    db = tmp_path / "run.db"
+    result = CliRunner().invoke(app, ["evaluate", str(src), "--judge", "openai:judge-model", "--db", str(db),
+                                      "--base-url", "http://127.0.0.1:9/v1", "--dtype", "bfloat16", "--no-progress"])
+    assert result.exit_code == 2
+    assert "option 'dtype' does not apply to openai: judges (it takes: base_url, " in result.stderr
+    assert not db.exists()

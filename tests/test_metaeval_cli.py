@@ -77,3 +77,14 @@ def test_failures_are_clear():
     assert res.exit_code == 2 and "no such file" in res.stderr
     res = invoke("missing.parquet", "--scores", str(REGRESSION))
     assert res.exit_code == 2 and "missing.parquet" in res.stderr
+
+
+def test_judge_options_are_checked_against_each_judge_before_anything_runs(tmp_path: Path):
+    out = tmp_path / "scores.jsonl"
+    res = invoke(str(EXPERTS), "--model", "openai:judge-model", "--base-url", "http://127.0.0.1:9/v1",
+                 "--dtype", "bfloat16", "--save-scores", str(out))
+    assert res.exit_code == 2
+    assert "option 'dtype' does not apply to openai: judges (it takes: base_url, " in res.stderr
+    assert not out.exists()
+    res = invoke(str(EXPERTS), "--judge", "openai:judge-model", "-o", "max_retries")
+    assert res.exit_code == 2 and "-o 'max_retries': expected KEY=VALUE" in res.stderr

@@ -342,3 +342,36 @@ def test_other_400s_are_errors() -> None:
     with ScriptedServer(lambda i, a, b: error(400)) as srv:
         [v] = engine(srv.url).judge_many(items(1))
     assert v.error is not None and "HTTP 400" in v.error and srv.attempts["q0"] == 1
+
+
+def test_serve_an_openai_judge_in_front_of_a_real_upstream(tiny_judge_path, tmp_path) -> None:
+    """Defect 7: `pollux serve --model openai:X --base-url …` crashed with a TypeError (the local
+    engine's batch_size/dtype/device reached the OpenAI engine). Upstream here is a real `pollux
+    serve` of the tiny judge; in front of it `pollux serve --judge openai:tiny`. Both read the
+    model card's template; a /v1/judge through the front gives the upstream's own verdict."""
+    import httpx
+
+    from pollux.server.launch import start_serve, stop
+
+    up_port, front_port = free_port(), free_port()
+    item = {"instruction": "Сколько будет 2+2?", "answer": "4", "criteria_name": "Правильность ответа",
+            "rubrics": RUBRICS}
+    upstream = start_serve(tiny_judge_path, up_port, ["--model-name", "tiny", "--device", "cpu",
+                                                      "--max-new-tokens", "8", "--template", "model-card"],
+                           log_path=tmp_path / "upstream.log")
+    try:
+        front = start_serve("openai:tiny", front_port, ["--base-url", f"http://127.0.0.1:{up_port}/v1",
+                                                        "--template", "model-card", "--concurrency", "2"],
+                            log_path=tmp_path / "front.log")
+        try:
+            direct = httpx.post(f"http://127.0.0.1:{up_port}/v1/judge", json=item, timeout=60).json()
+            via = httpx.post(f"http://127.0.0.1:{front_port}/v1/judge", json=item, timeout=60).json()
+        finally:
+            stop(front)
+    finally:
+        stop(upstream)
+    (want,), (got,) = direct["verdicts"], via["verdicts"]
+    assert want["error"] is None and got["error"] is None, (want, got)
+    assert isinstance(want["head_score"], float)
+    assert got["head_score"] == want["head_score"] and got["raw_text"] == want["raw_text"]
+    assert got["judge"] == "openai:tiny" and via["model"] == "tiny"

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pollux.engine import Engine, OnVerdict, SamplingParams
+from pollux.engine.registry import CommonOptions, get_engine, load_engine
 from pollux.prompts import PromptTemplate
 from pollux.records import JudgeItem
 from pollux.verdicts import Verdict
@@ -32,41 +33,36 @@ class Judge:
         *,
         dtype: str = "auto",
         device: str = "auto",
-        template: PromptTemplate | None = None,
+        template: PromptTemplate | str | None = None,
         sampling: SamplingParams | None = None,
         batch_size: int = 32,
         max_batch_tokens: int = 65_536,
         share_prefix: bool = True,
+        threads: int | None = None,
     ) -> Judge:
-        """Load a judge checkpoint from a local folder into the in-process engine."""
-        from pollux.engine.hf import TransformersEngine
-
-        return cls(
-            TransformersEngine.from_pretrained(
-                path,
-                dtype=dtype,
-                device=device,
-                template=template or PromptTemplate(),
-                sampling=sampling or SamplingParams(),
-                batch_size=batch_size,
-                max_batch_tokens=max_batch_tokens,
-                share_prefix=share_prefix,
-            )
-        )
+        """Load a judge checkpoint from a local folder into the in-process engine (the simple API;
+        `from_spec` is the general one). Options are `pollux.engine.registry.LocalOptions`."""
+        local = get_engine("local")
+        options: dict[str, Any] = {
+            "dtype": dtype, "device": device, "template": template, "batch_size": batch_size,
+            "max_batch_tokens": max_batch_tokens, "share_prefix": share_prefix, "threads": threads,
+        }
+        if sampling is not None:
+            options["sampling"] = sampling
+        return cls(local.load(path, local.validate(options)))
 
     @classmethod
-    def from_spec(cls, spec: str, **options: Any) -> Judge:
-        """`openai:MODEL` (with `base_url=...`) for an OpenAI-compatible server, `vllm:PATH` for
-        the vLLM engine, otherwise a local checkpoint path."""
-        if spec.startswith("openai:"):
-            from pollux.engine.openai_api import OpenAIEngine
-
-            return cls(OpenAIEngine(model=spec.removeprefix("openai:"), **options))
-        if spec.startswith("vllm:"):
-            from pollux.engine.vllm_engine import VLLMEngine
-
-            return cls(VLLMEngine.from_pretrained(spec.removeprefix("vllm:"), **options))
-        return cls.from_pretrained(spec, **options)
+    def from_spec(cls, spec: str, options: Mapping[str, Any] | CommonOptions | None = None, /,
+                  **kwargs: Any) -> Judge:
+        """A judge from a spec — `openai:MODEL`, `vllm:PATH` or a local checkpoint folder — and one
+        options object (a dict, keyword arguments, or the engine's options class; see
+        `pollux.engine.registry`). An option the engine does not take, or a bad value, raises
+        `OptionsError` (a ValueError) naming the option and the engine, before anything loads."""
+        if kwargs:
+            if isinstance(options, CommonOptions):
+                raise TypeError("give options as one object or as keyword arguments, not both")
+            options = {**(options or {}), **kwargs}
+        return cls(load_engine(spec, options))
 
     @property
     def name(self) -> str:

@@ -1,100 +1,102 @@
-"""`pollux judge`: judge one item from options, or a JSONL file of items (one verdict per line)."""
+"""`pollux judge`: judge one item from options, or a file of items (one verdict per line)."""
 
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import typer
 
+from pollux.cli import _options as opt
 from pollux.records import JudgeItem, RecordError
 
+# (line number, item or what is wrong with that line); line 0 is the item given by options.
+Entry = tuple[int, JudgeItem | str]
 
-def _read_jsonl(path: Path) -> list[tuple[int, JudgeItem | str]]:
-    """(line number, item or error message) for every non-blank line; bad lines never stop the rest."""
-    out: list[tuple[int, JudgeItem | str]] = []
-    with path.open("rb") as f:
-        for n, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError as e:
-                out.append((n, f"line {n}: not valid UTF-8 ({e.reason} at byte {e.start})"))
-                continue
-            except json.JSONDecodeError as e:
-                out.append((n, f"line {n}: invalid JSON ({e.msg}, column {e.colno})"))
-                continue
-            if not isinstance(row, dict):
-                out.append((n, f"line {n}: expected a JSON object, got {type(row).__name__}"))
-                continue
-            try:
-                item = JudgeItem.from_dict(row, where=f"line {n}")
-            except RecordError as e:
-                out.append((n, str(e)))
-                continue
-            out.append((n, JudgeItem(**{**item.to_dict(), "meta": {**item.meta, "line": n}})))
-    return out
+
+def read_items(path: Path) -> list[Entry]:
+    """Every row of a JSONL/CSV/Parquet file as an item, or as the message saying why it is not
+    one, in file order: a bad line never stops the others (`pollux.inputs.read_rows`)."""
+    from pollux.inputs import InputError, read_rows
+
+    try:
+        read = read_rows(path)
+    except InputError as e:
+        raise typer.BadParameter(str(e)) from None
+    entries: list[Entry] = [(p.line, str(p)) for p in read.problems]
+    for row in read.rows:
+        try:
+            item = JudgeItem.from_dict(row.data, where=row.where)
+        except RecordError as e:
+            entries.append((row.line, str(e)))
+            continue
+        entries.append((row.line, JudgeItem(**{**item.to_dict(), "meta": {**item.meta, "line": row.line}})))
+    return sorted(entries, key=lambda e: e[0])
 
 
 def judge_command(
-    model: str = typer.Option(..., "--model", "-m", help="Judge checkpoint folder (or openai:MODEL with --base-url)."),
+    judge: opt.JudgeSpec,
     instruction: str | None = typer.Option(None, help="The instruction (task) given to the evaluated LLM."),
     answer: str | None = typer.Option(None, help="The evaluated LLM's answer."),
     reference: str = typer.Option("", help="Reference answer (optional)."),
     criterion: str | None = typer.Option(None, help="Criterion name."),
     rubrics: str | None = typer.Option(None, help="Rubric: one level per paragraph, e.g. '0: …\\n\\n1: …'."),
-    input: Path | None = typer.Option(None, "--input", "-i", help="JSONL of items (POLLUX column names)."),
-    max_new_tokens: int = typer.Option(1024, help="Maximum new tokens per judgement."),
-    min_new_tokens: int = typer.Option(0, help="Suppress end-of-turn until this many tokens were generated."),
-    temperature: float = typer.Option(0.0, help="0 = greedy."),
-    top_p: float = typer.Option(1.0),
-    top_k: int = typer.Option(0),
-    seed: int = typer.Option(0),
-    batch_size: int = typer.Option(32, help="Sequences decoded together."),
-    max_batch_tokens: int = typer.Option(65_536, help="KV positions per batch (memory bound)."),
-    share_prefix: bool = typer.Option(True, help="Encode each answer's shared prompt prefix once."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, …"),
-    dtype: str = typer.Option("auto", help="auto (bf16 on GPUs, fp32 on CPUs), float32, bfloat16, float16."),
-    template: Path | None = typer.Option(None, help="A prompt template file (default: the POLLUX template)."),
-    base_url: str | None = typer.Option(None, help="For openai:MODEL judges: the server's /v1 URL."),
+    input: Path | None = typer.Option(None, "--input", "-i", help="A JSONL, CSV or Parquet file of items "
+                                      "(POLLUX column names)."),
+    template: opt.Template = None,
+    max_new_tokens: opt.MaxNewTokens = None,
+    min_new_tokens: opt.MinNewTokens = None,
+    temperature: opt.Temperature = None,
+    top_p: opt.TopP = None,
+    top_k: opt.TopK = None,
+    repetition_penalty: opt.RepetitionPenalty = None,
+    seed: opt.Seed = None,
+    dtype: opt.DType = None,
+    device: opt.Device = None,
+    batch_size: opt.BatchSize = None,
+    max_batch_tokens: opt.MaxBatchTokens = None,
+    share_prefix: opt.SharePrefix = None,
+    threads: opt.Threads = None,
+    base_url: opt.BaseUrl = None,
+    api_key_env: opt.ApiKeyEnv = None,
+    concurrency: opt.Concurrency = None,
+    prompt_style: opt.PromptStyle = None,
+    api_timeout: opt.ApiTimeout = None,
+    option: opt.Option = None,
 ) -> None:
-    """Judge one item (options) or many (--input FILE.jsonl); prints JSON verdicts to stdout."""
-    from pollux.engine import SamplingParams
+    """Judge one item (options) or many (--input FILE); prints JSON verdicts to stdout, one per
+    line, in input order; a bad line gets {"line": N, "error": …} in its place (exit 1)."""
     from pollux.judge import Judge
-    from pollux.prompts import PromptTemplate
 
     if input is None:
         missing = [n for n, v in (("--instruction", instruction), ("--answer", answer),
                                   ("--criterion", criterion), ("--rubrics", rubrics)) if v is None]
         if missing:
-            raise typer.BadParameter(f"give {', '.join(missing)} (or --input FILE.jsonl)")
+            raise typer.BadParameter(f"give {', '.join(missing)} (or --input FILE)")
+        assert instruction is not None and answer is not None and criterion is not None and rubrics is not None
         try:
-            entries: list[tuple[int, JudgeItem | str]] = [(0, JudgeItem(
-                instruction=instruction, answer=answer, reference_answer=reference,
-                criteria_name=criterion, rubrics=rubrics))]  # type: ignore[arg-type]
+            entries: list[Entry] = [(0, JudgeItem(instruction=instruction, answer=answer, reference_answer=reference,
+                                                  criteria_name=criterion, rubrics=rubrics))]
         except RecordError as e:
             raise typer.BadParameter(str(e)) from None
     else:
-        if not input.is_file():
-            raise typer.BadParameter(f"{input}: no such file")
-        entries = _read_jsonl(input)
+        entries = read_items(input)
 
-    sampling = SamplingParams(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
-                              temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
-    tmpl = PromptTemplate(text=template.read_text(encoding="utf-8")) if template else PromptTemplate()
-    options: dict[str, Any] = {"template": tmpl, "sampling": sampling}
-    if model.startswith("openai:"):
-        options["base_url"] = base_url
-    else:
-        options.update(dtype=dtype, device=device, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
-                       share_prefix=share_prefix)
-    judge = Judge.from_spec(model, **options)
+    options = opt.check_options(judge, opt.engine_options(
+        option=option, template=template, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+        temperature=temperature, top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, seed=seed,
+        dtype=dtype, device=device, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+        share_prefix=share_prefix, threads=threads, base_url=base_url, api_key_env=api_key_env,
+        concurrency=concurrency, prompt_style=prompt_style, timeout=api_timeout))
+    try:
+        loaded = Judge.from_spec(judge, options)
+    except (OSError, ValueError, RuntimeError) as e:  # a missing checkpoint, no vLLM, a missing API key
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
 
     items = [e for _, e in entries if isinstance(e, JudgeItem)]
-    verdicts = iter(judge.judge_many(items))
+    verdicts = iter(loaded.judge_many(items))
     failed = 0
     for line, entry in entries:
         if isinstance(entry, str):

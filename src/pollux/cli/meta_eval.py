@@ -20,6 +20,8 @@ from typing import Any
 
 import typer
 
+from pollux.cli import _options as opt
+
 DB_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 
 
@@ -32,8 +34,8 @@ def meta_eval(
     expert_file: Path = typer.Argument(..., help="Expert data in POLLUX format (parquet, JSONL, JSON or CSV)."),
     scores: list[Path] = typer.Option([], "--scores", help="Judge scores: a JSONL of scores or a pollux run "
                                       "database (.db). Repeat for several judges."),
-    judge: list[str] = typer.Option([], "--judge", help="Run this judge on the expert data: a checkpoint path, "
-                                    "vllm:PATH or openai:MODEL. Repeatable."),
+    judge: list[str] = typer.Option([], "--judge", "--model", "-m", help="Run this judge on the expert data: a "
+                                    "checkpoint folder, vllm:PATH or openai:MODEL. Repeatable."),
     judge_name: list[str] = typer.Option([], "--judge-name", help="Name of each judge source, in order: all "
                                          "--scores, then all --judge."),
     score: str = typer.Option("auto", "--score", help="Which score a judge contributes: auto (head, else text), "
@@ -56,10 +58,27 @@ def meta_eval(
     kendall_ci: bool = typer.Option(False, "--kendall-ci", help="Also bootstrap Kendall's tau (slow)."),
     save_scores: Path | None = typer.Option(None, "--save-scores", help="Save the scores of --judge runs as "
                                             "JSONL (reusable with --scores)."),
-    max_new_tokens: int = typer.Option(1024, "--max-new-tokens", min=1, help="For --judge runs."),
-    device: str = typer.Option("auto", "--device", help="For local --judge checkpoints."),
-    dtype: str = typer.Option("auto", "--dtype", help="For local --judge checkpoints."),
-    batch_size: int = typer.Option(32, "--batch-size", min=1, help="For local --judge checkpoints."),
+    template: opt.Template = None,
+    max_new_tokens: opt.MaxNewTokens = None,
+    min_new_tokens: opt.MinNewTokens = None,
+    temperature: opt.Temperature = None,
+    top_p: opt.TopP = None,
+    top_k: opt.TopK = None,
+    repetition_penalty: opt.RepetitionPenalty = None,
+    seed_sampling: int | None = typer.Option(None, "--sampling-seed", help="The judges' sampling seed "
+                                             "(--seed is the bootstrap's)."),
+    dtype: opt.DType = None,
+    device: opt.Device = None,
+    batch_size: opt.BatchSize = None,
+    max_batch_tokens: opt.MaxBatchTokens = None,
+    share_prefix: opt.SharePrefix = None,
+    threads: opt.Threads = None,
+    base_url: opt.BaseUrl = None,
+    api_key_env: opt.ApiKeyEnv = None,
+    concurrency: opt.Concurrency = None,
+    prompt_style: opt.PromptStyle = None,
+    api_timeout: opt.ApiTimeout = None,
+    option: opt.Option = None,
 ) -> None:
     """Judges against expert scores: Spearman, MAE, Verdict Confidence (and more) per evaluated LLM and
     their average, with bootstrap confidence intervals, in the model card's table shape."""
@@ -85,6 +104,17 @@ def meta_eval(
     if judge_name and len(judge_name) != len(scores) + len(judge):
         _fail(f"{len(judge_name)} --judge-name for {len(scores) + len(judge)} judge sources")
     names: list[str | None] = list(judge_name) or [None] * (len(scores) + len(judge))
+    try:
+        given = opt.engine_options(
+            option=option, template=template, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+            temperature=temperature, top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty,
+            seed=seed_sampling, dtype=dtype, device=device, batch_size=batch_size,
+            max_batch_tokens=max_batch_tokens, share_prefix=share_prefix, threads=threads, base_url=base_url,
+            api_key_env=api_key_env, concurrency=concurrency, prompt_style=prompt_style, timeout=api_timeout)
+    except ValueError as e:
+        _fail(e)
+    # Every judge gets the same options, each checked against its own engine before anything runs.
+    judge_options = [opt.check_options(spec, given) for spec in judge]
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MetaEvalWarning)
@@ -97,9 +127,8 @@ def meta_eval(
                 is_db = path.suffix.lower() in DB_SUFFIXES
                 frames.append(scores_from_db(path, judge=name) if is_db else read_score_jsonl(path, judge=name))
             ran = []
-            for spec, name in zip(judge, names[len(scores):], strict=True):
-                ran.append(_run_judge(spec, name, experts, max_new_tokens, device, dtype, batch_size,
-                                      scores_from_judge))
+            for spec, options, name in zip(judge, judge_options, names[len(scores):], strict=True):
+                ran.append(_run_judge(spec, options, name, experts, scores_from_judge))
             if save_scores is not None and ran:
                 import pandas as pd
 
@@ -126,17 +155,12 @@ def _echo_warnings(caught: list[warnings.WarningMessage]) -> None:
     caught.clear()
 
 
-def _run_judge(spec: str, name: str | None, experts: Any, max_new_tokens: int, device: str, dtype: str,
-               batch_size: int, scores_from_judge: Callable[..., Any]) -> Any:
+def _run_judge(spec: str, options: Any, name: str | None, experts: Any,
+               scores_from_judge: Callable[..., Any]) -> Any:
     """Load (or connect to) a judge and score every distinct judgement of the expert data."""
-    from pollux.engine import SamplingParams
     from pollux.judge import Judge
 
-    if spec.startswith(("openai:", "vllm:")):  # their engines take their own options
-        judge = Judge.from_spec(spec)
-    else:
-        judge = Judge.from_spec(spec, dtype=dtype, device=device, batch_size=batch_size,
-                                sampling=SamplingParams(max_new_tokens=max_new_tokens))
+    judge = Judge.from_spec(spec, options)
     typer.echo(f"running judge {name or judge.name} on {experts.frame['key'].nunique():,} judgements", err=True)
 
     def progress(done: int, total: int) -> None:

@@ -7,51 +7,69 @@ import sys
 
 import typer
 
+from pollux.cli import _options as opt
+
 
 def register(app: typer.Typer) -> None:
     app.command("serve")(serve)
 
 
 def serve(
-    model: str = typer.Option(..., "--model", help="Judge checkpoint folder (or a Judge.from_spec spec)."),
+    model: opt.JudgeSpec,
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; loopback unless you mean it."),
     port: int = typer.Option(8000, "--port", help="TCP port."),
     model_name: str | None = typer.Option(None, "--model-name",
                                           help="Name clients use as 'model' (default: the folder name)."),
     api_key: str | None = typer.Option(None, "--api-key",
                                        help="Require 'Authorization: Bearer KEY' (default: $POLLUX_API_KEY)."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Most items per engine call."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1,
+                                   help="Most items per engine call (also a local judge's batch size)."),
     max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="How long a batch waits to fill up."),
     max_queue: int = typer.Option(1024, "--max-queue", help="Most queued items; beyond → 429 + Retry-After."),
     max_body_bytes: int = typer.Option(8 * 1024 * 1024, "--max-body-bytes", help="Request body limit (413)."),
     max_items: int = typer.Option(256, "--max-items", help="Most items in one /v1/judge request (413)."),
-    max_new_tokens: int = typer.Option(1024, "--max-new-tokens", help="Judge's generation budget."),
-    temperature: float = typer.Option(0.0, "--temperature", help="Sampling temperature (0 = greedy)."),
-    dtype: str = typer.Option("auto", "--dtype", help="Weights dtype: auto, bfloat16, float16, float32."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, …"),
     graceful_timeout: float = typer.Option(30.0, "--graceful-timeout",
                                            help="Seconds SIGTERM waits for in-flight requests."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
+    template: opt.Template = None,
+    max_new_tokens: opt.MaxNewTokens = None,
+    min_new_tokens: opt.MinNewTokens = None,
+    temperature: opt.Temperature = None,
+    top_p: opt.TopP = None,
+    top_k: opt.TopK = None,
+    repetition_penalty: opt.RepetitionPenalty = None,
+    seed: opt.Seed = None,
+    dtype: opt.DType = None,
+    device: opt.Device = None,
+    max_batch_tokens: opt.MaxBatchTokens = None,
+    share_prefix: opt.SharePrefix = None,
+    threads: opt.Threads = None,
+    base_url: opt.BaseUrl = None,
+    api_key_env: opt.ApiKeyEnv = None,
+    concurrency: opt.Concurrency = None,
+    prompt_style: opt.PromptStyle = None,
+    api_timeout: opt.ApiTimeout = None,
+    option: opt.Option = None,
 ) -> None:
     """Serve a judge: POST /v1/judge, OpenAI-compatible /v1/chat/completions and /v1/models,
-    GET /healthz and Prometheus /metrics."""
+    GET /healthz and Prometheus /metrics. `--judge openai:MODEL --base-url URL` serves a judge
+    that is itself behind an OpenAI-compatible server (a proxy that speaks /v1/judge)."""
     from pollux.checkpoint import CheckpointError
-    from pollux.engine import SamplingParams
     from pollux.server.run import serve as run_server
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        sampling = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature)
-    except ValueError as e:
-        typer.echo(f"pollux serve: {e}", err=True)
-        raise typer.Exit(2) from None
+    options = opt.check_options(model, opt.engine_options(
+        option=option, template=template, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+        temperature=temperature, top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, seed=seed,
+        dtype=dtype, device=device, max_batch_tokens=max_batch_tokens, share_prefix=share_prefix,
+        threads=threads, base_url=base_url, api_key_env=api_key_env, concurrency=concurrency,
+        prompt_style=prompt_style, timeout=api_timeout), defaults={"batch_size": batch_size})
     try:
         run_server(
             model, host=host, port=port, model_name=model_name, api_key=api_key, batch_size=batch_size,
             max_wait_ms=max_wait_ms, max_queue=max_queue, max_body_bytes=max_body_bytes, max_items=max_items,
-            graceful_timeout=graceful_timeout, log_level=log_level,
-            judge_options={"sampling": sampling, "dtype": dtype, "device": device},
+            graceful_timeout=graceful_timeout, log_level=log_level, judge_options=options,
         )
-    except (CheckpointError, OSError, ValueError, ImportError) as e:  # a bad checkpoint or option: say so, no traceback
+    except (CheckpointError, OSError, ValueError, ImportError, RuntimeError) as e:  # a bad checkpoint or option: no traceback
         typer.echo(f"pollux serve: {type(e).__name__}: {e}", err=True)
         raise typer.Exit(2) from None

@@ -126,10 +126,19 @@ def scores_from_judge(
     judge: Any,
     experts: ExpertData,
     *,
+    options: Any = None,
     name: str | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> pd.DataFrame:
-    """Run `judge` (a `pollux.judge.Judge`) once per distinct judgement of the expert data."""
+    """Run `judge` once per distinct judgement of the expert data. `judge` is a loaded
+    `pollux.judge.Judge`, or a spec (`openai:MODEL`, `vllm:PATH`, a checkpoint folder) loaded here
+    with `options` through the engine registry (`Judge.from_spec`)."""
+    if isinstance(judge, str):
+        from pollux.judge import Judge
+
+        judge = Judge.from_spec(judge, options)
+    elif options is not None:
+        raise ValueError("options apply to a judge spec, not to a loaded judge")
     first = experts.frame.drop_duplicates("key")
     items = experts.items(first.index.tolist())
     total = len(items)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pollux.engine.registry import CommonOptions, validate_options
 from pollux.server.app import ServerConfig, create_app
 
 API_KEY_ENV = "POLLUX_API_KEY"
@@ -38,13 +40,17 @@ def serve(
     max_items: int = 256,
     graceful_timeout: float = 30.0,
     log_level: str = "info",
-    judge_options: dict[str, Any] | None = None,
+    judge_options: Mapping[str, Any] | CommonOptions | None = None,
 ) -> None:
+    """Serve the judge `model` (any spec: a checkpoint folder, `vllm:PATH`, `openai:MODEL`) with
+    `judge_options` (validated by the engine registry). Engines that batch get the server's
+    `batch_size` as their batch size unless the options set one."""
     import uvicorn
 
     from pollux.judge import Judge
 
-    judge = Judge.from_spec(model, batch_size=batch_size, **(judge_options or {}))
+    options = validate_options(model, judge_options, defaults={"batch_size": batch_size})
+    judge = Judge.from_spec(model, options)
     config = ServerConfig(
         model_name=model_name or Path(model.split(":", 1)[-1]).name or model,
         api_key=resolve_api_key(api_key),
@@ -53,11 +59,12 @@ def serve(
         max_queue=max_queue,
         max_body_bytes=max_body_bytes,
         max_items=max_items,
+        template=options.template,  # chat requests are parsed with the template the judge renders
     )
     app = create_app(judge, config)
     server = uvicorn.Server(uvicorn.Config(
         app, host=host, port=port, log_level=log_level, access_log=False,
-        timeout_graceful_shutdown=graceful_timeout, lifespan="on",
+        timeout_graceful_shutdown=graceful_timeout,  # type: ignore[arg-type]  # seconds, a float is fine lifespan="on",
     ))
     log.warning("serving %s as %r on http://%s:%d (key %s)", model, config.model_name, host, port,
                 "required" if config.api_key else "not required")

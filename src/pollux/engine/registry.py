@@ -1,0 +1,296 @@
+"""The engine registry: which engine a judge spec names, which options it takes, how it loads.
+
+A judge spec names a *transport*: `openai:MODEL` (any OpenAI-compatible server), `vllm:PATH`
+(vLLM), or a local checkpoint folder (the in-process transformers engine). The *judge type* —
+regression (`-r`: the score comes from the head) or generative (`[RESULT] n [END]`) — is not part
+of the spec: the checkpoint decides it when it is loaded (`pollux.checkpoint.judge_kind`), on any
+transport.
+
+Each engine registers an `EngineEntry`: its prefix, its typed options class and its loader. The
+options shared by every engine — the prompt template and the sampling settings — are declared once
+in `CommonOptions`; each engine's class adds its own fields. `load_engine(spec, options)` resolves
+the entry from the spec, validates ONE options object against its class, and loads. So an option
+an engine does not take is a clear error naming the option and the engine (`option 'dtype' does
+not apply to openai: judges (it takes: …)`), raised before anything loads — never a TypeError deep
+in a constructor — and command-line verbs pass what the user set without knowing which engine
+takes what. This is simonw/llm's pattern: each backend declares its own `Options`.
+
+Sampling options are the fields of `pollux.engine.SamplingParams`, taken flat (`max_new_tokens=…`,
+`temperature=…`) or as one `sampling=SamplingParams(…)` object (flat ones override its fields).
+They are read from the dataclass itself, so a field added there is an option of every engine.
+
+Adding an engine (e.g. `ray:`) is one `register_engine(EngineEntry(...))` call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pollux.engine import Engine, SamplingParams
+from pollux.prompts import PromptTemplate, load_template
+
+SAMPLING_FIELDS = tuple(f.name for f in dataclasses.fields(SamplingParams))
+
+DType = Literal["auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"]
+
+
+class OptionsError(ValueError):
+    """An option the engine does not take, or a value it cannot use."""
+
+
+class CommonOptions(BaseModel):
+    """Options every engine takes: the prompt template and how the judge decodes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    template: PromptTemplate = Field(
+        default_factory=PromptTemplate,
+        description="Prompt template: a name (default, model-card), a UTF-8 file, or a PromptTemplate.")
+    sampling: SamplingParams = Field(
+        default_factory=SamplingParams,
+        description="Decoding settings; also accepted flat (max_new_tokens=…, temperature=…, …).")
+
+    @field_validator("template", mode="before")
+    @classmethod
+    def _template(cls, value: Any) -> Any:
+        return load_template(value) if value is None or isinstance(value, str) else value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_sampling(cls, data: Any) -> Any:
+        """Flat sampling options (`temperature=0.3`) go into `sampling`, over any object given."""
+        if not isinstance(data, Mapping):
+            return data
+        flat = {k: data[k] for k in SAMPLING_FIELDS if k in data}
+        if not flat:
+            return data
+        base = data.get("sampling")
+        fields = dataclasses.asdict(base) if isinstance(base, SamplingParams) else dict(base or {})
+        rest = {k: v for k, v in data.items() if k not in flat}
+        return {**rest, "sampling": {**fields, **flat}}
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        """Every option this class takes, as a user spells it: the engine's own first, then the
+        common ones (sampling fields flat, and `sampling` as one object)."""
+        own = [name for name in cls.model_fields if name not in CommonOptions.model_fields]
+        return [*own, "template", *SAMPLING_FIELDS, "sampling"]
+
+
+class LocalOptions(CommonOptions):
+    """The in-process transformers engine (a local checkpoint folder)."""
+
+    dtype: DType = Field("auto", description="Weights dtype; auto: bf16 on GPUs that run it well, fp32 on CPUs.")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1, …")
+    batch_size: int = Field(32, ge=1, description="Sequences decoded together.")
+    max_batch_tokens: int = Field(65_536, ge=1, description="KV positions per batch (bounds memory).")
+    share_prefix: bool = Field(True, description="Encode each answer's shared prompt prefix once.")
+    threads: int | None = Field(
+        None, ge=1, description="CPU threads for torch (torch.set_num_threads, process-wide); unset: left as "
+        "they are (the CLI verbs pass `default_threads()`).")
+
+
+class VLLMOptions(CommonOptions):
+    """The vLLM engine (`vllm:PATH`)."""
+
+    dtype: DType | Literal["half"] = Field("auto", description="Weights dtype.")
+    device: str = Field("auto", description="Must be the device vLLM runs on; auto accepts it.")
+    batch_size: int | None = Field(None, ge=1, description="vLLM's max_num_seqs (default 256).")
+    share_prefix: bool = Field(True, description="vLLM's automatic prefix caching.")
+    max_model_len: int | None = Field(None, ge=1, description="Context length (default: the checkpoint's).")
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="Device memory share for both passes.")
+    pooler_memory_share: float = Field(0.3, gt=0, lt=1, description="Share of it for the head (pooling) pass.")
+    chunk_size: int = Field(1024, ge=1, description="Items per vLLM call.")
+    llm_options: dict[str, Any] = Field(default_factory=dict, description="Passed on to vllm.LLM as is.")
+
+
+class OpenAIOptions(CommonOptions):
+    """An OpenAI-compatible chat-completions server (`openai:MODEL`). Unset options come from the
+    environment (`POLLUX_API_*`, `OPENAI_BASE_URL`, `OPENAI_API_KEY`), see `pollux.engine.openai_api`."""
+
+    base_url: str | None = Field(None, description="The server's …/v1 URL (default: $OPENAI_BASE_URL, else OpenAI's).")
+    api_key: str | None = Field(None, repr=False, description="The key itself (prefer api_key_env).")
+    api_key_env: str | None = Field(None, description="Environment variable holding the key (default OPENAI_API_KEY).")
+    concurrency: int | None = Field(None, ge=1, description="Requests in flight (default 8).")
+    timeout: float | None = Field(None, gt=0, description="Seconds per request, all retries aside (default 60).")
+    max_retries: int | None = Field(None, ge=0, description="Retries of a failed request (default 6).")
+    max_reasks: int | None = Field(None, ge=0, description="Re-asks when a reply has no score (default 1).")
+    prompt_style: Literal["pollux", "general"] | None = Field(
+        None, description="pollux: a POLLUX judge; general: asks a general LLM for [FEEDBACK] … [RESULT] n [END].")
+    backoff_base: float = Field(0.5, gt=0, description="First retry's backoff cap, seconds (doubles each retry).")
+    backoff_max: float = Field(30.0, gt=0, description="Longest backoff, seconds.")
+    retry_after_max: float = Field(120.0, ge=0, description="Longest Retry-After honoured, seconds.")
+
+
+Loader = Callable[[str, Any], Engine]
+
+
+@dataclass(frozen=True)
+class EngineEntry:
+    """One engine: `prefix` selects it from a spec (None: the fallback for local folders)."""
+
+    name: str
+    prefix: str | None
+    options: type[CommonOptions]
+    loader: Loader
+    summary: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.prefix} judges" if self.prefix else "local checkpoint judges"
+
+    def validate(self, options: Mapping[str, Any] | CommonOptions | None = None, *,
+                 defaults: Mapping[str, Any] | None = None) -> CommonOptions:
+        """`options` (what the user set: each must apply) over `defaults` (what a caller prefers
+        where this engine takes it, silently dropped where not) → this engine's options object."""
+        if isinstance(options, CommonOptions):
+            if type(options) is not self.options:
+                raise OptionsError(f"{type(options).__name__} are not options of {self.label}")
+            if not defaults:
+                return options
+            options = options.model_dump(exclude_unset=True)
+        given = dict(options or {})
+        takes = self.options.option_names()
+        for name in given:
+            if name not in takes:
+                raise OptionsError(self._not_taken(name, takes))
+        merged = {**{k: v for k, v in (defaults or {}).items() if k in takes}, **given}
+        try:
+            return self.options.model_validate(merged)
+        except ValidationError as e:
+            raise OptionsError(self._explain(e)) from None
+
+    def load(self, target: str, options: CommonOptions) -> Engine:
+        return self.loader(target, options)
+
+    def _not_taken(self, name: str, takes: list[str]) -> str:
+        elsewhere = any(name in e.options.option_names() for e in _ENGINES.values() if e is not self)
+        what = f"option {name!r} does not apply to" if elsewhere else f"unknown option {name!r} for"
+        close = difflib.get_close_matches(name, takes, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close and not elsewhere else ""
+        return f"{what} {self.label} (it takes: {', '.join(takes)}){hint}"
+
+    def _explain(self, error: ValidationError) -> str:
+        problems = []
+        for err in error.errors():
+            loc = [str(part) for part in err["loc"]]
+            message = str(err["msg"]).removeprefix("Value error, ")
+            if loc == ["sampling"] and err["type"] == "value_error":  # SamplingParams' own check
+                problems.append(f"sampling options of {self.label}: {message}")
+                continue
+            name = loc[1] if loc[:1] == ["sampling"] and len(loc) > 1 else (loc[0] if loc else "?")
+            shown = "" if err["type"] == "value_error" else f" (got {err['input']!r})"
+            problems.append(f"option {name!r} of {self.label}: {message}{shown}")
+        return "; ".join(problems)
+
+
+_ENGINES: dict[str, EngineEntry] = {}
+
+
+def register_engine(entry: EngineEntry) -> None:
+    """Add (or replace) an engine; prefixed engines are tried before the local fallback."""
+    _ENGINES[entry.name] = entry
+
+
+def engines() -> list[EngineEntry]:
+    return list(_ENGINES.values())
+
+
+def get_engine(name: str) -> EngineEntry:
+    return _ENGINES[name]
+
+
+_PREFIX = re.compile(r"^([A-Za-z][\w.-]+):")  # two letters at least: `C:\…` stays a path
+
+
+def resolve(spec: str) -> tuple[EngineEntry, str]:
+    """The engine a spec names, and what follows its prefix (a model name or a folder)."""
+    for entry in _ENGINES.values():
+        if entry.prefix and spec.startswith(entry.prefix):
+            return entry, spec.removeprefix(entry.prefix)
+    match = _PREFIX.match(spec)
+    if match and not Path(spec).exists():
+        known = ", ".join(e.prefix for e in _ENGINES.values() if e.prefix)
+        raise OptionsError(f"unknown engine {match.group(1) + ':'!r} in {spec!r} (known: {known}, "
+                           "or a local checkpoint folder)")
+    return _ENGINES["local"], spec
+
+
+def validate_options(spec: str, options: Mapping[str, Any] | CommonOptions | None = None, *,
+                     defaults: Mapping[str, Any] | None = None) -> CommonOptions:
+    """Check `options` against the engine `spec` names, without loading anything."""
+    return resolve(spec)[0].validate(options, defaults=defaults)
+
+
+def load_engine(spec: str, options: Mapping[str, Any] | CommonOptions | None = None, *,
+                defaults: Mapping[str, Any] | None = None) -> Engine:
+    """Resolve `spec`, validate `options` against its engine, and load it."""
+    entry, target = resolve(spec)
+    return entry.load(target, entry.validate(options, defaults=defaults))
+
+
+# -- the built-in engines ----------------------------------------------------------------------
+
+
+def default_threads() -> int:
+    """Torch CPU threads for an in-process judge whose `threads` the user did not set:
+    `$OMP_NUM_THREADS` when set, else every core this process may use but one (at least 1).
+
+    Why not all cores (torch's own default): torch's OpenMP threads spin-wait for each other at
+    every operation, so when another process holds one core, a judge using all of them waits on
+    the descheduled thread over and over. On a shared 2-core machine `pollux evaluate` on the tiny
+    test judge ran 3.7x slower with 2 threads than with 1 (docs/evaluate.md has the figures).
+    Leaving one core free costs little on a large machine and keeps a busy small one usable; the
+    spare core also runs tokenisation, the HTTP server or the SQLite writer beside the model.
+    """
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores - 1)
+
+
+def _load_local(path: str, o: LocalOptions) -> Engine:
+    import torch
+
+    from pollux.engine.hf import TransformersEngine
+
+    if o.threads is not None:  # process-wide; verbs pass `default_threads()` unless told otherwise
+        torch.set_num_threads(o.threads)
+    return TransformersEngine.from_pretrained(
+        path, dtype=o.dtype, device=o.device, template=o.template, sampling=o.sampling,
+        batch_size=o.batch_size, max_batch_tokens=o.max_batch_tokens, share_prefix=o.share_prefix)
+
+
+def _load_vllm(path: str, o: VLLMOptions) -> Engine:
+    from pollux.engine.vllm_engine import VLLMEngine
+
+    return VLLMEngine.from_pretrained(
+        path, device=o.device, batch_size=o.batch_size, share_prefix=o.share_prefix, template=o.template,
+        sampling=o.sampling, dtype=o.dtype, max_model_len=o.max_model_len,
+        gpu_memory_utilization=o.gpu_memory_utilization, pooler_memory_share=o.pooler_memory_share,
+        chunk_size=o.chunk_size, **o.llm_options)
+
+
+def _load_openai(model: str, o: OpenAIOptions) -> Engine:
+    from pollux.engine.openai_api import OpenAIEngine
+
+    # Unset (None) options are left to the engine, which reads them from the environment.
+    own = {k: v for k, v in o.model_dump(exclude={"template", "sampling"}).items() if v is not None}
+    return OpenAIEngine(model, template=o.template, sampling=o.sampling, **own)
+
+
+register_engine(EngineEntry("local", None, LocalOptions, _load_local,
+                            "a local checkpoint folder, judged in-process (transformers)"))
+register_engine(EngineEntry("vllm", "vllm:", VLLMOptions, _load_vllm, "a local checkpoint folder on vLLM"))
+register_engine(EngineEntry("openai", "openai:", OpenAIOptions, _load_openai,
+                            "a model behind an OpenAI-compatible chat-completions server"))
