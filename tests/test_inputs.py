@@ -108,3 +108,45 @@ def test_unreadable_files_raise(tmp_path: Path):
     other.write_text("x")
     with pytest.raises(InputError, match="unknown input format"):
         read_rows(other)
+
+
+def test_one_policy_bom_crlf_bad_bytes_surrogates_nul(tmp_path: Path):
+    """Every reader of pollux goes through read_rows: a BOM and CRLF are read away, bad bytes and
+    unusable text (a lone surrogate or a NUL anywhere in the row: keys and nested values too) fail
+    their own line, named `file:line: field …`."""
+    lines = [
+        '{"instruction": "и", "answer": "о"}',
+        '{"instruction": "и", "answer": "\\ud800"}',
+        '{"instruction": "и", "answer": "о", "meta": {"note": ["ok", "a\\u0000b"]}}',
+        '{"instruction": "и", "answer": "о", "k\\udfff": 1}',
+        '{"instruction": "и", "answer": "о", "extra": "\\\\u0000 is only text here"}',
+    ]
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode() + b"\r\n\xff\xfe\r\n")
+    result = read_rows(path)
+    assert [r.line for r in result.rows] == [1, 5]
+    assert result.rows[0].data == {"instruction": "и", "answer": "о"}
+    assert [str(p) for p in result.problems] == [
+        "a.jsonl:2: field 'answer': invalid text: a lone surrogate U+D800 at character 1 (not valid Unicode)",
+        "a.jsonl:3: field 'meta.note[1]': invalid text: a NUL character at character 2",
+        "a.jsonl:4: a key: invalid text: a lone surrogate U+DFFF at character 2 (not valid Unicode)",
+        "a.jsonl:6: not valid UTF-8 (byte 0xff at column 1)",
+    ]
+    csv_path = tmp_path / "a.csv"
+    csv_path.write_bytes(b"\xef\xbb\xbfinstruction,answer\r\n\xd0\xb8,\xd0\xbe\r\n")
+    (row,) = read_rows(csv_path).rows
+    assert row.data == {"instruction": "и", "answer": "о"} and row.line == 2
+
+
+def test_a_json_array_file_is_numbered_by_element(tmp_path: Path):
+    path = tmp_path / "a.json"
+    path.write_text('\ufeff[{"instruction": "и", "answer": "о"}, 3, {"instruction": "\\ud800"}]', encoding="utf-8")
+    result = read_rows(path)
+    assert [r.line for r in result.rows] == [1]
+    assert [str(p) for p in result.problems] == [
+        "a.json:2: expected a JSON object, got int",
+        "a.json:3: field 'instruction': invalid text: a lone surrogate U+D800 at character 1 (not valid Unicode)",
+    ]
+    path.write_text('[{"instruction": "и"', encoding="utf-8")
+    with pytest.raises(InputError, match=r"a\.json: broken JSON"):
+        read_rows(path)

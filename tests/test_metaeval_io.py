@@ -75,14 +75,65 @@ def test_a_bad_row_is_skipped_with_its_number_and_the_others_kept(tmp_path: Path
     with pytest.warns(MetaEvalWarning) as caught:
         e = load_experts(write_jsonl(tmp_path / "e.jsonl", rows))
     messages = " | ".join(str(w.message) for w in caught)
-    assert "row 4" in messages and "rubrics" in messages
-    assert "row 6" in messages and "criteria_score" in messages
+    assert "e.jsonl:4: field 'rubrics' is empty" in messages
+    assert "e.jsonl:6: 'criteria_score' is not a number" in messages
     assert len(e.frame) == len(rows) - 2 and len(e.skipped) == 2
     with pytest.raises(ValueError, match="missing column"):
         load_experts(pd.DataFrame([{"instruction": "x", "answer": "y"}]))
-    (tmp_path / "broken.jsonl").write_text('{"instruction": 1}\n{oops\n', encoding="utf-8")
-    with pytest.raises(ValueError, match=r"broken\.jsonl:2"):
-        load_experts(tmp_path / "broken.jsonl")
+    with pytest.warns(MetaEvalWarning) as caught:
+        frame = load_experts(pd.DataFrame(rows)).frame
+    assert "DataFrame: row 4: field 'rubrics' is empty" in " | ".join(str(w.message) for w in caught)
+    assert len(frame) == len(rows) - 2
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(json.dumps(rows[0], ensure_ascii=False) + '\n{oops\n', encoding="utf-8")
+    with pytest.warns(MetaEvalWarning, match=r"skipped broken\.jsonl:2: broken JSON"):
+        assert len(load_experts(broken).frame) == 1
+
+
+def policy_file(path: Path, rows: list[dict]) -> Path:
+    """Five lines with everything the one input policy covers: a BOM and CRLF (line 1), bytes that
+    are not UTF-8 (2), a lone surrogate (3), a valid line (4), a NUL (5)."""
+    lines = [json.dumps(r, ensure_ascii=False).encode() for r in rows[:5]]
+    lines[1] = lines[1].replace("Ответ".encode(), b"\xff\xfe")
+    lines[2] = json.dumps({**rows[2], "answer": "\ud800"}).encode()
+    lines[4] = json.dumps({**rows[4], "rubrics": "0: нет\u0000"}).encode()
+    path.write_bytes(b"\xef\xbb\xbf" + b"\r\n".join(lines) + b"\r\n")
+    return path
+
+
+def test_expert_and_score_files_follow_the_one_input_policy(tmp_path: Path):
+    """Experts, scores and `pollux evaluate` read files through `pollux.inputs.read_rows`: the same
+    lines are refused, with the same `file:line: what is wrong`."""
+    from pollux.inputs import read_rows
+
+    rows = pollux_rows(2, models=("a",))
+    experts_path = policy_file(tmp_path / "e.jsonl", rows)
+    expected = [str(p) for p in read_rows(experts_path).problems]
+    assert [m.split(": ")[0] for m in expected] == ["e.jsonl:2", "e.jsonl:3", "e.jsonl:5"]
+    assert "not valid UTF-8" in expected[0] and "field 'answer'" in expected[1] and "NUL" in expected[2]
+    with pytest.warns(MetaEvalWarning) as caught:
+        experts = load_experts(experts_path)
+    assert sorted(str(w.message) for w in caught) == [f"skipped {m}" for m in expected]
+    assert experts.frame["key"].tolist() == [key_of(rows[0]), key_of(rows[3])]  # BOM and CRLF read away
+    scored = [{**r, "score": 1} for r in rows]
+    scores_path = policy_file(tmp_path / "s.jsonl", scored)
+    with pytest.warns(MetaEvalWarning) as caught:
+        scores = read_score_jsonl(scores_path, judge="J")
+    assert sorted(str(w.message) for w in caught) == [f"skipped {p}" for p in read_rows(scores_path).problems]
+    assert scores["key"].tolist() == [key_of(rows[0]), key_of(rows[3])]
+
+
+def test_expert_files_in_every_format_give_the_same_rows(tmp_path: Path):
+    rows = pollux_rows(1)
+    frame = pd.DataFrame(rows)
+    frame.assign(annotations=frame["annotations"].map(json.dumps)).to_csv(tmp_path / "e.csv", index=False)
+    (tmp_path / "e.json").write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    frame.to_parquet(tmp_path / "e.parquet")
+    loaded = [load_experts(tmp_path / f"e.{ext}") for ext in ("csv", "json", "parquet")]
+    for e in loaded:
+        assert e.frame["key"].tolist() == [key_of(r) for r in rows]
+        np.testing.assert_array_equal(e.annotations, loaded[0].annotations)
+        assert e.frame["expert"].tolist() == [r["criteria_score"] for r in rows]
 
 
 def test_score_jsonl_by_key_or_by_texts(tmp_path: Path):

@@ -6,6 +6,14 @@ broken line, so readers never raise on a bad row: they return the good rows toge
 `InputProblem` per bad one, naming the file, the line and what is wrong. `--strict` callers turn the
 first problem into an error themselves.
 
+`read_rows` is the one reader of pollux — answer files (`evaluate`), expert and score files
+(`metaeval`), training data — so every file gets one policy: a UTF-8 byte order mark is ignored,
+CRLF line ends are read as LF, a line that is not UTF-8 or not JSON fails alone, and a row holding
+a string no tokenizer or database accepts (a lone surrogate such as JSON's `"\ud800"`, a NUL) in
+any column, nested value or key fails alone (`bad_text`). Lines are the physical line (JSONL, CSV:
+a row spanning lines is named by its first), the row number (Parquet) or the element number (a
+`.json` file holding one JSON array).
+
 What a row must contain is checked here too (`check_row`): `instruction` and `answer` as non-empty
 strings, an optional string `reference_answer`, no field longer than `max_field_chars`. Which criteria
 a row gets is the taxonomy's job (`pollux.taxonomy.resolve_criteria`).
@@ -17,6 +25,7 @@ import csv
 import io
 import json
 import math
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,10 +93,34 @@ def read_rows(path: str | Path, *, fmt: str | None = None) -> ReadResult:
     if fmt not in FORMATS:
         raise InputError(f"{path}: unknown format {fmt!r} (expected one of {', '.join(FORMATS)})")
     reader = {"jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet}[fmt]
+    if fmt == "jsonl" and path.suffix.lower() == ".json" and _holds_an_array(path):
+        reader = _read_json_array
     result = ReadResult()
     for item in reader(path):
+        if isinstance(item, InputRow) and (problem := bad_text(item.data)) is not None:
+            item = InputProblem(item.source, item.line, problem)
         (result.problems if isinstance(item, InputProblem) else result.rows).append(item)
     return result
+
+
+def _holds_an_array(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(64).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"[")
+
+
+def _read_json_array(path: Path) -> Iterator[InputRow | InputProblem]:
+    """A `.json` file holding one array of objects; rows are numbered by element (from 1)."""
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8-sig"))
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not valid UTF-8 (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: broken JSON: {e.msg} at line {e.lineno}, column {e.colno}") from None
+    for number, obj in enumerate(data, start=1):
+        if isinstance(obj, dict):
+            yield InputRow(path.name, number, obj)
+        else:
+            yield InputProblem(path.name, number, f"expected a JSON object, got {type(obj).__name__}")
 
 
 def _read_jsonl(path: Path) -> Iterator[InputRow | InputProblem]:
@@ -188,7 +221,8 @@ def _plain(value: Any) -> Any:
 
 
 def check_row(row: InputRow, *, max_field_chars: int = DEFAULT_MAX_FIELD_CHARS) -> str | None:
-    """What is wrong with a row's required fields, or None. Criteria are checked by the taxonomy."""
+    """What is wrong with a row's required fields, or None. Criteria are checked by the taxonomy;
+    unusable text anywhere in the row was already refused by `read_rows`."""
     data = row.data
     for name in ("instruction", "answer"):
         if name not in data or data[name] is None:
@@ -210,7 +244,7 @@ def check_row(row: InputRow, *, max_field_chars: int = DEFAULT_MAX_FIELD_CHARS) 
     criteria = data.get("criteria")
     if criteria is not None and not isinstance(criteria, list):
         return f"field 'criteria' must be a list of {{criteria_name, rubrics}}, got {_type_name(criteria)}"
-    return bad_text(data)
+    return None
 
 
 def bad_text(data: Mapping[str, Any]) -> str | None:
@@ -218,12 +252,29 @@ def bad_text(data: Mapping[str, Any]) -> str | None:
     tokenizer, database or JSON encoder accepts (`pollux.records.text_problem`), or None.
 
     Every string is checked, not only the judged ones: an id, a model name or an extra column
-    is written to the run database too, and one bad string there used to end the whole run."""
+    is written to the run database too, and one bad string there used to end the whole run.
+    `read_rows` applies it to every row; callers with rows from elsewhere (a DataFrame) call it."""
+    if not _may_hold_bad_text(data):
+        return None
     for path, text in _strings(data, ""):
         problem = text_problem(text)
         if problem is not None:
             return f"{path}: {problem}"
     return None
+
+
+def _may_hold_bad_text(data: Mapping[str, Any]) -> bool:
+    """A quick screen: one C-speed JSON dump of the row (NUL comes out escaped, lone surrogates as
+    they are); only a row that may hold bad text is walked string by string to name the field.
+    Walking every row in Python would double the time to read POLLUX's 161k-row parquet."""
+    try:
+        dumped = json.dumps(data, ensure_ascii=False, default=repr)
+    except (TypeError, ValueError):
+        return True
+    return "\\u0000" in dumped or _SURROGATE.search(dumped) is not None
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:

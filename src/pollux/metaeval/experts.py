@@ -7,8 +7,11 @@ plain numbers, used by Verdict Confidence) and `criteria_group`.
 
 A `-1` (or an empty cell) in `criteria_score` means "not applicable": the row is kept, flagged
 and left out of every metric; `-1` among the per-expert `annotations` is dropped the same way.
-A row that cannot be read (a missing text, a score that is not a number) is skipped with a
-warning that names it — the other rows are still evaluated.
+Files are read by `pollux.inputs.read_rows` (JSONL, a `.json` array, CSV or Parquet), with its
+policy for BOM, CRLF, broken lines, non-UTF-8 bytes and unusable text. A row that cannot be read
+(broken JSON, a missing text, a score that is not a number) is skipped with a warning that names
+it — `file:line: what is wrong`, as `pollux evaluate` names bad rows — and the other rows are
+still evaluated.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pollux.inputs import InputError, bad_text, read_rows
 from pollux.metaeval.domains import DEFAULT_OOD_TASKS
 from pollux.metaeval.groups import UNKNOWN, canonical_group, criterion_groups
 from pollux.records import JudgeItem, RecordError
@@ -65,31 +69,22 @@ class ExpertData:
         ]
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """Read parquet, JSONL / JSON or CSV into a DataFrame; a bad JSON line names its number."""
-    p = Path(path)
-    suffix = p.suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        return pd.read_parquet(p)
-    if suffix == ".csv":
-        return pd.read_csv(p, keep_default_na=False)
-    if suffix in (".jsonl", ".json", ".ndjson"):
-        text = p.read_text(encoding="utf-8")
-        if suffix == ".json" and text.lstrip().startswith("["):
-            return pd.DataFrame(json.loads(text))
-        rows = []
-        for n, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{p}:{n}: not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise ValueError(f"{p}:{n}: expected a JSON object, got {type(obj).__name__}")
-            rows.append(obj)
-        return pd.DataFrame(rows)
-    raise ValueError(f"{p}: unknown file type {suffix!r} (expected .parquet, .jsonl, .json or .csv)")
+def _read_columns(source: str | Path | pd.DataFrame) -> tuple[str, dict[str, list[Any]], list[str], list[str]]:
+    """(name, columns, where each row is, problems) of an expert file or DataFrame.
+
+    Files are read by `pollux.inputs.read_rows`, so a bad line is skipped and named exactly as
+    `pollux evaluate` names it (`file:line: what is wrong`); a DataFrame's rows are `row N`."""
+    if isinstance(source, pd.DataFrame):
+        columns = {str(c): source[c].tolist() for c in source.columns}
+        where = [f"DataFrame: row {i + 1}" for i in range(len(source))]
+        return "DataFrame", columns, where, []
+    try:
+        read = read_rows(source)
+    except InputError as e:
+        raise ValueError(str(e)) from None
+    names = list(dict.fromkeys(k for row in read.rows for k in row.data))
+    columns = {c: [row.data.get(c) for row in read.rows] for c in names}
+    return str(source), columns, [row.where for row in read.rows], [str(p) for p in read.problems]
 
 
 def _number(value: Any) -> float:
@@ -150,29 +145,30 @@ def load_experts(
     ood_tasks: Sequence[str] = DEFAULT_OOD_TASKS,
 ) -> ExpertData:
     """Read POLLUX-format expert data from a file or a DataFrame (see the module docstring)."""
-    name = "DataFrame" if isinstance(source, pd.DataFrame) else str(source)
-    raw = source if isinstance(source, pd.DataFrame) else read_table(source)
-    missing = [c for c in REQUIRED if c not in raw.columns]
-    if "criteria_score" not in raw.columns and "annotations" not in raw.columns:
+    name, raw, row_names, skipped = _read_columns(source)
+    missing = [c for c in REQUIRED if c not in raw]
+    if "criteria_score" not in raw and "annotations" not in raw:
         missing.append("criteria_score (or annotations)")
     if missing:
         raise ValueError(f"{name}: missing column(s) {', '.join(missing)}")
 
-    n = len(raw)
-    col = {c: (raw[c].tolist() if c in raw.columns else [None] * n)
+    n = len(row_names)
+    col = {c: raw.get(c, [None] * n)
            for c in (*REQUIRED, "reference_answer", "task_type", "criteria_score", "annotations", "criteria_group")}
-    has_aggregate = "criteria_score" in raw.columns
+    has_aggregate = "criteria_score" in raw
     keys: list[str] = []
     expert: list[float] = []
     per_expert: list[list[float]] = []
     kept: list[int] = []
-    skipped: list[str] = []
     key_of = _key_function()
     for i in range(n):
-        where = f"{name}: row {i + 1}"
+        where = row_names[i]
         try:
             texts = [col[k][i] for k in ("instruction", "answer", "criteria_name", "rubrics")]
             reference = _blank_if_missing(col["reference_answer"][i])
+            problem = bad_text({k: col[k][i] for k in (*REQUIRED, "reference_answer", "task_type")})
+            if problem is not None:  # files were checked by read_rows; a DataFrame's cells are checked here
+                raise RecordError(f"{where}: {problem}")
             if all(isinstance(t, str) for t in (*texts, reference)) and texts[2].strip() and texts[3].strip():
                 key = key_of(texts[0], reference, texts[1], texts[2], texts[3])
             else:  # let JudgeItem say what is wrong

@@ -4,8 +4,9 @@ Every source ends as a "score frame": one row per judgement with `judge`, `key` 
 `JudgeItem.key`, how scores meet expert rows), `score` (the judge's score: head else text),
 `head_score`, `text_score` and `error`. Sources:
 
-* a JSONL file of scores (`read_score_jsonl`): one object per line with `key` or the POLLUX text
-  columns, plus `score` and optionally `head_score`, `text_score`, `judge`, `error`;
+* a JSONL file of scores (`read_score_jsonl`, through `pollux.inputs.read_rows` like every input
+  file): one object per line with `key` or the POLLUX text columns, plus `score` and optionally
+  `head_score`, `text_score`, `judge`, `error`;
 * a pollux run database written by `pollux evaluate` (`scores_from_db`, via
   `pollux.store.read_verdicts`);
 * a judge run on the expert data (`scores_from_judge`).
@@ -28,8 +29,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pollux.inputs import InputError, read_rows
 from pollux.metaeval.experts import ExpertData, MetaEvalWarning, _number
-from pollux.records import JudgeItem, RecordError
+from pollux.records import JudgeItem
 
 SCORE_CHOICES = ("auto", "head", "text", "head-rounded")
 COLUMNS = ("judge", "key", "score", "head_score", "text_score", "error")
@@ -51,28 +53,25 @@ def _frame(rows: dict[str, list[Any]]) -> pd.DataFrame:
 
 
 def read_score_jsonl(path: str | Path, judge: str | None = None) -> pd.DataFrame:
-    """Read a JSONL of judge scores. `judge` names the judge (else each line's `judge` field,
-    else the file's stem). A line that cannot be read is skipped with a warning naming it."""
+    """Read a file of judge scores (JSONL; CSV and Parquet too, by `pollux.inputs.read_rows`).
+    `judge` names the judge (else each row's `judge` field, else the file's stem). A row that
+    cannot be read is skipped with a warning naming it (`file:line: what is wrong`)."""
     p = Path(path)
+    try:
+        read = read_rows(p)
+    except InputError as e:
+        raise ValueError(str(e)) from None
     rows: dict[str, list[Any]] = {c: [] for c in COLUMNS}
-    bad: list[str] = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{p}:{n}"
+    bad = [str(problem) for problem in read.problems]
+    for row in read.rows:
+        obj = row.data
         try:
-            obj = json.loads(line)
-            if not isinstance(obj, dict):
-                raise RecordError(f"{where}: expected a JSON object")
             key = obj.get("key") or obj.get("item_key")
             if not key:
-                key = JudgeItem.from_dict(obj, where=where).key
+                key = JudgeItem.from_dict(obj, where=row.where).key
             values = {c: _number(obj.get(c)) for c in ("score", "head_score", "text_score")}
-        except json.JSONDecodeError as e:
-            bad.append(f"{where}: not valid JSON ({e.msg})")
-            continue
         except (ValueError, TypeError) as e:  # RecordError is a ValueError
-            bad.append(str(e) if str(e).startswith(str(p)) else f"{where}: {e}")
+            bad.append(str(e) if str(e).startswith(row.where) else f"{row.where}: {e}")
             continue
         if math.isnan(values["score"]):  # a file with head/text only: score = head else text
             h, t = values["head_score"], values["text_score"]
