@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -83,9 +84,11 @@ teacher = "teacher"
             ctx = StageContext(config=config, store=store, catalog=load_catalog(),
                                options=executor_options(config, workers=args.workers, batch_size=args.batch_size))
             before = httpx.get(server.url.removesuffix("/v1") + "/health").json()["requests"]
-            started = time.perf_counter()
+            server_cpu = _cpu_seconds(server.proc.pid if server.proc else None)
+            started, cpu = time.perf_counter(), time.process_time()
             result = run_annotate(ctx)
-            elapsed = time.perf_counter() - started
+            elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+            server_cpu = _cpu_seconds(server.proc.pid if server.proc else None) - server_cpu
             requests = httpx.get(server.url.removesuffix("/v1") + "/health").json()["requests"] - before
     bound = args.concurrency / args.delay
     rate = requests / elapsed
@@ -95,7 +98,20 @@ teacher = "teacher"
         "share_of_bound": round(rate / bound, 3), "goal": 0.7, "met": rate / bound >= 0.7,
         "concurrency": args.concurrency, "delay_s": args.delay, "workers": args.workers,
         "batch_size": args.batch_size,
+        # where the time went: CPU per request in this process (pollux) and in the fake server
+        "client_cpu_ms_per_request": round(1000 * cpu / max(requests, 1), 2),
+        "server_cpu_ms_per_request": round(1000 * server_cpu / max(requests, 1), 2),
+        "cpu_count": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 2),
     }, ensure_ascii=False, indent=2))
+
+
+def _cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of a process (Linux /proc), 0 where unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":

@@ -96,6 +96,12 @@ def test_unknown_task_leaf_is_an_error_before_anything_runs(tmp_path: Path) -> N
     assert not (tmp_path / "run" / "synth.db").exists()
 
 
+def test_a_misspelt_held_out_task_type_is_an_error(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "[sample]\nheld_out = [\"Изменить код\", \"Стайл трансфер\"]\n")
+    with pytest.raises(SynthError, match=r"sample\.held_out\[1\]: 'Стайл трансфер' is not a task type.*Стайл-трансфер"):
+        run(load_config(path))
+
+
 def test_cli_reports_a_bad_config_on_stderr_and_exits_1(tmp_path: Path) -> None:
     path = write_config(tmp_path, "")
     path.write_text(path.read_text().replace('teacher = "gen"', ""), encoding="utf-8")

@@ -54,6 +54,7 @@ def run(config: SynthConfig, which: Sequence[str] | None = None, *, options: Exe
     catalog_path = taxonomy or config.taxonomy
     catalog = load_catalog(catalog_path) if catalog_path else load_catalog()
     stages.select_leaves(config, catalog)  # an unknown task leaf is an error before anything runs
+    stages.check_held_out(config, catalog)
     results: dict[str, Any] = {}
     with Store(config.db_path) as store:
         ctx = stages.StageContext(config=config, store=store, catalog=catalog,

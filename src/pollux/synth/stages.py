@@ -18,6 +18,7 @@ this process — is the only writer of the store, one transaction per result bat
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 from collections import Counter, defaultdict
@@ -76,6 +77,15 @@ def select_leaves(config: SynthConfig, catalog: Catalog) -> list[TaskNode]:
             chosen.setdefault(leaf.path, leaf)
     order = {leaf.path: n for n, leaf in enumerate(catalog.leaves())}
     return sorted(chosen.values(), key=lambda leaf: order[leaf.path])
+
+
+def check_held_out(config: SynthConfig, catalog: Catalog) -> None:
+    """Held-out task types are matched exactly, so a misspelt one would silently hold out nothing."""
+    for i, name in enumerate(config.sample.held_out):
+        if name not in catalog.tasks:
+            close = difflib.get_close_matches(name, list(catalog.tasks), n=3, cutoff=0.6)
+            hint = f" (did you mean: {close}?)" if close else ""
+            raise SynthError(f"sample.held_out[{i}]: {name!r} is not a task type of the taxonomy{hint}")
 
 
 def _task_node(catalog: Catalog, spec: str, where: str) -> TaskNode:
