@@ -387,3 +387,28 @@ def test_a_finished_run_is_resumed_without_loading_the_judge(tmp_path: Path, tin
                         lambda: Judge.from_spec(str(weights), **options))
     with pytest.raises(Exception, match="checkpoint"):
         evaluate(src, db, other)
+
+
+def test_cli_resumes_a_finished_run_without_the_weights(tmp_path: Path, tiny_judge_path: Path):
+    """`pollux evaluate` run twice: the second run has nothing to judge, so it must not need the judge
+    (here its folder is gone) — the summary says all done, exit 0."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from pollux.cli import app
+
+    weights = tmp_path / "judge"
+    shutil.copytree(tiny_judge_path, weights)
+    src = write_jsonl(tmp_path / "a.jsonl", answers(2))
+    command = ["evaluate", str(src), "--judge", str(weights), "--db", str(tmp_path / "run.db"), "--dtype", "float32",
+               "--device", "cpu", "--max-new-tokens", "8", "--no-progress"]
+    first = CliRunner().invoke(app, command)
+    assert first.exit_code == 0, first.output
+    assert json.loads(first.stdout)["judged"] == 4
+    shutil.rmtree(weights)
+    again = CliRunner().invoke(app, command)
+    assert again.exit_code == 0, again.output
+    summary = json.loads(again.stdout)
+    assert (summary["already_done"], summary["judged"], summary["remaining"]) == (4, 0, 0)
+    assert "the judge is not loaded" in again.stderr

@@ -97,9 +97,12 @@ def read_rows(path: str | Path, *, fmt: str | None = None) -> ReadResult:
         reader = _read_json_array
     result = ReadResult()
     for item in reader(path):
-        if isinstance(item, InputRow) and (problem := bad_text(item.data)) is not None:
-            item = InputProblem(item.source, item.line, problem)
-        (result.problems if isinstance(item, InputProblem) else result.rows).append(item)
+        if isinstance(item, InputProblem):
+            result.problems.append(item)
+        elif (problem := bad_text(item.data)) is not None:
+            result.problems.append(InputProblem(item.source, item.line, problem))
+        else:
+            result.rows.append(item)
     return result
 
 

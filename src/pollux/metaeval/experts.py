@@ -125,7 +125,8 @@ def _key_function() -> Callable[[str, str, str, str, str], str]:
     JudgeItem per row — a third of the loading time at POLLUX's size. The shortcut is used only
     when it reproduces `JudgeItem.key` on a probe with quotes, escapes and Cyrillic, so a change
     to how keys are made falls back to JudgeItem instead of silently breaking the join."""
-    enc = json.encoder.c_encode_basestring or json.encoder.py_encode_basestring  # json.dumps(ensure_ascii=False)
+    # json.dumps(ensure_ascii=False)'s string encoder (the C one is missing from typeshed's stubs)
+    enc = getattr(json.encoder, "c_encode_basestring", None) or json.encoder.py_encode_basestring
 
     def fast(instruction: str, reference: str, answer: str, criterion: str, rubrics: str) -> str:
         payload = "[" + ", ".join([enc(instruction), enc(reference), enc(answer), enc(criterion), enc(rubrics)]) + "]"
@@ -214,8 +215,9 @@ def load_experts(
     frame["ood"] = frame["task_type"].isin(set(ood_tasks)).to_numpy()
     frame["answer_id"] = frame.groupby(["model_id", "instruction", "answer"], sort=False).ngroup().to_numpy()
     scales = {r: parse_scale(r) for r in frame["rubrics"].unique()}
-    frame["scale_min"] = frame["rubrics"].map(lambda r: scales[r].min if scales[r] else math.nan).astype(float)
-    frame["scale_max"] = frame["rubrics"].map(lambda r: scales[r].max if scales[r] else math.nan).astype(float)
+    bounds = {r: (math.nan, math.nan) if s is None else (s.min, s.max) for r, s in scales.items()}
+    frame["scale_min"] = frame["rubrics"].map(lambda r: bounds[r][0]).astype(float)
+    frame["scale_max"] = frame["rubrics"].map(lambda r: bounds[r][1]).astype(float)
     labels = pick("criteria_group", None)
     canonical = {g: canonical_group(g) for g in set(labels) if g not in (None, "")}
     explicit = [canonical.get(g) if g not in (None, "") else None for g in labels]

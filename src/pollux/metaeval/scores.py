@@ -109,7 +109,7 @@ def scores_from_frame(df: pd.DataFrame, judge: str | None = None) -> pd.DataFram
 def scores_from_db(path: str | Path, judge: str | None = None) -> pd.DataFrame:
     """Scores from a pollux run database. With `judge`, keep that judge's verdicts — or, when the
     database holds a single judge, give it that name."""
-    from pollux.store import read_verdicts  # type: ignore[import-not-found]
+    from pollux.store import read_verdicts
 
     df = read_verdicts(str(path))
     if judge is not None and "judge" in df.columns:
