@@ -8,8 +8,10 @@ shutdown on SIGTERM.
 
 from __future__ import annotations
 
+import json
 import re
 import signal
+import socket
 import threading
 import time
 from collections import Counter
@@ -24,6 +26,8 @@ import pytest
 from pollux.engine import SamplingParams
 from pollux.engine.openai_api import OpenAIEngine
 from pollux.judge import Judge
+from pollux.prompts import PromptTemplate
+from pollux.records import JudgeItem
 from pollux.server.launch import free_port, start_serve, stop
 
 KEY = "test-key-123"
@@ -31,6 +35,21 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 RUBRICS = "0: плохо\n\n1: средне\n\n2: хорошо"
 # uvicorn re-raises the SIGTERM it caught once shutdown is complete, so a clean stop reads -15.
 GRACEFUL_EXIT = (0, -signal.SIGTERM)
+
+
+def wait_until(condition: Any, what: str, timeout: float = 20.0) -> None:
+    """Poll `condition()` until it holds: wait on what the test needs, never for a fixed time."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout:g} s")
+        time.sleep(0.005)
+
+
+def metric(text: str, name: str) -> float:
+    """A sample's value in a Prometheus text exposition (0 when absent)."""
+    m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    return float(m.group(1)) if m else 0.0
 
 
 def item(i: int, **over: Any) -> dict[str, Any]:
@@ -160,7 +179,15 @@ def in_process_item(row: dict[str, Any]):
     ({"json": item(1, answer="ы" * 20_000)}, 413, "exceeds the limit of 20000 bytes"),
     ({"json": item(1, rubrics="без шкалы", criteria_name="  ")}, 422, "criteria_name' is empty"),
     ({"json": item(1, answer=42)}, 422, "field 'answer' must be a string"),
-    ({"json": item(1, meta=5)}, 422, "item: "),
+    ({"json": item(1, meta=5)}, 422, "item: field 'meta' must be a JSON object, got int"),
+    ({"json": item(1, meta=[1])}, 422, "item: field 'meta' must be a JSON object, got list"),
+    ({"json": item(1, answer="")}, 422, "item: field 'answer' is empty"),
+    ({"json": item(1, answer=" \n ")}, 422, "item: field 'answer' is empty"),
+    ({"json": item(1, instruction="")}, 422, "item: field 'instruction' is empty"),
+    ({"content": json.dumps(item(1, answer="\ud800")).encode()}, 422,
+     "item: field 'answer': invalid text: a lone surrogate U+D800 at character 1"),
+    ({"content": json.dumps(item(1, meta={"id": "q\udfff"})).encode()}, 422, "item: field 'meta': invalid text: a lone surrogate U+DFFF"),
+    ({"json": {"items": [item(1, rubrics="0: x\x00")]}}, 422, "items[0]: field 'rubrics': invalid text: a NUL"),
     ({"content": b"[" * 19_000}, 400, "nested too deeply"),
 ])
 def test_bad_judge_requests_get_clear_4xx(server: Server, kwargs: dict[str, Any], status: int, message: str) -> None:
@@ -184,7 +211,15 @@ def test_chunked_oversized_body_is_refused(server: Server) -> None:
 @pytest.mark.parametrize(("body", "status", "message"), [
     ({"model": "other", "messages": [{"role": "user", "content": "x"}]}, 404, "not served here"),
     ({"messages": [{"role": "user", "content": "x"}]}, 422, "missing field 'model'"),
-    ({"model": "tiny-r"}, 422, "'messages'"),
+    ({"model": "tiny-r"}, 422, "missing field 'messages'"),
+    ({"model": "tiny-r", "messages": []}, 422, "field 'messages' is empty"),
+    ({"model": "tiny-r", "messages": "x"}, 422, "field 'messages' must be a list, got str"),
+    ({"model": 7, "messages": [{"role": "user", "content": "x"}]}, 422, "field 'model' must be a string, got int"),
+    ({"model": "tiny-r", "messages": [{"content": "x"}]}, 422, "missing field 'messages.0.role'"),
+    ({"model": "tiny-r", "messages": [{"role": "user", "content": 5}]}, 422, "'content' must be a string"),
+    ({"model": "tiny-r", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, 400,
+     "only text content parts"),
+    ({"model": "tiny-r", "n": 2, "messages": [{"role": "user", "content": "x"}]}, 400, "only n=1"),
     ({"model": "tiny-r", "messages": [{"role": "user", "content": "Привет!"}]}, 400, "not a POLLUX judge prompt"),
     ({"model": "tiny-r", "messages": [{"role": "system", "content": "a"}, {"role": "user", "content": "b"}]},
      400, "exactly one user message"),
@@ -203,10 +238,6 @@ def test_unknown_endpoint_and_method(server: Server) -> None:
 
 
 def test_concurrent_requests_are_batched_and_metered(server: Server) -> None:
-    def metric(text: str, name: str) -> float:
-        m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
-        return float(m.group(1)) if m else 0.0
-
     before = server.get("/metrics").text
     with ThreadPoolExecutor(16) as pool:
         codes = list(pool.map(lambda i: server.post("/v1/judge", json=item(100 + i)).status_code, range(16)))
@@ -217,8 +248,79 @@ def test_concurrent_requests_are_batched_and_metered(server: Server) -> None:
     assert judged == 16
     assert batches < 16  # several requests shared an engine call
     assert metric(after, 'pollux_requests_total{endpoint="/v1/judge",status="200"}') >= 16
-    assert 'pollux_judgements_total{outcome="valid"}' in after or 'outcome="invalid"' in after
+    outcomes = [f'pollux_judgements_total{{outcome="{o}"}}' for o in ("valid", "invalid", "error")]
+    assert sum(metric(after, o) - metric(before, o) for o in outcomes) == 16
+    assert metric(after, outcomes[2]) == metric(before, outcomes[2])  # none failed
     assert "pollux_queue_depth" in after and "pollux_request_latency_seconds_bucket" in after
+
+
+def _raw_json(body: Any) -> bytes:
+    """JSON as a client sends it: a lone surrogate becomes the escape `\\ud800`, valid UTF-8."""
+    return json.dumps(body).encode("ascii")
+
+
+def test_one_bad_item_fails_alone_among_concurrent_clients(server: Server) -> None:
+    """Issue 11, defect 1: a lone surrogate in one client's answer must not fail the items of the
+    clients whose requests share its micro-batch, and it gets a JSON 422 naming the field."""
+    bad_body = _raw_json(item(1, answer="\ud800"))
+    assert b'"\\ud800"' in bad_body
+    clients = 9
+    barrier = threading.Barrier(clients)
+
+    def send(i: int) -> httpx.Response:
+        barrier.wait()  # all at once, so they land in the same micro-batch
+        if i == 0:
+            return server.post("/v1/judge", content=bad_body, headers={"Content-Type": "application/json"})
+        return server.post("/v1/judge", json=item(300 + i))
+
+    with ThreadPoolExecutor(clients) as pool:
+        bad, *good = pool.map(send, range(clients))
+    for r in good:
+        assert r.status_code == 200, r.text
+        [v] = r.json()["verdicts"]
+        assert v["error"] is None and v["head_score"] is not None, v
+    assert bad.status_code == 422, bad.text
+    assert bad.headers["content-type"].startswith("application/json")
+    assert bad.json()["error"]["message"] == (
+        "item: field 'answer': invalid text: a lone surrogate U+D800 at character 1 (not valid Unicode)")
+
+    # within one batch request: the bad items get error verdicts naming them, the others real ones
+    rows = [item(310), item(311, answer="\ud800", criteria_name="\udc00"), item(312, meta={"k\ud801": 1}), item(313)]
+    r = server.post("/v1/judge", content=_raw_json({"items": rows}), headers={"Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+    verdicts = r.json()["verdicts"]
+    assert [v["error"] is None for v in verdicts] == [True, False, False, True]
+    assert all(v["head_score"] is not None for v in (verdicts[0], verdicts[3]))
+    assert verdicts[1]["error"].startswith("items[1]: field 'answer': invalid text: a lone surrogate U+D800")
+    assert verdicts[1]["criteria_name"] == ""  # the unusable text is not echoed back
+    assert verdicts[2]["error"].startswith("items[2]: field 'meta': invalid text: a lone surrogate U+D801")
+
+
+def test_chat_prompt_with_unusable_text_gets_422_naming_the_field(server: Server) -> None:
+    prompt = PromptTemplate().render(JudgeItem.from_dict(item(1, answer="ANSWER"))).replace("ANSWER", "\ud800")
+    body = {"model": "tiny-r", "messages": [{"role": "user", "content": prompt}]}
+    r = server.post("/v1/chat/completions", content=_raw_json(body), headers={"Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["message"] == ("messages[0].content: judge prompt: field 'answer': invalid text: "
+                                            "a lone surrogate U+D800 at character 1 (not valid Unicode)")
+    empty = PromptTemplate().render(JudgeItem.from_dict(item(1, answer="")))
+    r = server.post("/v1/chat/completions", json={**body, "messages": [{"role": "user", "content": empty}]})
+    assert r.status_code == 422 and r.json()["error"]["message"] == "messages[0].content: field 'answer' is empty"
+
+
+def test_client_gone_mid_body_is_counted_as_499_not_as_a_server_error(server: Server) -> None:
+    """Issue 11, defect 9: a client that disconnects before its body is complete is not a 500."""
+    def count(status: str) -> float:
+        return metric(server.get("/metrics").text, f'pollux_requests_total{{endpoint="/v1/judge",status="{status}"}}')
+
+    closed, errors = count("499"), count("500")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
+        conn.sendall(b"POST /v1/judge HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     + f"Authorization: Bearer {KEY}\r\nContent-Length: 5000\r\n\r\n".encode()
+                     + b'{"instruction": "half a body')
+    wait_until(lambda: count("499") == closed + 1, "the disconnect shows in /metrics")
+    assert count("500") == errors
+    assert httpx.get(server.url + "/healthz").status_code == 200
 
 
 # --- a deliberately small, slow server: overload and shutdown -----------------------------------
@@ -255,13 +357,11 @@ def test_overload_gets_429_with_retry_after_and_shutdown_is_graceful(slow_server
     thread = threading.Thread(target=lambda: result.update(r=slow_server.post(
         "/v1/judge", json={"items": [item(200), item(201), item(202)]})))
     thread.start()
-    deadline = time.monotonic() + 20
-    busy = False
-    while not busy and time.monotonic() < deadline:
+    def busy() -> bool:
         h = httpx.get(slow_server.url + "/healthz").json()
-        busy = bool(h["in_flight"] or h["queue_depth"])
-        time.sleep(0.01)
-    assert busy, "the request never reached the engine"
+        return bool(h["in_flight"] or h["queue_depth"])
+
+    wait_until(busy, "the request reaches the engine")
     code = stop(slow_server.proc)
     thread.join(30)
     assert code in GRACEFUL_EXIT

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -43,6 +44,15 @@ def run(coro):
     return asyncio.run(coro)
 
 
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait for `condition` (the worker took an item, the queue filled…) instead of a fixed sleep."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached")
+        await asyncio.sleep(0.001)
+
+
 def test_concurrent_submits_share_engine_calls_and_keep_order() -> None:
     judge = ScriptedJudge(delay=0.05)
 
@@ -68,10 +78,9 @@ def test_full_queue_refuses_whole_requests_with_retry_after() -> None:
         b = MicroBatcher(judge, batch_size=1, max_wait_s=0, max_queue=3)
         b.start()
         first = asyncio.ensure_future(b.submit(items(1)))  # taken by the worker, held in the engine
-        await asyncio.sleep(0.05)
+        await until(lambda: b.in_flight == 1)
         queued = asyncio.ensure_future(b.submit(items(2, start=1)))  # 2 of 3 queue slots
-        await asyncio.sleep(0.01)
-        assert b.depth == 2
+        await until(lambda: b.depth == 2)
         with pytest.raises(QueueFull) as refused:
             await b.submit(items(2, start=3))  # would make 4 > 3: refused whole
         assert refused.value.retry_after >= 1 and refused.value.depth == 2 and refused.value.max_queue == 3
@@ -85,20 +94,25 @@ def test_full_queue_refuses_whole_requests_with_retry_after() -> None:
     run(main())
 
 
-def test_engine_failure_gives_error_verdicts_for_its_batch_only() -> None:
+def test_engine_failure_fails_only_the_item_that_fails_alone() -> None:
+    """A batch the engine raises on is judged again item by item: the other clients' items in
+    it get real verdicts and only the item the engine cannot take gets an error."""
     judge = ScriptedJudge(fail_on="q1")
 
     async def main() -> tuple[list[Verdict], list[Verdict]]:
         b = MicroBatcher(judge, batch_size=4, max_wait_s=0, max_queue=10)
         b.start()
-        bad = await b.submit(items(2))
-        good = await b.submit(items(2, start=5))
+        mixed = await b.submit(items(3))
+        after = await b.submit(items(2, start=5))
         await b.stop()
-        return bad, good
+        return mixed, after
 
-    bad, good = run(main())
-    assert all(v.error and "out of memory" in v.error for v in bad)
-    assert all(v.error is None and v.text_score == 1.0 for v in good)
+    mixed, after = run(main())
+    assert [v.error is None for v in mixed] == [True, False, True]
+    assert [v.rationale for v in mixed] == ["q0", "", "q2"]
+    assert "out of memory" in (mixed[1].error or "")
+    assert judge.calls[:4] == [["q0", "q1", "q2"], ["q0"], ["q1"], ["q2"]]
+    assert all(v.error is None and v.text_score == 1.0 for v in after)
 
 
 def test_cancelled_requests_are_skipped_and_stop_drains_the_queue() -> None:
@@ -109,10 +123,10 @@ def test_cancelled_requests_are_skipped_and_stop_drains_the_queue() -> None:
         b = MicroBatcher(judge, batch_size=1, max_wait_s=0, max_queue=10)
         b.start()
         held = asyncio.ensure_future(b.submit(items(1)))
-        await asyncio.sleep(0.05)
+        await until(lambda: b.in_flight == 1)
         gone = asyncio.ensure_future(b.submit(items(1, start=1)))
         waiting = asyncio.ensure_future(b.submit(items(1, start=2)))
-        await asyncio.sleep(0.01)
+        await until(lambda: b.depth == 2)
         gone.cancel()  # the client went away while its item was queued
         judge.gate.set()
         stopping = asyncio.ensure_future(b.stop())  # graceful: queued work still finishes

@@ -11,13 +11,16 @@ Endpoints:
 Every item of every request goes through one `MicroBatcher`, so concurrent requests are judged
 together. Errors are JSON in OpenAI's shape, `{"error": {"message", "type", "code"}}`, with a
 message that says what was wrong: 400 malformed JSON, 401 missing/wrong key, 404 unknown model,
-413 body or batch too large, 422 an item is missing fields, 429 queue full (+ Retry-After).
+413 body or batch too large, 422 an item is missing fields or has one that is not usable text
+(empty, a lone surrogate, NUL; the message names the item and the field), 429 queue full
+(+ Retry-After), 499 (in /metrics only) the client went away mid-body.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import logging
 import math
 import time
 import uuid
@@ -28,16 +31,23 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from pollux.prompts import PromptTemplate
-from pollux.records import JudgeItem, RecordError
+from pollux.records import JudgeItem, RecordError, text_problem
 from pollux.server.batcher import MicroBatcher, QueueFull, ShuttingDown
 from pollux.server.metrics import CONTENT_TYPE, Metrics
 from pollux.server.prompt_parse import PromptError, item_from_prompt, template_pattern
 from pollux.verdicts import Verdict
 
+log = logging.getLogger("pollux.server")
+
 PUBLIC_PATHS = frozenset({"/healthz"})
+# Not an HTTP status a client ever reads (it has gone): nginx's code for "client closed the
+# request", so /metrics tells a client that disconnected mid-body apart from a server error.
+CLIENT_CLOSED = 499
 ENDPOINTS = frozenset({"/v1/judge", "/v1/chat/completions", "/v1/models", "/healthz", "/metrics"})
 
 
@@ -105,9 +115,9 @@ def create_app(judge: Any, config: ServerConfig) -> FastAPI:
             response = _precheck(request, config)
             if response is None:
                 response = await call_next(request)
-        except Exception:
-            metrics.requests.labels(endpoint, "500").inc()
-            raise
+        except Exception as e:  # a bug: still a JSON error, and the server stays up
+            log.exception("unhandled error on %s %s", request.method, path)
+            response = error_response(500, f"internal server error: {type(e).__name__}", "server_error")
         finally:
             metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
         metrics.requests.labels(endpoint, str(response.status_code)).inc()
@@ -153,17 +163,11 @@ def create_app(judge: Any, config: ServerConfig) -> FastAPI:
         items: list[JudgeItem | None] = []
         problems: dict[int, str] = {}
         for i, row in enumerate(rows):
-            where = "item" if single else f"items[{i}]"
             try:
-                if not isinstance(row, dict):
-                    raise RecordError(f"{where}: expected a JSON object, got {type(row).__name__}")
-                items.append(JudgeItem.from_dict(row, where=where))
+                items.append(parse_item(row, "item" if single else f"items[{i}]"))
             except RecordError as e:
                 items.append(None)
                 problems[i] = str(e)
-            except (TypeError, ValueError) as e:  # e.g. a "meta" that is not an object
-                items.append(None)
-                problems[i] = f"{where}: {e}"
         if len(problems) == len(rows):  # nothing to judge: the request itself is wrong
             raise ApiError(422, "; ".join(problems[i] for i in sorted(problems))[:4000])
         good = [it for it in items if it is not None]
@@ -172,7 +176,8 @@ def create_app(judge: Any, config: ServerConfig) -> FastAPI:
         for i, (row, item) in enumerate(zip(rows, items, strict=True)):
             if item is None:
                 name = row.get("criteria_name") if isinstance(row, dict) else None
-                out.append({**_verdict_dict(Verdict(criteria_name=str(name or ""), error=problems[i],
+                name = name if isinstance(name, str) and text_problem(name) is None else ""  # echo valid text only
+                out.append({**_verdict_dict(Verdict(criteria_name=name, error=problems[i],
                                                     invalid_reason=problems[i])), "key": None})
             else:
                 out.append({**_verdict_dict(next(verdicts)), "key": item.key})
@@ -190,8 +195,11 @@ def create_app(judge: Any, config: ServerConfig) -> FastAPI:
         prompt = _chat_prompt(body, config.model_name)
         try:
             item = item_from_prompt(prompt, pattern)
+            _check_required_text(item)
         except PromptError as e:
             raise ApiError(400, str(e)) from None
+        except RecordError as e:  # the prompt's sections were found, but a field is unusable
+            raise ApiError(422, f"messages[0].content: {e}") from None
         verdict = (await _submit(batcher(), [item], metrics))[0]
         if verdict.error:
             raise ApiError(500, f"the judge failed on this prompt: {verdict.error}", type_="server_error")
@@ -242,11 +250,14 @@ async def _read_json(request: Request, limit: int) -> Any:
     """The JSON body, read with a size cap (also for chunked bodies without Content-Length)."""
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, f"request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ApiError(CLIENT_CLOSED, f"the client disconnected after {size} bytes of the body") from None
     raw = b"".join(chunks)
     if not raw.strip():
         raise ApiError(400, "empty request body: expected a JSON object")
@@ -279,31 +290,122 @@ def _judge_rows(body: Any, max_items: int) -> tuple[list[Any], bool]:
     return [body], True
 
 
+class JudgeItemBody(BaseModel):
+    """One `/v1/judge` item: the POLLUX field names (other keys are ignored). Strict: a number is
+    not a string."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    instruction: str
+    answer: str
+    criteria_name: str
+    rubrics: str
+    reference_answer: str | None = None
+    meta: dict[str, Any] | None = None
+
+
+_EXPECTED = {"string_type": "a string", "dict_type": "a JSON object", "list_type": "a list",
+             "bool_type": "true or false", "int_type": "an integer"}
+
+
+def _validation_message(error: ValidationError) -> str:
+    """A pydantic error in the words the rest of pollux uses (`missing field 'model'`,
+    `missing field(s) a, b`, `field 'meta' must be a JSON object, got int`)."""
+    errors = error.errors()
+    missing = [".".join(map(str, e["loc"])) for e in errors if e["type"] == "missing"]
+    if len(missing) == 1:
+        return f"missing field {missing[0]!r}"
+    if missing:
+        return f"missing field(s) {', '.join(missing)}"
+    first = errors[0]
+    name = ".".join(map(str, first["loc"]))
+    if first["type"] in _EXPECTED:
+        return f"field {name!r} must be {_EXPECTED[first['type']]}, got {type(first['input']).__name__}"
+    return f"field {name!r}: {first['msg']}"
+
+
+def _json_text_problem(value: Any) -> str | None:
+    """The first unusable text (lone surrogate, NUL) anywhere in a JSON value, keys included."""
+    if isinstance(value, str):
+        return text_problem(value)
+    children = [*value, *value.values()] if isinstance(value, dict) else value if isinstance(value, list) else []
+    return next((p for p in map(_json_text_problem, children) if p is not None), None)
+
+
+def _check_required_text(item: JudgeItem) -> None:
+    """What `pollux evaluate` refuses, the server refuses too: nothing to judge is not a judgement."""
+    for name in ("instruction", "answer"):
+        if not getattr(item, name).strip():
+            raise RecordError(f"field {name!r} is empty")
+
+
+def parse_item(row: Any, where: str) -> JudgeItem:
+    """A `JudgeItem` from one item of a request body; `RecordError` naming `where` and the field."""
+    if not isinstance(row, dict):
+        raise RecordError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    try:
+        body = JudgeItemBody.model_validate(row)
+        problem = _json_text_problem(body.meta)
+        if problem is not None:
+            raise RecordError(f"field 'meta': {problem}")
+        item = JudgeItem(instruction=body.instruction, answer=body.answer, criteria_name=body.criteria_name,
+                         rubrics=body.rubrics, reference_answer=body.reference_answer or "", meta=body.meta or {})
+        _check_required_text(item)
+    except ValidationError as e:
+        raise RecordError(f"{where}: {_validation_message(e)}") from None
+    except RecordError as e:
+        raise RecordError(f"{where}: {e}") from None
+    return item
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    role: str
+    content: Any = None  # a string or text parts; checked by `_message_text` for 400-level messages
+
+
+class ChatRequest(BaseModel):
+    """A `/v1/chat/completions` body: what the server reads. Sampling fields (`temperature`,
+    `max_tokens`, …) are accepted and ignored: decoding is fixed when the server starts."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    model: str
+    messages: list[ChatMessage]
+    stream: bool | None = None
+    n: int | None = None
+
+
 def _chat_prompt(body: Any, model_name: str) -> str:
     """The judge prompt of a chat-completion request, after checking what we cannot honour."""
     if not isinstance(body, dict):
         raise ApiError(422, f"expected a JSON object, got {type(body).__name__}")
-    model = body.get("model")
-    if model is None:
-        raise ApiError(422, "missing field 'model'")
-    if model != model_name:
-        raise ApiError(404, f"the model {model!r} is not served here; this server serves {model_name!r}",
+    try:
+        request = ChatRequest.model_validate(body)
+    except ValidationError as e:
+        raise ApiError(422, _validation_message(e)) from None
+    if request.model != model_name:
+        raise ApiError(404, f"the model {request.model!r} is not served here; this server serves {model_name!r}",
                        type_="not_found_error")
-    if body.get("stream"):
+    if request.stream:
         raise ApiError(400, "streaming is not supported by pollux serve; send 'stream': false")
-    if body.get("n", 1) != 1:
+    if request.n not in (None, 1):
         raise ApiError(400, "only n=1 is supported")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise ApiError(422, "missing or empty field 'messages' (a list with one user message)")
-    if len(messages) != 1 or not isinstance(messages[0], dict) or messages[0].get("role") != "user":
+    if not request.messages:
+        raise ApiError(422, "field 'messages' is empty (a list with one user message)")
+    if len(request.messages) != 1 or request.messages[0].role != "user":
         raise ApiError(400, "a POLLUX judge reads exactly one user message (no system or assistant messages)")
-    content = messages[0].get("content")
-    if isinstance(content, list):  # content parts: [{"type": "text", "text": "..."}]
+    return _message_text(request.messages[0].content)
+
+
+def _message_text(content: Any) -> str:
+    """A message's text: a string, or OpenAI's content parts `[{"type": "text", "text": "..."}]`."""
+    if isinstance(content, list):
         texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
         if len(texts) != len(content) or not all(isinstance(t, str) for t in texts):
             raise ApiError(400, "only text content parts are supported")
-        content = "".join(texts)
+        return "".join(t for t in texts if isinstance(t, str))
     if not isinstance(content, str):
         raise ApiError(422, "the user message's 'content' must be a string")
     return content

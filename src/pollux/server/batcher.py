@@ -4,7 +4,9 @@ A judge is fastest when it sees many items at once (batched decode, shared promp
 HTTP clients send one item per request. The batcher puts every item of every request into one
 queue; a single worker takes up to `batch_size` items — waiting at most `max_wait_s` for more once
 the first one arrived — and runs `judge.judge_many` on them in a thread, so the event loop keeps
-accepting requests while the model works. Each item's future is resolved with its verdict.
+accepting requests while the model works. Each item's future is resolved with its verdict. If
+the engine call for a batch raises, its items are judged again one by one: only an item that
+fails alone gets an error verdict, never the other clients' items that shared its batch.
 
 The queue is bounded in items (`max_queue`): a request that would overflow it is refused at once
 (`QueueFull`, which the app turns into 429 + Retry-After) instead of waiting unboundedly.
@@ -148,17 +150,33 @@ class MicroBatcher:
                 for _ in batch:
                     self._queue.task_done()
 
+    async def _engine(self, items: list[JudgeItem]) -> list[Verdict]:
+        """One engine call, in a thread so the event loop keeps accepting requests."""
+        verdicts = await asyncio.to_thread(self.judge.judge_many, items)
+        if len(verdicts) != len(items):
+            raise RuntimeError(f"engine returned {len(verdicts)} verdicts for {len(items)} items")
+        return verdicts
+
+    async def _judge_isolated(self, items: list[JudgeItem]) -> list[Verdict]:
+        """Verdicts for `items`; when the engine call for the batch raises, each item is judged
+        alone, so one item the engine cannot take fails by itself and not the other clients'
+        items that happened to share its micro-batch."""
+        try:
+            return await self._engine(items)
+        except Exception as e:
+            if len(items) == 1:
+                log.exception("engine failed on an item")
+                return [error_verdict(items[0], f"engine error: {type(e).__name__}: {e}")]
+            log.warning("engine failed on a batch of %d items (%s: %s); judging them one by one",
+                        len(items), type(e).__name__, e)
+        return [verdict for item in items for verdict in await self._judge_isolated([item])]
+
     async def _judge(self, live: list[_Entry]) -> None:
         items = [e.item for e in live]
         self.in_flight = len(items)
         started = time.perf_counter()
         try:
-            verdicts = await asyncio.to_thread(self.judge.judge_many, items)
-            if len(verdicts) != len(items):
-                raise RuntimeError(f"engine returned {len(verdicts)} verdicts for {len(items)} items")
-        except Exception as e:  # the whole batch failed: every item gets an error verdict
-            log.exception("engine failed on a batch of %d items", len(items))
-            verdicts = [error_verdict(it, f"engine error: {type(e).__name__}: {e}") for it in items]
+            verdicts = await self._judge_isolated(items)
         finally:
             self.in_flight = 0
         elapsed = time.perf_counter() - started

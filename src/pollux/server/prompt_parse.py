@@ -46,6 +46,8 @@ def template_pattern(template: PromptTemplate) -> re.Pattern[str]:
 
 
 def item_from_prompt(text: str, pattern: re.Pattern[str]) -> JudgeItem:
+    """The item a judge prompt was rendered from: `PromptError` when `text` is not a prompt in the
+    template, `RecordError` naming the field when it is but a field is not usable text."""
     match = pattern.fullmatch(text)
     if match is None:
         raise PromptError(
@@ -63,5 +65,5 @@ def item_from_prompt(text: str, pattern: re.Pattern[str]) -> JudgeItem:
             rubrics=fields["criteria_rubrics"],
             reference_answer=fields.get("reference_answer") or "",
         )
-    except RecordError as e:
-        raise PromptError(f"judge prompt: {e}") from None
+    except RecordError as e:  # the prompt has the right shape; one of its fields is unusable
+        raise RecordError(f"judge prompt: {e}") from None
