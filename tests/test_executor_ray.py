@@ -102,6 +102,29 @@ class DiesOnKey:
         return run
 
 
+class FirstWorkerBroken:
+    """In each actor process the first built worker always raises (a client opened badly); the next
+    one works — so only a retry on a fresh worker can finish the run."""
+
+    builds = 0  # per process
+
+    def __call__(self):
+        FirstWorkerBroken.builds += 1
+        broken = FirstWorkerBroken.builds == 1
+
+        def run(batch: list[Row]) -> list[Row]:
+            if broken:
+                raise ConnectionError("connection reset by peer")
+            return [{"key": r["key"], "pid": os.getpid()} for r in batch]
+
+        return run
+
+
+class NotJsonResult:
+    def __call__(self):
+        return lambda batch: [{"key": r["key"], "when": object()} for r in batch]
+
+
 def _collect(batches) -> list[Row]:
     return [row for batch in batches for row in batch]
 
@@ -127,6 +150,16 @@ def test_a_killed_worker_process_loses_nothing(ray_cluster, tmp_path):
     keys = {r["key"] for r in out}
     assert keys == {f"k{i:03d}" for i in range(24)}  # every key, none lost (a duplicate is allowed)
     assert len(list(tmp_path.iterdir())) > len(victims)  # a fresh worker took its place
+
+
+def test_a_raising_worker_is_replaced_by_a_fresh_one(ray_cluster):
+    out = _collect(map_batches(_rows(6), FirstWorkerBroken(), ExecutorOptions(ray="auto", batch_size=2, max_retries=1)))
+    assert sorted(r["key"] for r in out) == [f"k{i:03d}" for i in range(6)]
+
+
+def test_a_result_that_is_not_json_is_named(ray_cluster):
+    with pytest.raises(ExecutorError, match="batch starting at key 'k000': a result row is not JSON"):
+        _collect(map_batches(_rows(2), NotJsonResult(), ExecutorOptions(ray="auto", batch_size=2)))
 
 
 def test_a_factory_that_raises_reaches_the_user(ray_cluster):

@@ -76,4 +76,15 @@ def first_key(batch: list[Row]) -> str:
     return str(row.get("key", row)) if isinstance(row, dict) else repr(row)
 
 
+def batch_failed_message(batch: list[Row], attempts: int, max_retries: int, error: BaseException) -> str:
+    """The one wording, local and on Ray, for a batch given up after its retries."""
+    return (f"batch starting at key {first_key(batch)!r} failed {attempts} times (max_retries={max_retries}); "
+            f"last error: {type(error).__name__}: {error}")
+
+
+def build_failed_message(error: BaseException) -> str:
+    """The one wording, local and on Ray, for a worker factory that raised."""
+    return f"building a worker failed: {type(error).__name__}: {error}"
+
+
 __all__ = ["BatchFn", "ExecutorError", "ExecutorOptions", "Row", "WorkerFactory", "map_batches"]

@@ -12,7 +12,15 @@ import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
-from pollux.executor import BatchFn, ExecutorError, ExecutorOptions, Row, WorkerFactory, first_key
+from pollux.executor import (
+    BatchFn,
+    ExecutorError,
+    ExecutorOptions,
+    Row,
+    WorkerFactory,
+    batch_failed_message,
+    build_failed_message,
+)
 
 
 class _WorkerBuildError(Exception):
@@ -32,7 +40,7 @@ class _ThreadWorkers:
             try:
                 fn = self._make_worker()
             except Exception as exc:
-                raise _WorkerBuildError(f"{type(exc).__name__}: {exc}") from exc
+                raise _WorkerBuildError(build_failed_message(exc)) from exc
             self._local.fn = fn
         try:
             result = fn(batch)
@@ -78,14 +86,11 @@ def map_batches_local(
                         submit(next_batch, 0)
                     yield future.result()
                 elif isinstance(exc, _WorkerBuildError):
-                    raise ExecutorError(f"building a worker failed: {exc}") from exc.__cause__
+                    raise ExecutorError(str(exc)) from exc.__cause__
                 elif attempt < options.max_retries:
                     submit(batch, attempt + 1)
                 else:
-                    raise ExecutorError(
-                        f"batch starting at key {first_key(batch)!r} failed {attempt + 1} times "
-                        f"(max_retries={options.max_retries}); last error: {type(exc).__name__}: {exc}"
-                    ) from exc
+                    raise ExecutorError(batch_failed_message(batch, attempt + 1, options.max_retries, exc)) from exc
     finally:
         # On an error or when the caller stops early: drop queued batches, let running ones finish.
         pool.shutdown(wait=False, cancel_futures=True)

@@ -1,6 +1,7 @@
 """The Ray Data executor: each worker lives in an actor of a Ray Data actor pool.
 
-`ray.data.from_items` → `map_batches(_ActorWorker, concurrency=workers, num_cpus=…, num_gpus=…)` →
+`ray.data.from_items` → `map_batches(_ActorWorker, compute=ActorPoolStrategy(size=workers), num_cpus=…,
+num_gpus=…)` →
 `iter_batches`, so the driver reads result batches as they stream back and stays the only writer of
 its store. Rows travel as one JSON string column: Arrow would otherwise infer (and mangle) types of
 nested, heterogeneous JSON values.
@@ -29,7 +30,16 @@ import warnings
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from pollux.executor import BatchFn, ExecutorError, ExecutorOptions, Row, WorkerFactory, first_key
+from pollux.executor import (
+    BatchFn,
+    ExecutorError,
+    ExecutorOptions,
+    Row,
+    WorkerFactory,
+    batch_failed_message,
+    build_failed_message,
+    first_key,
+)
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -63,27 +73,32 @@ class _ActorWorker:
         try:
             return self._make_worker()
         except Exception as exc:
-            raise WorkerBuildFailed(f"building a worker failed: {type(exc).__name__}: {exc}") from exc
+            raise WorkerBuildFailed(build_failed_message(exc)) from exc
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import pyarrow as pa
 
         rows = [json.loads(text) for text in batch.column(_COLUMN).to_pylist()]
+        result = self._run(rows)
+        try:
+            texts = [json.dumps(row, ensure_ascii=False) for row in result]
+        except (TypeError, ValueError) as exc:
+            raise BatchFailed(f"batch starting at key {first_key(rows)!r}: a result row is not JSON: {exc}") from exc
+        return pa.table({_COLUMN: pa.array(texts, type=pa.string())})
+
+    def _run(self, rows: list[Row]) -> list[Row]:
+        """The batch on this actor's worker; after an error, on a fresh one, `max_retries` times."""
         for attempt in range(self._max_retries + 1):
             try:
                 result = self._fn(rows)
                 if not isinstance(result, list):
                     raise TypeError(f"a worker must return a list of rows, got {type(result).__name__}")
-                break
+                return result
             except Exception as exc:
                 if attempt == self._max_retries:
-                    raise BatchFailed(
-                        f"batch starting at key {first_key(rows)!r} failed {attempt + 1} times "
-                        f"(max_retries={self._max_retries}); last error: {type(exc).__name__}: {exc}"
-                    ) from exc
-                self._fn = self._build()  # a fresh worker for the retry
-        texts = [json.dumps(row, ensure_ascii=False) for row in result]
-        return pa.table({_COLUMN: pa.array(texts, type=pa.string())})
+                    raise BatchFailed(batch_failed_message(rows, attempt + 1, self._max_retries, exc)) from exc
+                self._fn = self._build()
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def import_ray() -> Any:
@@ -218,7 +233,7 @@ def _warn_if_no_node_fits(ray: Any, options: ExecutorOptions) -> None:
 
 def _encode(row: Row) -> str:
     try:
-        return json.dumps(row, ensure_ascii=False, allow_nan=False)
+        return json.dumps(row, ensure_ascii=False)
     except (TypeError, ValueError) as exc:
         raise ExecutorError(f"row {first_key([row])!r} cannot be sent to a Ray worker (rows must be JSON): {exc}") from exc
 
