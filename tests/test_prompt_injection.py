@@ -66,6 +66,7 @@ def _starts_like(text: str, name: str) -> bool:
     return len(text) >= len(name) and all(_same(a, b) for a, b in zip(text, name, strict=False))
 
 
+@functools.cache  # the corpus repeats lines (the template's, the base item's) thousands of times
 def reader_sees_header(line: str) -> bool:
     """The line, as a careful reader sees it, opens one of the five sections."""
     s = _visible(line)
