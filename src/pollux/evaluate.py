@@ -457,7 +457,8 @@ def evaluate(
     """Judge every (row × criterion) of `inputs` that `db` does not hold yet; see the module doc.
 
     `judge` is a `pollux.judge.Judge` or a zero-argument callable that loads one — called only
-    after the inputs were read, so a bad file fails before a large model is loaded. Raises
+    after the inputs were read, so a bad file fails before a large model is loaded; a
+    `JudgeLoader` is not called at all when its earlier run already holds every judgement. Raises
     `EvaluateError` before judging anything when the run cannot start; KeyboardInterrupt is caught:
     the summary says `interrupted` and what remains.
     """
@@ -511,18 +512,8 @@ def evaluate(
         log(f"run {run.run_id} ({'new' if created else 'resumed'}): {summary.items} judgements, "
             f"{summary.already_done} already done, {len(todo)} to judge")
 
-        progress.start(total=summary.items, done=summary.already_done)
         t_judge = time.monotonic()
-        try:
-            for start in range(0, len(todo), chunk_size):
-                chunk_keys = todo[start : start + chunk_size]
-                _judge_chunk(store, run.run_id, judge, [by_key[k] for k in chunk_keys], chunk_keys,
-                             summary, progress, log)
-        except KeyboardInterrupt:
-            summary.interrupted = True
-            log("interrupted: every verdict so far is saved; run the same command again to resume")
-        finally:
-            progress.stop()
+        _judge_todo(store, run.run_id, judge, [by_key[k] for k in todo], todo, chunk_size, summary, progress, log)
         judging_s = time.monotonic() - t_judge
         summary.remaining = summary.items - len(store.done_keys(run.run_id, run.judge))
 
@@ -531,6 +522,21 @@ def evaluate(
     judged_total = summary.judged + summary.failed
     summary.judgements_per_s = round(judged_total / judging_s, 3) if judging_s > 0 else 0.0
     return summary
+
+
+def _judge_todo(store: RunStore, run_id: int, judge: Any, items: list[JudgeItem], keys: list[str], chunk_size: int,
+                summary: EvaluateSummary, progress: Progress, log: Callable[[str], None]) -> None:
+    """Judge `items` a chunk at a time; Ctrl-C stops cleanly (every stored verdict stays)."""
+    progress.start(total=summary.items, done=summary.already_done)
+    try:
+        for start in range(0, len(items), chunk_size):
+            end = start + chunk_size
+            _judge_chunk(store, run_id, judge, items[start:end], keys[start:end], summary, progress, log)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+        log("interrupted: every verdict so far is saved; run the same command again to resume")
+    finally:
+        progress.stop()
 
 
 def _is_loader(judge: Any) -> bool:
