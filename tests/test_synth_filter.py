@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 import unicodedata
 from collections import defaultdict
 from pathlib import Path
@@ -130,6 +131,14 @@ def test_decomposed_unicode_reads_like_composed():
     assert foreign_share(unicodedata.normalize("NFD", text)) == foreign_share(text) == 0.0
     ukrainian = "Напиши короткий вірш про осінь у Києві."
     assert foreign_share(unicodedata.normalize("NFD", ukrainian)) == 1.0
+
+
+def test_long_words_take_linear_time():
+    foreign_share("Прогрев моделей языка.")
+    start = time.perf_counter()
+    assert foreign_share("a" * 100_000) == 1.0            # once a quadratic scan: minutes
+    assert foreign_share("Вот " + "b" * 100_000 + "@") == 0.0
+    assert time.perf_counter() - start < 10
 
 
 def test_share_is_zero_for_a_text_without_words():

@@ -83,8 +83,10 @@ _MASKS = [
     re.compile(r"`[^`\n]+`"),                                 # inline code
     re.compile(r"\$\$.+?\$\$|\$[^$\n]+\$|\\\(.+?\\\)|\\\[.+?\\\]", re.S),  # LaTeX math
     re.compile(r"\b(?:https?|ftp)://\S+|\bwww\.\S+", re.I),   # URLs
-    re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"),              # e-mails
-    re.compile(r"[A-Za-z_][\w-]*(?:\.[A-Za-z_][\w-]*)+"),     # dotted names: file.py, os.path.join
+    # e-mails and dotted names (file.py, os.path.join); the look-behinds let a match start only at a
+    # word's start, so a long word without "@" or "." is scanned once, not once per character
+    re.compile(r"(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)+"),
+    re.compile(r"(?<![\w-])[A-Za-z_][\w-]*(?:\.[A-Za-z_][\w-]*)+"),
 ]
 # A line (in a text that has Cyrillic) without Cyrillic that looks like code: a keyword and a
 # code character, braces or semicolons, a call `name(`, `->`, `::`, an assignment at the line's
@@ -130,6 +132,7 @@ _CYRILLIC_LANGUAGES = ("RUSSIAN", "UKRAINIAN", "BELARUSIAN", "BULGARIAN", "SERBI
 # in Russian, and a short Russian sentence can score a little higher as Bulgarian or Macedonian.
 _RUSSIAN_PRIOR_ODDS = 3.0
 _MIN_LINGUA_WORDS = 3
+_CONTEXT_WORDS = 200
 # ъ is a separator before е, ё, ю, я in Russian; elsewhere (съвет, път) it is Bulgarian.
 _NON_RUSSIAN_HARD_SIGN = re.compile(r"ъ(?![еёюя])", re.I)
 
@@ -282,10 +285,16 @@ def _verdict(words: Sequence[str], scores: dict[str, dict[str, float]]) -> int:
     return -1 if russian >= _RUSSIAN_PRIOR_ODDS * other else 0
 
 
+def _context(analysis: _Analysis) -> list[str]:
+    """The words that stand for a text's whole Cyrillic part: its first `_CONTEXT_WORDS` (enough to
+    tell the language; lingua's time grows with the length)."""
+    return analysis.cyrillic.split()[:_CONTEXT_WORDS]
+
+
 def _queries(analysis: _Analysis) -> list[str]:
     """What lingua must score for a text: its whole Cyrillic part and, if it has several, each
     segment — only those that letters and length leave undecided."""
-    parts = [analysis.cyrillic.split()] if analysis.segments else []
+    parts = [_context(analysis)] if analysis.segments else []
     if len(analysis.segments) > 1:
         parts += analysis.segments
     return [" ".join(words) for words in parts
@@ -308,7 +317,7 @@ def foreign_shares(texts: Sequence[str]) -> list[float]:
     for analysis in analyses:
         russian, foreign = 0, analysis.foreign
         if analysis.segments:
-            whole = _verdict(analysis.cyrillic.split(), scores)
+            whole = _verdict(_context(analysis), scores)
             for segment in analysis.segments:
                 own = whole if len(analysis.segments) == 1 else _verdict(segment, scores)
                 if own == 1 or (whole == 1 and own != -1):
