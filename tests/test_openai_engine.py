@@ -358,11 +358,11 @@ def test_serve_an_openai_judge_in_front_of_a_real_upstream(tiny_judge_path, tmp_
             "rubrics": RUBRICS}
     upstream = start_serve(tiny_judge_path, up_port, ["--model-name", "tiny", "--device", "cpu",
                                                       "--max-new-tokens", "8", "--template", "model-card"],
-                           log_path=tmp_path / "upstream.log")
+                           log_path=tmp_path / "upstream.log", timeout=300)  # a busy machine starts slowly
     try:
         front = start_serve("openai:tiny", front_port, ["--base-url", f"http://127.0.0.1:{up_port}/v1",
                                                         "--template", "model-card", "--concurrency", "2"],
-                            log_path=tmp_path / "front.log")
+                            log_path=tmp_path / "front.log", timeout=300)
         try:
             direct = httpx.post(f"http://127.0.0.1:{up_port}/v1/judge", json=item, timeout=60).json()
             via = httpx.post(f"http://127.0.0.1:{front_port}/v1/judge", json=item, timeout=60).json()

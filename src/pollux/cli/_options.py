@@ -56,7 +56,8 @@ def engine_options(*, option: list[str] | None = None, **flags: Any) -> dict[str
     for pair in option or []:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise OptionsError(f"-o {pair!r}: expected KEY=VALUE")
+            typer.echo(f"error: -o {pair!r}: expected KEY=VALUE", err=True)
+            raise typer.Exit(2)
         given[key.strip().replace("-", "_")] = value
     given.update({k: v for k, v in flags.items() if v is not None})
     return given

@@ -58,7 +58,7 @@ def evaluate_command(
 ) -> None:
     """Judge every answer × criterion of INPUT into --db; run it again to resume."""
     from pollux.checkpoint import CheckpointError
-    from pollux.evaluate import EvaluateError, Progress, RichProgress, evaluate
+    from pollux.evaluate import EvaluateError, JudgeLoader, Progress, RichProgress, evaluate
     from pollux.judge import Judge
     from pollux.taxonomy import TaxonomyError, load_catalog, load_user_criteria
 
@@ -67,17 +67,20 @@ def evaluate_command(
 
     # SIGTERM (e.g. a job scheduler) stops as cleanly as Ctrl-C.
     signal.signal(signal.SIGTERM, _interrupt)
-    options = opt.check_options(judge, opt.engine_options(
+    given = opt.engine_options(
         option=option, template=template, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
         temperature=temperature, top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, seed=seed,
         dtype=dtype, device=device, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
         share_prefix=share_prefix, threads=threads, base_url=base_url, api_key_env=api_key_env,
-        concurrency=concurrency, prompt_style=prompt_style, timeout=api_timeout))
+        concurrency=concurrency, prompt_style=prompt_style, timeout=api_timeout)
+    options = opt.check_options(judge, given)
+    # The run remembers this request, so rerunning a finished run never loads the weights.
+    loader = JudgeLoader({"judge": judge, "options": given}, lambda: Judge.from_spec(judge, options))
     try:
         catalog = load_catalog(taxonomy) if taxonomy else load_catalog()
         user_criteria = load_user_criteria(criteria, catalog) if criteria else None
         summary = evaluate(
-            inputs, db, lambda: Judge.from_spec(judge, options), catalog=catalog, user_criteria=user_criteria,
+            inputs, db, loader, catalog=catalog, user_criteria=user_criteria,
             strict=strict, new_run=new_run, chunk_size=chunk_size, max_field_chars=max_field_chars,
             progress=RichProgress() if progress else Progress(), log=log,
         )

@@ -104,15 +104,12 @@ def meta_eval(
     if judge_name and len(judge_name) != len(scores) + len(judge):
         _fail(f"{len(judge_name)} --judge-name for {len(scores) + len(judge)} judge sources")
     names: list[str | None] = list(judge_name) or [None] * (len(scores) + len(judge))
-    try:
-        given = opt.engine_options(
-            option=option, template=template, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
-            temperature=temperature, top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty,
-            seed=seed_sampling, dtype=dtype, device=device, batch_size=batch_size,
-            max_batch_tokens=max_batch_tokens, share_prefix=share_prefix, threads=threads, base_url=base_url,
-            api_key_env=api_key_env, concurrency=concurrency, prompt_style=prompt_style, timeout=api_timeout)
-    except ValueError as e:
-        _fail(e)
+    given = opt.engine_options(
+        option=option, template=template, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+        temperature=temperature, top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty,
+        seed=seed_sampling, dtype=dtype, device=device, batch_size=batch_size,
+        max_batch_tokens=max_batch_tokens, share_prefix=share_prefix, threads=threads, base_url=base_url,
+        api_key_env=api_key_env, concurrency=concurrency, prompt_style=prompt_style, timeout=api_timeout)
     # Every judge gets the same options, each checked against its own engine before anything runs.
     judge_options = [opt.check_options(spec, given) for spec in judge]
 

@@ -13,9 +13,12 @@ keeps going through all of that:
 * an item that still fails becomes an `error_verdict` — the other items are unaffected, and an
   evaluation run re-judges it on resume.
 
-Options left unset (concurrency, timeout, max_retries, max_reasks, prompt_style) are read from
-`POLLUX_API_*` environment variables (`ENV_DEFAULTS`), the base URL from `OPENAI_BASE_URL` and the
-key from `OPENAI_API_KEY`, so command-line verbs that only pass a spec string can use them all.
+The options are declared, typed and documented in the engine registry
+(`pollux.engine.registry.OpenAIOptions`, selected by an `openai:MODEL` spec), which checks them
+before this constructor runs. Options left unset (concurrency, timeout, max_retries, max_reasks,
+prompt_style) are read from `POLLUX_API_*` environment variables (`ENV_DEFAULTS`), the base URL
+from `OPENAI_BASE_URL` and the key from `OPENAI_API_KEY`, so tools that only pass a spec string can
+use them all.
 
 Prompt styles: "pollux" sends the judge prompt as is (a POLLUX judge reads exactly one user
 message); "general" wraps it in Russian instructions that ask a general-purpose LLM to answer in
