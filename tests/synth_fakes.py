@@ -115,7 +115,7 @@ def reply_for(body: dict[str, Any]) -> str:
 
 def make_app(delay: float, refuse: bool) -> Any:
     app = FastAPI()
-    counts = {"requests": 0}
+    counts = {"requests": 0, "active": 0, "max_active": 0}
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -124,9 +124,14 @@ def make_app(delay: float, refuse: bool) -> Any:
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> JSONResponse:
         counts["requests"] += 1
-        body = await request.json()
-        if delay:
-            await asyncio.sleep(delay)
+        counts["active"] += 1
+        counts["max_active"] = max(counts["max_active"], counts["active"])
+        try:
+            body = await request.json()
+            if delay:
+                await asyncio.sleep(delay)
+        finally:
+            counts["active"] -= 1
         if refuse:
             return JSONResponse({"error": {"message": "this server refuses every call"}}, status_code=503)
         text = reply_for(body)

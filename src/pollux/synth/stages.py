@@ -341,6 +341,7 @@ def _run_requests(ctx: StageContext, table: str, requests: list[Row], to_row: Ca
         by_model[r["model"]].append(r)
     failed: list[Row] = []
     stored = 0
+    tokens = Counter[str]()
     with ctx.progress.stage(table, total=len(requests), completed=len(requests) - len(todo)) as bar:
         for name in sorted(by_model):
             pending = {r["key"]: r for r in by_model[name]}
@@ -354,6 +355,7 @@ def _run_requests(ctx: StageContext, table: str, requests: list[Row], to_row: Ca
                         bad.append({"key": reply["key"], "model": name, "error": reply["error"]})
                     else:
                         rows.append(to_row(request, reply))
+                        tokens.update({k: reply.get(k) or 0 for k in ("prompt_tokens", "completion_tokens")})
                 stored += ctx.store.add(table, rows)
                 if failures_table and bad:
                     ctx.store.add(failures_table, bad)
@@ -367,7 +369,7 @@ def _run_requests(ctx: StageContext, table: str, requests: list[Row], to_row: Ca
                          f"{failed[0]['model']!r}: {failed[0]['error']} — the other results are stored; "
                          "fix the endpoint and rerun to do only what is missing")
     return {"requested": len(requests), "new": stored, "already_done": len(requests) - len(todo),
-            "total": ctx.store.count(table)}
+            "total": ctx.store.count(table), "tokens": dict(sorted(tokens.items()))}
 
 
 def _wire(requests: Iterable[Row]) -> list[Row]:
