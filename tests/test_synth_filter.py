@@ -138,6 +138,7 @@ def test_long_words_take_linear_time():
     start = time.perf_counter()
     assert foreign_share("a" * 100_000) == 1.0            # once a quadratic scan: minutes
     assert foreign_share("Вот " + "b" * 100_000 + "@") == 0.0
+    assert foreign_share("Формула " + "\\(" * 30_000) == 0.0      # unclosed LaTeX openers
     assert time.perf_counter() - start < 10
 
 

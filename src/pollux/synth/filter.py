@@ -81,7 +81,8 @@ class FilterSettings:
 _FENCE = re.compile(r"(```|~~~)([^\n]*)\n?(.*?)(?:\1|\Z)", re.S)
 _MASKS = [
     re.compile(r"`[^`\n]+`"),                                 # inline code
-    re.compile(r"\$\$.+?\$\$|\$[^$\n]+\$|\\\(.+?\\\)|\\\[.+?\\\]", re.S),  # LaTeX math
+    # LaTeX math; a formula is at most 2,000 characters, so that many unclosed "\(" cost linear time
+    re.compile(r"\$\$.{1,2000}?\$\$|\$[^$\n]+\$|\\\(.{1,2000}?\\\)|\\\[.{1,2000}?\\\]", re.S),
     re.compile(r"\b(?:https?|ftp)://\S+|\bwww\.\S+", re.I),   # URLs
     # e-mails and dotted names (file.py, os.path.join); the look-behinds let a match start only at a
     # word's start, so a long word without "@" or "." is scanned once, not once per character
