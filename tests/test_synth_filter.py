@@ -233,5 +233,7 @@ def test_bad_rows_are_named():
     with pytest.raises(ValueError, match="key 'a' occurs twice"):
         filter_instructions([{"key": "a", "instruction": "Привет", "task_leaf": "x"},
                              {"key": "a", "instruction": "Пока", "task_leaf": "x"}], FilterSettings())
+    with pytest.raises(ValueError, match=r"row 0 \(key 'a'\): field 'instruction': invalid text: a lone surrogate"):
+        filter_instructions([{"key": "a", "instruction": "Привет \ud800", "task_leaf": "x"}], FilterSettings())
     with pytest.raises(ValueError, match="near_dup_threshold"):
         FilterSettings(near_dup_threshold=0.0)

@@ -48,6 +48,8 @@ from typing import TYPE_CHECKING, Any
 
 from razdel import tokenize
 
+from pollux.records import text_problem
+
 if TYPE_CHECKING:
     from lingua import LanguageDetector
 
@@ -430,6 +432,9 @@ def _checked(rows: Iterable[Row]) -> list[Row]:
             raise ValueError(f"filter: {where} lacks field(s) {', '.join(missing)}")
         if not isinstance(row["key"], str) or not isinstance(row["instruction"], str):
             raise ValueError(f"filter: {where}: 'key' and 'instruction' must be strings")
+        problem = text_problem(row["instruction"])
+        if problem is not None:
+            raise ValueError(f"filter: {where}: field 'instruction': {problem}")
         if row["key"] in seen:
             raise ValueError(f"filter: {where}: key {row['key']!r} occurs twice")
         seen.add(row["key"])
