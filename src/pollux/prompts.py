@@ -117,9 +117,11 @@ def _skeleton_table() -> dict[int, str | None]:
     # letters as the skeleton has them: `й` is `и` plus a combining breve, which is dropped
     letters = {c for c in unicodedata.normalize("NFKD", "".join(SECTION_HEADERS)) if c.isalpha()}
     targets = {c for letter in letters for c in (letter.lower(), letter.upper())} | set(_MARKERS)
-    by_class = {classes.get(t, t): t for t in targets}
-    if len(by_class) != len(targets):
-        raise RuntimeError("two header letters or markers are confusable with each other")
+    by_class = {classes.get(t, t): t for t in sorted(targets)}
+    for cls in by_class:  # a confusables table that merged two header letters would be ambiguous
+        merged = sorted({t.casefold() for t in targets if classes.get(t, t) == cls})
+        if len(merged) > 1:
+            raise RuntimeError(f"header letters or markers confusable with each other: {merged}")
     for char, cls in classes.items():
         if cls in by_class and char not in targets and ord(char) not in table:
             table[ord(char)] = by_class[cls]
