@@ -48,12 +48,11 @@ from typing import TYPE_CHECKING, Any
 
 from razdel import tokenize
 
+from pollux.executor import Row
 from pollux.records import text_problem
 
 if TYPE_CHECKING:
     from lingua import LanguageDetector
-
-Row = dict[str, Any]
 
 REASONS = ("non_russian", "exact_duplicate", "near_duplicate")
 
