@@ -322,7 +322,7 @@ def test_progress_rate_and_eta_count_only_this_sessions_judgements():
     meter.advance(27)  # the first batch of 27 reports at once after 6 s
     assert meter.rate() == pytest.approx(4.5)
     assert meter.eta_s() == pytest.approx((266 - 27) / 4.5)
-    assert meter.text() == "4.50 judgements/s · ETA 0:00:53"
+    assert meter.text() == "4.50 judgements/s, ETA 0:00:53"
     now[0] = 112.0  # no verdict for 6 more seconds: the ETA grows instead of sitting near zero
     assert meter.eta_s() == pytest.approx((266 - 27) / (27 / 12))
     # a resumed run: the 200 judgements already in the database are not this session's speed
@@ -333,6 +333,7 @@ def test_progress_rate_and_eta_count_only_this_sessions_judgements():
     assert resumed.rate() == pytest.approx(1.1) and resumed.eta_s() == pytest.approx(55 / 1.1)
     resumed.advance(55)
     assert resumed.eta_s() == 0.0
+    assert Throughput(total=266, done=266, clock=lambda: now[0]).text() == "nothing left to judge"
 
 
 def test_rich_progress_says_the_first_batch_is_running():
@@ -351,7 +352,7 @@ def test_rich_progress_says_the_first_batch_is_running():
     now[0] = 2.0
     bar.advance(4)
     bar.stop()
-    assert "2.00 judgements/s · ETA 0:00:03" in out.getvalue()
+    assert "2.00 judgements/s, ETA 0:00:03" in out.getvalue()
 
 
 def test_a_finished_run_is_resumed_without_loading_the_judge(tmp_path: Path, tiny_judge_path: Path):

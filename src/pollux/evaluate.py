@@ -377,9 +377,11 @@ class Throughput:
 
     def text(self) -> str:
         rate, eta = self.rate(), self.eta_s()
+        if self.session == 0 and self.done_before >= self.total:
+            return "nothing left to judge"
         if rate is None or eta is None:
-            return "– judgements/s · ETA ? (first batch running)"
-        return f"{rate:.2f} judgements/s · ETA {_clock_time(eta)}"
+            return "first batch running, ETA ?"
+        return f"{rate:.2f} judgements/s, ETA {_clock_time(eta)}"
 
 
 def _clock_time(seconds: float) -> str:
@@ -414,7 +416,7 @@ class RichProgress(Progress):
 
         self._progress = Bar(
             TextColumn("[bold]{task.description}"),
-            BarColumn(),
+            BarColumn(bar_width=20),  # the whole line fits 80 columns
             MofNCompleteColumn(),
             ThroughputColumn(),
             TimeElapsedColumn(),
