@@ -1,4 +1,16 @@
-"""Benchmark: the model card's loop against pollux's engine, on the same judgements.
+"""Benchmark: pollux's engine against the model card's loop and what a competent user would write
+instead, on the same judgements.
+
+Methods (`--engines`, each in its own child process):
+
+* `card` — the model card's loop: `generate` one item at a time, then a second full forward over
+  prompt + rationale for `regr_output`.
+* `hf-batched` — Hugging Face batched `generate` over all prompts (left padding, `batch_size` rows
+  per call), then one batched forward over prompt + rationale (attention mask and position ids
+  from the padding, `logits_to_keep=1`) for the scores.
+* `pollux` — pollux's in-process engine (score read in the generation pass, shared prefixes).
+* `pollux-no-prefix` — the same engine with prefix sharing off (`share_prefix=False`).
+* `vllm` — pollux's vLLM engine (needs vLLM).
 
 Workload (defaults match the throughput issue): a random `Qwen2WithRegressionHead` with Qwen's
 real tokenizer and ≥ 20M non-embedding parameters (hidden 512, 8 layers, 8 heads / 2 KV heads,
@@ -7,12 +19,12 @@ answer are ≥ 600 tokens (plus a reference answer); 8 criteria per answer; exac
 per judgement (end-of-turn suppressed until then, in both methods), greedy.
 
 Each method runs in its own child process so that its peak memory (max RSS) is its own. The
-script prints judgements/s for both, their ratio, the prompt tokens each prefilled (the card's
+script prints judgements/s for each, every ratio (pollux against each other method), the prompt tokens each prefilled (the card's
 loop prefills every prompt, then re-encodes prompt + rationale for the score; pollux prefills one
 shared prefix per answer plus each criterion's own suffix — checked against a count made here
 from the tokenised prompts), peak memory, and parity (identical texts, max |Δscore|).
 
-    python bench/bench_engine.py                   # the issue's workload (≈ 5 minutes on 2 cores)
+    python bench/bench_engine.py                   # the issue's workload (≈ 8 minutes on 2 cores)
     python bench/bench_engine.py --answers 2 --criteria 4 --new-tokens 16   # a quick look
     python bench/bench_engine.py --hidden 3584 --layers 28 --heads 28 --kv-heads 4 --intermediate 18944 \\
         --device cuda --dtype bfloat16 --engines pollux,vllm        # 7B-shaped, on a GPU
@@ -111,12 +123,15 @@ def run_method(args) -> None:
                                  max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
             results.append({"text": r["text"], "score": r["score"], "prompt_tokens": r["prompt_tokens"]})
             prefilled += r["prefilled_tokens"]
-    elif args.method == "pollux":
+    elif args.method == "hf-batched":
+        results, prefilled = hf_batched(loaded, items, args)
+    elif args.method in ("pollux", "pollux-no-prefix"):
         from pollux.engine.hf import TransformersEngine
 
         engine = TransformersEngine(loaded.model, loaded.tokenizer, kind=loaded.kind, name="bench",
                                     sampling=sampling, batch_size=args.batch_size,
-                                    max_batch_tokens=args.max_batch_tokens)
+                                    max_batch_tokens=args.max_batch_tokens,
+                                    share_prefix=args.method == "pollux")
         for v in engine.judge_many(items):
             results.append({"text": v.raw_text, "score": v.head_score, "prompt_tokens": v.prompt_tokens})
         prefilled = engine.stats["prefill_tokens"]
@@ -149,6 +164,36 @@ def run_method(args) -> None:
                "instruction_answer_tokens": min(
                    len(loaded.tokenizer(it.instruction + "\n" + it.answer)["input_ids"]) for it in items)}
     Path(args.out).write_text(json.dumps(summary))
+
+
+def hf_batched(loaded, items, args) -> tuple[list[dict], int]:
+    """What a competent transformers user writes instead of the card's loop: batched `generate`
+    with left padding, then one batched forward over prompt + rationale for the head's scores."""
+    import torch
+
+    from pollux.prompts import PromptTemplate, chat_text
+
+    model, tok = loaded.model, loaded.tokenizer
+    tok.padding_side = "left"
+    texts = [chat_text(tok, PromptTemplate().render(it)) for it in items]
+    results, prefilled = [], 0
+    with torch.inference_mode():
+        for a in range(0, len(texts), args.batch_size):
+            enc = tok(texts[a : a + args.batch_size], return_tensors="pt", padding=True).to(model.device)
+            width = enc["input_ids"].shape[1]
+            out = model.generate(**enc, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+                                 do_sample=False, pad_token_id=tok.pad_token_id)
+            generated = out[:, width:]
+            # every row generated exactly `new_tokens` (end-of-turn suppressed until then): no padding
+            # after the text, so the mask extends with ones and the last position is the last token
+            mask = torch.cat([enc["attention_mask"], torch.ones_like(generated)], dim=1)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            scores = model(input_ids=out, attention_mask=mask, position_ids=positions, logits_to_keep=1).regr_output
+            prefilled += int(enc["attention_mask"].sum()) + int(mask.sum())
+            for row, gen, score in zip(enc["attention_mask"], generated, scores.float().tolist(), strict=True):
+                results.append({"text": tok.decode(gen, skip_special_tokens=True), "score": score,
+                                "prompt_tokens": int(row.sum())})
+    return results, prefilled
 
 
 # ---- the parent ----------------------------------------------------------------------------------
@@ -199,7 +244,8 @@ def main() -> None:
     p.add_argument("--max-batch-tokens", type=int, default=1 << 20)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32")
-    p.add_argument("--engines", default="card,pollux", help="comma list of: card, pollux, vllm")
+    p.add_argument("--engines", default="card,hf-batched,pollux-no-prefix,pollux",
+                   help="comma list of: card, hf-batched, pollux, pollux-no-prefix, vllm")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.5)
     p.add_argument("--model", help="use this checkpoint instead of building a random one")
     p.add_argument("--method", help=argparse.SUPPRESS)
@@ -225,20 +271,23 @@ def main() -> None:
     print(f"\nworkload: {args.answers} answers × {args.criteria} criteria = {first['judgements']} judgements, "
           f"instruction + answer ≥ {first['instruction_answer_tokens']} tokens, "
           f"prompts {first['mean_prompt_tokens']:.0f} tokens on average, {args.new_tokens} new tokens each")
-    print(f"{'method':<8} {'judgements/s':>13} {'seconds':>9} {'prefilled tokens':>17} {'peak MB':>9}")
+    print(f"{'method':<16} {'judgements/s':>13} {'seconds':>9} {'prefilled tokens':>17} {'peak MB':>9}")
     for name, r in runs.items():
-        print(f"{name:<8} {r['judgements'] / r['elapsed']:>13.3f} {r['elapsed']:>9.1f} "
+        print(f"{name:<16} {r['judgements'] / r['elapsed']:>13.3f} {r['elapsed']:>9.1f} "
               f"{r['prefilled'] if r['prefilled'] >= 0 else 'n/a':>17} {r['peak_mb']:>9.0f}")
-    if "card" in runs:
+    if "card" in runs:  # parity: every method against the model card's loop
         base = runs["card"]
         for name, r in runs.items():
             if name == "card":
                 continue
-            speedup = base["elapsed"] / r["elapsed"]
             same = sum(a["text"] == b["text"] for a, b in zip(base["results"], r["results"], strict=True))
             dmax = max(abs(a["score"] - b["score"]) for a, b in zip(base["results"], r["results"], strict=True))
-            print(f"\n{name} vs the model card's loop: {speedup:.1f}× judgements/s; "
-                  f"texts identical {same}/{len(base['results'])}; max |Δscore| {dmax:.2e}")
+            print(f"{name} vs card: texts identical {same}/{len(base['results'])}; max |Δscore| {dmax:.2e}")
+    print()
+    names = list(runs)  # every ratio: each method against each one listed before it
+    for k, name in enumerate(names):
+        for other in names[:k]:
+            print(f"{name} vs {other}: {runs[other]['elapsed'] / runs[name]['elapsed']:.2f}× judgements/s")
     if "pollux" in runs:
         r = runs["pollux"]
         ok = r["prefilled"] == r["expected_shared_prefill"]
