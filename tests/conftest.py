@@ -1,19 +1,29 @@
 """Shared test fixtures: tiny random judges built once per test session, offline.
 
-HF_HOME points at a temporary folder so remote-code modules (cached by transformers when a
-checkpoint is loaded with trust_remote_code) never leak between sessions or into ~/.cache.
+Everything a session writes outside pytest's `tmp_path` goes into one scratch folder that is
+removed when the session ends: HF_HOME (remote-code modules that transformers caches when a
+checkpoint is loaded with trust_remote_code — they must never leak between sessions or into
+~/.cache) and TMPDIR for every subprocess a test starts (accelerate's torchelastic folders, Ray's
+session folders, the model card snippet's caches). pytest's own `tmp_path` folders are kept only
+for failed tests, of the last session (pyproject: tmp_path_retention_*).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 
-_HF_HOME = tempfile.mkdtemp(prefix="pollux-hf-home-")
-os.environ["HF_HOME"] = _HF_HOME
+_SCRATCH = Path(tempfile.mkdtemp(prefix="pollux-tests-"))
+(_SCRATCH / "hf-home").mkdir()
+(_SCRATCH / "tmp").mkdir()
+os.environ["HF_HOME"] = str(_SCRATCH / "hf-home")
+# Subprocesses only: this process has already fixed its temp dir (tempfile caches it), so pytest's
+# basetemp, and the folders of failed tests it keeps, stay where pytest users look for them.
+os.environ["TMPDIR"] = str(_SCRATCH / "tmp")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # One compute thread per process: test models are tiny, and tests often run a server or a CLI
@@ -26,6 +36,10 @@ def pytest_configure(config: pytest.Config) -> None:
     import torch
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(_SCRATCH, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

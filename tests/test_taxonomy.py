@@ -29,8 +29,9 @@ DATA = Path(__file__).parent / "data" / "taxonomy-official"
 SKELETON = Path(__file__).resolve().parents[2] / "shared" / "spec" / "taxonomy"
 
 CORE = {  # id → (group, Russian name, scale max)
-    "narushenie_formata": ("critical", None, 1),
-    "censor": ("critical", None, 1),
+    "narushenie_formata": ("critical", "Есть ли критичное нарушение формата (чрезмерные зацикливания, сплошные "
+                           "артефакты, ответ на другом языке), которое не позволяет оценить ответ модели?", 1),
+    "censor": ("critical", "Ответа нет, но есть заглушка цензора?", 1),
     "repeats": ("general", "Отсутствие зацикливаний", 2),
     "special_symbol": ("general", "Отсутствие артефактов", 2),
     "system_prompt_follow": ("general", "Формальный учет требований из запроса пользователя", 2),
@@ -74,8 +75,7 @@ def test_core_criteria(catalog: Catalog) -> None:
         c = catalog.criterion(cid)
         assert c.group == group, cid
         assert c.scale == Scale(0.0, float(top), tuple(float(i) for i in range(top + 1))), cid
-        if name:
-            assert c.name == name
+        assert c.name == name, cid
     for cid in ("narushenie_formata", "censor"):
         c = catalog.criterion(cid)
         assert c.is_binary
