@@ -257,6 +257,18 @@ def test_duplicate_id_with_different_answers_is_rejected_naming_both_lines(tmp_p
     assert_each_verdict_is_on_its_own_text(df)
 
 
+def test_two_input_files_with_one_name_are_refused_and_one_file_twice_is_read_once(tmp_path: Path):
+    from pollux.taxonomy import load_catalog
+
+    (tmp_path / "x").mkdir()
+    (tmp_path / "y").mkdir()
+    a, b = write_jsonl(tmp_path / "x" / "a.jsonl", answers(2)), write_jsonl(tmp_path / "y" / "a.jsonl", answers(3))
+    with pytest.raises(EvaluateError, match=r"two input files are named 'a\.jsonl'"):
+        expand([a, b], catalog=load_catalog())
+    twice = expand([a, tmp_path / "x" / ".." / "x" / "a.jsonl"], catalog=load_catalog())
+    assert twice.problems == [] and len(twice.records) == 2
+
+
 def test_rows_of_one_answer_with_one_criterion_each_make_one_record(tmp_path: Path, judge):
     """The POLLUX dataset layout (one row per answer × criterion) may repeat an id: same texts, other criteria."""
     base = {"id": "a1", "model_id": "m", "instruction": "Сколько будет 2 + 2?", "answer": "4"}

@@ -143,7 +143,7 @@ def expand(
     catalog = catalog if catalog is not None else load_catalog()
     out = Expansion()
     prepared: list[PreparedRecord] = []
-    for path in paths:
+    for path in _distinct_inputs(paths):
         read = read_rows(path)
         out.problems += read.problems
         if strict and read.problems:
@@ -174,6 +174,19 @@ def expand(
     out.problems += duplicates
     out.problems.sort(key=lambda p: (p.source, p.line))
     return out
+
+
+def _distinct_inputs(paths: Sequence[str | Path]) -> list[Path]:
+    """The input files, each once. Rows are known by (file name, id, model) — the name, not the
+    folder, so a database stays readable when files move — so two different files with one
+    name would mix their rows (the default id is the line number): that is refused up front."""
+    by_name: dict[str, Path] = {}
+    for path in map(Path, paths):
+        other = by_name.setdefault(path.name, path)
+        if other is not path and other.resolve() != path.resolve():
+            raise EvaluateError(f"two input files are named {path.name!r} ({other}, {path}): rows are "
+                                "identified by file name, id and model; rename one")
+    return list(by_name.values())
 
 
 def merge_rows(rows: Sequence[PreparedRecord]) -> tuple[list[PreparedRecord], list[InputProblem]]:
