@@ -88,6 +88,9 @@ def test_a_bad_row_is_skipped_with_its_number_and_the_others_kept(tmp_path: Path
     broken.write_text(json.dumps(rows[0], ensure_ascii=False) + '\n{oops\n', encoding="utf-8")
     with pytest.warns(MetaEvalWarning, match=r"skipped broken\.jsonl:2: broken JSON"):
         assert len(load_experts(broken).frame) == 1
+    broken.write_text("{oops\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"missing column.*first broken\.jsonl:1: broken JSON"):
+        load_experts(broken)
 
 
 def policy_file(path: Path, rows: list[dict]) -> Path:

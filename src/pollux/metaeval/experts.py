@@ -151,7 +151,8 @@ def load_experts(
     if "criteria_score" not in raw and "annotations" not in raw:
         missing.append("criteria_score (or annotations)")
     if missing:
-        raise ValueError(f"{name}: missing column(s) {', '.join(missing)}")
+        unreadable = f" ({len(skipped)} unreadable row(s), first {skipped[0]})" if skipped else ""
+        raise ValueError(f"{name}: missing column(s) {', '.join(missing)}{unreadable}")
 
     n = len(row_names)
     col = {c: raw.get(c, [None] * n)
