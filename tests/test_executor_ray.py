@@ -8,10 +8,12 @@ where no cluster is connected yet.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -239,6 +241,47 @@ def test_a_bad_address_fails_fast():
     assert done.returncode == 0, done.stderr
     assert "cannot reach the Ray cluster at '127.0.0.1:9'" in done.stdout
     assert time.monotonic() - started < 30
+
+
+def _free_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        return int(probe.getsockname()[1])
+
+
+def test_a_cluster_started_with_ray_start_is_reached_by_its_address():
+    """docs/scale-out.md's recipe on one machine: `ray start --head`, then a driver given HOST:PORT."""
+    port = _free_port()
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths live under it
+    head = subprocess.Popen([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
+                             "--block", f"--temp-dir={temp_dir}"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        code = (
+            "from pollux.executor import ExecutorOptions, map_batches\n"
+            "from test_executor_ray import Square, _rows\n"
+            f"out = [r for b in map_batches(_rows(5), Square(), ExecutorOptions(ray='127.0.0.1:{port}')) for r in b]\n"
+            "print(sorted(r['y'] for r in out))\n"
+        )
+        deadline = time.monotonic() + 60
+        while True:  # the head takes a few seconds to listen
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or head.poll() is not None:
+                    head.kill()
+                    raise AssertionError(f"ray start --head did not come up: {head.communicate()[1][-2000:]}") from None
+                time.sleep(0.5)
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.strip() == "[0, 1, 4, 9, 16]"
+    finally:
+        head.terminate()  # `ray start --block` stops the node's processes on SIGTERM
+        head.communicate(timeout=60)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_an_address_that_is_not_ray_fails_within_the_connect_timeout():

@@ -162,8 +162,18 @@ def connect(address: str) -> Any:
     if thread.is_alive():
         raise ExecutorError(f"no Ray cluster answered at {address!r} within {CONNECT_TIMEOUT_S:.0f} s")
     if failure:
-        raise ExecutorError(f"cannot connect to the Ray cluster at {address!r}: {failure[0]}") from failure[0]
+        raise ExecutorError(f"cannot connect to the Ray cluster at {address!r}: {_root_cause(failure[0])}") from failure[0]
     return ray
+
+
+def _root_cause(exc: BaseException) -> str:
+    """Ray wraps the reason (e.g. a missing auth token) in "Failed to connect": show both, briefly."""
+    root = exc
+    while root.__cause__ is not None:
+        root = root.__cause__
+    lines = [line for line in str(root).splitlines() if line.strip() and not line.startswith((" ", "Traceback"))]
+    reason = lines[-1] if lines else type(root).__name__
+    return str(exc) if root is exc else f"{exc} ({reason})"
 
 
 class _ConsoleFilter(logging.Filter):
