@@ -12,11 +12,19 @@ import pytest
 from typer.testing import CliRunner
 
 from pollux.cli import app
+from pollux.records import text_problem
 from pollux.synth import SynthConfigError, SynthError, load_config, run, status
 from pollux.synth.export import SCHEMA, TRAIN_COLUMNS, write_parquet
 from pollux.synth.models import check_verdict
 from pollux.synth.pipeline import executor_options
-from pollux.synth.stages import StageContext, allocate, content_key, run_sample
+from pollux.synth.stages import (
+    StageContext,
+    _checked_text,
+    allocate,
+    annotate_requests,
+    content_key,
+    run_sample,
+)
 from pollux.synth.store import Store
 from pollux.taxonomy import load_catalog
 from synth_fakes import FakeServer
@@ -134,6 +142,7 @@ def test_a_failed_chunk_writes_nothing(tmp_path: Path) -> None:
     ("[FEEDBACK] Хорошо.", (None, "unparseable")),
     ("[FEEDBACK] Хорошо. [RESULT] 5 [END]", (None, "out_of_scale")),
     ("[FEEDBACK] [RESULT] 1 [END]", (None, "no_rationale")),
+    ("[FEEDBACK] Хор\x00шо. [RESULT] 1 [END]", (None, "invalid_text")),
 ])
 def test_teacher_replies_are_checked_against_the_rubric_scale(text: str, expected) -> None:
     assert check_verdict(text, RUBRICS) == expected
@@ -234,3 +243,20 @@ def test_cli_stage_and_status_print_json_on_stdout(tmp_path: Path) -> None:
         assert json.loads(again.stdout)["instructions"]["already_done"] == 3
     state = CliRunner().invoke(app, ["synth", "status", str(path)])
     assert state.exit_code == 0 and json.loads(state.stdout)["tables"]["instructions"] == 3
+
+
+@pytest.mark.parametrize("bad", ["ответ\x00", "ответ\ud800"])
+def test_llm_text_that_train_would_refuse_is_stored_marked_and_never_annotated(tmp_path: Path, bad: str) -> None:
+    """A tiny checkpoint once wrote a NUL into an answer, and `pollux train` refused the export."""
+    reply = _checked_text({"key": "k", "text": bad})
+    assert reply["invalid_text"].startswith("invalid text") and text_problem(reply["text"]) is None
+    config = load_config(write_config(tmp_path, ""))
+    with Store(config.db_path) as store:
+        store.replace("filtered", [{"key": "i", "instruction": "Дай совет.", "task_type": "Дать совет"}])
+        store.replace("criteria", [{"key": "i", "criteria": [{"criteria_name": "Полезность", "rubrics": RUBRICS,
+                                                              "criterion_id": "value", "group": "subjective"}]}])
+        store.add("answers", [{"key": "a", "instruction_key": "i", "answer": reply["text"], "invalid_text":
+                               reply["invalid_text"]}, {"key": "b", "instruction_key": "i", "answer": "Хороший ответ.",
+                                                        "invalid_text": None}])
+        ctx = StageContext(config=config, store=store, catalog=load_catalog(), options=executor_options(config))
+        assert [r["answer_key"] for r in annotate_requests(ctx)] == ["b"]

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pollux.engine.http_chat import ApiError, ChatClient
+from pollux.records import text_problem
 from pollux.scales import check_score, parse_feedback, parse_result, parse_scale
 from pollux.synth.config import ModelConfig
 
@@ -163,6 +164,8 @@ def make_backend(model: ModelConfig) -> Backend:
 def check_verdict(text: str, rubrics: str) -> tuple[float | None, str | None]:
     """(score, None) for a reply with a rationale and a complete `[RESULT] n [END]` inside the rubric's
     scale, else (None, reason) — pollux's own parser and scale check, as for judge verdicts."""
+    if text_problem(text):  # NUL / lone surrogate: unusable for storage and training
+        return None, "invalid_text"
     score = parse_result(text)
     if score is None:
         return None, "unparseable"

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pollux.executor import ExecutorOptions, map_batches
+from pollux.records import text_problem
 from pollux.synth.config import SynthConfig
 from pollux.synth.models import ChatWorker
 from pollux.synth.progress import StageProgress
@@ -135,7 +136,8 @@ def instruction_requests(ctx: StageContext) -> list[Row]:
 
 def run_instructions(ctx: StageContext) -> dict[str, Any]:
     def to_row(request: Row, reply: Row) -> Row:
-        return {**_meta(request), "instruction": reply["text"].strip(), "generator": request["model"]}
+        return {**_meta(request), "instruction": reply["text"].strip(), "generator": request["model"],
+                "invalid_text": reply["invalid_text"]}
 
     return _run_requests(ctx, "instructions", instruction_requests(ctx), to_row,
                          lambda name: ChatWorker(ctx.config.models[name]))
@@ -148,8 +150,10 @@ def run_filter(ctx: StageContext) -> dict[str, Any]:
 
     rows = ctx.store.rows("instructions")
     _need(rows, "filter", "instructions")
-    empty = [{**r, "reason": "empty", "detail": ""} for r in rows if not r["instruction"].strip()]
-    usable = [r for r in rows if r["instruction"].strip()]
+    unusable = [{**r, "reason": "empty", "detail": ""} if not r["instruction"] else
+                {**r, "reason": "invalid_text", "detail": r["invalid_text"]}
+                for r in rows if not r["instruction"] or r.get("invalid_text")]
+    usable = [r for r in rows if r["instruction"] and not r.get("invalid_text")]
     f = ctx.config.filter
     settings = FilterSettings(max_foreign_share=f.max_foreign_share, near_dup_threshold=f.near_dup_threshold,
                               num_perm=f.num_perm, shingle_size=f.shingle_size)
@@ -161,7 +165,7 @@ def run_filter(ctx: StageContext) -> dict[str, Any]:
     with ctx.progress.stage("filter", total=len(rows)) as bar:
         kept, rejected = filter_instructions(usable, settings)
         bar.advance(len(rows))
-    rejected = sorted(empty + rejected, key=lambda r: r["key"])
+    rejected = sorted(unusable + rejected, key=lambda r: r["key"])
     ctx.store.replace("filtered", kept)
     ctx.store.replace("rejects", rejected)
     reasons = Counter(r["reason"] for r in rejected)
@@ -215,13 +219,19 @@ def run_answers(ctx: StageContext) -> dict[str, Any]:
     _need(ctx.store.rows("filtered"), "answers", "filter")
 
     def to_row(request: Row, reply: Row) -> Row:
-        return {**_meta(request), "answer": reply["text"].strip(), "answer_model": request["model"]}
+        return {**_meta(request), "answer": reply["text"].strip(), "answer_model": request["model"],
+                "invalid_text": reply["invalid_text"]}
 
     return _run_requests(ctx, "answers", answer_requests(ctx), to_row,
                          lambda name: ChatWorker(ctx.config.models[name]))
 
 
 # -- 5. annotate --------------------------------------------------------------------------------
+
+def usable_answer(answer: Row) -> bool:
+    """An answer worth judging: not empty, and text `pollux train` accepts."""
+    return bool(answer["answer"]) and not answer.get("invalid_text")
+
 
 def annotate_requests(ctx: StageContext) -> list[Row]:
     cfg = ctx.config
@@ -233,7 +243,7 @@ def annotate_requests(ctx: StageContext) -> list[Row]:
     requests = []
     for answer in ctx.store.iter_rows("answers"):
         instruction = instructions.get(answer["instruction_key"])
-        if instruction is None or not answer["answer"]:  # the filter changed since; an empty answer
+        if instruction is None or not usable_answer(answer):  # the filter changed since; no usable answer
             continue
         for crit in criteria.get(answer["instruction_key"], []):
             key = content_key("annotate", answer["key"], crit["criteria_name"], crit["rubrics"], teacher.identity(),
@@ -264,7 +274,9 @@ def run_annotate(ctx: StageContext) -> dict[str, Any]:
                                                    max_attempts=cfg.max_attempts))
     drops = Counter(r["drop"] for r in ctx.store.iter_rows("annotations") if r["drop"])
     result["dropped"] = dict(sorted(drops.items()))
-    result["empty_answers_skipped"] = sum(1 for a in ctx.store.iter_rows("answers") if not a["answer"])
+    skipped = Counter("empty" if not a["answer"] else "invalid_text"
+                      for a in ctx.store.iter_rows("answers") if not usable_answer(a))
+    result["answers_skipped"] = dict(sorted(skipped.items()))
     return result
 
 
@@ -344,17 +356,18 @@ def _run_requests(ctx: StageContext, table: str, requests: list[Row], to_row: Ca
     tokens = Counter[str]()
     with ctx.progress.stage(table, total=len(requests), completed=len(requests) - len(todo)) as bar:
         for name in sorted(by_model):
+            keys = [r["key"] for r in by_model[name]]
             pending = {r["key"]: r for r in by_model[name]}
             for batch in map_batches(_wire(by_model[name]), worker_for(name), ctx.options):
                 rows, bad = [], []
                 for reply in batch:
-                    request = pending.get(reply["key"])
+                    request = pending.pop(reply["key"], None)
                     if request is None:  # a second delivery after an executor retry
                         continue
                     if reply.get("error"):
                         bad.append({"key": reply["key"], "model": name, "error": reply["error"]})
                     else:
-                        rows.append(to_row(request, reply))
+                        rows.append(to_row(request, _checked_text(reply)))
                         tokens.update({k: reply.get(k) or 0 for k in ("prompt_tokens", "completion_tokens")})
                 stored += ctx.store.add(table, rows)
                 if failures_table and bad:
@@ -363,13 +376,23 @@ def _run_requests(ctx: StageContext, table: str, requests: list[Row], to_row: Ca
                 bar.advance(len(rows) + len(bad))
             if failures_table:  # what was retried and made it is no longer a failure
                 have = ctx.store.keys(table)
-                ctx.store.delete(failures_table, [k for k in pending if k in have])
+                ctx.store.delete(failures_table, [k for k in keys if k in have])
     if failed:
         raise SynthError(f"{table}: {len(failed)} of {len(todo)} request(s) failed for good; first: model "
                          f"{failed[0]['model']!r}: {failed[0]['error']} — the other results are stored; "
                          "fix the endpoint and rerun to do only what is missing")
     return {"requested": len(requests), "new": stored, "already_done": len(requests) - len(todo),
             "total": ctx.store.count(table), "tokens": dict(sorted(tokens.items()))}
+
+
+def _checked_text(reply: Row) -> Row:
+    """An LLM's text is untrusted: one with a NUL or a lone surrogate (which SQLite, tokenizers and
+    `pollux train` refuse) is stored repaired and marked `invalid_text`, and later stages leave it out."""
+    problem = text_problem(reply["text"])
+    if problem is None:
+        return {**reply, "invalid_text": None}
+    text = reply["text"].replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+    return {**reply, "text": text, "invalid_text": problem}
 
 
 def _wire(requests: Iterable[Row]) -> list[Row]:
