@@ -188,7 +188,8 @@ class EngineEntry:
                 problems.append(f"sampling options of {self.label}: {message}")
                 continue
             name = loc[1] if loc[:1] == ["sampling"] and len(loc) > 1 else (loc[0] if loc else "?")
-            shown = "" if err["type"] == "value_error" else f" (got {err['input']!r})"
+            secret = name == "api_key"  # never echo a key, even a malformed one
+            shown = "" if err["type"] == "value_error" or secret else f" (got {err['input']!r})"
             problems.append(f"option {name!r} of {self.label}: {message}{shown}")
         return "; ".join(problems)
 
