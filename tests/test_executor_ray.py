@@ -1,8 +1,9 @@
-"""The Ray Data executor on one local Ray cluster (127.0.0.1, 2 CPUs) started once for this file.
+"""The Ray Data executor on one local Ray cluster (127.0.0.1, 2 CPUs) started once per test session
+(tests/test_executor_synth.py uses the same fixture).
 
 Worker factories are top-level classes of this module; the cluster's workers import it because the
 fixture puts tests/ on their PYTHONPATH. Connection and installation errors run in subprocesses,
-where no cluster is connected yet.
+where no cluster is connected yet; so does the `ray start --head` recipe of docs/scale-out.md.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import pytest
 
 from pollux.executor import ExecutorError, ExecutorOptions, Row, map_batches
 
-pytestmark = pytest.mark.slow  # one Ray cluster start plus actor pools: ~1 min on 2 cores
+pytestmark = pytest.mark.slow  # a Ray cluster start, actor pools, a `ray start` head: ~1.5 min on 2 cores
 
 TESTS = Path(__file__).resolve().parent
 
