@@ -252,7 +252,8 @@ class OpenAIEngine:
         return verdict
 
     def _payload(self, messages: list[dict[str, str]], *, reask: bool) -> dict[str, Any]:
-        temperature = self.sampling.temperature
+        # `self.sampling` was resolved in __init__, so its fields are set; the `or`s only say so to mypy.
+        temperature = self.sampling.temperature or 0.0
         if reask and self.prompt_style == "pollux":
             temperature = max(temperature, POLLUX_REASK_TEMPERATURE)
         payload: dict[str, Any] = {
@@ -261,8 +262,9 @@ class OpenAIEngine:
             "max_tokens": self.sampling.max_new_tokens,
             "temperature": temperature,
         }
-        if self.sampling.top_p < 1:
-            payload["top_p"] = self.sampling.top_p
+        top_p = self.sampling.top_p or 1.0
+        if top_p < 1:
+            payload["top_p"] = top_p
         return payload
 
 
