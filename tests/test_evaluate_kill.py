@@ -1,5 +1,6 @@
-"""Crash safety of the real `pollux evaluate` CLI: SIGKILL at several points, resume, every
-(item, criterion) judged exactly once; SIGINT stops cleanly with exit code 130."""
+"""Crash safety of the real `pollux evaluate` CLI: SIGKILL at two points (before the first verdict
+and mid-run), resume, every (item, criterion) judged exactly once; SIGINT stops cleanly with
+exit code 130. Each run is a new process that loads torch and the judge, the bulk of the time."""
 
 from __future__ import annotations
 
@@ -75,16 +76,15 @@ def test_sigkill_at_several_points_then_resume(tmp_path: Path, tiny_judge_path: 
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     kills.append(count(db, verdicts_sql))
-    # 2) twice more, each after a few more verdicts were committed (mid-chunk and mid-batch)
-    for extra in (3, 7):
-        before = max(count(db, verdicts_sql), 0)
-        proc = start(args)
-        wait_until(proc, db, verdicts_sql, before + extra)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-        kills.append(count(db, verdicts_sql))
-    assert kills == sorted(kills) and kills[-1] < 30, kills
+    # 2) once more, mid-run: after 3 more verdicts were committed
+    before = max(count(db, verdicts_sql), 0)
+    proc = start(args)
+    wait_until(proc, db, verdicts_sql, before + 3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    kills.append(count(db, verdicts_sql))
+    assert kills[0] < kills[1] < 30, kills
 
     final = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, final.stderr

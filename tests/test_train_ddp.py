@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +37,14 @@ def _records(out: Path, kind: str) -> dict[int, dict]:
     return {r["step"]: r for r in map(json.loads, lines) if r["kind"] == kind}
 
 
+def _free_port() -> str:
+    """A free loopback port for the processes' rendezvous: the configs' fixed ports collide when
+    two test sessions (or CI jobs) on one machine run these tests at the same time."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
     out = {}
     for shard in sorted(folder.glob("*.safetensors")):
@@ -58,7 +67,8 @@ def test_two_process_run_matches_one_process(tmp_path: Path):
     assert one.returncode == 0, one.stderr[-3000:]
     accelerate = Path(sys.executable).with_name("accelerate")
     two = subprocess.run([str(accelerate), "launch", "--config_file", str(ROOT / "configs/accelerate/cpu-ddp.yaml"),
-                          "--num_processes", "2", "-m", "pollux.train", *args, "--output", str(tmp_path / "two")],
+                          "--num_processes", "2", "--main_process_port", _free_port(), "-m", "pollux.train", *args,
+                          "--output", str(tmp_path / "two")],
                          capture_output=True, text=True, env=env, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
 
@@ -89,7 +99,7 @@ def test_fsdp_config_on_a_cpu_machine_says_it_runs_as_ddp(tmp_path: Path):
     accelerate = Path(sys.executable).with_name("accelerate")
     run = subprocess.run(
         [str(accelerate), "launch", "--config_file", str(ROOT / "configs/accelerate/fsdp.yaml"), "--num_processes", "2",
-         "--mixed_precision", "no", "-m", "pollux.train", "--model", str(base), "--train", str(data["train"]),
+         "--main_process_port", _free_port(), "--mixed_precision", "no", "-m", "pollux.train", "--model", str(base), "--train", str(data["train"]),
          "--batch-size", "8", "--micro-batch-size", "4", "--max-steps", "1", "--output", str(tmp_path / "out")],
         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600,
     )

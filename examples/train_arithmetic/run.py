@@ -36,6 +36,7 @@ from make_data import make_dataset  # noqa: E402
 
 GOAL_SPEARMAN = 0.8  # the worked example's promise (docs/training.md)
 GOAL_WALL_S = 15 * 60
+PARITY_TOL = 1e-4  # model card snippet vs `pollux judge`, same checkpoint and item
 
 
 def fmt(x: float | None) -> str:
@@ -123,7 +124,8 @@ def main() -> None:
                    help="RoPE base of the new model (0: keep Qwen2.5's 1e6, made for long contexts).")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--check", action="store_true",
-                   help=f"Exit 1 unless the goal is met (held-out Spearman ≥ {GOAL_SPEARMAN} within {GOAL_WALL_S} s).")
+                   help=f"Exit 1 unless the goal is met (held-out Spearman ≥ {GOAL_SPEARMAN} within {GOAL_WALL_S} s) "
+                        "and the model card's snippet agrees with `pollux judge`.")
     p.add_argument("--skip-parity", action="store_true", help="Skip the model card snippet vs pollux judge check.")
     a = p.parse_args()
 
@@ -171,7 +173,12 @@ def main() -> None:
     met = f["spearman"] is not None and f["spearman"] >= GOAL_SPEARMAN and results["wall_s"] <= GOAL_WALL_S
     print(f"goal (held-out Spearman ≥ {GOAL_SPEARMAN} in ≤ {GOAL_WALL_S // 60} min): {'met' if met else 'NOT met'}",
           flush=True)
-    if a.check and not met:
+    parity = results.get("parity")
+    same = parity is None or (parity["same_text"] and parity["abs_diff"] <= PARITY_TOL)
+    if not same:
+        print(f"model card snippet and pollux judge disagree (|Δ| ≤ {PARITY_TOL} and the same rationale expected)",
+              flush=True)
+    if a.check and not (met and same):
         sys.exit(1)
 
 
