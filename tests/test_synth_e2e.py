@@ -5,6 +5,7 @@ during `annotate`, resumed, and compared byte for byte with the uninterrupted ru
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -171,6 +172,10 @@ def test_kill_9_during_answers_and_annotate_then_resume_gives_the_same_export(
     proc = subprocess.run([sys.executable, "-m", "pollux.cli", "synth", "run", str(config), "--quiet"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    resumed = json.loads(proc.stdout)  # the last run asked only for what the killed ones had not stored
+    assert resumed["answers"]["already_done"] == total_answers and resumed["answers"]["new"] == 0
+    assert resumed["annotate"]["already_done"] >= annotations_after_kill
+    assert resumed["annotate"]["new"] == total_annotations - resumed["annotate"]["already_done"]
 
     export = tmp_path / "crash" / "run" / "export" / "train.parquet"
     assert export.read_bytes() == reference["export"].read_bytes()  # same config + seed: byte-identical

@@ -87,7 +87,10 @@ def summarize(store: Any, rows: list[Row]) -> dict[str, Any]:
             "annotate": {"annotations": len(annotations),
                          "valid": sum(1 for a in annotations if not a["drop"]),
                          "dropped": _count([a for a in annotations if a["drop"]], "drop"),
-                         "attempts": _count(annotations, "attempts")},
+                         "attempts": _count(annotations, "attempts"),
+                         "answers_skipped": dict(sorted(Counter(
+                             "empty" if not a["answer"] else "invalid_text" for a in store.iter_rows("answers")
+                             if not a["answer"] or a.get("invalid_text")).items()))},
             "sample": store.get_meta("result:sample", {}),
             "export": {"rows": len(rows)},
         },
