@@ -144,3 +144,16 @@ def test_threads_reach_torch_for_in_process_judges(tiny_judge_path: Path) -> Non
         assert judge.engine.template.text == MODEL_CARD_TEMPLATE  # type: ignore[attr-defined]
     finally:
         torch.set_num_threads(before)
+
+
+def test_vllm_options_reach_the_vllm_engine(tmp_path: Path) -> None:
+    """Validated options get as far as `VLLMEngine.from_pretrained`; where vLLM is missing it says
+    so (the GPU tests in tests/test_vllm_engine.py run the engine itself)."""
+    from pollux.engine.vllm_engine import vllm_status
+
+    if vllm_status()[0]:
+        pytest.skip("vLLM is installed: tests/test_vllm_engine.py runs it")
+    with pytest.raises(RuntimeError, match="vLLM is not installed"):
+        Judge.from_spec(f"vllm:{tmp_path}", {"batch_size": 8, "dtype": "bfloat16", "gpu_memory_utilization": 0.5})
+    with pytest.raises(OptionsError, match="option 'gpu_memory_utilization' of vllm: judges: Input should be less"):
+        Judge.from_spec(f"vllm:{tmp_path}", {"gpu_memory_utilization": 1.5})
