@@ -30,8 +30,12 @@ TESTS = Path(__file__).resolve().parent
 
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[None]:
-    """One local Ray cluster for the session (other test files import this fixture)."""
+    """One local Ray cluster for the session. Other test files import this fixture, which makes it a
+    second fixture definition: the cluster the first one started is reused, not started again."""
     ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        yield
+        return
     with pytest.MonkeyPatch.context() as env:
         env.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])))
         # Ray binds its servers to the node's address on all interfaces; keep them on loopback.
