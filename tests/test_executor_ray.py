@@ -197,6 +197,19 @@ def test_a_row_that_is_not_json_is_named(ray_cluster):
         list(map_batches([{"key": "k0"}, {"key": "k1", "when": object()}], Square(), ExecutorOptions(ray="auto")))
 
 
+def test_an_existing_connection_is_reused_and_another_address_warned_about(ray_cluster, caplog):
+    import ray
+
+    from pollux.executor.ray_data import connect
+
+    here = ray.get_runtime_context().gcs_address
+    with caplog.at_level("WARNING", logger="pollux.executor.ray_data"):
+        assert connect(here) is ray and connect("auto") is ray
+        assert caplog.records == []
+        assert connect("10.0.0.1:6379") is ray
+    assert f"already connected to the Ray cluster at {here}; running there, not at 10.0.0.1:6379" in caplog.text
+
+
 def test_an_actor_no_node_can_hold_is_warned_about(ray_cluster, caplog):
     import ray
 

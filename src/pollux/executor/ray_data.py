@@ -132,13 +132,18 @@ def _not_main_thread_notice(record: logging.LogRecord) -> bool:
 
 
 def connect(address: str) -> Any:
-    """Connect this driver to a Ray cluster once ("auto" or an address); reuse an existing connection.
+    """Connect this driver to a Ray cluster once ("auto" or an address); reuse an existing connection
+    (with a warning when it is to another address than the one asked for).
 
     `ray.init` retries an address that accepts TCP but never answers as Ray for many minutes, so it
     runs in a helper thread and the connection is given up after `CONNECT_TIMEOUT_S`.
     """
     ray = import_ray()
     if ray.is_initialized():
+        current = ray.get_runtime_context().gcs_address
+        if address not in ("auto", current):
+            log.warning("this process is already connected to the Ray cluster at %s; running there, not at %s",
+                        current, address)
         return ray
     if address != "auto":
         _check_reachable(address)
