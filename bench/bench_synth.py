@@ -58,8 +58,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000, help="annotations to make (before re-asks)")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--delay", type=float, default=0.05)
-    parser.add_argument("--workers", type=int, default=1, help="executor worker threads")
-    parser.add_argument("--batch-size", type=int, default=256, help="rows per executor batch")
+    parser.add_argument("--workers", type=int, default=None, help="executor worker threads (default: the config's)")
+    parser.add_argument("--batch-size", type=int, default=None, help="rows per executor batch (default: the config's)")
     args = parser.parse_args()
     criteria = 10
     with FakeServer("--delay", str(args.delay)) as server, tempfile.TemporaryDirectory() as tmp:
@@ -96,8 +96,8 @@ teacher = "teacher"
         "annotations": result["total"], "dropped": result["dropped"], "http_requests": requests,
         "seconds": round(elapsed, 2), "requests_per_s": round(rate, 1), "bound_per_s": round(bound, 1),
         "share_of_bound": round(rate / bound, 3), "goal": 0.7, "met": rate / bound >= 0.7,
-        "concurrency": args.concurrency, "delay_s": args.delay, "workers": args.workers,
-        "batch_size": args.batch_size,
+        "concurrency": args.concurrency, "delay_s": args.delay, "workers": ctx.options.workers,
+        "batch_size": ctx.options.batch_size,
         # where the time went: CPU per request in this process (pollux) and in the fake server
         "client_cpu_ms_per_request": round(1000 * cpu / max(requests, 1), 2),
         "server_cpu_ms_per_request": round(1000 * server_cpu / max(requests, 1), 2),

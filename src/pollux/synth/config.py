@@ -115,8 +115,8 @@ class SampleConfig:
 
 @dataclass(frozen=True)
 class ExecutorConfig:
-    workers: int = 1
-    batch_size: int = 32
+    workers: int = 4  # local: threads per endpoint model (sharing its client); Ray: actors
+    batch_size: int = 128  # rows per batch, and per store transaction
     max_retries: int = 3
 
 
@@ -278,8 +278,8 @@ def _sample(t: dict[str, Any]) -> SampleConfig:
 
 def _executor(t: dict[str, Any]) -> ExecutorConfig:
     _known(t, "executor", {"workers", "batch_size", "max_retries"})
-    return ExecutorConfig(workers=_int(t, "executor", "workers", 1, minimum=1),
-                          batch_size=_int(t, "executor", "batch_size", 32, minimum=1),
+    return ExecutorConfig(workers=_int(t, "executor", "workers", 4, minimum=1),
+                          batch_size=_int(t, "executor", "batch_size", 128, minimum=1),
                           max_retries=_int(t, "executor", "max_retries", 3, minimum=0))
 
 

@@ -6,8 +6,10 @@ backend turns a batch of requests into replies (`text`, token counts, or an `err
 
 * `openai` — any OpenAI-compatible `/chat/completions` endpoint, through pollux's own transport
   (`pollux.engine.http_chat.ChatClient`: bounded concurrency, retries with backoff and jitter,
-  Retry-After, usage counts). The worker keeps one event loop and one client for its whole life,
-  so connections are reused from batch to batch.
+  Retry-After, usage counts). One client per model per process, on its own event-loop thread and
+  shared by all worker threads: the model's `concurrency` bounds its in-flight requests in this
+  process, connections are reused from batch to batch, and one thread's batch fills the connections
+  while another's waits for its last replies.
 * `local:PATH` — a checkpoint generating chat replies with plain transformers `generate` (pollux
   judges and plain causal LMs load alike). Greedy requests are batched (left padding); sampled
   requests run one by one, seeded by their key, so a row's text does not depend on which rows
@@ -24,9 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from pollux.engine.http_chat import ApiError, ChatClient
 from pollux.records import text_problem
@@ -34,13 +37,17 @@ from pollux.scales import check_score, parse_feedback, parse_result, parse_scale
 from pollux.synth.config import ModelConfig
 
 Row = dict[str, Any]
+T = TypeVar("T")
 
 # Temperature for asking again after a broken reply: at temperature 0 the same prompt gives the same text.
 RETRY_TEMPERATURE = 0.3
 
 
 class HttpBackend:
-    """An OpenAI-compatible endpoint; one event loop and one `ChatClient` per worker."""
+    """An OpenAI-compatible endpoint: one `ChatClient` on an event loop in its own thread, shared by
+    every worker thread of this process (`shared_http_backend`). The client's semaphore then bounds the
+    model's in-flight requests across threads, and while one thread's batch waits for its last
+    replies, another thread's batch keeps the connections busy."""
 
     def __init__(self, model: ModelConfig):
         api_key = None
@@ -51,12 +58,18 @@ class HttpBackend:
                                  f"{model.api_key_env} is not set or empty")
         self.model = model
         self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name=f"pollux-synth-{model.name}", daemon=True)
+        self.thread.start()
         self.client = ChatClient(model.base_url or "", api_key=api_key, concurrency=model.concurrency,
                                  timeout=model.timeout, max_retries=model.max_retries, name=model.name)
-        self.loop.run_until_complete(self.client.__aenter__())
+        self.run(self.client.__aenter__())
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine on the backend's loop and wait for it (from any thread)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
     def generate(self, requests: list[Row]) -> list[Row]:
-        return self.loop.run_until_complete(self._all(requests))
+        return self.run(self._all(requests))
 
     async def _all(self, requests: list[Row]) -> list[Row]:
         return list(await asyncio.gather(*(self.one(r) for r in requests)))
@@ -73,8 +86,23 @@ class HttpBackend:
                 "prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens}
 
     def close(self) -> None:
-        self.loop.run_until_complete(self.client.__aexit__())
+        self.run(self.client.__aexit__())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
         self.loop.close()
+
+
+_SHARED: dict[ModelConfig, HttpBackend] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_http_backend(model: ModelConfig) -> HttpBackend:
+    """This process's one backend for an endpoint model (see `HttpBackend`)."""
+    with _SHARED_LOCK:
+        backend = _SHARED.get(model)
+        if backend is None:
+            backend = _SHARED[model] = HttpBackend(model)
+        return backend
 
 
 class LocalBackend:
@@ -158,7 +186,7 @@ def make_backend(model: ModelConfig) -> Backend:
         return LocalBackend(model)
     if model.kind == "vllm":
         return VllmBackend(model)
-    return HttpBackend(model)
+    return shared_http_backend(model)
 
 
 def check_verdict(text: str, rubrics: str) -> tuple[float | None, str | None]:
@@ -204,7 +232,7 @@ def _verdicts(backend: Backend, batch: list[Row], max_attempts: int) -> list[Row
         async def all_rows() -> list[Row]:
             return list(await asyncio.gather(*(_verdict_http(backend, r, max_attempts) for r in batch)))
 
-        return backend.loop.run_until_complete(all_rows())
+        return backend.run(all_rows())
     done: list[Row] = []
     pending = batch
     for attempt in range(max_attempts):

@@ -23,7 +23,7 @@ import hashlib
 import json
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from pollux.executor import ExecutorOptions, map_batches
@@ -358,7 +358,7 @@ def _run_requests(ctx: StageContext, table: str, requests: list[Row], to_row: Ca
         for name in sorted(by_model):
             keys = [r["key"] for r in by_model[name]]
             pending = {r["key"]: r for r in by_model[name]}
-            for batch in map_batches(_wire(by_model[name]), worker_for(name), ctx.options):
+            for batch in map_batches(_wire(by_model[name]), worker_for(name), _options_for(ctx, name)):
                 rows, bad = [], []
                 for reply in batch:
                     request = pending.pop(reply["key"], None)
@@ -383,6 +383,14 @@ def _run_requests(ctx: StageContext, table: str, requests: list[Row], to_row: Ca
                          "fix the endpoint and rerun to do only what is missing")
     return {"requested": len(requests), "new": stored, "already_done": len(requests) - len(todo),
             "total": ctx.store.count(table), "tokens": dict(sorted(tokens.items()))}
+
+
+def _options_for(ctx: StageContext, name: str) -> ExecutorOptions:
+    """Where a model's batches run. Locally, a checkpoint gets one worker thread: each thread would load
+    its own copy, and torch already uses the cores. Endpoints get `workers` threads sharing one client."""
+    if ctx.options.ray is None and ctx.config.models[name].kind != "openai":
+        return replace(ctx.options, workers=1)
+    return ctx.options
 
 
 def _checked_text(reply: Row) -> Row:
