@@ -120,6 +120,10 @@ def load_judge(path: str | Path, *, dtype: str | Any = "auto", device: str = "au
         model, info = cast(tuple[Any, dict[str, list[str]]], Qwen2WithRegressionHead.from_pretrained(
             path, dtype=torch_dtype, output_loading_info=True))
         lost = [k for k in info.get("missing_keys", []) if k.startswith("regression_head")]
+        # transformers 4.x does not report a tensor the index lists but its shard lacks: it stays
+        # on the meta device (no data) until `.to()` fails with a message that names nothing
+        lost += [f"regression_head.{n}" for n, p in model.regression_head.named_parameters()
+                 if p.is_meta and f"regression_head.{n}" not in lost]
         if lost:
             raise CheckpointError(f"{path}: regression head weights not loaded: {', '.join(sorted(lost))}")
     else:
