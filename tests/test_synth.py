@@ -22,6 +22,7 @@ from pollux.synth.stages import (
     _checked_text,
     allocate,
     annotate_requests,
+    answer_requests,
     content_key,
     run_sample,
 )
@@ -260,3 +261,17 @@ def test_llm_text_that_train_would_refuse_is_stored_marked_and_never_annotated(t
                                                         "invalid_text": None}])
         ctx = StageContext(config=config, store=store, catalog=load_catalog(), options=executor_options(config))
         assert [r["answer_key"] for r in annotate_requests(ctx)] == ["b"]
+
+
+def test_equal_mode_gives_each_answer_model_an_equal_share(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "")
+    text = path.read_text().replace('[answers]\nmodels = ["gen"]', '[answers]\nmodels = ["gen", "b", "c"]\nmode = "equal"')
+    text += "".join(f'[models.{m}]\nmodel = "{m}"\nbase_url = "http://127.0.0.1:9/v1"\n' for m in ("b", "c"))
+    path.write_text(text, encoding="utf-8")
+    config = load_config(path)
+    with Store(config.db_path) as store:
+        store.replace("filtered", [{"key": content_key(i), "instruction": f"Задание {i}"} for i in range(9)])
+        ctx = StageContext(config=config, store=store, catalog=load_catalog(), options=executor_options(config))
+        requests = answer_requests(ctx)
+    assert len(requests) == 9 and len({r["instruction_key"] for r in requests}) == 9
+    assert sorted(r["model"] for r in requests) == ["b"] * 3 + ["c"] * 3 + ["gen"] * 3
