@@ -72,6 +72,9 @@ def test_two_process_run_matches_one_process(tmp_path: Path):
                          capture_output=True, text=True, env=env, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
 
+    # A precondition, not the result: the world size and mode come from the launcher through
+    # accelerate (WORLD_SIZE, the process group), not from pollux; a launcher that quietly ran one
+    # process would make the comparison below pass trivially.
     first = {run: json.loads((tmp_path / run / "train_log.jsonl").read_text().splitlines()[0]) for run in ("one", "two")}
     assert (first["one"]["world_size"], first["two"]["world_size"]) == (1, 2)
     assert (first["one"]["distributed"], first["two"]["distributed"]) == ("NO", "MULTI_CPU")
