@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pollux.metaeval.domains import DEFAULT_OOD_TASKS
+from pollux.synth.filter import FilterSettings
 
 LEVELS = ("easy", "medium", "hard")
 SAMPLE_BY = ("task_type", "criterion_group", "score")
@@ -83,14 +84,6 @@ class InstructionsConfig:
 
 
 @dataclass(frozen=True)
-class FilterConfig:
-    max_foreign_share: float = 0.05
-    near_dup_threshold: float = 0.7
-    num_perm: int = 128
-    shingle_size: int = 3
-
-
-@dataclass(frozen=True)
 class AnswersConfig:
     models: tuple[str, ...]
     mode: str = "all"  # "all": every model answers every instruction; "equal": one model each, equal shares
@@ -130,7 +123,7 @@ class SynthConfig:
     levels: tuple[str, ...]
     models: dict[str, ModelConfig]
     instructions: InstructionsConfig
-    filter: FilterConfig
+    filter: FilterSettings
     answers: AnswersConfig
     annotate: AnnotateConfig
     sample: SampleConfig
@@ -232,14 +225,18 @@ def _instructions(t: dict[str, Any], models: dict[str, ModelConfig], base: Path)
     )
 
 
-def _filter(t: dict[str, Any]) -> FilterConfig:
+def _filter(t: dict[str, Any]) -> FilterSettings:
+    """The filter stage's settings; defaults and checks are `FilterSettings`' own (one place)."""
     _known(t, "filter", {"max_foreign_share", "near_dup_threshold", "num_perm", "shingle_size"})
-    share = _float(t, "filter", "max_foreign_share", 0.05, minimum=0.0)
-    threshold = _float(t, "filter", "near_dup_threshold", 0.7, minimum=0.0)
-    if share > 1 or threshold > 1:
-        raise SynthConfigError("filter.max_foreign_share and filter.near_dup_threshold must lie in [0, 1]")
-    return FilterConfig(share, threshold, _int(t, "filter", "num_perm", 128, minimum=16),
-                        _int(t, "filter", "shingle_size", 3, minimum=1))
+    d = FilterSettings()
+    try:
+        return FilterSettings(
+            max_foreign_share=_float(t, "filter", "max_foreign_share", d.max_foreign_share, minimum=0.0),
+            near_dup_threshold=_float(t, "filter", "near_dup_threshold", d.near_dup_threshold, minimum=0.0),
+            num_perm=_int(t, "filter", "num_perm", d.num_perm, minimum=16),
+            shingle_size=_int(t, "filter", "shingle_size", d.shingle_size, minimum=1))
+    except ValueError as e:  # FilterSettings names the setting; say where it lives in the config
+        raise SynthConfigError(f"filter.{e}") from None
 
 
 def _answers(t: dict[str, Any], models: dict[str, ModelConfig], base: Path) -> AnswersConfig:

@@ -146,7 +146,7 @@ def run_instructions(ctx: StageContext) -> dict[str, Any]:
 # -- 2. filter ----------------------------------------------------------------------------------
 
 def run_filter(ctx: StageContext) -> dict[str, Any]:
-    from pollux.synth.filter import FilterSettings, filter_instructions
+    from pollux.synth.filter import filter_instructions
 
     rows = ctx.store.rows("instructions")
     _need(rows, "filter", "instructions")
@@ -154,12 +154,10 @@ def run_filter(ctx: StageContext) -> dict[str, Any]:
                 {**r, "reason": "invalid_text", "detail": r["invalid_text"]}
                 for r in rows if not r["instruction"] or r.get("invalid_text")]
     usable = [r for r in rows if r["instruction"] and not r.get("invalid_text")]
-    f = ctx.config.filter
-    settings = FilterSettings(max_foreign_share=f.max_foreign_share, near_dup_threshold=f.near_dup_threshold,
-                              num_perm=f.num_perm, shingle_size=f.shingle_size)
+    settings = ctx.config.filter
     # The filter looks at the whole set (duplicates across it); the same set and settings give the same
     # result, so a resumed run skips it (loading the language models alone takes seconds).
-    fingerprint = content_key("filter", sorted(r["key"] for r in rows), asdict(f))
+    fingerprint = content_key("filter", sorted(r["key"] for r in rows), asdict(settings))
     if ctx.store.get_meta("fingerprint:filter") == fingerprint:
         return {**ctx.store.get_meta("result:filter", {}), "already_done": True}
     with ctx.progress.stage("filter", total=len(rows)) as bar:
