@@ -1,7 +1,7 @@
 """Benchmark: `meta_evaluate` on POLLUX-sized synthetic data (161,076 rows) with 1,000-resample
 bootstrap intervals. Prints the time of each phase and the total.
 
-    python bench/metaeval_bench.py [--rows 161076] [--bootstrap 1000] [--judges 1] [--groups]
+    python bench/metaeval_bench.py [--rows 161076] [--bootstrap 1000] [--judges 1] [--groups] [--per-answer 14]
 
 The data mimic POLLUX's shape: 7 evaluated LLMs, ~11,500 answers of ~14 criteria each, 0–2
 scales, 2–3 experts per row with occasional -1 ("not applicable"), 8 of 35 task types
@@ -26,10 +26,9 @@ MODELS = ("o1", "GPT-4o", "Claude 3.5 Sonnet", "Llama 3.1 405B", "GigaChat Max",
 RUBRICS = "0: плохо\n\n1: средне\n\n2: хорошо"
 
 
-def synthetic(n_rows: int, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+def synthetic(n_rows: int, seed: int = 0, per_answer: int = 14) -> tuple[pd.DataFrame, np.ndarray]:
     """POLLUX-shaped expert rows and, aligned, a noisy continuous judge score for each."""
     rng = np.random.default_rng(seed)
-    per_answer = 14
     n_answers = -(-n_rows // per_answer)
     answer = np.repeat(np.arange(n_answers), per_answer)[:n_rows]
     model = np.array(MODELS)[answer % len(MODELS)]
@@ -71,10 +70,12 @@ def main() -> None:
     parser.add_argument("--judges", type=int, default=1)
     parser.add_argument("--split", default="all")
     parser.add_argument("--groups", action="store_true", help="also the breakdown by criterion group (5 groups)")
+    parser.add_argument("--per-answer", type=int, default=14, help="criterion rows per answer: 14 gives "
+                        "POLLUX's ~11,500 answers; 4 gives the ~40k-answer shape of issue 13")
     args = parser.parse_args()
 
     load0 = os.getloadavg()[0]  # the machine is shared: say how busy it was
-    raw, judge = synthetic(args.rows)
+    raw, judge = synthetic(args.rows, per_answer=args.per_answer)
     c0 = time.process_time()
     t0 = time.perf_counter()
     experts = load_experts(raw)

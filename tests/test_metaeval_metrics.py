@@ -205,3 +205,29 @@ def test_common_rows_and_kendall_intervals():
     assert tau["ci_low"] <= tau["value"] <= tau["ci_high"]
     assert np.isnan(common.metrics.query("judge == 'full' and model == 'm' and metric == 'kendall'")
                     .iloc[0]["ci_low"])  # not requested
+
+
+def test_groups_share_the_llm_resamples() -> None:
+    """A criterion group is scored on the same answer resamples as the whole table: when the one
+    group holds every row, its intervals are the whole table's, bit for bit (each group used to
+    draw its own resamples, so its interval differed by resampling noise)."""
+    rng = np.random.default_rng(5)
+    rows = []
+    for m in ("m1", "m2"):
+        for i in range(30):
+            for c in range(3):
+                e = float(rng.integers(0, 3))
+                rows.append({"instruction": f"q{i}", "answer": f"{m} a{i}", "model_id": m,
+                             "criteria_name": f"c{c}", "criteria_group": "general", "rubrics": RUBRIC,
+                             "criteria_score": e, "annotations": [e, float(rng.integers(0, 3))]})
+    experts = load_experts(pd.DataFrame(rows))
+    judge = np.clip(experts.frame["expert"].to_numpy() + rng.normal(scale=0.7, size=len(rows)), 0, 2)
+    scores = scores_from_frame(pd.DataFrame({"key": experts.frame["key"], "head_score": judge}), judge="J")
+    result = meta_evaluate(experts, scores, split="all", n_bootstrap=200)
+    assert result.groups == ["general"]
+    for metric in ("spearman", "mae", "vc", "pearson"):
+        for what in ("ci_low", "ci_high"):
+            whole = result.table(metric, what=what)["J"]
+            group = result.table(metric, group="general", what=what)["J"]
+            assert np.isfinite(whole.to_numpy()).all()
+            np.testing.assert_array_equal(group.to_numpy(), whole.to_numpy())

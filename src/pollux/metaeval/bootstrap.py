@@ -126,15 +126,25 @@ def _parallel(work: Callable[[slice], None], n_resamples: int, n_rows: int) -> N
         for sl in chunks:
             work(sl)
         return
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(work, chunks))
+    list(_pool(workers).map(work, chunks))
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """A thread pool kept for the process: a meta-evaluation calls `_parallel` once per judge, LLM
+    and criterion group (~50 times on POLLUX), and starting fresh threads each time cost more than
+    some of the chunks themselves."""
+    if workers not in _POOLS:
+        _POOLS[workers] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pollux-bootstrap")
+    return _POOLS[workers]
 
 
 def _per_answer(answer: np.ndarray, group: np.ndarray, n_answers: int, n_groups: int) -> np.ndarray:
     """N[a, g]: how many rows of answer a fall in group g."""
-    out = np.zeros((n_answers, n_groups))
-    np.add.at(out, (answer, group), 1.0)
-    return out
+    flat = answer.astype(np.int64) * n_groups + group
+    return np.bincount(flat, minlength=n_answers * n_groups).reshape(n_answers, n_groups).astype(float)
 
 
 def _sum_sq_ranks(n: np.ndarray, tie_term: np.ndarray) -> np.ndarray:

@@ -192,6 +192,16 @@ def meta_evaluate(
     answer_col = frame["answer_id"].to_numpy()
     expert_col = frame["expert"].to_numpy()
     records: list[dict[str, Any]] = []
+    # One resample set per LLM, shared by every criterion group: a group's rows are some rows of
+    # the same answers, so a group's resample is the whole resample restricted to that group (the
+    # answers a resample draws are the same in every table, and the count matrix and what Spearman
+    # derives from it are made once per LLM instead of once per LLM and group).
+    resamples: dict[str, tuple[np.ndarray, bs.Resamples | None]] = {}
+    for m in models:
+        ans_ids = np.unique(answer_col[in_split & applicable & (model_col == m)])
+        counts = (bs.Resamples(bs.resample_counts(ans_ids.size, n_bootstrap, _seed(seed, ALL_GROUPS, m)))
+                  if n_bootstrap and ans_ids.size else None)
+        resamples[m] = (ans_ids, counts)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MetaEvalWarning)
         for subset in subsets:
@@ -199,9 +209,8 @@ def meta_evaluate(
             per_judge_samples: dict[str, dict[str, list[np.ndarray]]] = {j: {} for j in judges}
             for m in models:
                 rows = np.flatnonzero(base & (model_col == m))
-                ans_ids, local = np.unique(answer_col[rows], return_inverse=True)
-                counts = (bs.Resamples(bs.resample_counts(ans_ids.size, n_bootstrap, _seed(seed, subset, m)))
-                          if n_bootstrap and ans_ids.size else None)
+                ans_ids, counts = resamples[m]
+                local = np.searchsorted(ans_ids, answer_col[rows])  # the answer's column in the counts
                 for j in judges:
                     use = np.isfinite(values[j][rows])
                     idx, a = rows[use], local[use]
