@@ -468,6 +468,7 @@ def evaluate(
     max_field_chars: int = DEFAULT_MAX_FIELD_CHARS,
     progress: Progress | None = None,
     log: Callable[[str], None] | None = None,
+    executor: Any = None,
 ) -> EvaluateSummary:
     """Judge every (row × criterion) of `inputs` that `db` does not hold yet; see the module doc.
 
@@ -476,7 +477,15 @@ def evaluate(
     `JudgeLoader` is not called at all when its earlier run already holds every judgement. Raises
     `EvaluateError` before judging anything when the run cannot start; KeyboardInterrupt is caught:
     the summary says `interrupted` and what remains.
+
+    `executor` (a `pollux.executor.ExecutorOptions`, e.g. `ray="auto"`) judges on the executor
+    instead: `judge` must then be a `JudgeLoader` whose `load` is picklable (a
+    `pollux.executor.judging.JudgeFactory`); each worker loads its own judge, this process never
+    does, and stays the only writer of `db` (see `_judge_on_executor`). A bad cluster address or
+    a missing Ray is an `EvaluateError` before anything is written.
     """
+    if executor is not None:
+        _check_executor(judge, executor)
     if isinstance(inputs, str | Path):
         inputs = [inputs]
     if chunk_size < 1:
@@ -504,6 +513,10 @@ def evaluate(
     finished = None if new_run or request is None else _finished_run(db, request, list(by_key))
     if finished is not None:
         log(f"run {finished.run_id} already holds every judgement of these inputs: the judge is not loaded")
+    elif executor is not None:
+        assert request is not None  # _check_executor: a JudgeLoader
+        return _evaluate_on_executor(db, judge, request, executor, expansion, by_key, new_run, chunk_size,
+                                     summary, progress, log, t0)
     elif _is_loader(judge):  # load only now that the inputs are known good and something is left
         judge = judge()
 
@@ -531,12 +544,7 @@ def evaluate(
         _judge_todo(store, run.run_id, judge, [by_key[k] for k in todo], todo, chunk_size, summary, progress, log)
         judging_s = time.monotonic() - t_judge
         summary.remaining = summary.items - len(store.done_keys(run.run_id, run.judge))
-
-    summary.elapsed_s = round(time.monotonic() - t0, 3)
-    summary.judging_s = round(judging_s, 3)
-    judged_total = summary.judged + summary.failed
-    summary.judgements_per_s = round(judged_total / judging_s, 3) if judging_s > 0 else 0.0
-    return summary
+    return _finish(summary, t0, judging_s)
 
 
 def _judge_todo(store: RunStore, run_id: int, judge: Any, items: list[JudgeItem], keys: list[str], chunk_size: int,
@@ -620,3 +628,146 @@ def _judge_chunk(
     for index, verdict in enumerate(verdicts):
         if index not in written:
             on_verdict(index, verdict)
+
+
+# -- judging on the executor (local worker threads, or Ray Data actors) --------------------------
+
+
+def _check_executor(judge: Any, executor: Any) -> None:
+    """Before anything is read or written: the judge can travel to workers, and the cluster answers
+    (no Ray installed, a bad address → `EvaluateError`)."""
+    from pollux.executor import ExecutorError
+
+    if not isinstance(judge, JudgeLoader):
+        raise EvaluateError("judging on the executor needs a JudgeLoader whose `load` the workers can run "
+                            "(e.g. pollux.executor.judging.JudgeFactory), not a loaded judge")
+    if executor.ray is not None:
+        from pollux.executor.ray_data import connect
+
+        try:
+            connect(executor.ray)
+        except ExecutorError as e:
+            raise EvaluateError(str(e)) from None
+
+
+class _ExecutorDriver:
+    """The driver's side of a run on the executor: the only writer of the store.
+
+    The driver never loads the judge, so it learns the run's configuration from the workers: a run
+    this request opened before is resumed at once (its configuration must then equal the
+    workers'); otherwise the run is opened when the first verdicts arrive, from the configuration
+    their rows carry. Each verdict is written once: a key the run already holds, or one this
+    session already wrote (a retried batch delivers its results again), is skipped — unless the
+    earlier one was an error and this one is not."""
+
+    def __init__(self, store: RunStore, request: str, records: Sequence[PreparedRecord], new_run: bool,
+                 summary: EvaluateSummary, progress: Progress) -> None:
+        self.store, self.request, self.records, self.new_run = store, request, records, new_run
+        self.summary, self.progress = summary, progress
+        self.run: Run | None = None
+        self.done: set[str] = set()
+        self.written: dict[str, bool] = {}  # key → that verdict was an error
+
+    def resume(self, run: Run) -> None:
+        self.run = run
+        self.summary.run_id, self.summary.judge = run.run_id, run.judge
+        _store_jobs(self.store, run.run_id, self.records)
+        self.done = self.store.done_keys(run.run_id, run.judge)
+
+    def open(self, config: Mapping[str, Any]) -> None:
+        if self.run is not None:
+            if config_hash(dict(config)) != self.run.config_hash:
+                raise EvaluateError(f"the workers' judge configuration differs from run {self.run.run_id}'s (a "
+                                    "changed checkpoint or pollux version?); start a new run with --new-run")
+            return
+        try:
+            run, created = self.store.open_run(str(config["judge"]), dict(config), new_run=self.new_run)
+        except StoreError as e:
+            raise EvaluateError(str(e)) from None
+        self.store.remember_request(self.request, run.run_id)
+        self.summary.new_run = created
+        self.resume(run)
+
+    def write(self, key: str, verdict: Verdict) -> None:
+        if self.run is None:
+            raise EvaluateError("a worker's verdicts came without its judge configuration")
+        if key in self.done or self.written.get(key) is False or (key in self.written and verdict.error):
+            return
+        self.store.write_verdict(self.run.run_id, key, verdict)
+        replaced = key in self.written  # an error replaced by a verdict: the item is counted once
+        self.written[key] = verdict.error is not None
+        if verdict.error:
+            self.summary.failed += 1
+        else:
+            self.summary.judged += 1
+        if replaced:
+            self.summary.failed -= 1
+        else:
+            self.progress.advance(1)
+
+
+def _evaluate_on_executor(db: str | Path, loader: JudgeLoader, request: str, executor: Any, expansion: Expansion,
+                          by_key: dict[str, JudgeItem], new_run: bool, chunk_size: int, summary: EvaluateSummary,
+                          progress: Progress, log: Callable[[str], None], t0: float) -> EvaluateSummary:
+    """`evaluate` on `pollux.executor.map_batches`: pending jobs grouped by answer (one answer's
+    criteria in one batch, for prefix sharing), about `chunk_size` judgements a batch; verdicts
+    stream back and are written here, the moment they arrive."""
+    import dataclasses
+
+    from pollux.executor import ExecutorError, map_batches
+    from pollux.executor.judging import JudgingWorker, answer_rows, answers_per_batch, verdict_of
+
+    with RunStore(db) as store:
+        driver = _ExecutorDriver(store, request, expansion.records, new_run, summary, progress)
+        found = None if new_run else store.run_for_request(request)
+        if found is not None:
+            driver.resume(found)
+        summary.jobs = sum(len(rec.items) for rec in expansion.records)
+        summary.items = len(by_key)
+        todo = {k for k in by_key if k not in driver.done}
+        summary.already_done = summary.items - len(todo)
+        rows = answer_rows(_pending_by_answer(expansion.records, by_key, todo))
+        where = f"Ray ({executor.ray})" if executor.ray else "local worker threads"
+        log(f"{'run ' + str(found.run_id) + ' (resumed)' if found else 'a run'} on {where}, {executor.workers} "
+            f"worker(s): {summary.items} judgements, {summary.already_done} already done, {len(todo)} to judge")
+        options = dataclasses.replace(executor, batch_size=answers_per_batch(rows, chunk_size))
+        t_judge = time.monotonic()
+        progress.start(total=summary.items, done=summary.already_done)
+        try:
+            for batch in map_batches(rows, JudgingWorker(loader.load), options) if rows else ():
+                config = next((row["config"] for row in batch if "config" in row), None)
+                if config is not None:
+                    driver.open(config)
+                for row in batch:
+                    driver.write(row["key"], verdict_of(row))
+        except KeyboardInterrupt:
+            summary.interrupted = True
+            log("interrupted: every verdict so far is saved; run the same command again to resume")
+        except ExecutorError as e:
+            raise EvaluateError(f"{e} (every verdict so far is saved; run the same command again to resume)") from None
+        finally:
+            progress.stop()
+        judging_s = time.monotonic() - t_judge
+        run = driver.run
+        summary.remaining = summary.items - (len(store.done_keys(run.run_id, run.judge)) if run else 0)
+    return _finish(summary, t0, judging_s)
+
+
+def _pending_by_answer(records: Sequence[PreparedRecord], by_key: Mapping[str, JudgeItem],
+                       todo: set[str]) -> list[list[tuple[str, JudgeItem]]]:
+    """The pending judgements, answer by answer (each key once, where it first appears)."""
+    left = set(todo)
+    answers = []
+    for rec in records:
+        jobs = [(item.key, by_key[item.key]) for item in rec.items if item.key in left]
+        left -= {key for key, _ in jobs}
+        answers.append(jobs)
+    return answers
+
+
+def _finish(summary: EvaluateSummary, t0: float, judging_s: float) -> EvaluateSummary:
+    summary.elapsed_s = round(time.monotonic() - t0, 3)
+    summary.judging_s = round(judging_s, 3)
+    judged_total = summary.judged + summary.failed
+    summary.judgements_per_s = round(judged_total / judging_s, 3) if judging_s > 0 else 0.0
+    return summary

@@ -1,4 +1,5 @@
-"""Judge options shared by the judging verbs (`judge`, `evaluate`, `serve`, `meta-eval`).
+"""Judge options shared by the judging verbs (`judge`, `evaluate`, `serve`, `meta-eval`), and the
+executor flags (`--ray`, `--workers`, …) of every verb that runs on `pollux.executor`.
 
 Each verb declares these flags with the same names and help, collects the ones the user SET into
 one dict (`engine_options`: a flag left out is None and is not passed), and hands that dict to the
@@ -47,6 +48,52 @@ Concurrency = Annotated[int | None, typer.Option("--concurrency", min=1, help="o
 PromptStyle = Annotated[str | None, typer.Option(
     "--prompt-style", help="openai: 'pollux' (a POLLUX judge) or 'general' (asks a general LLM for [FEEDBACK] … [RESULT] n [END]).")]
 ApiTimeout = Annotated[float | None, typer.Option("--api-timeout", min=0.1, help="openai: seconds per request (default: 60).")]
+# vLLM judges (vllm:PATH)
+TensorParallelSize = Annotated[int | None, typer.Option(
+    "--tensor-parallel-size", min=1, help="vllm: GPUs one judge replica spans (default: 1). On Ray, each worker "
+    "gets this many GPUs unless --gpus-per-worker says otherwise.")]
+GpuMemoryUtilization = Annotated[float | None, typer.Option(
+    "--gpu-memory-utilization", min=0.01, max=1.0, help="vllm: share of each GPU's memory vLLM may use (default: 0.85).")]
+MaxModelLen = Annotated[int | None, typer.Option(
+    "--max-model-len", min=1, help="vllm: context length in tokens (default: the checkpoint's).")]
+
+# Where and how wide to run: one declaration for every verb that runs on `pollux.executor`
+# (evaluate, meta-eval, synth). None = not given: the verb's own default (or its config's).
+Ray = Annotated[str | None, typer.Option(
+    "--ray", help="Run on Ray Data: 'auto' (the running cluster this node belongs to) or a cluster "
+    "address HOST:PORT / ray://HOST:PORT (default: local, no Ray needed).")]
+Workers = Annotated[int | None, typer.Option(
+    "--workers", min=1, help="Worker threads (local) or Ray actors; each worker holds its own model or client.")]
+CpusPerWorker = Annotated[float | None, typer.Option("--cpus-per-worker", min=0.0, help="CPUs per Ray actor (default: 1).")]
+GpusPerWorker = Annotated[float | None, typer.Option(
+    "--gpus-per-worker", min=0.0, help="GPUs per Ray actor (default: 0; vllm: judges: --tensor-parallel-size).")]
+
+
+def executor_options(*, ray: str | None, workers: int | None, cpus_per_worker: float | None,
+                     gpus_per_worker: float | None, tensor_parallel_size: int | None = None) -> Any:
+    """The executor flags as `pollux.executor.ExecutorOptions`, or None when none was given (the
+    verb's in-process path, no Ray needed). A vLLM replica spanning `tensor_parallel_size` GPUs
+    gets that many GPUs per Ray actor unless `--gpus-per-worker` is given. Bad values: exit 2."""
+    from pollux.executor import ExecutorOptions
+
+    if ray is None and workers is None and cpus_per_worker is None and gpus_per_worker is None:
+        return None
+    if gpus_per_worker is None and ray is not None and tensor_parallel_size is not None:
+        gpus_per_worker = float(tensor_parallel_size)
+    given = {"ray": ray, "workers": workers, "cpus_per_worker": cpus_per_worker, "gpus_per_worker": gpus_per_worker}
+    try:
+        return ExecutorOptions(**{k: v for k, v in given.items() if v is not None})
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
+def worker_defaults(executor: Any) -> dict[str, Any]:
+    """Engine defaults for a judge loaded in a Ray actor: an in-process judge uses the actor's CPUs
+    (`--cpus-per-worker`), not the driver's core count, unless `--threads` says otherwise."""
+    if executor is None or executor.ray is None:
+        return {}
+    return {"threads": max(1, int(executor.cpus_per_worker))}
 
 
 def engine_options(*, option: list[str] | None = None, **flags: Any) -> dict[str, Any]:

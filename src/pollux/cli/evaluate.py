@@ -4,7 +4,12 @@ A thin shell over `pollux.evaluate.evaluate`; the judge's options go through the
 (see `pollux.cli._options`), checked before any input is read. The summary (JSON) goes to
 stdout; skipped rows, the progress bar and logs go to stderr. Exit codes: 0 every judgement is in the database (bad
 rows may have been skipped — they are listed), 1 some judgements failed (rerun to retry them),
-2 the run could not start, 130 interrupted (rerun to resume).
+2 the run could not start (or its workers could not: a bad --ray address, no Ray installed, a judge
+that does not load on a worker), 130 interrupted (rerun to resume).
+
+`--ray auto|ADDRESS` (with `--workers`, `--cpus-per-worker`, `--gpus-per-worker`) judges on a Ray
+cluster: each Ray worker loads the judge, this process only reads the inputs and writes the database
+(see docs/scale-out.md). A run resumes the same whether it ran locally or on Ray.
 """
 
 from __future__ import annotations
@@ -53,13 +58,20 @@ def evaluate_command(
     concurrency: opt.Concurrency = None,
     prompt_style: opt.PromptStyle = None,
     api_timeout: opt.ApiTimeout = None,
+    tensor_parallel_size: opt.TensorParallelSize = None,
+    gpu_memory_utilization: opt.GpuMemoryUtilization = None,
+    max_model_len: opt.MaxModelLen = None,
     option: opt.Option = None,
+    ray: opt.Ray = None,
+    workers: opt.Workers = None,
+    cpus_per_worker: opt.CpusPerWorker = None,
+    gpus_per_worker: opt.GpusPerWorker = None,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr."),
 ) -> None:
     """Judge every answer × criterion of INPUT into --db; run it again to resume."""
     from pollux.checkpoint import CheckpointError
     from pollux.evaluate import EvaluateError, JudgeLoader, Progress, RichProgress, evaluate
-    from pollux.judge import Judge
+    from pollux.executor.judging import JudgeFactory
     from pollux.taxonomy import TaxonomyError, load_catalog, load_user_criteria
 
     def log(message: str) -> None:
@@ -72,17 +84,22 @@ def evaluate_command(
         temperature=temperature, top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, seed=seed,
         dtype=dtype, device=device, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
         share_prefix=share_prefix, threads=threads, base_url=base_url, api_key_env=api_key_env,
-        concurrency=concurrency, prompt_style=prompt_style, timeout=api_timeout)
-    options = opt.check_options(judge, given)
-    # The run remembers this request, so rerunning a finished run never loads the weights.
-    loader = JudgeLoader({"judge": judge, "options": given}, lambda: Judge.from_spec(judge, options))
+        concurrency=concurrency, prompt_style=prompt_style, timeout=api_timeout,
+        tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
+        max_model_len=max_model_len)
+    executor = opt.executor_options(ray=ray, workers=workers, cpus_per_worker=cpus_per_worker,
+                                    gpus_per_worker=gpus_per_worker, tensor_parallel_size=tensor_parallel_size)
+    options = opt.check_options(judge, given, defaults=opt.worker_defaults(executor))
+    # The run remembers this request (not where it runs), so rerunning a finished run never loads the
+    # weights, and a run started locally resumes on Ray and back. The factory is what Ray workers load.
+    loader = JudgeLoader({"judge": judge, "options": given}, JudgeFactory(judge, options))
     try:
         catalog = load_catalog(taxonomy) if taxonomy else load_catalog()
         user_criteria = load_user_criteria(criteria, catalog) if criteria else None
         summary = evaluate(
             inputs, db, loader, catalog=catalog, user_criteria=user_criteria,
             strict=strict, new_run=new_run, chunk_size=chunk_size, max_field_chars=max_field_chars,
-            progress=RichProgress() if progress else Progress(), log=log,
+            progress=RichProgress() if progress else Progress(), log=log, executor=executor,
         )
     except (EvaluateError, TaxonomyError, CheckpointError, OSError, ValueError, TypeError, ImportError) as e:
         log(f"error: {e}")

@@ -79,6 +79,10 @@ def meta_eval(
     prompt_style: opt.PromptStyle = None,
     api_timeout: opt.ApiTimeout = None,
     option: opt.Option = None,
+    ray: opt.Ray = None,
+    workers: opt.Workers = None,
+    cpus_per_worker: opt.CpusPerWorker = None,
+    gpus_per_worker: opt.GpusPerWorker = None,
 ) -> None:
     """Judges against expert scores: Spearman, MAE, Verdict Confidence (and more) per evaluated LLM and
     their average, with bootstrap confidence intervals, in the model card's table shape."""
@@ -111,7 +115,9 @@ def meta_eval(
         max_batch_tokens=max_batch_tokens, share_prefix=share_prefix, threads=threads, base_url=base_url,
         api_key_env=api_key_env, concurrency=concurrency, prompt_style=prompt_style, timeout=api_timeout)
     # Every judge gets the same options, each checked against its own engine before anything runs.
-    judge_options = [opt.check_options(spec, given) for spec in judge]
+    executor = opt.executor_options(ray=ray, workers=workers, cpus_per_worker=cpus_per_worker,
+                                    gpus_per_worker=gpus_per_worker)
+    judge_options = [opt.check_options(spec, given, defaults=opt.worker_defaults(executor)) for spec in judge]
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MetaEvalWarning)
@@ -125,7 +131,7 @@ def meta_eval(
                 frames.append(scores_from_db(path, judge=name) if is_db else read_score_jsonl(path, judge=name))
             ran = []
             for spec, options, name in zip(judge, judge_options, names[len(scores):], strict=True):
-                ran.append(_run_judge(spec, options, name, experts, scores_from_judge))
+                ran.append(_run_judge(spec, options, name, experts, scores_from_judge, executor))
             if save_scores is not None and ran:
                 import pandas as pd
 
@@ -153,17 +159,21 @@ def _echo_warnings(caught: list[warnings.WarningMessage]) -> None:
 
 
 def _run_judge(spec: str, options: Any, name: str | None, experts: Any,
-               scores_from_judge: Callable[..., Any]) -> Any:
-    """Load (or connect to) a judge and score every distinct judgement of the expert data."""
+               scores_from_judge: Callable[..., Any], executor: Any = None) -> Any:
+    """Load (or connect to) a judge and score every distinct judgement of the expert data; with
+    `executor` (--ray/--workers) the workers load it instead."""
     from pollux.judge import Judge
-
-    judge = Judge.from_spec(spec, options)
-    typer.echo(f"running judge {name or judge.name} on {experts.frame['key'].nunique():,} judgements", err=True)
 
     def progress(done: int, total: int) -> None:
         if done == total or done % 50 == 0:
             typer.echo(f"  {done}/{total}", err=True)
 
+    if executor is not None:
+        typer.echo(f"running judge {name or spec} on {experts.frame['key'].nunique():,} judgements, "
+                   f"{executor.workers} worker(s){' on Ray' if executor.ray else ''}", err=True)
+        return scores_from_judge(spec, experts, options=options, name=name, on_progress=progress, executor=executor)
+    judge = Judge.from_spec(spec, options)
+    typer.echo(f"running judge {name or judge.name} on {experts.frame['key'].nunique():,} judgements", err=True)
     return scores_from_judge(judge, experts, name=name, on_progress=progress)
 
 

@@ -21,6 +21,8 @@ from typing import Any
 
 import typer
 
+from pollux.cli import _options as opt
+
 synth_app = typer.Typer(help="Build a judge's training data: instructions → filter → criteria → answers → "
                              "annotate → sample → export (resumable; local or on Ray Data).",
                         no_args_is_help=True)
@@ -32,10 +34,6 @@ def _options() -> dict[str, Any]:
     return {
         "taxonomy": typer.Option(None, "--taxonomy", help="Folder with the official criteria.json + tasks.json "
                                  "(default: the built-in catalog, or the config's taxonomy.path)."),
-        "ray": typer.Option(None, "--ray", help="Run on Ray Data: 'auto' or a cluster address (default: local)."),
-        "workers": typer.Option(None, "--workers", help="Worker threads (local) or actors (Ray)."),
-        "cpus_per_worker": typer.Option(None, "--cpus-per-worker", help="CPUs per Ray actor."),
-        "gpus_per_worker": typer.Option(None, "--gpus-per-worker", help="GPUs per Ray actor (local models)."),
         "batch_size": typer.Option(None, "--batch-size", help="Rows per worker batch."),
         "quiet": typer.Option(False, "--quiet", "-q", help="No progress bars."),
     }
@@ -65,10 +63,10 @@ def _stage_command(stage: str | None) -> Any:
     def command(
         config: Path = _CONFIG,
         taxonomy: Path | None = o["taxonomy"],
-        ray: str | None = o["ray"],
-        workers: int | None = o["workers"],
-        cpus_per_worker: float | None = o["cpus_per_worker"],
-        gpus_per_worker: float | None = o["gpus_per_worker"],
+        ray: opt.Ray = None,
+        workers: opt.Workers = None,
+        cpus_per_worker: opt.CpusPerWorker = None,
+        gpus_per_worker: opt.GpusPerWorker = None,
         batch_size: int | None = o["batch_size"],
         quiet: bool = o["quiet"],
     ) -> None:

@@ -106,6 +106,8 @@ class VLLMOptions(CommonOptions):
     device: str = Field("auto", description="Must be the device vLLM runs on; auto accepts it.")
     batch_size: int | None = Field(None, ge=1, description="vLLM's max_num_seqs (default 256).")
     share_prefix: bool = Field(True, description="vLLM's automatic prefix caching.")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one replica spans (vLLM's tensor parallelism); "
+                                      "data parallelism = several replicas, e.g. Ray workers.")
     max_model_len: int | None = Field(None, ge=1, description="Context length (default: the checkpoint's).")
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="Device memory share for both passes.")
     pooler_memory_share: float = Field(0.3, gt=0, lt=1, description="Share of it for the head (pooling) pass.")
@@ -279,7 +281,7 @@ def _load_vllm(path: str, o: VLLMOptions) -> Engine:
         path, device=o.device, batch_size=o.batch_size, share_prefix=o.share_prefix, template=o.template,
         sampling=o.sampling, dtype=o.dtype, max_model_len=o.max_model_len,
         gpu_memory_utilization=o.gpu_memory_utilization, pooler_memory_share=o.pooler_memory_share,
-        chunk_size=o.chunk_size, **o.llm_options)
+        chunk_size=o.chunk_size, **{**o.llm_options, "tensor_parallel_size": o.tensor_parallel_size})
 
 
 def _load_openai(model: str, o: OpenAIOptions) -> Engine:

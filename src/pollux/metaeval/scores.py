@@ -23,6 +23,7 @@ import json
 import math
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -128,10 +129,15 @@ def scores_from_judge(
     options: Any = None,
     name: str | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    executor: Any = None,
 ) -> pd.DataFrame:
     """Run `judge` once per distinct judgement of the expert data. `judge` is a loaded
     `pollux.judge.Judge`, or a spec (`openai:MODEL`, `vllm:PATH`, a checkpoint folder) loaded here
-    with `options` through the engine registry (`Judge.from_spec`)."""
+    with `options` through the engine registry (`Judge.from_spec`). With `executor` (a
+    `pollux.executor.ExecutorOptions`, e.g. `ray="auto"`) the spec is loaded by each worker instead
+    (`pollux.executor.judging`) and this process never loads it."""
+    if executor is not None:
+        return _scores_on_executor(judge, experts, options, name, on_progress, executor)
     if isinstance(judge, str):
         from pollux.judge import Judge
 
@@ -150,14 +156,51 @@ def scores_from_judge(
             on_progress(done, total)
 
     verdicts = judge.judge_many(items, on_verdict=progress)
+    return _verdict_frame(name or judge.name, first, verdicts)
+
+
+def _verdict_frame(judge: str, first: pd.DataFrame, verdicts: list[Any]) -> pd.DataFrame:
+    """A score frame: one row per distinct judgement (`first`), its verdict's scores."""
     return _frame({
-        "judge": [name or judge.name] * total,
+        "judge": [judge] * len(verdicts),
         "key": first["key"].tolist(),
         "score": [v.score for v in verdicts],
         "head_score": [v.head_score for v in verdicts],
         "text_score": [v.text_score for v in verdicts],
         "error": [v.error for v in verdicts],
     })
+
+
+def _scores_on_executor(spec: Any, experts: ExpertData, options: Any, name: str | None,
+                        on_progress: Callable[[int, int], None] | None, executor: Any) -> pd.DataFrame:
+    """`scores_from_judge` on `pollux.executor.map_batches`: the judgements of one answer in one batch."""
+    from pollux.executor import map_batches
+    from pollux.executor.judging import (
+        JudgeFactory,
+        JudgingWorker,
+        answer_rows,
+        answers_per_batch,
+        verdict_of,
+    )
+
+    if not isinstance(spec, str):
+        raise ValueError("judging on the executor takes a judge spec (each worker loads it), not a loaded judge")
+    first = experts.frame.drop_duplicates("key")
+    items = experts.items(first.index.tolist())
+    answers: dict[tuple[str, str, str], list[tuple[str, Any]]] = {}
+    for position, item in enumerate(items):
+        answers.setdefault((item.instruction, item.reference_answer, item.answer), []).append((str(position), item))
+    rows = answer_rows(answers.values())
+    batched = replace(executor, batch_size=answers_per_batch(rows, 64))
+    verdicts: dict[int, Any] = {}
+    judge_name = name
+    for batch in map_batches(rows, JudgingWorker(JudgeFactory(spec, options or {})), batched):
+        for row in batch:
+            judge_name = judge_name or row.get("config", {}).get("judge")
+            verdicts.setdefault(int(row["key"]), verdict_of(row))
+        if on_progress is not None:
+            on_progress(len(verdicts), len(items))
+    return _verdict_frame(judge_name or spec, first, [verdicts[i] for i in range(len(items))])
 
 
 def write_score_jsonl(scores: pd.DataFrame, path: str | Path) -> None:
