@@ -61,8 +61,8 @@ def test_an_unknown_option_names_the_engine_and_the_closest_name() -> None:
                                     "than or equal to 1 (got 0)"),
     ("/m/judge", {"dtype": "int8"}, "option 'dtype' of local checkpoint judges: Input should be 'auto', "),
     ("openai:m", {"temperature": "hot"}, "option 'temperature' of openai: judges: Input should be a valid number"),
-    ("openai:m", {"prompt_style": "chatty"}, "option 'prompt_style' of openai: judges: Input should be 'pollux' "
-                                             "or 'general' (got 'chatty')"),
+    ("openai:m", {"prompt_style": "chatty"}, "option 'prompt_style' of openai: judges: Input should be 'pollux', "
+                                             "'general' or 'prometheus' (got 'chatty')"),
     ("openai:m", {"max_new_tokens": 0}, "sampling options of openai: judges: max_new_tokens must be ≥ 1"),
     ("/m/judge", {"template": "no-such-template"}, "option 'template' of local checkpoint judges: template "
                                                    "'no-such-template' is neither a template name"),

@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
+
 import pytest
 
 from pollux.records import JudgeItem
-from pollux.scales import Scale, check_score, normalise, parse_feedback, parse_result, parse_scale
+from pollux.scales import (
+    Scale,
+    check_score,
+    normalise,
+    parse_feedback,
+    parse_result,
+    parse_result_open,
+    parse_scale,
+    strip_think,
+)
 from pollux.verdicts import make_verdict
 
 
@@ -85,3 +99,98 @@ def test_verdicts_keep_and_flag_out_of_scale_scores():
     assert v.score is None and not v.valid and v.invalid_reason == "no score"
     v = make_verdict(ITEM, "[FEEDBACK] x [END]", head_score=-0.3)
     assert not v.valid and v.to_dict()["score"] == -0.3
+
+
+# --- rubrics per language and as JSON strings (as the official code reads them) ----------------
+
+def test_parse_scale_per_language_and_json_string():
+    per_language = {"ru": {"-2": "плохо", "0": "нейтрально", "2": "хорошо"},
+                    "en": {"-2": "bad", "0": "neutral", "2": "good"}}
+    assert parse_scale(per_language) == Scale(-2, 2, (-2, 0, 2))
+    assert parse_scale(json.dumps(per_language, ensure_ascii=False)) == Scale(-2, 2, (-2, 0, 2))
+    assert parse_scale({"en": {"0": "no", "1": "yes"}}) == Scale(0, 1, (0, 1))
+    with pytest.raises(ValueError, match="different scales"):
+        parse_scale({"ru": {"0": "нет", "1": "да"}, "en": {"0": "no", "2": "yes"}})
+
+
+# --- baseline judges' replies ----------------------------------------------------------------------
+
+PROMETHEUS_REPLY = "Feedback: Ответ точен, но неполон: пропущен второй пункт. [RESULT] 1"
+R1_REPLY = ("<think>Критерий — полнота. Сначала думаю поставить [RESULT] 0 [END], но второй пункт "
+            "раскрыт.</think>\n[FEEDBACK] Ответ полон. [RESULT] 2 [END]")
+
+
+@pytest.mark.parametrize(
+    ("text", "score"),
+    [
+        (PROMETHEUS_REPLY, 1.0),
+        ("Feedback: плохо [RESULT] (0)", 0.0),
+        (R1_REPLY, 2.0),
+        ("<think>[RESULT] 2 [END] — нет, подумаю ещё", None),  # cut inside the reasoning: no verdict
+        ("рассуждение без открывающего тега</think> [RESULT] 1,5", 1.5),
+        ("[RESULT] 12.", 12.0),
+        ("нет оценки", None),
+    ],
+)
+def test_parse_result_open(text, score):
+    assert parse_result_open(text) == score
+
+
+def test_strict_parse_stays_strict():
+    """The POLLUX judges' parser still reads no score where [END] is missing."""
+    assert parse_result(PROMETHEUS_REPLY) is None
+    assert strip_think(R1_REPLY).strip() == "[FEEDBACK] Ответ полон. [RESULT] 2 [END]"
+
+
+class _Replies(BaseHTTPRequestHandler):
+    """A chat-completions endpoint on loopback answering with the reply chosen by the instruction."""
+
+    bodies: ClassVar[list[dict]] = []
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).bodies.append(body)
+        text = "\n".join(m["content"] for m in body["messages"])
+        reply = R1_REPLY if "рассуждающая" in text else PROMETHEUS_REPLY
+        out = json.dumps({"id": "x", "object": "chat.completion", "model": body["model"],
+                          "choices": [{"index": 0, "finish_reason": "stop",
+                                       "message": {"role": "assistant", "content": reply}}],
+                          "usage": {"prompt_tokens": 5, "completion_tokens": 5}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize(
+    ("style", "instruction", "expected"),
+    [("prometheus", "Задание для M-Prometheus", 1.0), ("general", "Задание (рассуждающая модель)", 2.0),
+     ("pollux", "Задание для M-Prometheus", None)],
+)
+def test_baseline_styles_through_an_http_server(style, instruction, expected):
+    from pollux.engine.openai_api import PROMETHEUS_SYSTEM, OpenAIEngine
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Replies)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Replies.bodies = []
+    try:
+        engine = OpenAIEngine("baseline", base_url=f"http://127.0.0.1:{server.server_port}/v1",
+                              prompt_style=style, max_reasks=0, max_retries=0)
+        item = JudgeItem(instruction=instruction, answer="Ответ", criteria_name="Полнота",
+                         rubrics="0: неполно\n\n1: частично\n\n2: полно", reference_answer="Эталон")
+        [verdict] = engine.judge_many([item])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert verdict.text_score == expected
+    assert verdict.valid is (expected is not None)
+    messages = _Replies.bodies[0]["messages"]
+    if style == "prometheus":
+        assert messages[0] == {"role": "system", "content": PROMETHEUS_SYSTEM}
+        prompt = messages[1]["content"]
+        assert "a number between 0 and 2" in prompt and "###Reference Answer (Score 2):\nЭталон" in prompt
+        assert "[Полнота]\n0: неполно" in prompt and prompt.endswith("###Feedback: ")

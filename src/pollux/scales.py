@@ -4,10 +4,16 @@ Two jobs, both about numbers in text:
 
 * `parse_scale(rubrics)` reads which scores a rubric allows. Rubrics come in several shapes:
   one level per paragraph written `0: …`, `1 — …`, `2 - …` (any dash), a phrase such as
-  `от 1 до 10`, or a dict of levels (`{"0": "…", "1": "…"}`, also as a JSON string).
-* `parse_result(text)` reads the score a generative judge wrote as `[RESULT] n [END]` — the
+  `от 1 до 10`, a dict of levels (`{"0": "…", "1": "…"}`), or a dict of such dicts per
+  language (`{"ru": {"-2": "…", "0": "…", "2": "…"}, "en": {…}}`) — each also as a JSON string,
+  as the official code accepts them.
+* `parse_result(text)` reads the score a POLLUX judge wrote as `[RESULT] n [END]` — the
   official parser's rule: the block must be complete, numbers may be negative, multi-digit and
-  use a decimal comma.
+  use a decimal comma. This strict rule is the POLLUX judges' and is never loosened.
+* `parse_result_open(text)` is the variant for baseline judges that were not trained on that
+  format: M-Prometheus writes `Feedback: … [RESULT] n` without `[END]`, and general LLMs often
+  drop it too. `strip_think(text)` removes a reasoning model's `<think>…</think>` block first
+  (DeepSeek-R1), so a draft score inside the reasoning is never read as the verdict.
 
 `check_score` then says whether a score lies within the scale. Out-of-scale scores are kept and
 flagged by callers, never silently dropped.
@@ -27,6 +33,10 @@ _NUMBER = r"[-−]?\d+(?:[.,]\d+)?"
 _LEVEL_LINE = re.compile(rf"^[ \t]*(?:\*\*)?({_NUMBER})(?:\*\*)?(?:[ \t]*:|[ \t]*[—–−-][ \t])", re.MULTILINE)
 _RANGE_PHRASE = re.compile(rf"\bот\s+({_NUMBER})\s+до\s+({_NUMBER})\b", re.IGNORECASE)
 _RESULT = re.compile(rf"\[RESULT\]\s*({_NUMBER})\s*\[END\]")
+_RESULT_OPEN = re.compile(rf"\[RESULT\]\s*\(?({_NUMBER})(?!\d)")
+_THINK = re.compile(r"<think>.*?</think>", re.DOTALL)
+# The language whose rubric is used when a rubric is given per language (POLLUX is Russian).
+RUBRIC_LANGUAGES = ("ru", "en")
 
 
 def to_number(text: str) -> float:
@@ -52,7 +62,7 @@ def parse_scale(rubrics: str | Mapping[str, object] | None) -> Scale | None:
     if rubrics is None:
         return None
     if isinstance(rubrics, Mapping):
-        return _scale_from_keys(list(rubrics))
+        return _scale_from_mapping(rubrics)
     text = str(rubrics).strip()
     if text.startswith("{"):
         try:
@@ -60,7 +70,7 @@ def parse_scale(rubrics: str | Mapping[str, object] | None) -> Scale | None:
         except json.JSONDecodeError:
             obj = None
         if isinstance(obj, dict):
-            return _scale_from_keys(list(obj))
+            return _scale_from_mapping(obj)
     levels = sorted({to_number(m.group(1)) for m in _LEVEL_LINE.finditer(text)})
     if len(levels) >= 2:
         return Scale(min=levels[0], max=levels[-1], levels=tuple(levels))
@@ -69,6 +79,21 @@ def parse_scale(rubrics: str | Mapping[str, object] | None) -> Scale | None:
         lo, hi = sorted((to_number(phrase.group(1)), to_number(phrase.group(2))))
         return Scale(min=lo, max=hi)
     return None
+
+
+def _scale_from_mapping(rubrics: Mapping[str, object]) -> Scale | None:
+    """Levels as keys (`{"0": …, "2": …}`), or per language (`{"ru": {"0": …}, "en": {…}}`):
+    the Russian rubric's levels, else the first language's. Languages that disagree on the
+    levels are an error — a judge told one scale and checked against another would be wrong."""
+    if rubrics and all(isinstance(v, Mapping) for v in rubrics.values()):
+        scales = {lang: _scale_from_keys(list(levels)) for lang, levels in rubrics.items()}  # type: ignore[union-attr]
+        distinct = {sc for sc in scales.values() if sc is not None}
+        if len(distinct) > 1:
+            shown = "; ".join(f"{lang}: {sc.levels if sc else None}" for lang, sc in scales.items())
+            raise ValueError(f"the rubric's languages give different scales ({shown})")
+        first = next((lang for lang in RUBRIC_LANGUAGES if lang in scales), next(iter(scales)))
+        return scales[first]
+    return _scale_from_keys(list(rubrics))
 
 
 def _scale_from_keys(keys: list[object]) -> Scale | None:
@@ -84,6 +109,27 @@ def _scale_from_keys(keys: list[object]) -> Scale | None:
 def parse_result(text: str) -> float | None:
     """The score in a complete `[RESULT] n [END]` block (the last one), else None."""
     found = _RESULT.findall(text)
+    return to_number(found[-1]) if found else None
+
+
+def strip_think(text: str) -> str:
+    """The reply without a reasoning model's `<think>…</think>` block(s). A reply whose `<think>`
+    is never closed was cut inside its reasoning: nothing of it is a verdict (empty string). A
+    `</think>` without its opening tag (servers that put the opening tag in the prompt) ends the
+    reasoning too."""
+    text = _THINK.sub("", text)
+    if "<think>" in text:
+        return text[: text.index("<think>")]
+    if "</think>" in text:
+        return text[text.rindex("</think>") + len("</think>"):]
+    return text
+
+
+def parse_result_open(text: str) -> float | None:
+    """The score after the last `[RESULT]`, with or without `[END]` (baseline judges: M-Prometheus
+    writes `[RESULT] n` and stops), read after `strip_think`. Not for POLLUX judges: their
+    format requires `[END]` (`parse_result`)."""
+    found = _RESULT_OPEN.findall(strip_think(text))
     return to_number(found[-1]) if found else None
 
 

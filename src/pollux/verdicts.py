@@ -9,6 +9,7 @@ is lost, and flags — without dropping — scores outside the rubric's scale.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -61,10 +62,13 @@ def make_verdict(
     finish_reason: str | None = None,
     time_s: float = 0.0,
     judge: str = "",
+    parse: Callable[[str], float | None] | None = None,
 ) -> Verdict:
     """Turn what a judge produced for `item` (a `JudgeItem`) into a checked `Verdict`.
 
     Every backend ends here, so parsing and scale validation are the same for all of them.
+    `parse` reads the text score (default: the POLLUX judges' strict `parse_result`; baseline
+    judges with their own reply format pass `pollux.scales.parse_result_open`).
     """
     from pollux.scales import check_score, parse_feedback, parse_result, parse_scale
 
@@ -72,7 +76,7 @@ def make_verdict(
     verdict = Verdict(
         criteria_name=item.criteria_name,
         head_score=head_score,
-        text_score=parse_result(raw_text),
+        text_score=(parse or parse_result)(raw_text),
         rationale=parse_feedback(raw_text),
         raw_text=raw_text,
         scale_min=scale.min if scale else None,

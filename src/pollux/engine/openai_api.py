@@ -20,9 +20,23 @@ prompt_style) are read from `POLLUX_API_*` environment variables (`ENV_DEFAULTS`
 from `OPENAI_BASE_URL` and the key from `OPENAI_API_KEY`, so tools that only pass a spec string can
 use them all.
 
-Prompt styles: "pollux" sends the judge prompt as is (a POLLUX judge reads exactly one user
-message); "general" wraps it in Russian instructions that ask a general-purpose LLM to answer in
-the POLLUX format `[FEEDBACK] … [RESULT] n [END]`.
+Prompt styles (how the model card's baseline judges can be run; `PROMPT_STYLES`):
+
+* "pollux" sends the judge prompt as is (a POLLUX judge reads exactly one user message) and
+  reads the score with the POLLUX judges' strict parser (`[RESULT] n [END]`).
+* "general" (GPT-4o, DeepSeek-R1 and other general LLMs) wraps it in Russian instructions asking
+  for `[FEEDBACK] … [RESULT] n [END]`. The wording is ours: the model card does not publish the
+  prompt it gave GPT-4o and R1. The reply is read after removing a `<think>…</think>` block
+  (R1's reasoning, which may hold draft scores) and `[END]` is not required
+  (`pollux.scales.parse_result_open`).
+* "prometheus" (M-Prometheus) follows the structure of the published Prometheus 2 absolute-grading
+  prompt (prometheus-eval/prometheus-eval, docs/prompts.md: a system line, "###Task
+  Description" with four numbered steps, "###The instruction to evaluate", "###Response to
+  evaluate", "###Reference Answer", "###Score Rubrics", "###Feedback:") and its reply format
+  `Feedback: … [RESULT] n`, which M-Prometheus was trained on. The sentences are our own
+  wording modelled on it, with the score range taken from the POLLUX rubric instead of 1–5
+  and the criterion and rubric in place of the five score descriptions. `[RESULT] n` without
+  `[END]` is parsed (`parse_result_open`).
 
 A `pollux serve` server adds a non-standard `pollux` object to its chat-completion responses
 with the regression head's score (`head_score`); when present it becomes the verdict's
@@ -46,6 +60,7 @@ from pollux.engine.http_chat import ApiError, ChatClient
 from pollux.engine.http_chat import parse_retry_after as parse_retry_after
 from pollux.prompts import PromptTemplate
 from pollux.records import JudgeItem
+from pollux.scales import parse_result, parse_result_open, parse_scale
 from pollux.verdicts import Verdict, error_verdict, make_verdict
 
 log = logging.getLogger("pollux.openai")
@@ -69,7 +84,30 @@ REASK_PROMPT = (
 # Temperature for re-asking a POLLUX judge: at temperature 0 the same prompt gives the same text.
 POLLUX_REASK_TEMPERATURE = 0.3
 
-PROMPT_STYLES = ("pollux", "general")
+# Our wording modelled on the Prometheus 2 absolute-grading prompt (see the module docstring).
+PROMETHEUS_SYSTEM = (
+    "You are a fair evaluator: you give clear, objective feedback on a response against one "
+    "criterion and score it by the absolute standard its rubric sets."
+)
+PROMETHEUS_PROMPT = (
+    "###Task Description:\n"
+    "You are given an instruction, a response to evaluate, {reference_note}and a score rubric for "
+    "one evaluation criterion.\n"
+    "1. Write detailed feedback that assesses the response strictly by the given score rubric, not "
+    "in general.\n"
+    "2. After the feedback, give a score that is a number between {low} and {high}, as the rubric "
+    "defines it.\n"
+    "3. Use exactly this output format: \"Feedback: (feedback on the criterion) [RESULT] (a number "
+    "between {low} and {high})\"\n"
+    "4. Do not write any other opening, closing or explanation.\n\n"
+    "###The instruction to evaluate:\n{instruction}\n\n"
+    "###Response to evaluate:\n{answer}\n\n"
+    "{reference_block}"
+    "###Score Rubrics:\n[{criterion}]\n{rubrics}\n\n"
+    "###Feedback: "
+)
+
+PROMPT_STYLES = ("pollux", "general", "prometheus")
 
 # Options a caller did not pass are read from these environment variables, so that every tool that
 # builds a judge from a spec string (`pollux evaluate`, `pollux meta-eval`, scripts) can set them.
@@ -187,10 +225,17 @@ class OpenAIEngine:
     # -- internals ----------------------------------------------------------------------------
 
     def messages_for(self, item: JudgeItem) -> list[dict[str, str]]:
+        if self.prompt_style == "prometheus":
+            return prometheus_messages(item)
         prompt = self.template.render(item)
         if self.prompt_style == "general":
             prompt = GENERAL_PROMPT.format(prompt=prompt)
         return [{"role": "user", "content": prompt}]
+
+    def parse_reply(self, text: str) -> float | None:
+        """The text score of a reply: POLLUX judges' strict `[RESULT] n [END]`; baseline styles
+        without `[END]` and after removing `<think>…</think>`."""
+        return parse_result(text) if self.prompt_style == "pollux" else parse_result_open(text)
 
     async def _judge_all(self, items: Sequence[JudgeItem], on_verdict: OnVerdict | None) -> list[Verdict]:
         results: list[Verdict | None] = [None] * len(items)
@@ -242,6 +287,7 @@ class OpenAIEngine:
                 finish_reason=reply.finish_reason,
                 time_s=time.perf_counter() - started,
                 judge=self.name,
+                parse=self.parse_reply,
             )
             if verdict.score is not None:
                 break
@@ -266,6 +312,19 @@ class OpenAIEngine:
         if top_p < 1:
             payload["top_p"] = top_p
         return payload
+
+
+def prometheus_messages(item: JudgeItem) -> list[dict[str, str]]:
+    """The "prometheus" style's chat: system line and absolute-grading prompt for one criterion."""
+    scale = parse_scale(item.rubrics)
+    low, high = (f"{scale.min:g}", f"{scale.max:g}") if scale else ("the lowest", "the highest score")
+    reference = item.reference_answer.strip()
+    prompt = PROMETHEUS_PROMPT.format(
+        reference_note="a reference answer that gets the highest score, " if reference else "",
+        low=low, high=high, instruction=item.instruction, answer=item.answer,
+        reference_block=f"###Reference Answer (Score {high}):\n{reference}\n\n" if reference else "",
+        criterion=item.criteria_name, rubrics=item.rubrics)
+    return [{"role": "system", "content": PROMETHEUS_SYSTEM}, {"role": "user", "content": prompt}]
 
 
 def _head_score(data: dict[str, Any]) -> float | None:

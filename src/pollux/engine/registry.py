@@ -126,8 +126,9 @@ class OpenAIOptions(CommonOptions):
     timeout: float | None = Field(None, gt=0, description="Seconds per request, all retries aside (default 60).")
     max_retries: int | None = Field(None, ge=0, description="Retries of a failed request (default 6).")
     max_reasks: int | None = Field(None, ge=0, description="Re-asks when a reply has no score (default 1).")
-    prompt_style: Literal["pollux", "general"] | None = Field(
-        None, description="pollux: a POLLUX judge; general: asks a general LLM for [FEEDBACK] … [RESULT] n [END].")
+    prompt_style: Literal["pollux", "general", "prometheus"] | None = Field(
+        None, description="pollux: a POLLUX judge; general: asks a general LLM for [FEEDBACK] … [RESULT] n [END] "
+        "(GPT-4o, DeepSeek-R1); prometheus: M-Prometheus' own format, Feedback: … [RESULT] n.")
     backoff_base: float = Field(0.5, gt=0, description="First retry's backoff cap, seconds (doubles each retry).")
     backoff_max: float = Field(30.0, gt=0, description="Longest backoff, seconds.")
     retry_after_max: float = Field(120.0, ge=0, description="Longest Retry-After honoured, seconds.")
