@@ -249,3 +249,36 @@ def test_vllm_parallelism_options_reach_the_engine(monkeypatch: pytest.MonkeyPat
     with pytest.raises(typer.Exit) as stop:
         opt.check_options(str(tmp_path), {"tensor_parallel_size": 2})  # not an option of local judges
     assert stop.value.exit_code == 2
+
+
+@pytest.mark.parametrize("where", [
+    pytest.param(["--workers", "2"], id="threads"),
+    pytest.param(["--ray", "auto", "--workers", "2"], id="ray", marks=pytest.mark.slow),
+])
+def test_meta_eval_on_the_executor_gives_the_in_process_scores(request: pytest.FixtureRequest, where: list[str],
+                                                               tiny_judge_path: Path, tmp_path: Path) -> None:
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from pollux.cli import app
+    from test_metaeval_io import pollux_rows
+
+    if "--ray" in where:
+        request.getfixturevalue("ray_cluster")
+    experts = tmp_path / "experts.jsonl"
+    pd.DataFrame(pollux_rows(2, models=("a", "b"))[:12]).to_json(experts, orient="records", lines=True,
+                                                                  force_ascii=False)
+    base = ["meta-eval", str(experts), "--judge", str(tiny_judge_path), "--judge-name", "tiny", "--split", "all",
+            "--bootstrap", "0", "--format", "json", "--out-of-scale", "clip", *CLI_OPTIONS[:-1]]
+    runner = CliRunner()
+    results = {}
+    for name, extra in (("in-process", []), ("executor", where)):
+        saved = tmp_path / f"{name}.jsonl"
+        res = runner.invoke(app, [*base, "--save-scores", str(saved), *extra], catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        results[name] = [json.loads(line) for line in saved.read_text(encoding="utf-8").splitlines()]
+    local, executor = results["in-process"], results["executor"]
+    assert [r["key"] for r in local] == [r["key"] for r in executor] and len(local) == 12
+    for a, b in zip(local, executor, strict=True):
+        assert a["judge"] == b["judge"] == "tiny" and a["error"] is None and b["error"] is None
+        assert abs(a["head_score"] - b["head_score"]) <= 1e-5

@@ -80,7 +80,8 @@ def executor_options(*, ray: str | None, workers: int | None, cpus_per_worker: f
         return None
     if gpus_per_worker is None and ray is not None and tensor_parallel_size is not None:
         gpus_per_worker = float(tensor_parallel_size)
-    given = {"ray": ray, "workers": workers, "cpus_per_worker": cpus_per_worker, "gpus_per_worker": gpus_per_worker}
+    given: dict[str, Any] = {"ray": ray, "workers": workers, "cpus_per_worker": cpus_per_worker,
+                             "gpus_per_worker": gpus_per_worker}
     try:
         return ExecutorOptions(**{k: v for k, v in given.items() if v is not None})
     except ValueError as e:
