@@ -106,6 +106,41 @@ def read_rows(path: str | Path, *, fmt: str | None = None) -> ReadResult:
     return result
 
 
+def input_files(spec: str | Path) -> list[Path]:
+    """The files a dataset spec names: one file, a folder (every .parquet/.jsonl/.json/.csv file
+    under it, e.g. a released dataset's `data/test-0000N-of-0000M.parquet` shards) or a glob
+    pattern (`data/test-*.parquet`), in sorted order so row numbers and ids are reproducible."""
+    path = Path(spec)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        suffixes = (".parquet", ".pq", ".jsonl", ".ndjson", ".json", ".csv", ".tsv")
+        files = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in suffixes
+                       and not any(part.startswith(".") for part in f.relative_to(path).parts))
+        if not files:
+            raise InputError(f"{path}: a folder without .parquet, .jsonl, .json or .csv files")
+        return files
+    if any(c in str(spec) for c in "*?["):
+        anchor = Path(path.anchor) if path.is_absolute() else Path()
+        pattern = str(path.relative_to(anchor)) if path.is_absolute() else str(spec)
+        files = sorted(f for f in anchor.glob(pattern) if f.is_file())
+        if not files:
+            raise InputError(f"{spec}: no file matches this pattern")
+        return files
+    raise InputError(f"{path}: no such file or folder")
+
+
+def read_dataset(spec: str | Path, *, fmt: str | None = None) -> ReadResult:
+    """`read_rows` over every file of `input_files(spec)`: rows keep their shard's name and line
+    (`test-00001-of-00003.parquet:17`), so a bad row is found in the shard it came from."""
+    result = ReadResult()
+    for path in input_files(spec):
+        part = read_rows(path, fmt=fmt)
+        result.rows.extend(part.rows)
+        result.problems.extend(part.problems)
+    return result
+
+
 def _holds_an_array(path: Path) -> bool:
     with path.open("rb") as f:
         return f.read(64).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"[")

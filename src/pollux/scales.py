@@ -86,7 +86,8 @@ def _scale_from_mapping(rubrics: Mapping[str, object]) -> Scale | None:
     the Russian rubric's levels, else the first language's. Languages that disagree on the
     levels are an error — a judge told one scale and checked against another would be wrong."""
     if rubrics and all(isinstance(v, Mapping) for v in rubrics.values()):
-        scales = {lang: _scale_from_keys(list(levels)) for lang, levels in rubrics.items()}  # type: ignore[union-attr]
+        scales = {lang: _scale_from_keys(list(levels)) for lang, levels in rubrics.items()
+                  if isinstance(levels, Mapping)}
         distinct = {sc for sc in scales.values() if sc is not None}
         if len(distinct) > 1:
             shown = "; ".join(f"{lang}: {sc.levels if sc else None}" for lang, sc in scales.items())

@@ -31,7 +31,8 @@ def _fail(message: object) -> None:
 
 
 def meta_eval(
-    expert_file: Path = typer.Argument(..., help="Expert data in POLLUX format (parquet, JSONL, JSON or CSV)."),
+    expert_file: Path = typer.Argument(..., help="Expert data in POLLUX format (parquet, JSONL, JSON or CSV): a "
+                                       "file, a folder of shards (the released dataset) or a glob."),
     scores: list[Path] = typer.Option([], "--scores", help="Judge scores: a JSONL of scores or a pollux run "
                                       "database (.db). Repeat for several judges."),
     judge: list[str] = typer.Option([], "--judge", "--model", "-m", help="Run this judge on the expert data: a "
@@ -40,7 +41,17 @@ def meta_eval(
                                          "--scores, then all --judge."),
     score: str = typer.Option("auto", "--score", help="Which score a judge contributes: auto (head, else text), "
                               "head, text or head-rounded (half away from zero)."),
-    split: str = typer.Option("ood", "--split", help="ood (held-out task types, as the model card), id or all."),
+    split: str = typer.Option("ood", "--split", help="ood (held-out task types, as the model card), id or all; "
+                              "several as a comma list (all,ood,id): the data is read and keyed once."),
+    on: str | None = typer.Option(None, "--on", help="Join --scores files to expert rows on these columns "
+                                  "(comma list, e.g. id) instead of by text content."),
+    compare: str | None = typer.Option(None, "--compare", help="model-card: print ours, the model card's value, "
+                                       "the difference and our CI side by side (each metric on the card's split)."),
+    card_judge: list[str] = typer.Option([], "--card-judge", help="With --compare: the card's judge each of our "
+                                         "judges is compared with, in order (default: the card judge of the "
+                                         "same name)."),
+    db: Path | None = typer.Option(None, "--db", help="Judge --judge runs through this pollux run store (as "
+                                   "pollux evaluate): resumable, and judgements are reused by later runs."),
     ood_tasks: str | None = typer.Option(None, "--ood-tasks", help="Out-of-domain task types: a file (one per "
                                          "line) or a comma-separated list. Default: the 8 held-out types."),
     bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="Bootstrap resamples of answers (0: no CIs)."),
@@ -99,9 +110,19 @@ def meta_eval(
         scores_from_judge,
         write_score_jsonl,
     )
+    from pollux.metaeval.domains import check_split
 
     if fmt not in FORMATS:
         _fail(f"unknown --format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if compare is not None and compare != "model-card":
+        _fail(f"unknown --compare {compare!r}: expected model-card")
+    splits = list(dict.fromkeys(x.strip() for x in split.split(",") if x.strip()))
+    try:
+        for x in splits:
+            check_split(x)
+    except ValueError as e:
+        _fail(e)
+    on_columns = tuple(c.strip() for c in on.split(",") if c.strip()) if on else ()
     shown = METRICS if metrics.strip() == "all" else tuple(m.strip() for m in metrics.split(",") if m.strip())
     if not scores and not judge:
         _fail("give at least one judge: --scores FILE or --judge SPEC")
@@ -122,25 +143,40 @@ def meta_eval(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MetaEvalWarning)
         try:
-            experts = load_experts(expert_file, ood_tasks=parse_ood_tasks(ood_tasks))
+            experts = load_experts(expert_file, ood_tasks=parse_ood_tasks(ood_tasks), keep=on_columns)
+            if compare is not None:
+                from pollux.metaeval.card import card_splits
+
+                splits = card_splits()
             frames = []
             for path, name in zip(scores, names, strict=False):
                 if not path.exists():
                     _fail(f"{path}: no such file")
                 is_db = path.suffix.lower() in DB_SUFFIXES
-                frames.append(scores_from_db(path, judge=name) if is_db else read_score_jsonl(path, judge=name))
+                frames.append(scores_from_db(path, judge=name) if is_db else
+                              read_score_jsonl(path, judge=name, on=on_columns, experts=experts))
             ran = []
+            needed = _rows_for(experts, splits)  # judge only the rows the requested tables use
             for spec, options, name in zip(judge, judge_options, names[len(scores):], strict=True):
-                ran.append(_run_judge(spec, options, name, experts, scores_from_judge, executor))
+                if db is not None:
+                    ran.append(_run_judge_in_store(spec, given, options, name, needed, db, executor))
+                else:
+                    ran.append(_run_judge(spec, options, name, needed, scores_from_judge, executor))
             if save_scores is not None and ran:
                 import pandas as pd
 
                 write_score_jsonl(pd.concat(ran, ignore_index=True), save_scores)
                 typer.echo(f"saved judge scores to {save_scores}", err=True)
-            result = meta_evaluate(experts, frames + ran, score=score, split=split, n_bootstrap=bootstrap,
-                                   confidence=confidence, seed=seed, by_group=not no_groups,
-                                   out_of_scale=out_of_scale, kendall_ci=kendall_ci)
-            text = render(result, fmt, shown)
+            results = {x: meta_evaluate(experts, frames + ran, score=score, split=x, n_bootstrap=bootstrap,
+                                        confidence=confidence, seed=seed, by_group=not no_groups,
+                                        out_of_scale=out_of_scale, kendall_ci=kendall_ci)
+                       for x in splits}
+            if compare is not None:
+                text = _comparison(results, card_judge, fmt)
+            elif len(results) == 1:
+                text = render(results[splits[0]], fmt, shown)
+            else:
+                text = _render_splits(results, fmt, shown, render)
         except (ValueError, OSError, ImportError, RuntimeError) as e:  # RuntimeError: pollux.store
             _echo_warnings(caught)
             _fail(e)
@@ -175,6 +211,64 @@ def _run_judge(spec: str, options: Any, name: str | None, experts: Any,
     judge = Judge.from_spec(spec, options)
     typer.echo(f"running judge {name or judge.name} on {experts.frame['key'].nunique():,} judgements", err=True)
     return scores_from_judge(judge, experts, name=name, on_progress=progress)
+
+
+def _rows_for(experts: Any, splits: list[str]) -> Any:
+    """The expert rows the tables of `splits` use (all rows when one of them is "all")."""
+    from pollux.metaeval.runstore import subset
+
+    ood = experts.frame["ood"].to_numpy()
+    if "all" in splits or {"ood", "id"} <= set(splits):
+        return experts
+    return subset(experts, ood if "ood" in splits else ~ood)
+
+
+def _run_judge_in_store(spec: str, given: Any, options: Any, name: str | None, experts: Any, db: Path,
+                        executor: Any) -> Any:
+    """Judge through the run store of `pollux evaluate` (`--db`): only what it lacks is judged."""
+    from pollux.evaluate import JudgeLoader
+    from pollux.executor.judging import JudgeFactory
+    from pollux.metaeval.runstore import judge_through_store
+
+    typer.echo(f"judge {name or spec}: {experts.frame['key'].nunique():,} judgements, run store {db}", err=True)
+    loader = JudgeLoader({"judge": spec, "options": given}, JudgeFactory(spec, options))
+    return judge_through_store(experts, db, loader, name=name, log=lambda m: typer.echo(m, err=True),
+                               executor=executor)
+
+
+def _render_splits(results: dict[str, Any], fmt: str, shown: tuple[str, ...], render: Callable[..., str]) -> str:
+    """Several splits in one output: JSON keyed by split, other formats one block per split."""
+    if fmt == "json":
+        import json
+
+        return json.dumps({"splits": {x: r.to_dict() for x, r in results.items()}}, ensure_ascii=False,
+                          indent=2, default=str) + "\n"
+    heading = {"markdown": "## split: {}\n\n", "html": "<h2>split: {}</h2>\n"}.get(fmt, "=== split: {} ===\n")
+    return "\n".join(heading.format(x) + render(r, fmt, shown) for x, r in results.items())
+
+
+def _comparison(results: dict[str, Any], card_judge: list[str], fmt: str) -> str:
+    """Each judge beside the model card's numbers (`pollux.metaeval.card`)."""
+    import json
+
+    import pandas as pd
+
+    from pollux.metaeval.card import compare_with_card, comparison_html, comparison_json, comparison_text
+
+    judges = next(iter(results.values())).judges
+    if card_judge and len(card_judge) != len(judges):
+        raise ValueError(f"{len(card_judge)} --card-judge for {len(judges)} judge(s)")
+    pairs = list(zip(judges, card_judge or judges, strict=True))
+    table = pd.concat([compare_with_card(results, j, c) for j, c in pairs], ignore_index=True)
+    if fmt == "csv":
+        return str(table.to_csv(index=False))
+    if fmt == "json":
+        return json.dumps({"comparison": comparison_json(table),
+                           "results": {x: r.to_dict() for x, r in results.items()}},
+                          ensure_ascii=False, indent=2, default=str) + "\n"
+    if fmt == "html":
+        return comparison_html(table, results)
+    return comparison_text(table)
 
 
 def register(app: typer.Typer) -> None:

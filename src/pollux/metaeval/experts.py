@@ -7,7 +7,9 @@ plain numbers, used by Verdict Confidence) and `criteria_group`.
 
 A `-1` (or an empty cell) in `criteria_score` means "not applicable": the row is kept, flagged
 and left out of every metric; `-1` among the per-expert `annotations` is dropped the same way.
-Files are read by `pollux.inputs.read_rows` (JSONL, a `.json` array, CSV or Parquet), with its
+A source is one file, a folder of shards (the released dataset's Parquet files) or a glob
+(`pollux.inputs.read_dataset`). Files are read by `pollux.inputs.read_rows` (JSONL, a `.json`
+array, CSV or Parquet), with its
 policy for BOM, CRLF, broken lines, non-UTF-8 bytes and unusable text. A row that cannot be read
 (broken JSON, a missing text, a score that is not a number) is skipped with a warning that names
 it — `file:line: what is wrong`, as `pollux evaluate` names bad rows — and the other rows are
@@ -28,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pollux.inputs import InputError, bad_text, read_rows
+from pollux.inputs import InputError, bad_text, read_dataset
 from pollux.metaeval.domains import DEFAULT_OOD_TASKS
 from pollux.metaeval.groups import UNKNOWN, canonical_group, criterion_groups
 from pollux.records import JudgeItem, RecordError
@@ -79,7 +81,7 @@ def _read_columns(source: str | Path | pd.DataFrame) -> tuple[str, dict[str, lis
         where = [f"DataFrame: row {i + 1}" for i in range(len(source))]
         return "DataFrame", columns, where, []
     try:
-        read = read_rows(source)
+        read = read_dataset(source)
     except InputError as e:
         raise ValueError(str(e)) from None
     names = list(dict.fromkeys(k for row in read.rows for k in row.data))
@@ -144,8 +146,11 @@ def load_experts(
     source: str | Path | pd.DataFrame,
     *,
     ood_tasks: Sequence[str] = DEFAULT_OOD_TASKS,
+    keep: Sequence[str] = (),
 ) -> ExpertData:
-    """Read POLLUX-format expert data from a file or a DataFrame (see the module docstring)."""
+    """Read POLLUX-format expert data from a file, a folder of shards, a glob or a DataFrame (see
+    the module docstring). `keep`: further columns to keep in `frame` (e.g. an `id` that score
+    files are joined on)."""
     name, raw, row_names, skipped = _read_columns(source)
     missing = [c for c in REQUIRED if c not in raw]
     if "criteria_score" not in raw and "annotations" not in raw:
@@ -213,6 +218,11 @@ def load_experts(
         "rubrics": pick("rubrics"),
         "expert": np.asarray(expert, dtype=float),
     })
+    for c in keep:
+        if c not in frame.columns:
+            if c not in raw:
+                raise ValueError(f"{name}: no column {c!r} to keep (it has {', '.join(raw)})")
+            frame[c] = [col_value if col_value is not None else "" for col_value in (raw[c][i] for i in kept)]
     frame["ood"] = frame["task_type"].isin(set(ood_tasks)).to_numpy()
     frame["answer_id"] = frame.groupby(["model_id", "instruction", "answer"], sort=False).ngroup().to_numpy()
     scales = {r: parse_scale(r) for r in frame["rubrics"].unique()}

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -53,21 +53,38 @@ def _frame(rows: dict[str, list[Any]]) -> pd.DataFrame:
     return f
 
 
-def read_score_jsonl(path: str | Path, judge: str | None = None) -> pd.DataFrame:
+def read_score_jsonl(path: str | Path, judge: str | None = None, *, on: Sequence[str] = (),
+                     experts: ExpertData | None = None) -> pd.DataFrame:
     """Read a file of judge scores (JSONL; CSV and Parquet too, by `pollux.inputs.read_rows`).
     `judge` names the judge (else each row's `judge` field, else the file's stem). A row that
-    cannot be read is skipped with a warning naming it (`file:line: what is wrong`)."""
+    cannot be read is skipped with a warning naming it (`file:line: what is wrong`).
+
+    Lines meet expert rows by content key (`key`, else the POLLUX text columns) or, with `on`
+    (e.g. `("id",)` or `("instruction_id", "model_id", "criteria_name")`), by those columns'
+    values, looked up in `experts` (loaded with `keep=on`). With `experts`, lines that cannot be
+    joined are ONE error with the counts of each reason — not a warning per line, and not a
+    table silently computed on part of the file."""
     p = Path(path)
     try:
         read = read_rows(p)
     except InputError as e:
         raise ValueError(str(e)) from None
+    if on and experts is None:
+        raise ValueError("joining scores on columns needs the expert data (experts=...)")
+    lookup = _key_lookup(experts, on) if on and experts is not None else None
     rows: dict[str, list[Any]] = {c: [] for c in COLUMNS}
     bad = [str(problem) for problem in read.problems]
+    unjoined: dict[str, list[str]] = {}
     for row in read.rows:
         obj = row.data
         try:
-            key = obj.get("key") or obj.get("item_key")
+            if lookup is not None:
+                key, reason = _key_on(obj, on, lookup)
+                if key is None:
+                    unjoined.setdefault(reason, []).append(row.where)
+                    continue
+            else:
+                key = obj.get("key") or obj.get("item_key")
             if not key:
                 key = JudgeItem.from_dict(obj, where=row.where).key
             values = {c: _number(obj.get(c)) for c in ("score", "head_score", "text_score")}
@@ -82,9 +99,58 @@ def read_score_jsonl(path: str | Path, judge: str | None = None) -> pd.DataFrame
         rows["error"].append(obj.get("error") or None)
         for c, v in values.items():
             rows[c].append(v)
+    if experts is not None and lookup is None and rows["key"]:
+        known = set(experts.frame["key"])
+        misses = [k for k in rows["key"] if k not in known]
+        if len(misses) == len(rows["key"]):
+            unjoined["its content (instruction, reference answer, answer, criterion, rubric) matches no expert "
+                     "row"] = misses
+    if unjoined:
+        total = len(read.rows) + len(read.problems)
+        n_bad = sum(len(v) for v in unjoined.values())
+        how = f"on {', '.join(on)}" if on else "by content"
+        parts = "; ".join(f"{len(v)} {reason} (first: {v[0]})" for reason, v in unjoined.items())
+        raise ValueError(f"{p}: {n_bad} of {total} line(s) cannot be joined to the expert data {how}: {parts}")
     for msg in bad:
         warnings.warn(f"skipped {msg}", MetaEvalWarning, stacklevel=2)
     return _frame(rows)
+
+
+def _cell_text(value: Any) -> str | None:
+    """A join cell as text (1 and "1" meet, as do 1.0 and 1); None when empty."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    text = str(value).strip()
+    return text or None
+
+
+def _key_lookup(experts: ExpertData, on: Sequence[str]) -> dict[tuple[str | None, ...], set[str]]:
+    """(values of the `on` columns) → the content keys of the expert rows that have them."""
+    missing = [c for c in on if c not in experts.frame.columns]
+    if missing:
+        raise ValueError(f"the expert data has no column {', '.join(missing)} to join scores on "
+                         f"(it has {', '.join(experts.frame.columns)})")
+    out: dict[tuple[str | None, ...], set[str]] = {}
+    values = zip(*(experts.frame[c].tolist() for c in on), strict=True)
+    for cells, key in zip(values, experts.frame["key"], strict=True):
+        out.setdefault(tuple(_cell_text(v) for v in cells), set()).add(key)
+    return out
+
+
+def _key_on(obj: dict[str, Any], on: Sequence[str],
+            lookup: dict[tuple[str | None, ...], set[str]]) -> tuple[str | None, str]:
+    """(content key, "") for a score line, or (None, why it cannot be joined)."""
+    cells = tuple(_cell_text(obj.get(c)) for c in on)
+    if any(v is None for v in cells):
+        return None, f"have no value in {', '.join(c for c, v in zip(on, cells, strict=True) if v is None)}"
+    keys = lookup.get(cells)
+    if not keys:
+        return None, "match no expert row"
+    if len(keys) > 1:
+        return None, f"match {len(keys)} different judgements (the columns do not identify one row)"
+    return next(iter(keys)), ""
 
 
 def scores_from_frame(df: pd.DataFrame, judge: str | None = None) -> pd.DataFrame:

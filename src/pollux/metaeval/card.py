@@ -1,0 +1,199 @@
+"""The model card's tables as data (`pollux/data/model_card/tables.json`) and our numbers beside them.
+
+The card reports, per judge, Spearman, MAE and Verdict Confidence per evaluated LLM and their
+mean ("Avg."). The file holds what this project has of it — the averages — with every per-LLM
+cell `null` until someone fills it in from the card; a null cell is shown as missing and never
+compared. It also says on which split each metric is computed (`splits`) and how the card's LLM
+names map to the dataset's `model_id`s.
+
+`compare_with_card` lines up, for one of our judges and one card judge, each card cell with our
+value, the difference (ours − card), our bootstrap interval and whether the card's value lies
+inside it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from functools import cache
+from html import escape
+from importlib import resources
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pollux.metaeval.evaluate import ALL_GROUPS, AVG, MetaEvalResult
+
+CARD_METRICS = ("spearman", "mae", "vc")
+COMPARE_COLUMNS = ("judge", "card_judge", "metric", "split", "model", "model_id", "ours", "ci_low", "ci_high",
+                   "card", "delta", "card_in_ci", "n_rows")
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """The card's numbers: `judges[judge][metric]` = {"avg": float | None, "per_model": {name: float}}."""
+
+    judges: dict[str, dict[str, dict[str, Any]]]
+    models: list[dict[str, Any]]
+    splits: dict[str, str]
+    notes: dict[str, str]
+
+    def value(self, judge: str, metric: str, model: str) -> float | None:
+        """The card's value for a card LLM name, or AVG; None where the card (or this file) has none."""
+        cell = self.judges[judge].get(metric, {})
+        v = cell.get("avg") if model == AVG else cell.get("per_model", {}).get(model)
+        return None if v is None else float(v)
+
+    def card_name(self, model_id: str) -> str | None:
+        """The card's name of a dataset `model_id` (by the mapping, then by normalised spelling)."""
+        for m in self.models:
+            if model_id == m["model_id"] or _norm(model_id) in (_norm(m["model_id"]), _norm(m["card_name"])):
+                return str(m["card_name"])
+        return None
+
+    def judge(self, name: str) -> str:
+        """The card judge called `name` (spelling-insensitive); an error listing them otherwise."""
+        for j in self.judges:
+            if _norm(j) == _norm(name):
+                return j
+        raise ValueError(f"the model card has no judge {name!r}: it lists {', '.join(self.judges)}")
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"[^0-9a-zа-яё]", "", str(text).lower())
+
+
+@cache
+def load_model_card() -> ModelCard:
+    """The card's tables shipped with pollux."""
+    raw = json.loads((resources.files("pollux") / "data" / "model_card" / "tables.json").read_text("utf-8"))
+    notes = {k: v for k, v in raw.items() if isinstance(v, str)}
+    return ModelCard(judges=raw["judges"], models=raw["models"], splits=raw["splits"], notes=notes)
+
+
+def card_splits(metrics: tuple[str, ...] = CARD_METRICS) -> list[str]:
+    """The splits the card's tables need (each computed once)."""
+    card = load_model_card()
+    return list(dict.fromkeys(card.splits[m] for m in metrics))
+
+
+def compare_with_card(results: dict[str, MetaEvalResult], judge: str, card_judge: str,
+                      metrics: tuple[str, ...] = CARD_METRICS) -> pd.DataFrame:
+    """One row per card cell (metric × LLM and Avg.) for our `judge` against the card's
+    `card_judge`. `results` maps split → result; each metric is read from the card's split."""
+    card = load_model_card()
+    card_judge = card.judge(card_judge)
+    rows = []
+    for metric in metrics:
+        split = card.splits[metric]
+        if split not in results:
+            raise ValueError(f"the card's {metric} is on split {split!r}, which was not computed")
+        result = results[split]
+        m = result.metrics
+        mine = m[(m["judge"] == judge) & (m["metric"] == metric) & (m["group"] == ALL_GROUPS)].set_index("model")
+        for model in [*result.models, AVG]:
+            name = AVG if model == AVG else (card.card_name(model) or model)
+            ours = mine.loc[model] if model in mine.index else None
+            value = float(ours["value"]) if ours is not None else np.nan
+            lo = float(ours["ci_low"]) if ours is not None else np.nan
+            hi = float(ours["ci_high"]) if ours is not None else np.nan
+            theirs = card.value(card_judge, metric, name)
+            inside = None if theirs is None or np.isnan(lo) else bool(lo <= theirs <= hi)
+            rows.append({"judge": judge, "card_judge": card_judge, "metric": metric, "split": split, "model": name,
+                         "model_id": "" if model == AVG else model, "ours": value, "ci_low": lo, "ci_high": hi,
+                         "card": np.nan if theirs is None else theirs,
+                         "delta": np.nan if theirs is None else value - theirs, "card_in_ci": inside,
+                         "n_rows": int(ours["n_rows"]) if ours is not None else 0})
+    return pd.DataFrame(rows, columns=list(COMPARE_COLUMNS))
+
+
+def _num(v: float, digits: int = 3) -> str:
+    return "—" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{digits}f}"
+
+
+def comparison_text(table: pd.DataFrame) -> str:
+    """The comparison as an aligned plain-text table (terminal)."""
+    header = ("judge", "card judge", "metric", "split", "LLM", "ours", "95% CI", "card", "Δ", "card in CI")
+    lines = [header]
+    for r in table.itertuples(index=False):
+        ci = "—" if np.isnan(r.ci_low) else f"[{r.ci_low:.3f}, {r.ci_high:.3f}]"
+        inside = "—" if r.card_in_ci is None else ("inside" if r.card_in_ci else "OUTSIDE")
+        delta = "—" if np.isnan(r.delta) else f"{r.delta:+.3f}"
+        lines.append((r.judge, r.card_judge, r.metric, r.split, r.model, _num(r.ours), ci, _num(r.card), delta,
+                      inside))
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+    out = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines]
+    note = ("card: the model card's value ('—': not in pollux/data/model_card/tables.json yet); "
+            "Δ = ours − card; 'card in CI': whether the card's value lies in our bootstrap interval.")
+    return "\n".join([*out, "", note]) + "\n"
+
+
+def comparison_json(table: pd.DataFrame) -> list[dict[str, Any]]:
+    """JSON-ready rows (NaN → null)."""
+    return [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
+            for r in table.to_dict(orient="records")]
+
+
+def _bars_svg(rows: pd.DataFrame, title: str) -> str:
+    """Per-LLM bars of our value with its CI as a whisker and the card's value as a tick (when known)."""
+    ok = rows[np.isfinite(rows["ours"].astype(float))]
+    if ok.empty:
+        return f"<p>{escape(title)}: no values</p>"
+    values = np.concatenate([ok["ours"], ok["ci_high"].dropna(), ok["card"].dropna()]).astype(float)
+    top = max(float(np.nanmax(values)), 1e-9)
+    bottom = min(0.0, float(np.nanmin(values)))
+    width, bar, gap, left, height = 640, 26, 8, 150, 30 + len(ok) * (26 + 8)
+
+    def x(v: float) -> float:
+        return left + (v - bottom) / (top - bottom) * (width - left - 20)
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">',
+             f'<text x="4" y="16" font-size="13" font-weight="bold">{escape(title)}</text>']
+    for i, r in enumerate(ok.itertuples(index=False)):
+        y = 26 + i * (bar + gap)
+        parts.append(f'<text x="4" y="{y + bar * 0.7:.1f}" font-size="12">{escape(str(r.model))}</text>')
+        parts.append(f'<rect x="{x(min(0.0, r.ours)):.1f}" y="{y}" width="{abs(x(r.ours) - x(0.0)):.1f}" '
+                     f'height="{bar}" fill="#4e79a7"><title>ours {r.ours:.3f}</title></rect>')
+        if np.isfinite(r.ci_low):
+            mid = y + bar / 2
+            parts.append(f'<line x1="{x(r.ci_low):.1f}" x2="{x(r.ci_high):.1f}" y1="{mid}" y2="{mid}" '
+                         f'stroke="#222" stroke-width="2"><title>95% CI [{r.ci_low:.3f}, {r.ci_high:.3f}]</title>'
+                         "</line>")
+        if np.isfinite(r.card):
+            parts.append(f'<line x1="{x(r.card):.1f}" x2="{x(r.card):.1f}" y1="{y - 2}" y2="{y + bar + 2}" '
+                         f'stroke="#e15759" stroke-width="3"><title>card {r.card:.3f}</title></line>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def comparison_html(table: pd.DataFrame, results: dict[str, MetaEvalResult],
+                    confusion: dict[str, pd.DataFrame] | None = None) -> str:
+    """A standalone page: the comparison table, per-LLM bars with CIs (card values as red ticks)
+    and, when given, judge-vs-expert confusion tables per criterion."""
+    head = ["judge", "card judge", "metric", "split", "LLM", "ours", "95% CI", "card", "Δ", "card in CI"]
+    body = []
+    for r in table.itertuples(index=False):
+        ci = "—" if np.isnan(r.ci_low) else f"[{r.ci_low:.3f}, {r.ci_high:.3f}]"
+        inside = "—" if r.card_in_ci is None else ("inside" if r.card_in_ci else "<b>outside</b>")
+        delta = "—" if np.isnan(r.delta) else f"{r.delta:+.3f}"
+        cells = [escape(str(c)) for c in (r.judge, r.card_judge, r.metric, r.split, r.model)]
+        body.append("<tr>" + "".join(f"<td>{c}</td>" for c in
+                                     [*cells, _num(r.ours), ci, _num(r.card), delta, inside]) + "</tr>")
+    charts = [_bars_svg(g, f"{j} — {m} ({s})") for (j, m, s), g in table.groupby(["judge", "metric", "split"],
+                                                                                  sort=False)]
+    blocks = []
+    for label, frame in (confusion or {}).items():
+        blocks.append(f"<h3>{escape(label)}</h3>" + frame.to_html(border=0, na_rep="—"))
+    settings = next(iter(results.values())).settings
+    return ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>pollux meta-eval vs model card"
+            "</title><style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+            "td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}</style></head><body>"
+            "<h1>Judges against experts, beside the model card</h1>"
+            f"<p>{escape(json.dumps(settings, ensure_ascii=False, default=str))}</p>"
+            "<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(body) + "</table>"
+            "<p>Bars: ours; black whisker: our 95% bootstrap interval; red tick: the card's value.</p>"
+            + "".join(f"<div>{c}</div>" for c in charts)
+            + ("<h2>Judge vs experts per criterion</h2>" + "".join(blocks) if blocks else "")
+            + "</body></html>\n")
