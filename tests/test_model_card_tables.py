@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -199,3 +200,27 @@ def test_judge_run_killed_and_resumed_judges_nothing_twice(tmp_path: Path, tiny_
     third = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
     assert third.returncode == 0, third.stderr
     assert "already holds every judgement" in third.stderr
+
+
+def test_html_page_has_bars_with_cis_and_confusion_per_criterion(tmp_path: Path) -> None:
+    frame = official_layout(tmp_path, n_instructions=8)
+    score = known_judge(frame, tmp_path / "scores.jsonl")
+    page = tmp_path / "card.html"
+    run = pollux("meta-eval", str(tmp_path / "data"), "--scores", str(tmp_path / "scores.jsonl"), "--on", "id",
+                 "--judge-name", "GPT-4o", "--compare", "model-card", "--format", "html", "--out", str(page),
+                 "--bootstrap", "50")
+    assert run.returncode == 0, run.stderr
+    html = page.read_text(encoding="utf-8")
+    assert html.count("<svg") == 3  # Spearman, MAE, VC: one bar chart each
+    assert html.count("<title>95% CI [") == 3 * (len(MODEL_IDS) + 1)  # a whisker per LLM and Avg.
+    assert "<title>card 0.674</title>" in html  # GPT-4o's Spearman Avg. on the card, as a tick
+    ood = frame[frame["task_type"].isin(DEFAULT_OOD_TASKS)]
+    judge = np.floor(score[ood.index] + 0.5)
+    expert = np.floor(ood["criteria_score"].to_numpy() + 0.5)
+    sel = (ood["criteria_name"] == "Критерий 0").to_numpy()
+    block = html.split("<h3>GPT-4o — Критерий 0")[1].split("<h3>")[0]
+    counts = [int(c) for c in re.findall(r"<td>(\d+)</td>", block)]
+    assert sum(counts) == int(sel.sum())
+    assert f"({int(sel.sum())} rows)" in html
+    expected = pd.crosstab(expert[sel], judge[sel]).to_numpy().ravel().tolist()
+    assert counts == expected  # the judge-vs-expert table, cell by cell

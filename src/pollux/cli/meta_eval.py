@@ -172,7 +172,7 @@ def meta_eval(
                                         out_of_scale=out_of_scale, kendall_ci=kendall_ci)
                        for x in splits}
             if compare is not None:
-                text = _comparison(results, card_judge, fmt)
+                text = _comparison(results, card_judge, fmt, experts, frames + ran, score)
             elif len(results) == 1:
                 text = render(results[splits[0]], fmt, shown)
             else:
@@ -247,13 +247,20 @@ def _render_splits(results: dict[str, Any], fmt: str, shown: tuple[str, ...], re
     return "\n".join(heading.format(x) + render(r, fmt, shown) for x, r in results.items())
 
 
-def _comparison(results: dict[str, Any], card_judge: list[str], fmt: str) -> str:
+def _comparison(results: dict[str, Any], card_judge: list[str], fmt: str, experts: Any, scores: list[Any],
+                score: str) -> str:
     """Each judge beside the model card's numbers (`pollux.metaeval.card`)."""
     import json
 
     import pandas as pd
 
-    from pollux.metaeval.card import compare_with_card, comparison_html, comparison_json, comparison_text
+    from pollux.metaeval.card import (
+        compare_with_card,
+        comparison_html,
+        comparison_json,
+        comparison_text,
+        confusion_by_criterion,
+    )
 
     judges = next(iter(results.values())).judges
     if card_judge and len(card_judge) != len(judges):
@@ -267,7 +274,9 @@ def _comparison(results: dict[str, Any], card_judge: list[str], fmt: str) -> str
                            "results": {x: r.to_dict() for x, r in results.items()}},
                           ensure_ascii=False, indent=2, default=str) + "\n"
     if fmt == "html":
-        return comparison_html(table, results)
+        ood = experts.frame["ood"].to_numpy()
+        confusion = confusion_by_criterion(experts, pd.concat(scores, ignore_index=True), score=score, rows=ood)
+        return comparison_html(table, results, confusion)
     return comparison_text(table)
 
 

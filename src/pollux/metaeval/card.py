@@ -197,3 +197,29 @@ def comparison_html(table: pd.DataFrame, results: dict[str, MetaEvalResult],
             + "".join(f"<div>{c}</div>" for c in charts)
             + ("<h2>Judge vs experts per criterion</h2>" + "".join(blocks) if blocks else "")
             + "</body></html>\n")
+
+
+def confusion_by_criterion(experts: Any, scores: pd.DataFrame, *, score: str = "auto", rows: np.ndarray | None = None,
+                           limit: int = 20) -> dict[str, pd.DataFrame]:
+    """Per judge and criterion: a count table of the judge's score (rounded half away from zero)
+    against the experts' aggregate (rounded the same way), over `rows` (all by default) — the
+    `limit` criteria with the most rows, so a page on POLLUX's hundreds of criteria stays readable."""
+    from pollux.metaeval.evaluate import _join
+    from pollux.metaeval.scores import round_half_away
+
+    values, _ = _join(experts, scores, score, "drop", [])
+    frame = experts.frame
+    mask = np.ones(len(frame), dtype=bool) if rows is None else rows
+    expert = frame["expert"].to_numpy()
+    top = frame.loc[mask & np.isfinite(expert), "criteria_name"].value_counts().index[:limit]
+    out: dict[str, pd.DataFrame] = {}
+    for judge, v in values.items():
+        ok = mask & np.isfinite(v) & np.isfinite(expert)
+        for criterion in top:
+            sel = ok & (frame["criteria_name"].to_numpy() == criterion)
+            if not sel.any():
+                continue
+            table = pd.crosstab(pd.Series(round_half_away(expert[sel]), name="experts"),
+                                pd.Series(round_half_away(v[sel]), name=f"judge {judge}"))
+            out[f"{judge} — {criterion} ({int(sel.sum())} rows)"] = table
+    return out
