@@ -116,7 +116,7 @@ def run_method(args) -> None:
     items = make_items(args.answers, args.criteria, args.min_tokens, loaded.tokenizer)
     sampling = SamplingParams(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
     results, prefilled = [], 0
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), _cpu_seconds()
     if args.method == "card":
         for item in items:
             r = model_card_judge(loaded.model, loaded.tokenizer, item,
@@ -140,11 +140,11 @@ def run_method(args) -> None:
 
         engine = VLLMEngine.from_pretrained(args.model, sampling=sampling, dtype=args.dtype,
                                             gpu_memory_utilization=args.gpu_memory_utilization)
-        started = time.perf_counter()  # engine start-up is not judging
+        started, cpu_started = time.perf_counter(), _cpu_seconds()  # engine start-up is not judging
         for v in engine.judge_many(items):
             results.append({"text": v.raw_text, "score": v.head_score, "prompt_tokens": v.prompt_tokens})
         prefilled = -1  # vLLM's prefix cache decides; not counted here
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, _cpu_seconds() - cpu_started
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if args.device.startswith("cuda"):
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
@@ -158,12 +158,19 @@ def run_method(args) -> None:
         group = ids[a * args.criteria : (a + 1) * args.criteria]
         lcp = min(common_prefix_len(group), min(len(g) for g in group) - 1)
         expected += lcp + sum(len(g) - lcp for g in group)
-    summary = {"results": results, "elapsed": elapsed, "prefilled": prefilled, "peak_mb": peak_mb,
+    summary = {"results": results, "elapsed": elapsed, "cpu": cpu, "prefilled": prefilled, "peak_mb": peak_mb,
                "expected_shared_prefill": expected, "judgements": len(items),
                "mean_prompt_tokens": sum(len(i) for i in ids) / len(ids),
                "instruction_answer_tokens": min(
                    len(loaded.tokenizer(it.instruction + "\n" + it.answer)["input_ids"]) for it in items)}
     Path(args.out).write_text(json.dumps(summary))
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process (user + system, all threads): on a machine shared with other
+    jobs it varies far less than wall-clock time, so ratios of it stay comparable."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def hf_batched(loaded, items, args) -> tuple[list[dict], int]:
@@ -271,9 +278,10 @@ def main() -> None:
     print(f"\nworkload: {args.answers} answers × {args.criteria} criteria = {first['judgements']} judgements, "
           f"instruction + answer ≥ {first['instruction_answer_tokens']} tokens, "
           f"prompts {first['mean_prompt_tokens']:.0f} tokens on average, {args.new_tokens} new tokens each")
-    print(f"{'method':<16} {'judgements/s':>13} {'seconds':>9} {'prefilled tokens':>17} {'peak MB':>9}")
+    print(f"{'method':<16} {'judgements/s':>13} {'seconds':>9} {'CPU seconds':>12} {'prefilled tokens':>17} "
+          f"{'peak MB':>9}")
     for name, r in runs.items():
-        print(f"{name:<16} {r['judgements'] / r['elapsed']:>13.3f} {r['elapsed']:>9.1f} "
+        print(f"{name:<16} {r['judgements'] / r['elapsed']:>13.3f} {r['elapsed']:>9.1f} {r['cpu']:>12.1f} "
               f"{r['prefilled'] if r['prefilled'] >= 0 else 'n/a':>17} {r['peak_mb']:>9.0f}")
     if "card" in runs:  # parity: every method against the model card's loop
         base = runs["card"]
@@ -287,7 +295,8 @@ def main() -> None:
     names = list(runs)  # every ratio: each method against each one listed before it
     for k, name in enumerate(names):
         for other in names[:k]:
-            print(f"{name} vs {other}: {runs[other]['elapsed'] / runs[name]['elapsed']:.2f}× judgements/s")
+            print(f"{name} vs {other}: {runs[other]['elapsed'] / runs[name]['elapsed']:.2f}× judgements/s "
+                  f"(CPU time: {runs[other]['cpu'] / runs[name]['cpu']:.2f}×)")
     if "pollux" in runs:
         r = runs["pollux"]
         ok = r["prefilled"] == r["expected_shared_prefill"]
