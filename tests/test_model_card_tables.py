@@ -224,3 +224,24 @@ def test_html_page_has_bars_with_cis_and_confusion_per_criterion(tmp_path: Path)
     assert f"({int(sel.sum())} rows)" in html
     expected = pd.crosstab(expert[sel], judge[sel]).to_numpy().ravel().tolist()
     assert counts == expected  # the judge-vs-expert table, cell by cell
+
+
+def test_calibration_bins_match_a_hand_computation(tmp_path: Path) -> None:
+    frame = official_layout(tmp_path, n_instructions=8)
+    score = known_judge(frame, tmp_path / "scores.jsonl")
+    run = pollux("meta-eval", str(tmp_path / "data"), "--scores", str(tmp_path / "scores.jsonl"), "--on", "id",
+                 "--judge-name", "pollux-judge-7b-r", "--compare", "model-card", "--format", "json",
+                 "--bootstrap", "0")
+    assert run.returncode == 0, run.stderr
+    bins = json.loads(run.stdout)["calibration"]
+    ood = frame["task_type"].isin(DEFAULT_OOD_TASKS).to_numpy()
+    x, y = score[ood], frame["criteria_score"].to_numpy()[ood]
+    edges = np.linspace(x.min(), x.max(), 11)
+    assert len(bins) == 10 and sum(b["n_rows"] for b in bins) == x.size
+    for b in bins:
+        lo, hi = edges[b["bin"]], edges[b["bin"] + 1]
+        sel = (x >= lo) & ((x < hi) if b["bin"] < 9 else (x <= hi))
+        assert b["n_rows"] == int(sel.sum())
+        if sel.any():
+            assert abs(b["mean_judge"] - x[sel].mean()) < 1e-12
+            assert abs(b["mean_expert"] - y[sel].mean()) < 1e-12

@@ -255,6 +255,7 @@ def _comparison(results: dict[str, Any], card_judge: list[str], fmt: str, expert
     import pandas as pd
 
     from pollux.metaeval.card import (
+        calibration,
         compare_with_card,
         comparison_html,
         comparison_json,
@@ -267,16 +268,18 @@ def _comparison(results: dict[str, Any], card_judge: list[str], fmt: str, expert
         raise ValueError(f"{len(card_judge)} --card-judge for {len(judges)} judge(s)")
     pairs = list(zip(judges, card_judge or judges, strict=True))
     table = pd.concat([compare_with_card(results, j, c) for j, c in pairs], ignore_index=True)
+    ood = experts.frame["ood"].to_numpy()
+    all_scores = pd.concat(scores, ignore_index=True)
+    reliability = calibration(experts, all_scores, score=score, rows=ood)
     if fmt == "csv":
         return str(table.to_csv(index=False))
     if fmt == "json":
-        return json.dumps({"comparison": comparison_json(table),
+        return json.dumps({"comparison": comparison_json(table), "calibration": comparison_json(reliability),
                            "results": {x: r.to_dict() for x, r in results.items()}},
                           ensure_ascii=False, indent=2, default=str) + "\n"
     if fmt == "html":
-        ood = experts.frame["ood"].to_numpy()
-        confusion = confusion_by_criterion(experts, pd.concat(scores, ignore_index=True), score=score, rows=ood)
-        return comparison_html(table, results, confusion)
+        confusion = confusion_by_criterion(experts, all_scores, score=score, rows=ood)
+        return comparison_html(table, results, confusion, reliability)
     return comparison_text(table)
 
 

@@ -169,9 +169,9 @@ def _bars_svg(rows: pd.DataFrame, title: str) -> str:
 
 
 def comparison_html(table: pd.DataFrame, results: dict[str, MetaEvalResult],
-                    confusion: dict[str, pd.DataFrame] | None = None) -> str:
+                    confusion: dict[str, pd.DataFrame] | None = None, reliability: pd.DataFrame | None = None) -> str:
     """A standalone page: the comparison table, per-LLM bars with CIs (card values as red ticks)
-    and, when given, judge-vs-expert confusion tables per criterion."""
+    and, when given, judge-vs-expert confusion tables per criterion and the calibration table."""
     head = ["judge", "card judge", "metric", "split", "LLM", "ours", "95% CI", "card", "Δ", "card in CI"]
     body = []
     for r in table.itertuples(index=False):
@@ -196,6 +196,9 @@ def comparison_html(table: pd.DataFrame, results: dict[str, MetaEvalResult],
             "<p>Bars: ours; black whisker: our 95% bootstrap interval; red tick: the card's value.</p>"
             + "".join(f"<div>{c}</div>" for c in charts)
             + ("<h2>Judge vs experts per criterion</h2>" + "".join(blocks) if blocks else "")
+            + ("<h2>Calibration (out-of-domain rows): mean expert score per bin of the judge's score</h2>"
+               + reliability.to_html(index=False, border=0, na_rep="—", float_format="%.3f")
+               if reliability is not None and not reliability.empty else "")
             + "</body></html>\n")
 
 
@@ -223,3 +226,33 @@ def confusion_by_criterion(experts: Any, scores: pd.DataFrame, *, score: str = "
                                 pd.Series(round_half_away(v[sel]), name=f"judge {judge}"))
             out[f"{judge} — {criterion} ({int(sel.sum())} rows)"] = table
     return out
+
+
+def calibration(experts: Any, scores: pd.DataFrame, *, score: str = "auto", rows: np.ndarray | None = None,
+                bins: int = 10) -> pd.DataFrame:
+    """Reliability of a judge's continuous score (a `-r` judge's head): the rows split into `bins`
+    equal-width bins of the judge's score over its observed range; per bin the number of rows,
+    the mean judge score and the mean expert score. A calibrated judge has the two means equal
+    (points on the diagonal of a reliability plot); a judge that is right on average but
+    shrinks towards the middle of the scale shows expert means steeper than judge means."""
+    from pollux.metaeval.evaluate import _join
+
+    values, _ = _join(experts, scores, score, "drop", [])
+    expert = experts.frame["expert"].to_numpy()
+    mask = np.ones(len(expert), dtype=bool) if rows is None else rows
+    out = []
+    for judge, v in values.items():
+        ok = mask & np.isfinite(v) & np.isfinite(expert)
+        if not ok.any():
+            continue
+        x, y = v[ok], expert[ok]
+        edges = np.linspace(x.min(), x.max(), bins + 1)
+        which = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, bins - 1)  # the max in the last bin
+        for b in range(bins):
+            sel = which == b
+            out.append({"judge": judge, "bin": b, "bin_low": float(edges[b]), "bin_high": float(edges[b + 1]),
+                        "n_rows": int(sel.sum()),
+                        "mean_judge": float(x[sel].mean()) if sel.any() else np.nan,
+                        "mean_expert": float(y[sel].mean()) if sel.any() else np.nan})
+    return pd.DataFrame(out, columns=["judge", "bin", "bin_low", "bin_high", "n_rows", "mean_judge",
+                                      "mean_expert"])
