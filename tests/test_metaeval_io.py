@@ -313,3 +313,14 @@ def test_missing_reference_and_task_type_cells_are_empty_texts():
     assert experts.frame["key"].tolist() == [key_of({**r, "reference_answer": r["reference_answer"] or ""})
                                              for r in rows]
     assert experts.frame["task_type"].tolist()[2] == ""
+
+
+def test_a_folder_or_glob_without_data_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "README.md").write_text("no data here", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"a folder without \.parquet, \.jsonl, \.json or \.csv files"):
+        load_experts(tmp_path / "empty")
+    with pytest.raises(ValueError, match="no file matches this pattern"):
+        load_experts(str(tmp_path / "data" / "test-*.parquet"))
+    with pytest.raises(ValueError, match="no such file or folder"):
+        load_experts(tmp_path / "missing.parquet")
