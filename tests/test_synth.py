@@ -275,3 +275,25 @@ def test_equal_mode_gives_each_answer_model_an_equal_share(tmp_path: Path) -> No
         requests = answer_requests(ctx)
     assert len(requests) == 9 and len({r["instruction_key"] for r in requests}) == 9
     assert sorted(r["model"] for r in requests) == ["b"] * 3 + ["c"] * 3 + ["gen"] * 3
+
+
+def test_pollux_runs_without_the_synth_extra() -> None:
+    """razdel, lingua and datasketch are the `synth` extra: every other verb must work without them."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfor m in ('razdel', 'lingua', 'datasketch'): sys.modules[m] = None\n"
+            "sys.argv = ['pollux', 'criteria', 'list', '--group', 'critical', '--no-rubrics']\n"
+            "from pollux.cli import main\nmain()\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "narushenie_formata" in out.stdout
+
+
+def test_the_filter_stage_names_a_missing_library(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pollux.synth import filter as synth_filter
+    from pollux.synth.stages import run_filter
+
+    monkeypatch.setattr(synth_filter, "_DEPENDENCIES", ("razdel", "pollux_no_such_library"))
+    with pytest.raises(SynthError, match=r"needs pollux_no_such_library: pip install 'pollux\[synth\]'"):
+        run_filter(None)  # type: ignore[arg-type]  # fails before the context is used

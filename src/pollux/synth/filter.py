@@ -46,8 +46,6 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from razdel import tokenize
-
 from pollux.executor import Row
 from pollux.records import text_problem
 
@@ -55,6 +53,16 @@ if TYPE_CHECKING:
     from lingua import LanguageDetector
 
 REASONS = ("non_russian", "exact_duplicate", "near_duplicate")
+
+# Imported where used (the `synth` extra), so that `pollux` itself runs without them.
+_DEPENDENCIES = ("razdel", "lingua", "datasketch")
+
+
+def missing_dependencies() -> list[str]:
+    """The filter's libraries that are not installed (checked before a long run starts)."""
+    import importlib.util
+
+    return [name for name in _DEPENDENCIES if importlib.util.find_spec(name) is None]
 
 
 @dataclass(frozen=True)
@@ -216,6 +224,8 @@ def _is_phrase(words: Sequence[str]) -> bool:
 
 def _analyse(text: str) -> _Analysis:
     """Sort `text`'s word tokens into Cyrillic segments, Latin runs and other-script words."""
+    from razdel import tokenize  # the `synth` extra: imported where used, so `pollux` runs without it
+
     masked = _mask(unicodedata.normalize("NFC", text))       # composed letters: й, ё, ї as one character
     result = _Analysis()
     segment: list[str] = []

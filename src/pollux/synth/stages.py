@@ -146,8 +146,10 @@ def run_instructions(ctx: StageContext) -> dict[str, Any]:
 # -- 2. filter ----------------------------------------------------------------------------------
 
 def run_filter(ctx: StageContext) -> dict[str, Any]:
-    from pollux.synth.filter import filter_instructions
+    from pollux.synth.filter import filter_instructions, missing_dependencies
 
+    if missing := missing_dependencies():
+        raise SynthError(f"the filter stage needs {', '.join(missing)}: pip install 'pollux[synth]'")
     rows = ctx.store.rows("instructions")
     _need(rows, "filter", "instructions")
     unusable = [{**r, "reason": "empty", "detail": ""} if not r["instruction"] else
