@@ -382,3 +382,13 @@ def test_repetition_penalty_in_the_generate_fallback(tiny_llama):
             assert v.raw_text == model_card_judge(model, tokenizer, item, max_new_tokens=10)["text"]
     finally:
         model.generation_config.repetition_penalty = None
+
+
+def test_library_defaults_are_not_the_checkpoints_word():
+    """transformers 4.x gives an unset `top_k` its default of 50; only what the checkpoint's file
+    sets may override pollux's defaults (found by CI's minimum-versions job)."""
+    from transformers import GenerationConfig
+
+    r = SamplingParams().resolve({"do_sample": True, "temperature": 0.7})  # generation_config.json's fields
+    assert (r.temperature, r.top_k, r.top_p) == (0.7, 0, 1.0)
+    assert SamplingParams().resolve(GenerationConfig(do_sample=True, top_k=20)).top_k == 20

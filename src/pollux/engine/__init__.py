@@ -65,10 +65,16 @@ class SamplingParams:
         return not self.temperature
 
     def resolve(self, generation_config: Any = None) -> SamplingParams:
-        """Every field concrete: set here > `generation_config` (a transformers `GenerationConfig`
-        or anything with its attributes; None = the checkpoint has none) > pollux's default."""
+        """Every field concrete: set here > `generation_config` (a transformers `GenerationConfig`,
+        or a dict of `generation_config.json`'s fields; None = the checkpoint has none) > pollux's
+        default."""
+        # Only what the checkpoint sets itself: transformers 4.x fills unset fields with its own
+        # defaults (top_k=50), which are not the checkpoint's word; `to_diff_dict` leaves them out.
+        explicit = (generation_config.to_diff_dict() if hasattr(generation_config, "to_diff_dict")
+                    else dict(generation_config or {}))
+
         def ckpt(name: str) -> Any:
-            return getattr(generation_config, name, None)
+            return explicit.get(name)
 
         sampling_ckpt = bool(ckpt("do_sample"))
         temperature = self.temperature
