@@ -46,7 +46,8 @@ BaseUrl = Annotated[str | None, typer.Option("--base-url", help="openai: the ser
 ApiKeyEnv = Annotated[str | None, typer.Option("--api-key-env", help="openai: environment variable with the API key (default: OPENAI_API_KEY).")]
 Concurrency = Annotated[int | None, typer.Option("--concurrency", min=1, help="openai: requests in flight (default: 8).")]
 PromptStyle = Annotated[str | None, typer.Option(
-    "--prompt-style", help="openai: 'pollux' (a POLLUX judge) or 'general' (asks a general LLM for [FEEDBACK] … [RESULT] n [END]).")]
+    "--prompt-style", help="openai: 'pollux' (a POLLUX judge), 'general' (asks a general LLM for [FEEDBACK] … [RESULT] n [END]) "
+         "or 'prometheus' (an M-Prometheus-style judge; see docs/meta-eval.md).")]
 ApiTimeout = Annotated[float | None, typer.Option("--api-timeout", min=0.1, help="openai: seconds per request (default: 60).")]
 # vLLM judges (vllm:PATH)
 TensorParallelSize = Annotated[int | None, typer.Option(
