@@ -184,6 +184,7 @@ def test_a_batch_that_keeps_failing_is_reported_with_its_key(ray_cluster):
     assert "ValueError: the teacher's reply has no [RESULT]" in str(err.value)
 
 
+@pytest.mark.e2e
 def test_a_batch_that_keeps_killing_its_worker_is_not_retried_forever(ray_cluster):
     started = time.monotonic()
     options = ExecutorOptions(ray="auto", batch_size=1, max_retries=1)
@@ -266,6 +267,7 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+@pytest.mark.e2e
 def test_a_cluster_started_with_ray_start_is_reached_by_its_address():
     """docs/scale-out.md's recipe on one machine: `ray start --head`, then a driver given HOST:PORT."""
     port = _free_port()

@@ -15,7 +15,7 @@ from synth_fakes import FakeServer
 from test_executor_ray import ray_cluster  # noqa: F401 — the session's one Ray cluster
 from test_synth_e2e import write_config
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 LLM_STAGES = ["instructions", "answers", "annotate"]  # the stages whose model calls go through the executor
 

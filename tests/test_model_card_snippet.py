@@ -47,6 +47,7 @@ def test_model_card_snippet_matches_pollux_judge_short(tiny_judge_path: Path, tm
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_model_card_snippet_matches_pollux_judge(tiny_judge_path: Path, tmp_path: Path):
     """The snippet exactly as shipped: 4096 new tokens (≈ 3 minutes on 2 CPU cores). Over 4096
     greedy steps a random judge meets steps where its two best logits are equal to float32

@@ -53,6 +53,7 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_two_process_run_matches_one_process(tmp_path: Path):
     from pollux.fixtures import build_tiny_judge
 
