@@ -49,14 +49,13 @@ import asyncio
 import logging
 import os
 import random
-import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from pollux.engine import OnVerdict, SamplingParams
 from pollux.engine.http_chat import RETRY_STATUSES as RETRY_STATUSES  # re-exported: the transport moved there
-from pollux.engine.http_chat import ApiError, ChatClient
+from pollux.engine.http_chat import ApiError, ChatClient, run_coroutine
 from pollux.engine.http_chat import parse_retry_after as parse_retry_after
 from pollux.prompts import PromptTemplate
 from pollux.records import JudgeItem
@@ -203,24 +202,7 @@ class OpenAIEngine:
         """
         if not items:
             return []
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(self._judge_all(items, on_verdict))
-        box: dict[str, Any] = {}
-
-        def target() -> None:
-            try:
-                box["result"] = asyncio.run(self._judge_all(items, on_verdict))
-            except BaseException as e:
-                box["error"] = e
-
-        thread = threading.Thread(target=target, name="pollux-openai", daemon=True)
-        thread.start()
-        thread.join()
-        if "error" in box:
-            raise box["error"]
-        return box["result"]
+        return run_coroutine(self._judge_all(items, on_verdict))
 
     # -- internals ----------------------------------------------------------------------------
 
