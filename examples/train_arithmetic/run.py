@@ -92,7 +92,8 @@ def snippet_vs_pollux_judge(model_dir: Path, workdir: Path) -> dict:
     card_text, card_score = run_model_card_snippet(snippet, model_dir, cwd=workdir, timeout=1800)
     lit = model_card_snippet_literals(snippet)
     cli = subprocess.run(
-        [sys.executable, "-m", "pollux.cli", "judge", "--model", str(model_dir), "--instruction", lit["instruction"],
+        [sys.executable, "-m", "pollux.cli", "judge", "--judge", str(model_dir), "--template", "model-card",
+         "--instruction", lit["instruction"],
          "--answer", lit["answer"], "--reference", lit["reference_answer"], "--criterion", lit["criteria_name"],
          "--rubrics", lit["criteria_rubrics"], "--max-new-tokens", "4096", "--device", "cpu"],
         capture_output=True, text=True, timeout=1800)
