@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from pollux.store import JobRow, RunStore, StoreError, read_runs, read_verdicts
@@ -160,9 +161,31 @@ def test_a_schema_1_database_is_migrated_with_its_rows(tmp_path: Path):
         pk = store.upsert_record({**record(0), "answer": "Другой", "answer_key": "other"})
         assert store.conn.execute("SELECT COUNT(*) FROM records").fetchone()[0] == 2 and pk == 2
     conn = sqlite3.connect(db)
-    assert conn.execute("SELECT value FROM store_meta WHERE key='schema_version'").fetchone()[0] == "2"
+    assert conn.execute("SELECT value FROM store_meta WHERE key='schema_version'").fetchone()[0] == "3"
     conn.close()
     assert read_verdicts(db)["answer"].tolist() == ["Ответ 0"]
+
+
+def test_a_schema_2_database_gains_the_expected_score_columns(tmp_path: Path):
+    from pollux.store import _SCHEMA
+
+    db = tmp_path / "v2.db"
+    conn = sqlite3.connect(db)
+    conn.executescript(_SCHEMA.replace("    expected_score REAL,\n    score_probs TEXT,\n", ""))
+    assert "expected_score" not in {r[1] for r in conn.execute("PRAGMA table_info(verdicts)")}
+    conn.execute("INSERT INTO store_meta VALUES ('schema_version', '2')")
+    conn.commit()
+    conn.close()
+    with RunStore(db) as store:
+        run, _ = store.open_run("j", CONFIG)
+        keys = fill(store, run.run_id, n=2)
+        store.write_verdict(run.run_id, keys[0], Verdict("К1", head_score=1.0, valid=True, judge="j"))
+        store.write_verdict(run.run_id, keys[1], Verdict("К1", text_score=2.0, expected_score=1.75,
+                                                         score_probs={"1": 0.25, "2": 0.75}, valid=True, judge="j"))
+    df = read_verdicts(db).sort_values("item_key")
+    by_key = dict(zip(df["item_key"], zip(df["expected_score"], df["score_probs"], strict=True), strict=True))
+    assert by_key[keys[1]] == (1.75, '{"1": 0.25, "2": 0.75}')
+    assert pd.isna(by_key[keys[0]][0]) and pd.isna(by_key[keys[0]][1])
 
 
 def test_not_a_store(tmp_path: Path):

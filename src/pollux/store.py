@@ -16,6 +16,8 @@ An evaluation takes hours and must survive crashes, so every verdict is committe
   texts, criterion and rubric. Two jobs with the same content share one judgement.
 * `verdicts` — one row per (item_key, judge, run) — a UNIQUE constraint, so nothing is written twice.
   A verdict that failed (`error` set) may be replaced by a later attempt; a successful one never is.
+  Generative judges may also carry `expected_score` (the probability-weighted score at `[RESULT]`)
+  and `score_probs` (JSON: scale value → probability).
 
 `read_verdicts(db)` is the public reading side: a pandas DataFrame, one row per judged job.
 """
@@ -37,7 +39,7 @@ import pandas as pd
 
 from pollux.verdicts import Verdict
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -90,6 +92,8 @@ CREATE TABLE IF NOT EXISTS verdicts (
     score REAL,
     head_score REAL,
     text_score REAL,
+    expected_score REAL,
+    score_probs TEXT,
     scale_min REAL,
     scale_max REAL,
     valid INTEGER NOT NULL,
@@ -173,6 +177,8 @@ class RunStore:
             version = SCHEMA_VERSION if row is None else int(row[0])
             if version == 1:
                 _migrate_v1(self.conn)
+            if version in (1, 2):
+                _migrate_v2(self.conn)
             elif version != SCHEMA_VERSION:
                 self.conn.close()
                 raise StoreError(f"{self.path}: schema version {version}, this pollux reads {SCHEMA_VERSION}")
@@ -318,7 +324,7 @@ class RunStore:
         is kept: nothing is written twice); a stored error is replaced by a new attempt."""
         row = (
             run_id, item_key, verdict.judge, verdict.criteria_name, _num(verdict.score), _num(verdict.head_score),
-            _num(verdict.text_score), verdict.scale_min, verdict.scale_max, int(bool(verdict.valid)),
+            _num(verdict.text_score), _num(verdict.expected_score), _probs_json(verdict.score_probs), verdict.scale_min, verdict.scale_max, int(bool(verdict.valid)),
             verdict.invalid_reason, verdict.rationale or "", verdict.raw_text or "", int(verdict.prompt_tokens or 0),
             int(verdict.completion_tokens or 0), verdict.finish_reason, float(verdict.time_s or 0.0), verdict.error,
             time.time(),
@@ -326,11 +332,13 @@ class RunStore:
         with self._lock, self.conn:
             cur = self.conn.execute(
                 "INSERT INTO verdicts (run_id, item_key, judge, criteria_name, score, head_score, text_score, "
-                "scale_min, scale_max, valid, invalid_reason, rationale, raw_text, prompt_tokens, completion_tokens, "
-                "finish_reason, time_s, error, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "expected_score, score_probs, scale_min, scale_max, valid, invalid_reason, rationale, raw_text, "
+                "prompt_tokens, completion_tokens, finish_reason, time_s, error, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (item_key, judge, run_id) DO UPDATE SET "
                 "criteria_name=excluded.criteria_name, score=excluded.score, head_score=excluded.head_score, "
-                "text_score=excluded.text_score, scale_min=excluded.scale_min, scale_max=excluded.scale_max, "
+                "text_score=excluded.text_score, expected_score=excluded.expected_score, "
+                "score_probs=excluded.score_probs, scale_min=excluded.scale_min, scale_max=excluded.scale_max, "
                 "valid=excluded.valid, invalid_reason=excluded.invalid_reason, rationale=excluded.rationale, "
                 "raw_text=excluded.raw_text, prompt_tokens=excluded.prompt_tokens, "
                 "completion_tokens=excluded.completion_tokens, finish_reason=excluded.finish_reason, "
@@ -366,14 +374,26 @@ def _migrate_v1(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE records_v2 RENAME TO records")
 
 
+def _migrate_v2(conn: sqlite3.Connection) -> None:
+    """Schema 3 adds the expected score of generative judges (G-Eval style) beside the greedy one."""
+    have = {r[1] for r in conn.execute("PRAGMA table_info(verdicts)")}
+    for column, kind in (("expected_score", "REAL"), ("score_probs", "TEXT")):
+        if column not in have:
+            conn.execute(f"ALTER TABLE verdicts ADD COLUMN {column} {kind}")
+
+
 def _num(value: float | None) -> float | None:
     return None if value is None else float(value)
+
+
+def _probs_json(probs: Mapping[str, float] | None) -> str | None:
+    return None if probs is None else json.dumps(probs, sort_keys=True)
 
 
 _READ_SQL = """
 SELECT v.run_id, r.source, r.record_id, r.line, r.model_id, r.answer_key, r.task_type, r.task_subtype,
        r.task_subsubtype, r.task_group, j.criteria_name, j.criterion_id, j.criterion_group, j.rubrics,
-       j.item_key, v.judge, v.score, v.head_score, v.text_score, v.scale_min, v.scale_max, v.valid,
+       j.item_key, v.judge, v.score, v.head_score, v.text_score, v.expected_score, v.score_probs, v.scale_min, v.scale_max, v.valid,
        v.invalid_reason, v.error, v.rationale, v.raw_text, v.prompt_tokens, v.completion_tokens,
        v.finish_reason, v.time_s, r.instruction, r.answer, r.reference_answer, j.position
 FROM jobs j
@@ -389,7 +409,8 @@ def read_verdicts(db_path: str | Path, *, run: int | None = None, texts: bool = 
 
     Columns: run_id, source, record_id, line, model_id, answer_key, task_type, task_subtype,
     task_subsubtype, task_group, criteria_name, criterion_id, criterion_group, rubrics, item_key
-    (= `JudgeItem.key`), judge, score, head_score, text_score, scale_min, scale_max, valid (bool),
+    (= `JudgeItem.key`), judge, score, head_score, text_score, expected_score, score_probs (JSON
+    text or None), scale_min, scale_max, valid (bool),
     invalid_reason, error, rationale, raw_text, prompt_tokens, completion_tokens, finish_reason, time_s,
     and (with `texts`) instruction, answer, reference_answer. Two jobs with identical content share
     one verdict, so `item_key` can repeat across records. `run` selects one run (default: all).

@@ -19,6 +19,10 @@ class Verdict:
     criteria_name: str
     head_score: float | None = None  # regression head output (raw float, never clipped)
     text_score: float | None = None  # parsed from `[RESULT] n [END]`, when the text has it
+    # generative judges whose engine exposes token probabilities: the probability of each scale
+    # value at the `[RESULT]` position (renormalised over the scale) and their weighted mean
+    expected_score: float | None = None
+    score_probs: dict[str, float] | None = None
     rationale: str = ""  # the feedback text, without the [FEEDBACK]/[RESULT]/[END] markup
     raw_text: str = ""  # exactly what the LM head generated (special tokens removed)
     scale_min: float | None = None
