@@ -45,6 +45,9 @@ from pollux.verdicts import Verdict
 log = logging.getLogger("pollux.server")
 
 PUBLIC_PATHS = frozenset({"/healthz"})
+# The web UI (`pollux serve --ui`) lives under this prefix and checks the same key itself: a browser
+# navigating pages cannot send a bearer header, so the UI signs in once and keeps a session cookie.
+UI_PREFIX = "/ui"
 # Not an HTTP status a client ever reads (it has gone): nginx's code for "client closed the
 # request", so /metrics tells a client that disconnected mid-body apart from a server error.
 CLIENT_CLOSED = 499
@@ -226,7 +229,9 @@ def create_app(judge: Any, config: ServerConfig) -> FastAPI:
 
 def _precheck(request: Request, config: ServerConfig) -> Response | None:
     """401 without the right bearer token; 413 when Content-Length already says too big."""
-    if config.api_key and request.url.path not in PUBLIC_PATHS:
+    path = request.url.path
+    under_ui = path == UI_PREFIX or path.startswith(UI_PREFIX + "/")
+    if config.api_key and path not in PUBLIC_PATHS and not under_ui:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
