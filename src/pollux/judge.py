@@ -6,7 +6,10 @@ or as dicts with POLLUX column names, and returns `Verdict`s in input order.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import inspect
+import queue
+import threading
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from pollux.engine import Engine, OnVerdict, SamplingParams
@@ -16,6 +19,10 @@ from pollux.records import JudgeItem
 from pollux.verdicts import Verdict
 
 ItemLike = JudgeItem | Mapping[str, Any]
+
+
+class _StreamClosed(Exception):
+    """Raised in the engine's worker thread by the text hook once the stream's consumer is gone."""
 
 
 def as_item(item: ItemLike, where: str = "item") -> JudgeItem:
@@ -39,6 +46,7 @@ class Judge:
         max_batch_tokens: int = 65_536,
         share_prefix: bool = True,
         threads: int | None = None,
+        expected_score: bool = False,
     ) -> Judge:
         """Load a judge checkpoint from a local folder into the in-process engine (the simple API;
         `from_spec` is the general one). Options are `pollux.engine.registry.LocalOptions`."""
@@ -46,6 +54,7 @@ class Judge:
         options: dict[str, Any] = {
             "dtype": dtype, "device": device, "template": template, "batch_size": batch_size,
             "max_batch_tokens": max_batch_tokens, "share_prefix": share_prefix, "threads": threads,
+            "expected_score": expected_score,
         }
         if sampling is not None:
             options["sampling"] = sampling
@@ -82,3 +91,52 @@ class Judge:
         """Judge all items (batched inside the engine); verdicts come back in input order."""
         prepared = [as_item(it, where=f"item {i}") for i, it in enumerate(items)]
         return self.engine.judge_many(prepared, on_verdict=on_verdict)
+
+    def stream(self, item: ItemLike) -> Iterator[str | Verdict]:
+        """Judge one item, yielding the judge's raw output as it is generated — text deltas
+        (`str`, whole characters) — then exactly one `Verdict`, the one `judge(item)` gives. The
+        deltas concatenate to `verdict.raw_text`.
+
+        The engine runs in a worker thread and hands text over through a queue. Engines with a
+        text hook (`on_text`: the in-process engine) stream step by step; others (`openai:`,
+        `vllm:`) yield the whole text in one delta, then the verdict. Closing the generator early
+        stops the worker at its next decode step (its hook raises), so no thread is left behind
+        generating for nobody; an engine without a hook finishes its one call, then ends."""
+        prepared = as_item(item)
+        events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        closed = threading.Event()
+
+        def on_text(index: int, text: str) -> None:
+            if closed.is_set():
+                raise _StreamClosed()
+            events.put(("text", text))
+
+        def work() -> None:
+            try:
+                if "on_text" in inspect.signature(self.engine.judge_many).parameters:
+                    verdicts = self.engine.judge_many([prepared], on_text=on_text)  # type: ignore[call-arg]
+                else:
+                    verdicts = self.engine.judge_many([prepared])
+                events.put(("verdict", verdicts[0]))
+            except _StreamClosed:
+                pass
+            except BaseException as e:  # handed to the consumer, raised there
+                events.put(("error", e))
+
+        worker = threading.Thread(target=work, name="pollux-stream", daemon=True)
+        worker.start()
+        sent = ""
+        try:
+            while True:
+                kind, value = events.get()
+                if kind == "error":
+                    raise value
+                text = value.raw_text if kind == "verdict" else value
+                if text.startswith(sent) and len(text) > len(sent):
+                    yield text[len(sent):]
+                    sent = text
+                if kind == "verdict":
+                    yield value
+                    return
+        finally:
+            closed.set()

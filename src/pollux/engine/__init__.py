@@ -22,6 +22,12 @@ from pollux.verdicts import Verdict
 # Called as each verdict completes, with the item's index in the input — lets callers store
 # results before the whole call returns (resumable runs).
 OnVerdict = Callable[[int, Verdict], None]
+# Called while an item is being generated, with its index and its text so far (whole characters
+# only, never half a UTF-8 sequence) — lets callers stream the judge's output (`Judge.stream`).
+OnText = Callable[[int, str], None]
+# Called before an item's verdict is delivered, with its index and the OpenAI-format
+# `logprobs.content` list of its generated tokens (see `TransformersEngine.judge_many`).
+OnLogprobs = Callable[[int, list[dict[str, Any]]], None]
 
 
 @dataclass(frozen=True)

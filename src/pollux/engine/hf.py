@@ -41,10 +41,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from pollux.engine import OnVerdict, SamplingParams
+from pollux.engine import OnLogprobs, OnText, OnVerdict, SamplingParams
 from pollux.engine.jobs import Delivery, Job, caller_errors_unwrapped, prepare_jobs, run_isolating_failures
+from pollux.engine.tokens import IncrementalText, LogprobFormatter, ScaleTokens, TokenTrace, scale_tokens
 from pollux.prompts import PromptTemplate
 from pollux.records import JudgeItem
+from pollux.scales import Scale, parse_scale
 from pollux.verdicts import Verdict, make_verdict
 
 log = logging.getLogger(__name__)
@@ -190,6 +192,8 @@ class _Row:
     finishing: bool = False  # its last token is chosen; the next step only reads the head
     finish_reason: str | None = None
     head_score: float | None = None
+    trace: TokenTrace | None = None  # streaming, expected score, logprobs: only when asked
+    score_note: str | None = None  # why this row cannot have an expected score
 
 
 class TransformersEngine:
@@ -208,6 +212,7 @@ class TransformersEngine:
         max_batch_tokens: int = 65_536,
         share_prefix: bool = True,
         prefill_chunk: int = 1024,
+        expected_score: bool = False,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -220,6 +225,10 @@ class TransformersEngine:
         self.max_batch_tokens = max_batch_tokens
         self.share_prefix = share_prefix
         self.prefill_chunk = prefill_chunk
+        # G-Eval-style expected scores for generative judges (`pollux.engine.tokens`)
+        self.expected_score = expected_score and kind != "regression"
+        self._scale_tokens: dict[Scale | None, ScaleTokens | str] = {}
+        self._formatter = LogprobFormatter(tokenizer)
         self.device = next(model.parameters()).device
         cfg = model.config
         self.context = int(getattr(cfg, "max_position_embeddings", 32768))
@@ -258,12 +267,21 @@ class TransformersEngine:
             "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
             "template": self.template.to_dict(),
             "sampling": self.sampling.to_dict(),
+            # only when on: runs created without it keep their configuration (and resume)
+            **({"expected_score": True} if self.expected_score else {}),
         }
 
     # ---- public ---------------------------------------------------------------------------
 
-    def judge_many(self, items: Sequence[JudgeItem], on_verdict: OnVerdict | None = None) -> list[Verdict]:
-        done = Delivery(len(items), on_verdict)
+    def judge_many(self, items: Sequence[JudgeItem], on_verdict: OnVerdict | None = None, *,
+                   on_text: OnText | None = None, top_logprobs: int | None = None,
+                   on_logprobs: OnLogprobs | None = None) -> list[Verdict]:
+        """Judge `items`; verdicts in input order. Hooks, each optional and free when unused:
+        `on_verdict(i, verdict)` as each completes; `on_text(i, text_so_far)` after each decode step
+        that added whole characters to a row still generating; with `top_logprobs=K`,
+        `on_logprobs(i, content)` before item i's verdict, with OpenAI-format logprobs of each
+        generated token (raw log-softmax at temperature 1, the K most likely alternatives)."""
+        done = Delivery(len(items), on_verdict, on_text=on_text, on_logprobs=on_logprobs, top_logprobs=top_logprobs)
         with caller_errors_unwrapped():
             jobs = prepare_jobs(items, tokenizer=self.tokenizer, template=self.template, context=self.context,
                                 max_new_tokens=self.sampling.max_new_tokens, judge=self.name, done=done)
@@ -288,6 +306,8 @@ class TransformersEngine:
         generator = sampling_generator(self.device, self.sampling)
         prefixes = [self._prefill_prefix(g.prefix) for g in batch]
         rows = [_Row(job=j, group=gi) for gi, g in enumerate(batch) for j in g.jobs]
+        for r in rows:
+            r.trace, r.score_note = self._trace(r.job.item, done)
         cache = _OwnCache(self.model, rows, batch)
         seen = self._seen_tokens(rows)
         kv_tokens = sum(g.prefix_len for g in batch) + cache.rows * cache.capacity
@@ -314,7 +334,7 @@ class TransformersEngine:
                     for i, score in zip(reading, scores, strict=True):
                         rows[i].head_score = score
                         rows[i].finishing = False
-            self._choose_next(rows, final, generator, seen)
+            self._choose_next(rows, final, generator, seen, done)
             for r in rows:
                 if r.finish_reason and not r.finishing:
                     self._finish(r, done, started)
@@ -342,15 +362,39 @@ class TransformersEngine:
             seen[k, torch.tensor(r.job.ids, device=self.device)] = True
         return seen
 
-    def _choose_next(self, rows: list[_Row], final: torch.Tensor, generator, seen: torch.Tensor | None) -> None:
+    def _trace(self, item: JudgeItem, done: Delivery) -> tuple[TokenTrace | None, str | None]:
+        """A row's `TokenTrace` when the caller or the options ask for what it reads (else None:
+        the default loop stays as it was), and why the row cannot have an expected score."""
+        scale: ScaleTokens | None = None
+        note: str | None = None
+        if self.expected_score:
+            key = parse_scale(item.rubrics)
+            if key not in self._scale_tokens:
+                self._scale_tokens[key] = scale_tokens(self.tokenizer, key)
+            found = self._scale_tokens[key]
+            scale, note = (None, found) if isinstance(found, str) else (found, None)
+        if scale is None and done.on_text is None and done.top_logprobs is None:
+            return None, note
+        return TokenTrace(self.tokenizer, scale=scale, top_logprobs=done.top_logprobs,
+                          formatter=self._formatter), note
+
+    def _observe(self, r: _Row, token: int, logprobs: torch.Tensor | None, done: Delivery) -> None:
+        """Feed a row's chosen token to its trace; stream its text when whole characters came."""
+        if r.trace is not None and r.trace.step(token, logprobs):
+            done.text(r.job.index, r.trace.text.text)
+
+    def _choose_next(self, rows: list[_Row], final: torch.Tensor, generator, seen: torch.Tensor | None,
+                     done: Delivery) -> None:
         """Pick the next token of every row still generating. A row whose text is now complete
         is marked `finishing` when its last token must still be fed to read the head.
         Logits are processed in `generate`'s order: repetition penalty, end-of-turn suppression
-        (`min_new_tokens`), then temperature / top-k / top-p."""
+        (`min_new_tokens`), then temperature / top-k / top-p. Traces read the raw logits."""
         active = [i for i, r in enumerate(rows) if r.finish_reason is None]
         if not active:
             return
         logits = self.model.lm_head(final[active]).float()
+        reading = [rows[i].trace is not None and rows[i].trace.wants_logprobs() for i in active]  # type: ignore[union-attr]
+        raw = logits.log_softmax(dim=-1) if any(reading) else None  # before any processor
         if seen is not None:
             assert self.sampling.repetition_penalty is not None
             index = torch.tensor(active, device=seen.device)
@@ -359,9 +403,10 @@ class TransformersEngine:
             if len(rows[i].generated) < self.sampling.min_new_tokens and self.eos_ids:
                 logits[k, self.eos_ids] = float("-inf")
         chosen = choose_tokens(logits, self.sampling, generator).tolist()
-        for i, tok in zip(active, chosen, strict=True):
+        for k, (i, tok) in enumerate(zip(active, chosen, strict=True)):
             r = rows[i]
             r.generated.append(int(tok))
+            self._observe(r, int(tok), raw[k] if raw is not None and reading[k] else None, done)
             if seen is not None:
                 seen[i, int(tok)] = True
             if tok in self.eos_ids:
@@ -370,12 +415,23 @@ class TransformersEngine:
                 r.finish_reason = "length"
             r.finishing = bool(r.finish_reason) and self.kind == "regression"
 
-    def _finish(self, r: _Row, done, started: float) -> None:
-        text = self.tokenizer.decode(r.generated, skip_special_tokens=True)
-        done(r.job.index, make_verdict(
-            r.job.item, text, head_score=r.head_score, prompt_tokens=len(r.job.ids),
-            completion_tokens=len(r.generated), finish_reason=r.finish_reason,
-            time_s=time.perf_counter() - started, judge=self.name,
+    def _finish(self, r: _Row, done: Delivery, started: float) -> None:
+        self._deliver(r.job, r.generated, r.finish_reason, r.trace, r.score_note, done, started, r.head_score)
+
+    def _deliver(self, job: Job, generated: list[int], finish_reason: str | None, trace: TokenTrace | None,
+                 note: str | None, done: Delivery, started: float, head_score: float | None = None) -> None:
+        """A finished row's verdict (with its logprobs first, when asked)."""
+        text = self.tokenizer.decode(generated, skip_special_tokens=True)
+        probs: dict[str, float] | str | None = None
+        if self.expected_score:
+            probs = note or (trace.score_probs if trace is not None else None) or \
+                "the reply has no score position ([RESULT] followed by a token)"
+        if trace is not None and trace.logprobs is not None:
+            done.logprobs(job.index, trace.logprobs)
+        done(job.index, make_verdict(
+            job.item, text, head_score=head_score, prompt_tokens=len(job.ids),
+            completion_tokens=len(generated), finish_reason=finish_reason,
+            time_s=time.perf_counter() - started, judge=self.name, score_probs=probs,
         ))
 
     # ---- the forward ------------------------------------------------------------------------
@@ -440,7 +496,7 @@ class TransformersEngine:
 
     # ---- fallback for other architectures ----------------------------------------------------
 
-    def _run_batch_generate(self, batch: list[Group], done) -> None:
+    def _run_batch_generate(self, batch: list[Group], done: Delivery) -> None:
         """Batched `generate` for non-Qwen2 generative judges (no prefix sharing, no head). Jobs
         are generated in sub-batches of equal token budget: `generate` takes one `max_new_tokens`
         per call, and each job's budget is its own (`min(max_new_tokens, context - prompt)`)."""
@@ -450,12 +506,13 @@ class TransformersEngine:
         for budget, jobs in by_budget.items():
             self._generate_jobs(jobs, budget, done)
 
-    def _generate_jobs(self, jobs: list[Job], budget: int, done) -> None:
+    def _generate_jobs(self, jobs: list[Job], budget: int, done: Delivery) -> None:
         started = time.perf_counter()
         longest = max(len(j.ids) for j in jobs)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
         ids = torch.tensor([[pad] * (longest - len(j.ids)) + j.ids for j in jobs], device=self.device)
         mask = torch.tensor([[0] * (longest - len(j.ids)) + [1] * len(j.ids) for j in jobs], device=self.device)
+        traced = [self._trace(j.item, done) for j in jobs]
         s = self.sampling
         out = self.model.generate(
             input_ids=ids, attention_mask=mask, max_new_tokens=budget,
@@ -463,19 +520,50 @@ class TransformersEngine:
             temperature=s.temperature if not s.greedy else None, top_p=s.top_p if not s.greedy else None,
             top_k=(s.top_k or None) if not s.greedy else None, repetition_penalty=s.repetition_penalty,
             eos_token_id=self.eos_ids, pad_token_id=pad,
+            streamer=_RowsStreamer(jobs, self.tokenizer, self.eos_ids, done) if done.on_text else None,
+            # raw logits per step (before processors) for the traces: expected scores, logprobs
+            return_dict_in_generate=True, output_logits=any(t is not None for t, _ in traced),
         )
-        for j, seq in zip(jobs, out[:, longest:].tolist(), strict=True):
+        for b, (j, seq) in enumerate(zip(jobs, out.sequences[:, longest:].tolist(), strict=True)):
             gen = []
             reason = "length"
-            for tok in seq:
+            trace, note = traced[b]
+            for t, tok in enumerate(seq):
                 gen.append(tok)
+                if trace is not None:  # replayed: the streamer has sent the text already
+                    wants = trace.wants_logprobs()
+                    trace.step(tok, out.logits[t][b].float().log_softmax(-1) if wants else None)
                 if tok in self.eos_ids:
                     reason = "stop"
                     break
-            text = self.tokenizer.decode(gen, skip_special_tokens=True)
-            done(j.index, make_verdict(j.item, text, prompt_tokens=len(j.ids), completion_tokens=len(gen),
-                                       finish_reason=reason, time_s=time.perf_counter() - started,
-                                       judge=self.name))
+            self._deliver(j, gen, reason, trace, note, done, started)
+
+
+class _RowsStreamer:
+    """A `generate` streamer (the `put`/`end` protocol of transformers' `BaseStreamer`) that sends
+    each row's text so far to the caller's `on_text`, whole characters only."""
+
+    def __init__(self, jobs: list[Job], tokenizer: Any, eos_ids: list[int], done: Delivery):
+        self.jobs = jobs
+        self.texts = [IncrementalText(tokenizer) for _ in jobs]
+        self.stopped = [False] * len(jobs)
+        self.eos = set(eos_ids)
+        self.done = done
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:  # generate's first call hands over the prompts
+            self.prompt_seen = True
+            return
+        for b, tok in enumerate(value.reshape(-1).tolist()):
+            if self.stopped[b] or tok in self.eos:
+                self.stopped[b] = True
+                continue
+            if self.texts[b].add(int(tok)):
+                self.done.text(self.jobs[b].index, self.texts[b].text)
+
+    def end(self) -> None:
+        pass
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from pollux.engine import OnVerdict
+from pollux.engine import OnLogprobs, OnText, OnVerdict
 from pollux.prompts import PromptTemplate, chat_text
 from pollux.records import JudgeItem
 from pollux.verdicts import Verdict, error_verdict
@@ -82,9 +82,24 @@ class Delivery:
     twice for one item, and so that an exception from `on_verdict` is told apart from an engine
     failure (it is wrapped in `CallbackError` and propagates unretried)."""
 
-    def __init__(self, n_items: int, on_verdict: OnVerdict | None):
+    def __init__(self, n_items: int, on_verdict: OnVerdict | None, *, on_text: OnText | None = None,
+                 on_logprobs: OnLogprobs | None = None, top_logprobs: int | None = None):
         self.verdicts: list[Verdict | None] = [None] * n_items
         self.on_verdict = on_verdict
+        self.on_text = on_text  # progress of items still generating (streaming)
+        # per-token logprobs with this many alternatives, just before an item's verdict
+        self.on_logprobs = on_logprobs if top_logprobs is not None else None
+        self.top_logprobs = top_logprobs if on_logprobs is not None else None
+
+    def text(self, index: int, text: str) -> None:
+        """An item's text so far, to the caller's `on_text` (its exceptions are the caller's)."""
+        if self.on_text is not None and not self.delivered(index):
+            _call_caller(self.on_text, index, text)
+
+    def logprobs(self, index: int, content: list[dict[str, Any]]) -> None:
+        """An item's token logprobs, to the caller's `on_logprobs`, before its verdict."""
+        if self.on_logprobs is not None and not self.delivered(index):
+            _call_caller(self.on_logprobs, index, content)
 
     def delivered(self, index: int) -> bool:
         return self.verdicts[index] is not None
@@ -94,10 +109,7 @@ class Delivery:
             return
         self.verdicts[index] = verdict
         if self.on_verdict is not None:
-            try:
-                self.on_verdict(index, verdict)
-            except Exception as e:
-                raise CallbackError() from e
+            _call_caller(self.on_verdict, index, verdict)
 
     def all(self) -> list[Verdict]:
         """Every verdict, in input order (all items must have been delivered)."""
@@ -105,6 +117,13 @@ class Delivery:
         if missing:
             raise RuntimeError(f"engine bug: no verdict for items {missing[:10]}")
         return self.verdicts  # type: ignore[return-value]
+
+
+def _call_caller(callback: Callable[..., None], *args: Any) -> None:
+    try:
+        callback(*args)
+    except Exception as e:
+        raise CallbackError() from e
 
 
 @contextmanager

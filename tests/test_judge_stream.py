@@ -1,0 +1,99 @@
+"""`Judge.stream`: text deltas as the judge generates them, then the verdict `judge(item)` gives."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict
+
+import pytest
+
+from pollux.engine import SamplingParams
+from pollux.judge import Judge
+from pollux.records import JudgeItem
+from pollux.verdicts import Verdict
+
+ITEM = JudgeItem(instruction="Назови столицу Франции.", answer="Париж — столица Франции.",
+                 criteria_name="Правильность ответа", rubrics="0: неверно.\n\n1: частично.\n\n2: верно.")
+
+
+@pytest.fixture(scope="module")
+def judge(tiny_generative_path) -> Judge:
+    return Judge.from_pretrained(str(tiny_generative_path), dtype="float32", device="cpu",
+                                 sampling=SamplingParams(max_new_tokens=16))
+
+
+def comparable(v: Verdict) -> dict:
+    d = asdict(v)
+    d.pop("time_s")
+    return d
+
+
+def split(events: list) -> tuple[list[str], Verdict]:
+    *deltas, verdict = events
+    assert all(isinstance(d, str) and d for d in deltas)
+    assert isinstance(verdict, Verdict)
+    return deltas, verdict
+
+
+def test_deltas_concatenate_to_the_verdicts_text_and_the_verdict_is_judges(judge: Judge) -> None:
+    deltas, verdict = split(list(judge.stream(ITEM)))
+    assert verdict.completion_tokens == 16 and verdict.finish_reason == "length"
+    assert len(deltas) >= 3, deltas
+    assert "".join(deltas) == verdict.raw_text
+    assert comparable(verdict) == comparable(judge.judge(ITEM))
+
+
+def test_the_generate_fallback_streams_too(judge: Judge) -> None:
+    engine = judge.engine
+    engine.custom_forward = False  # type: ignore[attr-defined]
+    try:
+        deltas, verdict = split(list(judge.stream(ITEM)))
+        plain = judge.judge(ITEM)
+    finally:
+        engine.custom_forward = True  # type: ignore[attr-defined]
+    assert len(deltas) >= 3 and "".join(deltas) == verdict.raw_text
+    assert comparable(verdict) == comparable(plain)
+
+
+def test_closing_the_stream_early_stops_the_worker(judge: Judge) -> None:
+    slow = Judge.from_pretrained(str(judge.engine.name), dtype="float32", device="cpu",
+                                 sampling=SamplingParams(max_new_tokens=400, min_new_tokens=400))
+    stream = slow.stream(ITEM)
+    first = next(stream)
+    assert isinstance(first, str) and first
+    started = time.monotonic()
+    stream.close()
+    deadline = started + 30
+    while any(t.name == "pollux-stream" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(t.name == "pollux-stream" for t in threading.enumerate())
+    assert slow.engine.stats["decode_steps"] < 300  # type: ignore[attr-defined]  # it stopped, not finished
+
+
+def test_an_engine_without_a_text_hook_yields_the_text_once() -> None:
+    class Plain:
+        name, kind = "plain", "api"
+
+        def judge_many(self, items, on_verdict=None):
+            return [Verdict(criteria_name=it.criteria_name, raw_text="[FEEDBACK] ок [RESULT] 2 [END]") for it in items]
+
+        def describe(self):
+            return {}
+
+    events = list(Judge(Plain()).stream(ITEM))
+    assert events[0] == "[FEEDBACK] ок [RESULT] 2 [END]" and isinstance(events[1], Verdict) and len(events) == 2
+
+
+def test_an_engine_error_reaches_the_consumer() -> None:
+    class Broken:
+        name, kind = "broken", "api"
+
+        def judge_many(self, items, on_verdict=None):
+            raise RuntimeError("boom")
+
+        def describe(self):
+            return {}
+
+    with pytest.raises(RuntimeError, match="boom"):
+        list(Judge(Broken()).stream(ITEM))
