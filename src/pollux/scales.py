@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 _NUMBER = r"[-−]?\d+(?:[.,]\d+)?"
@@ -157,6 +157,24 @@ def check_score(score: float | None, scale: Scale | None) -> tuple[bool, str | N
     if score < scale.min or score > scale.max:
         return False, f"score {score:g} outside the rubric's scale [{scale.min:g}, {scale.max:g}]"
     return True, None
+
+
+# An interval scale (`от 1 до 10`) lists its integer values for expected scores up to this many.
+MAX_LISTED_VALUES = 101
+
+
+def scale_value_keys(scale: Scale | None) -> list[str] | None:
+    """The scale's values as a judge writes them (`"0"`, `"1"`, `"-2"`, `"1.5"`), for reading their
+    probabilities (expected scores): the listed levels, or every integer of an integer interval;
+    None when the scale has no countable values."""
+    if scale is None:
+        return None
+    values: Sequence[float] = scale.levels
+    if not values:
+        if not (scale.min.is_integer() and scale.max.is_integer()) or scale.max - scale.min >= MAX_LISTED_VALUES:
+            return None
+        values = range(int(scale.min), int(scale.max) + 1)
+    return [f"{v:g}" for v in values]
 
 
 def normalise(score: float, scale: Scale) -> float:

@@ -9,7 +9,7 @@ is lost, and flags — without dropping — scores outside the rubric's scale.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -67,12 +67,15 @@ def make_verdict(
     time_s: float = 0.0,
     judge: str = "",
     parse: Callable[[str], float | None] | None = None,
+    score_probs: Mapping[str, float] | str | None = None,
 ) -> Verdict:
     """Turn what a judge produced for `item` (a `JudgeItem`) into a checked `Verdict`.
 
     Every backend ends here, so parsing and scale validation are the same for all of them.
     `parse` reads the text score (default: the POLLUX judges' strict `parse_result`; baseline
-    judges with their own reply format pass `pollux.scales.parse_result_open`).
+    judges with their own reply format pass `pollux.scales.parse_result_open`). `score_probs` is
+    the scale distribution at the score position (`pollux.engine.tokens`), or a note saying why an
+    engine asked to read it has none (kept in `meta["expected_score_note"]`).
     """
     from pollux.scales import check_score, parse_feedback, parse_result, parse_scale
 
@@ -93,7 +96,19 @@ def make_verdict(
         meta=dict(item.meta),
     )
     verdict.valid, verdict.invalid_reason = check_score(verdict.score, scale)
+    if isinstance(score_probs, str):
+        verdict.meta["expected_score_note"] = score_probs
+    elif score_probs is not None:
+        verdict.score_probs = dict(score_probs)
+        verdict.expected_score = expected_from_probs(score_probs)
     return verdict
+
+
+def expected_from_probs(probs: Mapping[str, float]) -> float:
+    """The probability-weighted mean of the scale values (keys are the values as written)."""
+    from pollux.scales import to_number
+
+    return sum(to_number(value) * p for value, p in probs.items())
 
 
 def error_verdict(item: Any, error: str, *, judge: str = "", prompt_tokens: int = 0) -> Verdict:
