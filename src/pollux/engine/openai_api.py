@@ -57,6 +57,7 @@ from pollux.engine import OnVerdict, SamplingParams
 from pollux.engine.http_chat import RETRY_STATUSES as RETRY_STATUSES  # re-exported: the transport moved there
 from pollux.engine.http_chat import ApiError, ChatClient, run_coroutine
 from pollux.engine.http_chat import parse_retry_after as parse_retry_after
+from pollux.engine.tokens import probs_from_top_logprobs
 from pollux.prompts import PromptTemplate
 from pollux.records import JudgeItem
 from pollux.scales import parse_result, parse_result_open, parse_scale
@@ -141,6 +142,8 @@ class OpenAIEngine:
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
         retry_after_max: float = 120.0,
+        expected_score: bool = False,
+        top_logprobs: int = 20,
     ):
         if not model:
             raise ValueError("openai engine: the model name is empty (use openai:MODEL)")
@@ -171,6 +174,9 @@ class OpenAIEngine:
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.retry_after_max = retry_after_max
+        # G-Eval-style expected scores from the reply's top logprobs (`pollux.engine.tokens`)
+        self.expected_score = expected_score
+        self.top_logprobs = top_logprobs
         self.name = f"openai:{model}"
         # Totals over this engine's life (all judge_many calls): what the run cost and how bumpy it was.
         self.usage: dict[str, int] = dict.fromkeys(
@@ -192,6 +198,8 @@ class OpenAIEngine:
             "template": self.template.to_dict(),
             "sampling": self.sampling.to_dict(),
             "max_reasks": self.max_reasks,
+            # only when on: runs created without it keep their configuration (and resume)
+            **({"expected_score": True, "top_logprobs": self.top_logprobs} if self.expected_score else {}),
         }
 
     def judge_many(self, items: Sequence[JudgeItem], on_verdict: OnVerdict | None = None) -> list[Verdict]:
@@ -270,6 +278,7 @@ class OpenAIEngine:
                 time_s=time.perf_counter() - started,
                 judge=self.name,
                 parse=self.parse_reply,
+                score_probs=self._score_probs(reply.data, item) if self.expected_score else None,
             )
             if verdict.score is not None:
                 break
@@ -293,7 +302,22 @@ class OpenAIEngine:
         top_p = self.sampling.top_p or 1.0
         if top_p < 1:
             payload["top_p"] = top_p
+        if self.expected_score:
+            payload["logprobs"] = True
+            payload["top_logprobs"] = self.top_logprobs
         return payload
+
+    @staticmethod
+    def _score_probs(data: dict[str, Any], item: JudgeItem) -> dict[str, float] | str:
+        """The scale distribution at the score position from the reply's `logprobs.content`, or
+        why there is none (a server that returns no logprobs is not an error)."""
+        try:
+            content = data["choices"][0]["logprobs"]["content"]
+        except (KeyError, IndexError, TypeError):
+            content = None
+        if not isinstance(content, list):
+            return "the server returned no logprobs"
+        return probs_from_top_logprobs(content, parse_scale(item.rubrics))
 
 
 def prometheus_messages(item: JudgeItem) -> list[dict[str, str]]:

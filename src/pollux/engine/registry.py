@@ -58,6 +58,9 @@ class CommonOptions(BaseModel):
     sampling: SamplingParams = Field(
         default_factory=SamplingParams,
         description="Decoding settings; also accepted flat (max_new_tokens=…, temperature=…, …).")
+    expected_score: bool = Field(
+        False, description="Generative judges: read each scale value's probability at the [RESULT] position and "
+        "give their weighted mean (G-Eval style) beside the greedy score (verdict.expected_score, score_probs).")
 
     @field_validator("template", mode="before")
     @classmethod
@@ -83,7 +86,7 @@ class CommonOptions(BaseModel):
         """Every option this class takes, as a user spells it: the engine's own first, then the
         common ones (sampling fields flat, and `sampling` as one object)."""
         own = [name for name in cls.model_fields if name not in CommonOptions.model_fields]
-        return [*own, "template", *SAMPLING_FIELDS, "sampling"]
+        return [*own, "template", "expected_score", *SAMPLING_FIELDS, "sampling"]
 
 
 class LocalOptions(CommonOptions):
@@ -112,6 +115,8 @@ class VLLMOptions(CommonOptions):
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="Device memory share for both passes.")
     pooler_memory_share: float = Field(0.3, gt=0, lt=1, description="Share of it for the head (pooling) pass.")
     chunk_size: int = Field(1024, ge=1, description="Items per vLLM call.")
+    top_logprobs: int = Field(20, ge=1, description="Expected scores: logprobs vLLM returns per token (its max_logprobs "
+                              "must allow it).")
     llm_options: dict[str, Any] = Field(default_factory=dict, description="Passed on to vllm.LLM as is.")
 
 
@@ -132,6 +137,8 @@ class OpenAIOptions(CommonOptions):
     backoff_base: float = Field(0.5, gt=0, description="First retry's backoff cap, seconds (doubles each retry).")
     backoff_max: float = Field(30.0, gt=0, description="Longest backoff, seconds.")
     retry_after_max: float = Field(120.0, ge=0, description="Longest Retry-After honoured, seconds.")
+    top_logprobs: int = Field(20, ge=1, le=1000, description="Expected scores: top_logprobs asked of the server per "
+                              "token (OpenAI allows up to 20).")
 
 
 Loader = Callable[[str, Any], Engine]
@@ -272,7 +279,8 @@ def _load_local(path: str, o: LocalOptions) -> Engine:
         torch.set_num_threads(o.threads)
     return TransformersEngine.from_pretrained(
         path, dtype=o.dtype, device=o.device, template=o.template, sampling=o.sampling,
-        batch_size=o.batch_size, max_batch_tokens=o.max_batch_tokens, share_prefix=o.share_prefix)
+        batch_size=o.batch_size, max_batch_tokens=o.max_batch_tokens, share_prefix=o.share_prefix,
+        expected_score=o.expected_score)
 
 
 def _load_vllm(path: str, o: VLLMOptions) -> Engine:
@@ -282,7 +290,7 @@ def _load_vllm(path: str, o: VLLMOptions) -> Engine:
         path, device=o.device, batch_size=o.batch_size, share_prefix=o.share_prefix, template=o.template,
         sampling=o.sampling, dtype=o.dtype, max_model_len=o.max_model_len,
         gpu_memory_utilization=o.gpu_memory_utilization, pooler_memory_share=o.pooler_memory_share,
-        chunk_size=o.chunk_size, **{**o.llm_options, "tensor_parallel_size": o.tensor_parallel_size})
+        chunk_size=o.chunk_size, expected_score=o.expected_score, top_logprobs=o.top_logprobs, **{**o.llm_options, "tensor_parallel_size": o.tensor_parallel_size})
 
 
 def _load_openai(model: str, o: OpenAIOptions) -> Engine:

@@ -46,8 +46,10 @@ from typing import Any
 
 from pollux.engine import OnVerdict, SamplingParams
 from pollux.engine.jobs import Delivery, Job, caller_errors_unwrapped, prepare_jobs, run_isolating_failures
+from pollux.engine.tokens import LogprobFormatter, probs_from_top_logprobs
 from pollux.prompts import PromptTemplate
 from pollux.records import JudgeItem
+from pollux.scales import parse_scale
 from pollux.verdicts import Verdict, make_verdict
 
 log = logging.getLogger(__name__)
@@ -170,6 +172,8 @@ class VLLMEngine:
         max_num_seqs: int = 256,
         enable_prefix_caching: bool = True,
         chunk_size: int = 1024,
+        expected_score: bool = False,
+        top_logprobs: int = 20,
         **llm_options: Any,
     ):
         ok, why = vllm_status()
@@ -198,11 +202,15 @@ class VLLMEngine:
         # explicit values > the checkpoint's generation_config.json > pollux's defaults, as in-process
         self.sampling = (sampling or SamplingParams()).resolve(generation_config)
         self.chunk_size = chunk_size
+        # G-Eval-style expected scores from vLLM's per-token top logprobs (`pollux.engine.tokens`)
+        self.expected_score = expected_score and self.kind != "regression"
+        self.top_logprobs = top_logprobs
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         if self.tokenizer.chat_template is None:
             raise CheckpointError(f"{path}: the tokenizer has no chat template; POLLUX judges read ChatML")
         self.eos_ids = _eos_ids(generation_config, self.tokenizer)
         self.head = read_head(path) if self.kind == "regression" else None
+        self.formatter = LogprobFormatter(self.tokenizer)
 
         vllm_plugin.register()  # this process; worker processes load it as a vLLM general plugin
         common = dict(model=str(path), dtype=_DTYPES[dtype], max_model_len=max_model_len,
@@ -261,6 +269,8 @@ class VLLMEngine:
             "dtype": self.dtype,
             "template": self.template.to_dict(),
             "sampling": self.sampling.to_dict(),
+            # only when on: runs created without it keep their configuration (and resume)
+            **({"expected_score": True, "top_logprobs": self.top_logprobs} if self.expected_score else {}),
         }
 
     def close(self) -> None:
@@ -308,6 +318,7 @@ class VLLMEngine:
             repetition_penalty=s.repetition_penalty,  # same semantics as transformers: prompt + output
             max_tokens=max_new, min_tokens=min(s.min_new_tokens, max_new), stop_token_ids=list(self.eos_ids),
             seed=seed, detokenize=False, skip_special_tokens=True,
+            logprobs=self.top_logprobs if self.expected_score else None,
         )
 
     def _run_chunk(self, jobs: list[Job], done: OnVerdict) -> None:
@@ -320,18 +331,35 @@ class VLLMEngine:
             use_tqdm=False,
         )
         generated = [list(out.outputs[0].token_ids) for out in outputs]
+        logprobs = [out.outputs[0].logprobs for out in outputs]
         reasons = [out.outputs[0].finish_reason for out in outputs]
         scores: list[float | None] = [None] * len(jobs)
         if self.pooler is not None:
             scores = list(self._head_scores([j.ids + gen for j, gen in zip(jobs, generated, strict=True)]))
         elapsed = time.perf_counter() - started
-        for job, gen, reason, score in zip(jobs, generated, reasons, scores, strict=True):
+        for job, gen, reason, score, lps in zip(jobs, generated, reasons, scores, logprobs, strict=True):
             i, item, ids = job.index, job.item, job.ids
             text = str(self.tokenizer.decode(gen, skip_special_tokens=True))
             done(i, make_verdict(
                 item, text, head_score=score, prompt_tokens=len(ids), completion_tokens=len(gen),
                 finish_reason=reason, time_s=elapsed, judge=self.name,
+                score_probs=self._score_probs(item, gen, lps) if self.expected_score else None,
             ))
+
+    def _score_probs(self, item: JudgeItem, generated: list[int], logprobs: Any) -> dict[str, float] | str:
+        """The scale distribution at the score position, from vLLM's per-token logprobs (one
+        {token id: Logprob} per generated token, raw log-softmax by default) made OpenAI-format."""
+        if not logprobs:
+            return "vLLM returned no logprobs"
+        content = []
+        for token, alternatives in zip(generated, logprobs, strict=False):
+            if token in self.formatter.special:
+                continue
+            top = [self.formatter.item(int(t), float(lp.logprob)) for t, lp in alternatives.items()]
+            chosen = alternatives.get(token)
+            content.append({**self.formatter.item(token, float(chosen.logprob) if chosen else float("nan")),
+                            "top_logprobs": top})
+        return probs_from_top_logprobs(content, parse_scale(item.rubrics))
 
     def _head_scores(self, sequences: list[list[int]]) -> list[float]:
         """Pass 2: the last token's final hidden state of each sequence, through the head."""
