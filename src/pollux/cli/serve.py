@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import typer
 
@@ -50,6 +51,9 @@ def serve(
     prompt_style: opt.PromptStyle = None,
     api_timeout: opt.ApiTimeout = None,
     option: opt.Option = None,
+    ui: list[Path] | None = typer.Option(None, "--ui", help="Also serve the web UI on /ui over this run database "
+                                         "(repeatable; see docs/ui.md). With a key, the UI needs sign-in."),
+    ui_writable: bool = typer.Option(False, "--ui-writable", help="Let signed-in reviewers store expert scores."),
 ) -> None:
     """Serve a judge: POST /v1/judge, OpenAI-compatible /v1/chat/completions and /v1/models,
     GET /healthz and Prometheus /metrics. `--judge openai:MODEL --base-url URL` serves a judge
@@ -69,6 +73,7 @@ def serve(
             model, host=host, port=port, model_name=model_name, api_key=api_key, batch_size=batch_size,
             max_wait_ms=max_wait_ms, max_queue=max_queue, max_body_bytes=max_body_bytes, max_items=max_items,
             graceful_timeout=graceful_timeout, log_level=log_level, judge_options=options,
+            ui_dbs=ui or (), ui_writable=ui_writable,
         )
     except (CheckpointError, OSError, ValueError, ImportError, RuntimeError) as e:  # a bad checkpoint or option: no traceback
         typer.echo(f"pollux serve: {type(e).__name__}: {e}", err=True)

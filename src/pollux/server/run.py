@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +41,13 @@ def serve(
     graceful_timeout: float = 30.0,
     log_level: str = "info",
     judge_options: Mapping[str, Any] | CommonOptions | None = None,
+    ui_dbs: Sequence[str | Path] = (),
+    ui_writable: bool = False,
 ) -> None:
     """Serve the judge `model` (any spec: a checkpoint folder, `vllm:PATH`, `openai:MODEL`) with
     `judge_options` (validated by the engine registry). Engines that batch get the server's
-    `batch_size` as their batch size unless the options set one."""
+    `batch_size` as their batch size unless the options set one. `ui_dbs`: run databases the web
+    UI shows under /ui (docs/ui.md), with this judge for judge live and the same key."""
     import uvicorn
 
     from pollux.judge import Judge
@@ -62,6 +65,8 @@ def serve(
         template=options.template,  # chat requests are parsed with the template the judge renders
     )
     app = create_app(judge, config)
+    if ui_dbs:
+        _mount_ui(app, judge, config.api_key, ui_dbs, ui_writable)
     server = uvicorn.Server(uvicorn.Config(
         app, host=host, port=port, log_level=log_level, access_log=False,
         timeout_graceful_shutdown=graceful_timeout,  # type: ignore[arg-type]  # seconds, a float is fine lifespan="on",
@@ -69,3 +74,13 @@ def serve(
     log.warning("serving %s as %r on http://%s:%d (key %s)", model, config.model_name, host, port,
                 "required" if config.api_key else "not required")
     server.run()
+
+
+def _mount_ui(app: Any, judge: Any, api_key: str | None, dbs: Sequence[str | Path], writable: bool) -> None:
+    """The web UI beside the API: with a server key, every /ui page needs sign-in with that key."""
+    from pollux.ui.app import create_ui_router
+    from pollux.ui.queries import Explorer
+
+    explorer = Explorer(dbs, reviews_writable=writable)
+    app.include_router(create_ui_router(explorer, judge=judge, key=api_key, protect_reads=api_key is not None))
+    log.warning("web UI on /ui over %d database(s)%s", len(dbs), " (reviews writable)" if writable else "")
