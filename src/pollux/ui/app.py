@@ -161,6 +161,13 @@ def create_ui_app(explorer: Explorer, *, judge: Any = None, key: str | None = No
     async def root() -> RedirectResponse:
         return RedirectResponse("/ui/", status_code=307)
 
+    @app.middleware("http")
+    async def headers(request: Request, call_next: Any) -> Response:
+        """The security headers on everything, unknown paths' 404s included."""
+        response: Response = await call_next(request)
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
     return app
 
 
@@ -176,17 +183,17 @@ def render(state: UIState, request: Request, name: str, session: Session | None,
     return HTMLResponse(html, status_code=status)
 
 
-def run_ref(state: UIState, text: str, name: str = "run") -> RunRef:
-    """A run reference from the URL; 400 when malformed, 404 when no such run is open."""
+def open_run(state: UIState, text: str, name: str = "run") -> tuple[RunRef, dict[str, Any]]:
+    """A run reference from the URL and its `runs()` entry; 400 when malformed, 404 when no such
+    run is open."""
     try:
         ref = RunRef.parse(text)
     except ValueError as e:
         raise P.ParamError(name, str(e)) from None
     try:
-        state.explorer.run(ref)
+        return ref, dict(state.explorer.run(ref))
     except ValueError as e:
         raise UIError(404, f"{e} (see the runs page)") from None
-    return ref
 
 
 def explore(call: Callable[[], Any], *, lookup: bool = False) -> Any:
@@ -270,15 +277,15 @@ def _add_page_routes(router: APIRouter, state: UIState) -> None:
     @router.get("/runs/{ref}/leaderboard")
     def leaderboard_page(request: Request, ref: str) -> HTMLResponse:
         session = state.auth.require_read(request)
-        run = run_ref(state, ref)
+        run, info = open_run(state, ref)
         board = explore(lambda: state.explorer.leaderboard(run))
-        return render(state, request, "leaderboard.html", session, ref=str(run), run=_run_info(state, run),
+        return render(state, request, "leaderboard.html", session, ref=str(run), run=info,
                       board=board)
 
     @router.get("/runs/{ref}/verdicts")
     def verdicts_page(request: Request, ref: str) -> HTMLResponse:
         session = state.auth.require_read(request)
-        run = run_ref(state, ref)
+        run, info = open_run(state, ref)
         query = dict(request.query_params)
         vf = explore(lambda: VerdictFilter.from_params(query))
         page = P.integer(query, "page", 1)
@@ -287,7 +294,7 @@ def _add_page_routes(router: APIRouter, state: UIState) -> None:
         result = explore(lambda: state.explorer.verdicts(run, vf, page=page,
                                                          page_size=page_size, sort=sort))
         facets = explore(lambda: state.explorer.facets(run))
-        return render(state, request, "verdicts.html", session, ref=str(run), run=_run_info(state, run),
+        return render(state, request, "verdicts.html", session, ref=str(run), run=info,
                       result=result, facets=facets, filters=vf, page_no=page, page_size=page_size,
                       sort=sort, pages=max(1, -(-result["total"] // page_size)),
                       keep=_kept(vf, page_size=page_size if page_size != PAGE_SIZE else None,
@@ -296,10 +303,10 @@ def _add_page_routes(router: APIRouter, state: UIState) -> None:
     @router.get("/runs/{ref}/answers/{record_pk}")
     def answer_page(request: Request, ref: str, record_pk: str) -> HTMLResponse:
         session = state.auth.require_read(request)
-        run = run_ref(state, ref)
+        run, info = open_run(state, ref)
         pk = P.integer({"record": record_pk}, "record", 0)
         answer = explore(lambda: state.explorer.answer(run, pk), lookup=True)
-        return render(state, request, "answer.html", session, ref=str(run), run=_run_info(state, run),
+        return render(state, request, "answer.html", session, ref=str(run), run=info,
                       answer=answer, record_pk=pk,
                       back=safe_next(request.query_params.get("back"), f"/ui/runs/{run}/verdicts"))
 
@@ -312,7 +319,7 @@ def _add_page_routes(router: APIRouter, state: UIState) -> None:
         a_text, b_text = P.text(query, "a", max_len=64), P.text(query, "b", max_len=64)
         result, facets = None, None
         if a_text and b_text:
-            a, b = run_ref(state, a_text, "a"), run_ref(state, b_text, "b")
+            (a, _), (b, _) = open_run(state, a_text, "a"), open_run(state, b_text, "b")
             page = P.integer(query, "page", 1)
             result = explore(lambda: state.explorer.compare(a, b, vf, page=page,
                                                             page_size=PAGE_SIZE))
@@ -329,10 +336,6 @@ def _kept(vf: VerdictFilter, **extra: Any) -> dict[str, Any]:
     return {**vf.to_params(), **{k: v for k, v in extra.items() if v is not None}}
 
 
-def _run_info(state: UIState, ref: RunRef) -> dict[str, Any]:
-    return dict(state.explorer.run(ref))
-
-
 def _run_json(run: dict[str, Any]) -> dict[str, Any]:
     keys = ("ref", "judge", "jobs", "judged", "failed", "invalid", "progress", "finished")
     return {k: (str(run[k]) if k == "ref" else run.get(k)) for k in keys}
@@ -347,7 +350,7 @@ def _add_review_routes(router: APIRouter, state: UIState) -> None:
         state.auth.require_write(request, form.get("csrf"))
         if not getattr(state.explorer, "reviews_writable", False):
             raise UIError(403, "reviews are read-only here: start the UI with --writable")
-        run = run_ref(state, ref)
+        run, _ = open_run(state, ref)
         pk = P.integer({"record": record_pk}, "record", 0)
         criterion = P.text(form, "criteria_name", max_len=500)
         if criterion is None:
@@ -361,15 +364,15 @@ def _add_review_routes(router: APIRouter, state: UIState) -> None:
     @router.get("/runs/{ref}/reviews")
     def reviews_page(request: Request, ref: str) -> HTMLResponse:
         session = state.auth.require_read(request)
-        run = run_ref(state, ref)
+        run, info = open_run(state, ref)
         reviews = explore(lambda: state.explorer.reviews(run))
-        return render(state, request, "reviews.html", session, ref=str(run), run=_run_info(state, run),
+        return render(state, request, "reviews.html", session, ref=str(run), run=info,
                       reviews=reviews)
 
     @router.get("/runs/{ref}/reviews/export")
     def export_reviews(request: Request, ref: str) -> Response:
         state.auth.require_read(request)
-        run = run_ref(state, ref)
+        run, _ = open_run(state, ref)
         rows = explore(lambda: state.explorer.export_reviews(run))
         body = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
         name = f"pollux-reviews-{run}.jsonl"
