@@ -86,7 +86,8 @@ def ui(
                f"{', judge live' if judge is not None else ''})", err=True)
     if not no_browser:
         threading.Timer(1.0, webbrowser.open, args=(url,)).start()  # once the socket is likely open
-    app = create_ui_app(explorer, judge=judge, key=key)
+    loopback = host in ("127.0.0.1", "localhost")  # answer only these names there (DNS rebinding)
+    app = create_ui_app(explorer, judge=judge, key=key, allowed_hosts=["127.0.0.1", "localhost"] if loopback else None)
     try:
         uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
     finally:

@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import threading
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from fastapi.responses import (
 )
 from fastapi.routing import APIRoute
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from pollux.records import JudgeItem, RecordError
 from pollux.taxonomy import Catalog, load_catalog
@@ -152,10 +153,14 @@ def create_ui_router(explorer: Explorer, *, judge: Any = None, key: str | None =
 
 
 def create_ui_app(explorer: Explorer, *, judge: Any = None, key: str | None = None,
-                  catalog: Catalog | None = None) -> FastAPI:
-    """The standalone app of `pollux ui`: the router, and `/` sends browsers to `/ui/`."""
+                  catalog: Catalog | None = None, allowed_hosts: Sequence[str] | None = None) -> FastAPI:
+    """The standalone app of `pollux ui`: the router, and `/` sends browsers to `/ui/`.
+    `allowed_hosts`: the Host headers answered (others get a 400), so that a web page whose name
+    was rebound to 127.0.0.1 (DNS rebinding) cannot read a UI bound to loopback."""
     app = FastAPI(title="pollux ui", docs_url=None, redoc_url=None, openapi_url=None)
     app.include_router(create_ui_router(explorer, judge=judge, key=key, catalog=catalog))
+    if allowed_hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
 
     @app.get("/", include_in_schema=False)
     async def root() -> RedirectResponse:
