@@ -127,3 +127,39 @@ def test_avg_interval_and_paired_resamples_across_judges():
         assert low <= val <= high
     # No per-expert annotations in this data: VC is undefined, not made up.
     assert np.isnan(m.loc[("A", "Avg.", "vc"), "value"])
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_spearman_is_exact_at_pollux_size(ties):
+    """One LLM of the ~40k-answer shape (5,750 answers × 4 criteria = 23,000 rows, 7 expert
+    values, a continuous judge): every resample's rho equals scipy's on the materialised rows
+    within 1e-9. The sums behind rho reach ~1e8, beyond float32's exact integers: the former
+    float32 product was off by ~3e-7 here."""
+    rng = np.random.default_rng(8)
+    n_answers, per_answer = 5750, 4
+    answer = np.repeat(np.arange(n_answers), per_answer)
+    y = rng.integers(0, 7, answer.size) / 3.0
+    x = y + rng.normal(size=answer.size)
+    if ties:  # identical content judged once → identical scores on a few rows
+        x[:500] = x[500:1000]
+    counts = resample_counts(n_answers, 4, rng)
+    rho = spearman_resampled(x, y, answer, counts)
+    for b in range(counts.shape[0]):
+        xs, ys = materialised(x, y, answer, counts[b])
+        assert rho[b] == pytest.approx(stats.spearmanr(xs, ys).statistic, abs=1e-9)
+
+
+def test_one_resample_set_serves_every_judge_and_group():
+    """Counts drawn once per LLM: a second judge with identical scores gets bit-identical samples,
+    and the group "all" of a one-group dataset is the whole table (same resamples)."""
+    raw, judge = experts_with_copies(4)
+    raw["criteria_group"] = "general"
+    experts = load_experts(raw)
+    scores = [scores_from_frame(pd.DataFrame({"key": experts.frame["key"], "head_score": judge}), judge=name)
+              for name in ("A", "B")]
+    result = meta_evaluate(experts, scores, split="all", n_bootstrap=200, seed=4)
+    m = result.metrics
+    for metric in ("spearman", "mae", "pearson"):  # (no per-expert scores here: VC is NaN)
+        cells = m[(m["metric"] == metric) & (m["model"] == "m")][["ci_low", "ci_high"]].to_numpy()
+        assert len(cells) == 4  # 2 judges × (all, general)
+        assert (cells == cells[0]).all()

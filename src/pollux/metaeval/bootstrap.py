@@ -23,53 +23,29 @@ per resample.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 from scipy import stats
 
-# Elements (resamples × rows) per chunk: bounds memory at a few arrays of 32 MB each while
-# keeping numpy's per-call overhead small.
-CHUNK_ELEMENTS = 2_000_000
+# Elements (resamples × rows) per block: ~1 MB of float64, so the passes over a block's rows
+# (gather, cumulative sum, product, group sums) run in the CPU cache.
+CHUNK_ELEMENTS = 131_072
 
 
 def resample_counts(n_answers: int, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
     """C[b, a]: how often answer a is drawn in resample b (n_answers draws with replacement)."""
     draws = rng.integers(0, n_answers, size=(n_resamples, n_answers))
-    flat = draws + (np.arange(n_resamples)[:, None] * n_answers)
-    return np.bincount(flat.ravel(), minlength=n_resamples * n_answers).reshape(n_resamples, n_answers).astype(
-        np.float64
-    )
-
-
-class Resamples:
-    """A count matrix and the functions of it that Spearman needs, computed once and shared by
-    every judge scored on these resamples."""
-
-    def __init__(self, counts: np.ndarray):
-        self.counts = counts
-
-    @cached_property
-    def as_float32(self) -> np.ndarray:
-        return self.counts.astype(np.float32)
-
-    @cached_property
-    def pairs(self) -> np.ndarray:
-        """(k² − k) / 2 for each count k."""
-        return (self.counts * self.counts - self.counts) / 2
-
-    @cached_property
-    def cubes(self) -> np.ndarray:
-        """k³ − k for each count k (a tie of size k contributes it to Σ(t³ − t))."""
-        return self.counts * self.counts * self.counts - self.counts
-
-
-def _resamples(counts: np.ndarray | Resamples) -> Resamples:
-    return counts if isinstance(counts, Resamples) else Resamples(counts)
+    # Each resample's counts overwrite its own (already counted) draws: no second matrix of this
+    # size is allocated. Fresh memory is what costs most here (~46 MB per LLM on POLLUX).
+    counts = draws.view(np.float64)
+    for b in range(n_resamples):
+        counts[b] = np.bincount(draws[b], minlength=n_answers)
+    return counts
 
 
 @dataclass(frozen=True)
@@ -112,6 +88,18 @@ def _weighted_corr(n: np.ndarray, sx: np.ndarray, sy: np.ndarray, sxx: np.ndarra
     return np.clip(r, -1.0, 1.0)
 
 
+def one_blas_thread() -> contextlib.AbstractContextManager[object]:
+    """BLAS on one thread while resampling: the products here are many and small, and OpenBLAS
+    threads that spin between them cost more CPU than they save (a third more CPU time on
+    POLLUX); the parallelism is our own thread pool over blocks of resamples. Needs
+    threadpoolctl; without it, BLAS keeps its own setting."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
+
+
 def _chunks(n_resamples: int, n_rows: int) -> Iterator[slice]:
     step = max(1, CHUNK_ELEMENTS // max(n_rows, 1))
     for lo in range(0, n_resamples, step):
@@ -152,15 +140,13 @@ def _sum_sq_ranks(n: np.ndarray, tie_term: np.ndarray) -> np.ndarray:
     return n * (n + 1) * (2 * n + 1) / 6 - tie_term / 12
 
 
-def spearman_resampled(x: np.ndarray, y: np.ndarray, answer: np.ndarray, counts: np.ndarray | Resamples) -> np.ndarray:
+def spearman_resampled(x: np.ndarray, y: np.ndarray, answer: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Spearman's rho in each resample (ties → average ranks): shape (n_resamples,).
 
     Uses that average ranks sum to N(N+1)/2 and their squares to Σk² − Σ(t³ − t)/12 whatever
     the ties, so only the cross term Σ w·rx·ry needs the rows. A drawn-k-times row is a tie of
     size k with itself.
     """
-    resamples = _resamples(counts)
-    counts = resamples.counts
     tx, ty = _Ties.of(x), _Ties.of(y)
     if tx.n_groups < ty.n_groups:  # x: the side with more distinct values
         x, y, tx, ty = y, x, ty, tx
@@ -176,44 +162,7 @@ def spearman_resampled(x: np.ndarray, y: np.ndarray, answer: np.ndarray, counts:
         rgx, rgy = _group_ranks(wgx), _group_ranks(wgy)
         sxy = np.einsum("bi,bij,bj->b", rgx, table, rgy)
     elif ty.n_groups <= 256:  # many x values (e.g. a regression head), few expert values
-        ans_sorted = answer[tx.order]
-        onehot = np.zeros((x.size, ty.n_groups), dtype=np.float32)
-        onehot[np.arange(x.size), gy_row[tx.order]] = 1.0
-        n_ag = _per_answer(answer, gy_row, a_count, ty.n_groups)
-        wgy = counts @ n_ag
-        rgy = _group_ranks(wgy)
-        # A row alone in its x value has rank rx_i = cum_i − (w_i − 1)/2 (cum inclusive, x order),
-        # so Σ_{i∈g} w_i rx_i = Σ_{i∈g} w_i cum_i − Σ_{i∈g} (w_i² − w_i)/2, the second term per
-        # answer. Rows that tie in x (usually few) get their group's rank as a correction.
-        size = np.diff(np.append(tx.starts, x.size))
-        tied_groups = np.flatnonzero(size > 1)
-        t_start, t_end = tx.starts[tied_groups], tx.starts[tied_groups] + size[tied_groups] - 1
-        tied_rows = np.flatnonzero(size[tx.group] > 1)  # sorted positions
-        tied_local = np.searchsorted(tied_groups, tx.group[tied_rows])
-        single = np.bincount(ans_sorted[size[tx.group] == 1], minlength=a_count).astype(float)
-        t = -(resamples.pairs @ n_ag)
-        ties_x = resamples.cubes @ single
-        c32 = resamples.as_float32
-
-        def cross(sl: slice) -> None:
-            # float32 halves the memory traffic of the passes that touch every row; counts, their
-            # running sums (< 2**24), half-integer ranks and their products with counts stay exact.
-            w = c32[sl][:, ans_sorted]
-            cum = np.cumsum(w, axis=1)
-            if tied_rows.size:
-                end = cum[:, t_end].astype(np.float64)
-                before = (cum[:, t_start] - w[:, t_start]).astype(np.float64)  # weight before the group
-                wg = end - before
-                ties_x[sl] += (wg**3 - wg).sum(axis=1)
-                wt = w[:, tied_rows].astype(np.float64)
-                naive = cum[:, tied_rows] - (wt - 1) / 2
-                delta = ((before + end + 1) / 2)[:, tied_local] - naive
-                t[sl] += (wt * delta) @ onehot[tied_rows].astype(np.float64)
-            np.multiply(cum, w, out=cum)
-            t[sl] += cum @ onehot
-
-        _parallel(cross, counts.shape[0], x.size)
-        sxy = (t * rgy).sum(axis=1)
+        sxy, ties_x, wgy = _cross_few_y(tx, gy_row, ty.n_groups, answer, counts)
         wgx = None
     else:  # general case: ranks row by row
         sxy = np.empty(counts.shape[0])
@@ -232,6 +181,52 @@ def spearman_resampled(x: np.ndarray, y: np.ndarray, answer: np.ndarray, counts:
     ties_y = (wgy**3 - wgy).sum(axis=1)
     s = n * (n + 1) / 2
     return _weighted_corr(n, s, s, _sum_sq_ranks(n, ties_x), _sum_sq_ranks(n, ties_y), sxy)
+
+
+def _cross_few_y(tx: _Ties, gy_row: np.ndarray, n_gy: int, answer: np.ndarray,
+                 counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Spearman's cross term Σ w·rx·ry, Σ(t³ − t) over x's ties and the y groups' weights, for
+    an x with many distinct values and a y with few (`gy_row`: each row's y group).
+
+    A row alone in its x value has rank rx_i = cum_i − (w_i − 1)/2 (cum inclusive, x order); rows
+    that tie in x (usually few) get their group's rank as a correction. Everything is in float64:
+    counts, running sums and their products are (half-)integers far below 2**53, so every sum is
+    exact (a float32 matrix product was off by ~3e-7 in rho at POLLUX's size). No matrix product
+    runs per block: thousands of tiny BLAS calls cost more in waking BLAS threads than in work."""
+    n, a_count, b_count = tx.order.size, counts.shape[1], counts.shape[0]
+    ans_sorted = answer[tx.order]
+    gy_sorted = gy_row[tx.order]
+    wgy = counts @ _per_answer(answer, gy_row, a_count, n_gy)
+    size = np.diff(np.append(tx.starts, n))
+    tied_groups = np.flatnonzero(size > 1)
+    t_start, t_end = tx.starts[tied_groups], tx.starts[tied_groups] + size[tied_groups] - 1
+    tied_rows = np.flatnonzero(size[tx.group] > 1)  # sorted positions
+    tied_local = np.searchsorted(tied_groups, tx.group[tied_rows])
+    single = np.bincount(ans_sorted[size[tx.group] == 1], minlength=a_count).astype(float)
+    t = np.empty((b_count, n_gy))
+    ties_x = np.empty(b_count)
+    step = max(1, CHUNK_ELEMENTS // max(n, 1))
+    cells = (np.arange(step)[:, None] * n_gy + gy_sorted).ravel()  # (resample in block, y group) per row
+
+    def cross(sl: slice) -> None:
+        c = counts[sl]
+        ties_x[sl] = ((c * c - 1) * c * single).sum(axis=1)  # a row drawn k times: a tie of size k
+        w = np.take(c, ans_sorted, axis=1)
+        rank = np.cumsum(w, axis=1)
+        if tied_rows.size:
+            end = rank[:, t_end]
+            before = rank[:, t_start] - w[:, t_start]  # weight before the group
+            wg = end - before
+            ties_x[sl] += (wg**3 - wg).sum(axis=1)
+        rank -= (w - 1) / 2  # untied rows' average rank
+        if tied_rows.size:
+            rank[:, tied_rows] = ((before + end + 1) / 2)[:, tied_local]
+        rank *= w
+        k = sl.stop - sl.start
+        t[sl] = np.bincount(cells[: k * n], weights=rank.ravel(), minlength=k * n_gy).reshape(k, n_gy)
+
+    _parallel(cross, b_count, n)
+    return (t * _group_ranks(wgy)).sum(axis=1), ties_x, wgy
 
 
 def pearson_resampled(x: np.ndarray, y: np.ndarray, answer: np.ndarray, counts: np.ndarray) -> np.ndarray:

@@ -192,25 +192,19 @@ def meta_evaluate(
     answer_col = frame["answer_id"].to_numpy()
     expert_col = frame["expert"].to_numpy()
     records: list[dict[str, Any]] = []
-    # One resample set per LLM, shared by every criterion group: a group's rows are some rows of
-    # the same answers, so a group's resample is the whole resample restricted to that group (the
-    # answers a resample draws are the same in every table, and the count matrix and what Spearman
-    # derives from it are made once per LLM instead of once per LLM and group).
-    resamples: dict[str, tuple[np.ndarray, bs.Resamples | None]] = {}
-    for m in models:
-        ans_ids = np.unique(answer_col[in_split & applicable & (model_col == m)])
-        counts = (bs.Resamples(bs.resample_counts(ans_ids.size, n_bootstrap, _seed(seed, ALL_GROUPS, m)))
-                  if n_bootstrap and ans_ids.size else None)
-        resamples[m] = (ans_ids, counts)
+    rows_of = {(subset, m): np.flatnonzero(in_split & applicable & (model_col == m)
+                                           & ((group_col == subset) if subset != ALL_GROUPS else True))
+               for subset in subsets for m in models}
+    answers = {m: np.unique(answer_col[in_split & applicable & (model_col == m)]) for m in models}
+    samples = _bootstrap(values, expert_col, experts.annotations, answer_col, rows_of, answers, judges,
+                         n_bootstrap, seed, kendall_ci)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MetaEvalWarning)
         for subset in subsets:
-            base = in_split & applicable & ((group_col == subset) if subset != ALL_GROUPS else True)
             per_judge_samples: dict[str, dict[str, list[np.ndarray]]] = {j: {} for j in judges}
             for m in models:
-                rows = np.flatnonzero(base & (model_col == m))
-                ans_ids, counts = resamples[m]
-                local = np.searchsorted(ans_ids, answer_col[rows])  # the answer's column in the counts
+                rows = rows_of[subset, m]
+                local = np.searchsorted(answers[m], answer_col[rows])  # the answer's column in the counts
                 for j in judges:
                     use = np.isfinite(values[j][rows])
                     idx, a = rows[use], local[use]
@@ -220,13 +214,14 @@ def meta_evaluate(
                     if not idx.size:
                         warnings.warn(f"{where}: no rows with both scores; all metrics are NaN", MetaEvalWarning,
                                       stacklevel=1)
-                    samples = _resampled(x, y, ann, a, counts, kendall_ci) if counts is not None and idx.size else {}
+                    got = samples.get((subset, m, j), {})
+                    n_answers = int(np.unique(a).size)
                     for metric in METRICS:
-                        s = samples.get(metric)
+                        s = got.get(metric)
                         lo, hi = bs.percentile_ci(s, confidence) if s is not None else (np.nan, np.nan)
                         records.append({"judge": j, "group": subset, "model": m, "metric": metric,
                                         "value": point[metric], "ci_low": lo, "ci_high": hi,
-                                        "n_rows": int(idx.size), "n_answers": int(np.unique(a).size)})
+                                        "n_rows": int(idx.size), "n_answers": n_answers})
                         per_judge_samples[j].setdefault(metric, []).append(
                             s if s is not None else np.full(max(n_bootstrap, 1), np.nan))
             for j in judges:
@@ -245,12 +240,51 @@ def meta_evaluate(
                           groups=subsets[1:], settings=settings, warnings=notes)
 
 
-def _resampled(x: np.ndarray, y: np.ndarray, ann: np.ndarray, a: np.ndarray, resamples: bs.Resamples,
+def _bootstrap(values: dict[str, np.ndarray], expert: np.ndarray, annotations: np.ndarray, answer: np.ndarray,
+               rows_of: dict[tuple[str, str], np.ndarray], answers: dict[str, np.ndarray], judges: list[str],
+               n_bootstrap: int, seed: int, kendall_ci: bool) -> dict[tuple[str, str, str], dict[str, np.ndarray]]:
+    """Every (subset, LLM, judge)'s resampled metrics, one LLM at a time.
+
+    One resample set per LLM, shared by every criterion group: a group's rows are some rows of
+    the same answers, so a group's resample is the whole resample restricted to that group (the
+    answers a resample draws are the same in every table, and the count matrix and what Spearman
+    derives from it are made once per LLM instead of once per LLM and group). Only one LLM's
+    matrices exist at a time: on POLLUX they are ~150 MB per LLM, and touching fresh memory cost
+    more than the arithmetic when all seven were kept."""
+    out: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
+    if not n_bootstrap:
+        return out
+    with bs.one_blas_thread():
+        for m, ans_ids in answers.items():
+            if ans_ids.size:
+                _bootstrap_llm(out, m, ans_ids, values, expert, annotations, answer, rows_of, judges, n_bootstrap,
+                               seed, kendall_ci)
+    return out
+
+
+def _bootstrap_llm(out: dict[tuple[str, str, str], dict[str, np.ndarray]], m: str, ans_ids: np.ndarray,
+                   values: dict[str, np.ndarray], expert: np.ndarray, annotations: np.ndarray, answer: np.ndarray,
+                   rows_of: dict[tuple[str, str], np.ndarray], judges: list[str], n_bootstrap: int, seed: int,
+                   kendall_ci: bool) -> None:
+    """One LLM's resamples, drawn once, for every subset and judge (into `out`)."""
+    counts = bs.resample_counts(ans_ids.size, n_bootstrap, _seed(seed, ALL_GROUPS, m))
+    for (subset, model), rows in rows_of.items():
+        if model != m:
+            continue
+        local = np.searchsorted(ans_ids, answer[rows])
+        for j in judges:
+            use = np.isfinite(values[j][rows])
+            if use.any():
+                idx = rows[use]
+                out[subset, m, j] = _resampled(values[j][idx], expert[idx], annotations[idx], local[use], counts,
+                                               kendall_ci)
+
+
+def _resampled(x: np.ndarray, y: np.ndarray, ann: np.ndarray, a: np.ndarray, counts: np.ndarray,
                kendall_ci: bool) -> dict[str, np.ndarray]:
-    counts = resamples.counts
     out = bs.means_resampled(row_values(x, y, ann), a, counts)
     if correlation_problem(x, y) is None:
-        out["spearman"] = bs.spearman_resampled(x, y, a, resamples)
+        out["spearman"] = bs.spearman_resampled(x, y, a, counts)
         out["pearson"] = bs.pearson_resampled(x, y, a, counts)
         if kendall_ci:
             out["kendall"] = bs.kendall_resampled(x, y, a, counts)
