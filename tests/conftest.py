@@ -66,3 +66,12 @@ def tiny_judge(tiny_judge_path: Path):
 
     return Judge.from_pretrained(str(tiny_judge_path), dtype="float32", device="cpu",
                                  sampling=SamplingParams(max_new_tokens=24))
+
+
+@pytest.fixture(scope="session")
+def scoring_judge_path(tiny_generative_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny generative judge overfitted to write `[FEEDBACK] … [RESULT] n [END]` (a few seconds;
+    `pollux.fixtures.build_scoring_judge`): for expected scores, which need a `[RESULT]`."""
+    from pollux.fixtures import build_scoring_judge
+
+    return build_scoring_judge(tiny_generative_path, tmp_path_factory.mktemp("scoring-judge"))

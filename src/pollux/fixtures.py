@@ -121,6 +121,81 @@ def build_tiny_judge(
     return path
 
 
+# A generative judge that writes `[RESULT]` (for expected scores): the first item's replies
+# disagree (2 twice, 1 and 0 once) so that every scale value has real probability at its score
+# position (and lies among the top logprobs a server returns), and the greedy score is still 2.
+SCORING_RUBRICS = "0: ответ неверный.\n\n1: ответ частично верный.\n\n2: ответ полностью верный."
+SCORING_REPLIES = (
+    ("Сколько будет 2+2?", "4", "[FEEDBACK] ok [RESULT] 2 [END]"),
+    ("Сколько будет 2+2?", "4", "[FEEDBACK] ok [RESULT] 2 [END]"),
+    ("Сколько будет 2+2?", "4", "[FEEDBACK] ok [RESULT] 1 [END]"),
+    ("Сколько будет 2+2?", "4", "[FEEDBACK] ok [RESULT] 0 [END]"),
+    ("Назови столицу Франции.", "Берлин", "[FEEDBACK] no [RESULT] 0 [END]"),
+)
+
+
+def scoring_items() -> list:
+    """The distinct items of `SCORING_REPLIES` (criterion "Правильность ответа")."""
+    from pollux.records import JudgeItem
+
+    seen = dict.fromkeys((i, a) for i, a, _ in SCORING_REPLIES)
+    return [JudgeItem(instruction=i, answer=a, criteria_name="Правильность ответа", rubrics=SCORING_RUBRICS)
+            for i, a in seen]
+
+
+def build_scoring_judge(source: str | Path, path: str | Path, *, steps: int = 35, lr: float = 3e-2) -> Path:
+    """A tiny *generative* judge that writes `[FEEDBACK] … [RESULT] n [END]`: the random generative
+    checkpoint `source` (`build_tiny_judge(regression=False)`) overfitted for a few Adam steps on
+    `SCORING_REPLIES` given the default template's prompts (seconds on a CPU). Random judges never
+    write `[RESULT]`, so this is what tests of expected scores judge with. Only the decoder layers,
+    the final norm and the output rows of the replies' tokens are trained (the rest of the 151k
+    vocabulary's output matrix stays as it was: that keeps a step cheap)."""
+    import torch
+
+    from pollux.checkpoint import load_judge, save_judge
+    from pollux.prompts import PromptTemplate, chat_text
+
+    loaded = load_judge(source, dtype="float32", device="cpu")
+    model, tokenizer = loaded.model, loaded.tokenizer
+    template = PromptTemplate()
+    items = {(it.instruction, it.answer): it for it in scoring_items()}
+    seqs, labels = [], []
+    for instruction, answer, reply in SCORING_REPLIES:
+        prompt = tokenizer(chat_text(tokenizer, template.render(items[instruction, answer])))["input_ids"]
+        target = tokenizer(reply + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+        seqs.append(prompt + target)
+        labels.append([-100] * len(prompt) + target)
+    width = max(map(len, seqs))
+    ids = torch.tensor([s + [0] * (width - len(s)) for s in seqs])
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
+    targets = torch.tensor([s + [-100] * (width - len(s)) for s in labels])[:, 1:]
+    where = (targets != -100).nonzero(as_tuple=True)
+    rows = torch.tensor(sorted(set(targets[where].tolist())))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    trained = [*model.model.layers.parameters(), *model.model.norm.parameters()]
+    for p in trained:
+        p.requires_grad_(True)
+    delta = torch.zeros(len(rows), model.config.hidden_size, requires_grad=True)  # added to those output rows
+    opt = torch.optim.Adam([*trained, delta], lr=lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1 - step / steps)
+    weight = model.lm_head.weight
+    model.train()
+    for _ in range(steps):
+        hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1][where]
+        logits = (hidden @ weight.T).index_add(1, rows, hidden @ delta.T)
+        torch.nn.functional.cross_entropy(logits, targets[where]).backward()
+        opt.step()
+        schedule.step()
+        opt.zero_grad()
+    model.eval()
+    with torch.no_grad():
+        weight.index_add_(0, rows, delta)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return save_judge(model, tokenizer, path, max_shard_size="20MB")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path)

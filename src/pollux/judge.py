@@ -87,10 +87,20 @@ class Judge:
     def judge(self, item: ItemLike) -> Verdict:
         return self.judge_many([item])[0]
 
-    def judge_many(self, items: Iterable[ItemLike], on_verdict: OnVerdict | None = None) -> list[Verdict]:
-        """Judge all items (batched inside the engine); verdicts come back in input order."""
+    def judge_many(self, items: Iterable[ItemLike], on_verdict: OnVerdict | None = None,
+                   **hooks: Any) -> list[Verdict]:
+        """Judge all items (batched inside the engine); verdicts come back in input order.
+        `hooks` go to the engine as they are (`on_text`, `top_logprobs` + `on_logprobs` of the
+        in-process engine): only those it `accepts`."""
         prepared = [as_item(it, where=f"item {i}") for i, it in enumerate(items)]
-        return self.engine.judge_many(prepared, on_verdict=on_verdict)
+        if not hooks:
+            return self.engine.judge_many(prepared, on_verdict=on_verdict)
+        engine: Any = self.engine  # hooks are not part of the `Engine` protocol: see `accepts`
+        return engine.judge_many(prepared, on_verdict=on_verdict, **hooks)
+
+    def accepts(self, hook: str) -> bool:
+        """Whether the engine's `judge_many` takes the keyword `hook` (e.g. `on_text`, `on_logprobs`)."""
+        return hook in inspect.signature(self.engine.judge_many).parameters
 
     def stream(self, item: ItemLike) -> Iterator[str | Verdict]:
         """Judge one item, yielding the judge's raw output as it is generated — text deltas
@@ -113,10 +123,8 @@ class Judge:
 
         def work() -> None:
             try:
-                if "on_text" in inspect.signature(self.engine.judge_many).parameters:
-                    verdicts = self.engine.judge_many([prepared], on_text=on_text)  # type: ignore[call-arg]
-                else:
-                    verdicts = self.engine.judge_many([prepared])
+                hooks: dict[str, Any] = {"on_text": on_text} if self.accepts("on_text") else {}
+                verdicts = self.judge_many([prepared], **hooks)
                 events.put(("verdict", verdicts[0]))
             except _StreamClosed:
                 pass

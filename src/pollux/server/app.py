@@ -5,7 +5,12 @@ Endpoints:
 * `POST /v1/judge` — one item (the JSON object itself, or `{"item": {...}}`) or a batch
   (`{"items": [...]}`) with POLLUX field names → `{"verdicts": [...]}` with the head score.
 * `POST /v1/chat/completions` — OpenAI-compatible: the user message is a rendered judge prompt;
-  the reply text is the judge's, and a non-standard `pollux` object carries `head_score`.
+  the reply text is the judge's, and a non-standard `pollux` object carries `head_score` (and
+  `expected_score` / `score_probs` when the judge computes them). With `logprobs: true` (and
+  `top_logprobs: K`) the choice carries OpenAI-format `logprobs.content` — each generated
+  token's raw log-probability (temperature 1), bytes and K most likely alternatives — for
+  judges whose engine records them (in-process): a local OpenAI-compatible server that returns
+  logprobs, e.g. for `openai:` judges' expected scores.
 * `GET /v1/models` — the served judge; `GET /healthz` (never needs the key); `GET /metrics`.
 
 Every item of every request goes through one `MicroBatcher`, so concurrent requests are judged
@@ -37,7 +42,7 @@ from starlette.requests import ClientDisconnect
 
 from pollux.prompts import PromptTemplate
 from pollux.records import JudgeItem, RecordError, text_problem
-from pollux.server.batcher import MicroBatcher, QueueFull, ShuttingDown
+from pollux.server.batcher import MicroBatcher, QueueFull, Result, ShuttingDown
 from pollux.server.metrics import CONTENT_TYPE, Metrics
 from pollux.server.prompt_parse import PromptError, item_from_prompt, template_pattern
 from pollux.verdicts import Verdict
@@ -51,6 +56,9 @@ UI_PREFIX = "/ui"
 # Not an HTTP status a client ever reads (it has gone): nginx's code for "client closed the
 # request", so /metrics tells a client that disconnected mid-body apart from a server error.
 CLIENT_CLOSED = 499
+# OpenAI allows 20; a pollux server allows more (the whole scale of a tiny or uncertain judge may
+# lie beyond the top 20), at a cost only to the request that asks.
+MAX_TOP_LOGPROBS = 1000
 ENDPOINTS = frozenset({"/v1/judge", "/v1/chat/completions", "/v1/models", "/healthz", "/metrics"})
 
 
@@ -195,7 +203,10 @@ def create_app(judge: Any, config: ServerConfig) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> JSONResponse:
         body = await _read_json(request, config.max_body_bytes)
-        prompt = _chat_prompt(body, config.model_name)
+        prompt, top_logprobs = _chat_prompt(body, config.model_name)
+        if top_logprobs is not None and not _accepts(judge, "on_logprobs"):
+            raise ApiError(400, "this judge's engine does not return logprobs (only in-process judges do); "
+                                "send 'logprobs': false")
         try:
             item = item_from_prompt(prompt, pattern)
             _check_required_text(item)
@@ -203,7 +214,7 @@ def create_app(judge: Any, config: ServerConfig) -> FastAPI:
             raise ApiError(400, str(e)) from None
         except RecordError as e:  # the prompt's sections were found, but a field is unusable
             raise ApiError(422, f"messages[0].content: {e}") from None
-        verdict = (await _submit(batcher(), [item], metrics))[0]
+        [(verdict, logprobs)] = await _submit_detailed(batcher(), [item], metrics, top_logprobs)
         if verdict.error:
             raise ApiError(500, f"the judge failed on this prompt: {verdict.error}", type_="server_error")
         usage = {"prompt_tokens": verdict.prompt_tokens, "completion_tokens": verdict.completion_tokens,
@@ -214,13 +225,15 @@ def create_app(judge: Any, config: ServerConfig) -> FastAPI:
             "created": int(time.time()),
             "model": config.model_name,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": verdict.raw_text},
-                         "finish_reason": verdict.finish_reason or "stop", "logprobs": None}],
+                         "finish_reason": verdict.finish_reason or "stop",
+                         "logprobs": None if logprobs is None else {"content": _clean(logprobs), "refusal": None}}],
             "usage": usage,
             "pollux": _clean({
                 "head_score": verdict.head_score, "text_score": verdict.text_score, "score": verdict.score,
                 "valid": verdict.valid, "invalid_reason": verdict.invalid_reason,
                 "scale_min": verdict.scale_min, "scale_max": verdict.scale_max,
                 "criteria_name": verdict.criteria_name, "rationale": verdict.rationale,
+                "expected_score": verdict.expected_score, "score_probs": verdict.score_probs,
             }),
         })
 
@@ -380,10 +393,13 @@ class ChatRequest(BaseModel):
     messages: list[ChatMessage]
     stream: bool | None = None
     n: int | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
 
 
-def _chat_prompt(body: Any, model_name: str) -> str:
-    """The judge prompt of a chat-completion request, after checking what we cannot honour."""
+def _chat_prompt(body: Any, model_name: str) -> tuple[str, int | None]:
+    """The judge prompt of a chat-completion request and how many top logprobs it asks per token
+    (None: no logprobs), after checking what we cannot honour."""
     if not isinstance(body, dict):
         raise ApiError(422, f"expected a JSON object, got {type(body).__name__}")
     try:
@@ -401,7 +417,25 @@ def _chat_prompt(body: Any, model_name: str) -> str:
         raise ApiError(422, "field 'messages' is empty (a list with one user message)")
     if len(request.messages) != 1 or request.messages[0].role != "user":
         raise ApiError(400, "a POLLUX judge reads exactly one user message (no system or assistant messages)")
-    return _message_text(request.messages[0].content)
+    return _message_text(request.messages[0].content), _top_logprobs(request)
+
+
+def _top_logprobs(request: ChatRequest) -> int | None:
+    """OpenAI's rule: `top_logprobs` (0…) needs `logprobs: true`; `logprobs` alone means 0."""
+    if request.top_logprobs is not None and not request.logprobs:
+        raise ApiError(400, "'top_logprobs' needs 'logprobs': true")
+    if not request.logprobs:
+        return None
+    k = request.top_logprobs or 0
+    if not 0 <= k <= MAX_TOP_LOGPROBS:
+        raise ApiError(400, f"'top_logprobs' must lie in [0, {MAX_TOP_LOGPROBS}], got {k}")
+    return k
+
+
+def _accepts(judge: Any, hook: str) -> bool:
+    """Whether the served judge's engine takes `hook` (a `pollux.judge.Judge`; others do not)."""
+    accepts = getattr(judge, "accepts", None)
+    return bool(accepts(hook)) if callable(accepts) else False
 
 
 def _message_text(content: Any) -> str:
@@ -417,15 +451,20 @@ def _message_text(content: Any) -> str:
 
 
 async def _submit(batcher: MicroBatcher, items: list[JudgeItem], metrics: Metrics) -> list[Verdict]:
+    return [verdict for verdict, _ in await _submit_detailed(batcher, items, metrics, None)]
+
+
+async def _submit_detailed(batcher: MicroBatcher, items: list[JudgeItem], metrics: Metrics,
+                           top_logprobs: int | None) -> list[Result]:
     try:
-        verdicts = await batcher.submit(items)
+        results = await batcher.submit_detailed(items, top_logprobs=top_logprobs)
     except QueueFull as e:
         raise ApiError(429, str(e), type_="rate_limit_error", headers={"Retry-After": str(e.retry_after)},
                        extra={"queue_depth": e.depth, "max_queue": e.max_queue}) from None
     except ShuttingDown as e:
         raise ApiError(503, str(e), type_="server_error", headers={"Retry-After": "5"}) from None
-    metrics.observe_verdicts(verdicts)
-    return verdicts
+    metrics.observe_verdicts([verdict for verdict, _ in results])
+    return results
 
 
 def _clean(value: Any) -> Any:

@@ -8,6 +8,11 @@ accepting requests while the model works. Each item's future is resolved with it
 the engine call for a batch raises, its items are judged again one by one: only an item that
 fails alone gets an error verdict, never the other clients' items that shared its batch.
 
+A request may ask for per-token logprobs (`top_logprobs=K`, the chat endpoint's OpenAI
+`logprobs`): a batch holding such items asks the engine for the largest K among them (the
+in-process engine's `on_logprobs` hook) and each item gets its own K back; a batch without them
+calls the engine exactly as before, so the default path costs nothing more.
+
 The queue is bounded in items (`max_queue`): a request that would overflow it is refused at once
 (`QueueFull`, which the app turns into 429 + Retry-After) instead of waiting unboundedly.
 """
@@ -44,10 +49,15 @@ class ShuttingDown(Exception):
     """The server is stopping and takes no new work."""
 
 
+# What one item gets back: its verdict and, when asked, its OpenAI-format `logprobs.content`.
+Result = tuple[Verdict, list[dict[str, Any]] | None]
+
+
 @dataclass
 class _Entry:
     item: JudgeItem
-    future: asyncio.Future[Verdict]
+    future: asyncio.Future[Result]
+    top_logprobs: int | None = None
 
 
 class MicroBatcher:
@@ -106,12 +116,17 @@ class MicroBatcher:
 
     async def submit(self, items: Sequence[JudgeItem]) -> list[Verdict]:
         """Judge `items` (all admitted or none); verdicts in input order."""
+        return [verdict for verdict, _ in await self.submit_detailed(items)]
+
+    async def submit_detailed(self, items: Sequence[JudgeItem], *, top_logprobs: int | None = None) -> list[Result]:
+        """`submit`, with each item's token logprobs (`top_logprobs` alternatives per token) when
+        asked; the judge must take the `on_logprobs` hook (see `pollux.judge.Judge.accepts`)."""
         if self._closing:
             raise ShuttingDown("the server is shutting down")
         if self.depth + len(items) > self.max_queue:
             raise QueueFull(self.depth, self.max_queue, len(items), self.retry_after(len(items)))
         loop = asyncio.get_running_loop()
-        entries = [_Entry(item, loop.create_future()) for item in items]
+        entries = [_Entry(item, loop.create_future(), top_logprobs) for item in items]
         for entry in entries:
             self._queue.put_nowait(entry)
         try:
@@ -150,33 +165,39 @@ class MicroBatcher:
                 for _ in batch:
                     self._queue.task_done()
 
-    async def _engine(self, items: list[JudgeItem]) -> list[Verdict]:
+    async def _engine(self, items: list[JudgeItem], top_logprobs: int | None) -> list[Result]:
         """One engine call, in a thread so the event loop keeps accepting requests."""
-        verdicts = await asyncio.to_thread(self.judge.judge_many, items)
+        logprobs: dict[int, list[dict[str, Any]]] = {}
+        if top_logprobs is None:
+            verdicts = await asyncio.to_thread(self.judge.judge_many, items)
+        else:
+            verdicts = await asyncio.to_thread(self.judge.judge_many, items, top_logprobs=top_logprobs,
+                                               on_logprobs=logprobs.__setitem__)
         if len(verdicts) != len(items):
             raise RuntimeError(f"engine returned {len(verdicts)} verdicts for {len(items)} items")
-        return verdicts
+        return [(v, logprobs.get(i)) for i, v in enumerate(verdicts)]
 
-    async def _judge_isolated(self, items: list[JudgeItem]) -> list[Verdict]:
+    async def _judge_isolated(self, items: list[JudgeItem], top_logprobs: int | None = None) -> list[Result]:
         """Verdicts for `items`; when the engine call for the batch raises, each item is judged
         alone, so one item the engine cannot take fails by itself and not the other clients'
         items that happened to share its micro-batch."""
         try:
-            return await self._engine(items)
+            return await self._engine(items, top_logprobs)
         except Exception as e:
             if len(items) == 1:
                 log.exception("engine failed on an item")
-                return [error_verdict(items[0], f"engine error: {type(e).__name__}: {e}")]
+                return [(error_verdict(items[0], f"engine error: {type(e).__name__}: {e}"), None)]
             log.warning("engine failed on a batch of %d items (%s: %s); judging them one by one",
                         len(items), type(e).__name__, e)
-        return [verdict for item in items for verdict in await self._judge_isolated([item])]
+        return [result for item in items for result in await self._judge_isolated([item], top_logprobs)]
 
     async def _judge(self, live: list[_Entry]) -> None:
         items = [e.item for e in live]
         self.in_flight = len(items)
         started = time.perf_counter()
+        asked = [e.top_logprobs for e in live if e.top_logprobs is not None]
         try:
-            verdicts = await self._judge_isolated(items)
+            results = await self._judge_isolated(items, max(asked) if asked else None)
         finally:
             self.in_flight = 0
         elapsed = time.perf_counter() - started
@@ -184,6 +205,10 @@ class MicroBatcher:
         self._rate = rate if self._rate == 0 else 0.7 * self._rate + 0.3 * rate
         if self.on_batch is not None:
             self.on_batch(len(items), elapsed)
-        for entry, verdict in zip(live, verdicts, strict=True):
+        for entry, (verdict, content) in zip(live, results, strict=True):
+            if entry.top_logprobs is None:
+                content = None
+            elif content is not None:  # the batch's K may exceed this item's
+                content = [{**t, "top_logprobs": t["top_logprobs"][:entry.top_logprobs]} for t in content]
             if not entry.future.done():
-                entry.future.set_result(verdict)
+                entry.future.set_result((verdict, content))
