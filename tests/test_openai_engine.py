@@ -375,3 +375,46 @@ def test_serve_an_openai_judge_in_front_of_a_real_upstream(tiny_judge_path, tmp_
     assert isinstance(want["head_score"], float)
     assert got["head_score"] == want["head_score"] and got["raw_text"] == want["raw_text"]
     assert got["judge"] == "openai:tiny" and via["model"] == "tiny"
+
+
+def logprob_entry(token: str, logprob: float, top: list[tuple[str, float]]) -> dict[str, Any]:
+    def one(t: str, lp: float) -> dict[str, Any]:
+        return {"token": t, "logprob": lp, "bytes": list(t.encode())}
+
+    return {**one(token, logprob), "top_logprobs": [one(t, lp) for t, lp in top]}
+
+
+def test_expected_score_from_the_replys_top_logprobs() -> None:
+    """The score position is the first non-whitespace token after `[RESULT]`; top tokens that strip
+    to the same value are merged (" 2" and "2"), others (here "x") ignored, the rest renormalised.
+    A reply without logprobs has no expected score and no error."""
+    import math
+
+    content = [logprob_entry("[FEEDBACK] ok ", -0.1, []), logprob_entry("[RESULT]", -0.1, []),
+               logprob_entry(" ", -0.2, [(" ", -0.2), ("1", -3.0)]),
+               logprob_entry("2", -0.5, [("2", -0.5), (" 2", -2.0), ("1", -1.5), ("x", -1.0)]),
+               logprob_entry(" [END]", -0.1, [])]
+
+    def handler(instruction: str, attempt: int, body: dict[str, Any]) -> Response:
+        assert body["logprobs"] is True and body["top_logprobs"] == 7
+        logprobs = {"content": content} if instruction == "q0" else None
+        return JSONResponse({"choices": [{"index": 0, "message": {"role": "assistant", "content":
+                                          "[FEEDBACK] ok [RESULT] 2 [END]"}, "finish_reason": "stop",
+                                          "logprobs": logprobs}], "usage": {}})
+
+    with ScriptedServer(handler) as srv:
+        with_lp, without = engine(srv.url, expected_score=True, top_logprobs=7).judge_many(items(2))
+    p2, p1 = math.exp(-0.5) + math.exp(-2.0), math.exp(-1.5)
+    assert with_lp.score_probs == pytest.approx({"0": 0.0, "1": p1 / (p1 + p2), "2": p2 / (p1 + p2)}, abs=1e-12)
+    assert with_lp.expected_score == pytest.approx((p1 + 2 * p2) / (p1 + p2), abs=1e-12)
+    assert with_lp.text_score == 2.0 and with_lp.error is None
+    assert without.expected_score is None and without.score_probs is None and without.error is None
+    assert without.meta["expected_score_note"] == "the server returned no logprobs" and without.text_score == 2.0
+
+
+def test_no_logprobs_asked_unless_expected_score_is_on() -> None:
+    with ScriptedServer(lambda i, a, b: completion("[FEEDBACK] ok [RESULT] 1 [END]")) as srv:
+        eng = engine(srv.url)
+        [v] = eng.judge_many(items(1))
+    assert "logprobs" not in srv.bodies[0] and "top_logprobs" not in srv.bodies[0]
+    assert v.expected_score is None and "expected_score_note" not in v.meta and "expected_score" not in eng.describe()

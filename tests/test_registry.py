@@ -157,3 +157,12 @@ def test_vllm_options_reach_the_vllm_engine(tmp_path: Path) -> None:
         Judge.from_spec(f"vllm:{tmp_path}", {"batch_size": 8, "dtype": "bfloat16", "gpu_memory_utilization": 0.5})
     with pytest.raises(OptionsError, match="option 'gpu_memory_utilization' of vllm: judges: Input should be less"):
         Judge.from_spec(f"vllm:{tmp_path}", {"gpu_memory_utilization": 1.5})
+
+
+def test_expected_score_is_an_option_of_every_engine() -> None:
+    for spec in ("/m/judge", "openai:m", "vllm:/m/judge"):
+        assert validate_options(spec, {"expected_score": "true"}).expected_score is True, spec
+        assert validate_options(spec).expected_score is False, spec
+    assert validate_options("openai:m", {"top_logprobs": "5"}).top_logprobs == 5  # type: ignore[attr-defined]
+    with pytest.raises(OptionsError, match="'top_logprobs' does not apply to local checkpoint judges"):
+        validate_options("/m/judge", {"top_logprobs": 5})
