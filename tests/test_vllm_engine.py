@@ -273,3 +273,35 @@ def test_generative_judge_through_the_cli(tmp_path):
     assert [v["completion_tokens"] for v in got] == [v.completion_tokens for v in expected]
     assert all(v["head_score"] is None and v["error"] is None for v in got)
     assert "Qwen2ForCausalLM" in proc.stderr  # vLLM's log went to stderr
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_vllm_expected_score_matches_in_process(tmp_path):
+    """Expected scores from vLLM's per-token logprobs (`SamplingParams(logprobs=K)`, raw) equal the
+    in-process engine's (read from the logits) on a judge overfitted to write `[RESULT]`."""
+    from pollux.engine.hf import TransformersEngine
+    from pollux.fixtures import build_scoring_judge, build_tiny_judge, scoring_items
+
+    source = build_tiny_judge(tmp_path / "gen", regression=False, hidden=256, heads=4, kv_heads=2, layers=2, seed=1)
+    path = build_scoring_judge(source, tmp_path / "scoring")
+    sampling = SamplingParams(max_new_tokens=16)
+    items = scoring_items()
+    expected = TransformersEngine.from_pretrained(str(path), dtype="float32", device="cpu", sampling=sampling,
+                                                  expected_score=True).judge_many(items)
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    engine = VLLMEngine.from_pretrained(str(path), sampling=sampling, dtype="float32", gpu_memory_utilization=0.1,
+                                        max_model_len=CONTEXT, enforce_eager=True, expected_score=True, top_logprobs=20)
+    try:
+        got = engine.judge_many(items)
+        described = engine.describe()
+    finally:
+        engine.close()
+    for e, g in zip(expected, got, strict=True):
+        assert g.raw_text == e.raw_text and "[RESULT]" in e.raw_text
+        assert e.score_probs is not None and g.score_probs is not None
+        assert g.score_probs == pytest.approx(e.score_probs, abs=1e-4)
+        assert g.expected_score == pytest.approx(e.expected_score, abs=1e-4)
+    print(f"\nvLLM vs in-process expected scores: {[g.expected_score for g in got]} vs "
+          f"{[e.expected_score for e in expected]}")
+    assert described["expected_score"] is True and described["top_logprobs"] == 20
