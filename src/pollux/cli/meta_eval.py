@@ -40,7 +40,9 @@ def meta_eval(
     judge_name: list[str] = typer.Option([], "--judge-name", help="Name of each judge source, in order: all "
                                          "--scores, then all --judge."),
     score: str = typer.Option("auto", "--score", help="Which score a judge contributes: auto (head, else text), "
-                              "head, text or head-rounded (half away from zero)."),
+                              "head, text, head-rounded (half away from zero) or expected (a generative judge's "
+                              "probability-weighted score at [RESULT]). Several as a comma list, or both "
+                              "(= auto,expected): one column per judge and score, side by side."),
     split: str = typer.Option("ood", "--split", help="ood (held-out task types, as the model card), id or all; "
                               "several as a comma list (all,ood,id): the data is read and keyed once."),
     on: str | None = typer.Option(None, "--on", help="Join --scores files to expert rows on these columns "
@@ -111,6 +113,7 @@ def meta_eval(
         write_score_jsonl,
     )
     from pollux.metaeval.domains import check_split
+    from pollux.metaeval.scores import parse_score_choices
 
     if fmt not in FORMATS:
         _fail(f"unknown --format {fmt!r}: expected one of {', '.join(FORMATS)}")
@@ -120,6 +123,10 @@ def meta_eval(
     try:
         for x in splits:
             check_split(x)
+    except ValueError as e:
+        _fail(e)
+    try:
+        score_choices = parse_score_choices(score)
     except ValueError as e:
         _fail(e)
     on_columns = tuple(c.strip() for c in on.split(",") if c.strip()) if on else ()
@@ -167,12 +174,12 @@ def meta_eval(
 
                 write_score_jsonl(pd.concat(ran, ignore_index=True), save_scores)
                 typer.echo(f"saved judge scores to {save_scores}", err=True)
-            results = {x: meta_evaluate(experts, frames + ran, score=score, split=x, n_bootstrap=bootstrap,
+            results = {x: meta_evaluate(experts, frames + ran, score=score_choices, split=x, n_bootstrap=bootstrap,
                                         confidence=confidence, seed=seed, by_group=not no_groups,
                                         out_of_scale=out_of_scale, kendall_ci=kendall_ci)
                        for x in splits}
             if compare is not None:
-                text = _comparison(results, card_judge, fmt, experts, frames + ran, score)
+                text = _comparison(results, card_judge, fmt, experts, frames + ran, score_choices)
             elif len(results) == 1:
                 text = render(results[splits[0]], fmt, shown)
             else:
@@ -189,8 +196,9 @@ def meta_eval(
 
 
 def _echo_warnings(caught: list[warnings.WarningMessage]) -> None:
-    for w in caught:
-        typer.echo(f"warning: {w.message}", err=True)
+    """Each distinct warning once: several splits repeat the notes about the same scores."""
+    for message in dict.fromkeys(str(w.message) for w in caught):
+        typer.echo(f"warning: {message}", err=True)
     caught.clear()
 
 
@@ -248,7 +256,7 @@ def _render_splits(results: dict[str, Any], fmt: str, shown: tuple[str, ...], re
 
 
 def _comparison(results: dict[str, Any], card_judge: list[str], fmt: str, experts: Any, scores: list[Any],
-                score: str) -> str:
+                score: tuple[str, ...]) -> str:
     """Each judge beside the model card's numbers (`pollux.metaeval.card`)."""
     import json
 
@@ -256,18 +264,14 @@ def _comparison(results: dict[str, Any], card_judge: list[str], fmt: str, expert
 
     from pollux.metaeval.card import (
         calibration,
-        compare_with_card,
+        compare_judges,
         comparison_html,
         comparison_json,
         comparison_text,
         confusion_by_criterion,
     )
 
-    judges = next(iter(results.values())).judges
-    if card_judge and len(card_judge) != len(judges):
-        raise ValueError(f"{len(card_judge)} --card-judge for {len(judges)} judge(s)")
-    pairs = list(zip(judges, card_judge or judges, strict=True))
-    table = pd.concat([compare_with_card(results, j, c) for j, c in pairs], ignore_index=True)
+    table = compare_judges(results, card_judge)
     ood = experts.frame["ood"].to_numpy()
     all_scores = pd.concat(scores, ignore_index=True)
     reliability = calibration(experts, all_scores, score=score, rows=ood)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from html import escape
@@ -27,8 +28,10 @@ import pandas as pd
 from pollux.metaeval.evaluate import ALL_GROUPS, AVG, MetaEvalResult
 
 CARD_METRICS = ("spearman", "mae", "vc")
-COMPARE_COLUMNS = ("judge", "card_judge", "metric", "split", "model", "model_id", "ours", "ci_low", "ci_high",
-                   "card", "delta", "card_in_ci", "n_rows")
+COMPARE_COLUMNS = ("judge", "score", "card_judge", "metric", "split", "model", "model_id", "ours", "ci_low",
+                   "ci_high", "card", "card_note", "delta", "card_in_ci", "n_rows")
+# What a null cell of tables.json means: the card's per-LLM values were not available offline.
+CARD_NA = "n/a (not published offline)"
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,7 @@ def compare_with_card(results: dict[str, MetaEvalResult], judge: str, card_judge
         if split not in results:
             raise ValueError(f"the card's {metric} is on split {split!r}, which was not computed")
         result = results[split]
+        score = result.sources.get(judge, (judge, result.settings.get("score", "")))[1]
         m = result.metrics
         mine = m[(m["judge"] == judge) & (m["metric"] == metric) & (m["group"] == ALL_GROUPS)].set_index("model")
         for model in [*result.models, AVG]:
@@ -101,12 +105,34 @@ def compare_with_card(results: dict[str, MetaEvalResult], judge: str, card_judge
             hi = float(ours["ci_high"]) if ours is not None else np.nan
             theirs = card.value(card_judge, metric, name)
             inside = None if theirs is None or np.isnan(lo) else bool(lo <= theirs <= hi)
-            rows.append({"judge": judge, "card_judge": card_judge, "metric": metric, "split": split, "model": name,
-                         "model_id": "" if model == AVG else model, "ours": value, "ci_low": lo, "ci_high": hi,
-                         "card": np.nan if theirs is None else theirs,
+            rows.append({"judge": judge, "score": score, "card_judge": card_judge, "metric": metric, "split": split,
+                         "model": name, "model_id": "" if model == AVG else model, "ours": value, "ci_low": lo,
+                         "ci_high": hi, "card": np.nan if theirs is None else theirs,
+                         "card_note": CARD_NA if theirs is None else "",
                          "delta": np.nan if theirs is None else value - theirs, "card_in_ci": inside,
                          "n_rows": int(ours["n_rows"]) if ours is not None else 0})
     return pd.DataFrame(rows, columns=list(COMPARE_COLUMNS))
+
+
+def compare_judges(results: dict[str, MetaEvalResult], card_judges: Sequence[str] = (),
+                   metrics: tuple[str, ...] = CARD_METRICS) -> pd.DataFrame:
+    """`compare_with_card` for every judge column of `results`. `card_judges`: the card judge of
+    each of our judges, in order (default: the card judge of the same name). With several scores
+    per judge (greedy and expected), a card cell's rows for the judge's scores are adjacent."""
+    first = next(iter(results.values()))
+    sources = {label: first.sources.get(label, (label, "")) for label in first.judges}
+    base = list(dict.fromkeys(judge for judge, _ in sources.values()))
+    if card_judges and len(card_judges) != len(base):
+        raise ValueError(f"{len(card_judges)} --card-judge for {len(base)} judge(s)")
+    card_of = dict(zip(base, card_judges or base, strict=True))
+    parts = [compare_with_card(results, label, card_of[judge], metrics) for label, (judge, _) in sources.items()]
+    table = pd.concat(parts, ignore_index=True)
+    if len(parts) > len(base):  # interleave: each card cell's scores side by side
+        order = {"judge": {j: i for i, j in enumerate(base)}, "metric": {m: i for i, m in enumerate(metrics)}}
+        table = table.assign(_j=table["judge"].map(lambda lb: order["judge"][sources[lb][0]]),
+                             _m=table["metric"].map(order["metric"]), _r=table.groupby("judge").cumcount())
+        table = table.sort_values(["_j", "_m", "_r"], kind="stable").drop(columns=["_j", "_m", "_r"])
+    return table.reset_index(drop=True)
 
 
 def _num(v: float, digits: int = 3) -> str:
@@ -115,19 +141,26 @@ def _num(v: float, digits: int = 3) -> str:
 
 def comparison_text(table: pd.DataFrame) -> str:
     """The comparison as an aligned plain-text table (terminal)."""
-    header = ("judge", "card judge", "metric", "split", "LLM", "ours", "95% CI", "card", "Δ", "card in CI")
+    header = ("judge", "score", "card judge", "metric", "split", "LLM", "ours", "95% CI", "card", "Δ", "card in CI")
     lines = [header]
     for r in table.itertuples(index=False):
         ci = "—" if np.isnan(r.ci_low) else f"[{r.ci_low:.3f}, {r.ci_high:.3f}]"
         inside = "—" if r.card_in_ci is None else ("inside" if r.card_in_ci else "OUTSIDE")
         delta = "—" if np.isnan(r.delta) else f"{r.delta:+.3f}"
-        lines.append((r.judge, r.card_judge, r.metric, r.split, r.model, _num(r.ours), ci, _num(r.card), delta,
-                      inside))
+        lines.append((r.judge, r.score, r.card_judge, r.metric, r.split, r.model, _num(r.ours), ci, _card(r.card),
+                      delta, inside))
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
     out = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines]
-    note = ("card: the model card's value ('—': not in pollux/data/model_card/tables.json yet); "
-            "Δ = ours − card; 'card in CI': whether the card's value lies in our bootstrap interval.")
-    return "\n".join([*out, "", note]) + "\n"
+    return "\n".join([*out, "", NOTE]) + "\n"
+
+
+NOTE = (f"card: the model card's value; card {CARD_NA}: the card's per-LLM cells are not in this package "
+        "(pollux/data/model_card/tables.json has the card's averages only; docs/meta-eval.md says how to fill them "
+        "in). Δ = ours − card; 'card in CI': whether the card's value lies in our bootstrap interval.")
+
+
+def _card(v: float) -> str:
+    return CARD_NA if v is None or np.isnan(v) else f"{v:.3f}"
 
 
 def comparison_json(table: pd.DataFrame) -> list[dict[str, Any]]:
@@ -172,15 +205,15 @@ def comparison_html(table: pd.DataFrame, results: dict[str, MetaEvalResult],
                     confusion: dict[str, pd.DataFrame] | None = None, reliability: pd.DataFrame | None = None) -> str:
     """A standalone page: the comparison table, per-LLM bars with CIs (card values as red ticks)
     and, when given, judge-vs-expert confusion tables per criterion and the calibration table."""
-    head = ["judge", "card judge", "metric", "split", "LLM", "ours", "95% CI", "card", "Δ", "card in CI"]
+    head = ["judge", "score", "card judge", "metric", "split", "LLM", "ours", "95% CI", "card", "Δ", "card in CI"]
     body = []
     for r in table.itertuples(index=False):
         ci = "—" if np.isnan(r.ci_low) else f"[{r.ci_low:.3f}, {r.ci_high:.3f}]"
         inside = "—" if r.card_in_ci is None else ("inside" if r.card_in_ci else "<b>outside</b>")
         delta = "—" if np.isnan(r.delta) else f"{r.delta:+.3f}"
-        cells = [escape(str(c)) for c in (r.judge, r.card_judge, r.metric, r.split, r.model)]
+        cells = [escape(str(c)) for c in (r.judge, r.score, r.card_judge, r.metric, r.split, r.model)]
         body.append("<tr>" + "".join(f"<td>{c}</td>" for c in
-                                     [*cells, _num(r.ours), ci, _num(r.card), delta, inside]) + "</tr>")
+                                     [*cells, _num(r.ours), ci, escape(_card(r.card)), delta, inside]) + "</tr>")
     charts = [_bars_svg(g, f"{j} — {m} ({s})") for (j, m, s), g in table.groupby(["judge", "metric", "split"],
                                                                                   sort=False)]
     blocks = []
@@ -193,7 +226,9 @@ def comparison_html(table: pd.DataFrame, results: dict[str, MetaEvalResult],
             "<h1>Judges against experts, beside the model card</h1>"
             f"<p>{escape(json.dumps(settings, ensure_ascii=False, default=str))}</p>"
             "<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(body) + "</table>"
-            "<p>Bars: ours; black whisker: our 95% bootstrap interval; red tick: the card's value.</p>"
+            f"<p>{escape(NOTE)}</p>"
+            "<p>Bars: ours; black whisker: our 95% bootstrap interval; red tick: the card's value (none where the "
+            f"card's cell is {CARD_NA}).</p>"
             + "".join(f"<div>{c}</div>" for c in charts)
             + ("<h2>Judge vs experts per criterion</h2>" + "".join(blocks) if blocks else "")
             + ("<h2>Calibration (out-of-domain rows): mean expert score per bin of the judge's score</h2>"
@@ -202,7 +237,7 @@ def comparison_html(table: pd.DataFrame, results: dict[str, MetaEvalResult],
             + "</body></html>\n")
 
 
-def confusion_by_criterion(experts: Any, scores: pd.DataFrame, *, score: str = "auto", rows: np.ndarray | None = None,
+def confusion_by_criterion(experts: Any, scores: pd.DataFrame, *, score: str | Sequence[str] = "auto", rows: np.ndarray | None = None,
                            limit: int = 20) -> dict[str, pd.DataFrame]:
     """Per judge and criterion: a count table of the judge's score (rounded half away from zero)
     against the experts' aggregate (rounded the same way), over `rows` (all by default) — the
@@ -228,7 +263,7 @@ def confusion_by_criterion(experts: Any, scores: pd.DataFrame, *, score: str = "
     return out
 
 
-def calibration(experts: Any, scores: pd.DataFrame, *, score: str = "auto", rows: np.ndarray | None = None,
+def calibration(experts: Any, scores: pd.DataFrame, *, score: str | Sequence[str] = "auto", rows: np.ndarray | None = None,
                 bins: int = 10) -> pd.DataFrame:
     """Reliability of a judge's continuous score (a `-r` judge's head): the rows split into `bins`
     equal-width bins of the judge's score over its observed range; per bin the number of rows,

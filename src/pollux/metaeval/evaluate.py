@@ -26,7 +26,7 @@ from pollux.metaeval.domains import check_split
 from pollux.metaeval.experts import ExpertData, MetaEvalWarning
 from pollux.metaeval.groups import UNKNOWN
 from pollux.metaeval.metrics import CORRELATIONS, METRICS, correlation_problem, point_metrics, row_values
-from pollux.metaeval.scores import select_scores
+from pollux.metaeval.scores import NUMBERS, parse_score_choices, select_scores
 
 AVG = "Avg."
 ALL_GROUPS = "all"
@@ -38,7 +38,9 @@ OUT_OF_SCALE = ("drop", "clip")
 class MetaEvalResult:
     """`metrics`: one row per (judge, group, model, metric) with `value`, `ci_low`, `ci_high`,
     `n_rows`, `n_answers` (model "Avg." is the mean over LLMs). `coverage`: per judge and LLM,
-    how many expert rows there were and why some were not compared."""
+    how many expert rows there were and why some were not compared. `sources`: each judge
+    column's (judge, score choice) — with several scores compared (`score="auto,expected"`) a
+    judge has one column per score, labelled "judge [score]"."""
 
     metrics: pd.DataFrame
     coverage: pd.DataFrame
@@ -47,6 +49,7 @@ class MetaEvalResult:
     groups: list[str]
     settings: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    sources: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def table(self, metric: str, group: str = ALL_GROUPS, what: str = "value") -> pd.DataFrame:
         """Model-card shape: rows = evaluated LLMs then "Avg.", columns = judges."""
@@ -67,6 +70,7 @@ class MetaEvalResult:
                     for r in df.to_dict(orient="records")]
 
         return {"settings": self.settings, "judges": self.judges, "models": self.models,
+                "sources": {k: {"judge": j, "score": c} for k, (j, c) in self.sources.items()},
                 "groups": self.groups, "metrics": records(self.metrics),
                 "coverage": records(self.coverage), "warnings": self.warnings}
 
@@ -75,44 +79,85 @@ def _seed(seed: int, *parts: str) -> np.random.Generator:
     return np.random.default_rng([seed, *(zlib.crc32(p.encode("utf-8")) for p in parts)])
 
 
-def _join(experts: ExpertData, scores: pd.DataFrame, score: str, out_of_scale: str,
-          notes: list[str]) -> tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
-    """Per judge: its score on each expert row (NaN where not comparable) and the reasons."""
-    frame = experts.frame
+def score_label(judge: str, score: str, choices: Sequence[str]) -> str:
+    """A judge's column: its name, or with several scores compared "name [score]"."""
+    return judge if len(choices) == 1 else f"{judge} [{score}]"
+
+
+def _join(experts: ExpertData, scores: pd.DataFrame, score: str | Sequence[str], out_of_scale: str,
+          notes: list[str], sources: dict[str, tuple[str, str]] | None = None,
+          ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
+    """Per judge (and score, when several are compared: see `score_label`): its score on each
+    expert row (NaN where not comparable) and the reasons. `sources` receives label → (judge,
+    score)."""
+    choices = parse_score_choices(score)
     values: dict[str, np.ndarray] = {}
     reasons: dict[str, dict[str, np.ndarray]] = {}
+    lacking: list[str] = []
     for judge in pd.unique(scores["judge"]):
         sub = scores[scores["judge"] == judge]
         # The same verdict listed for several jobs (shared content) is one score, not a duplicate.
-        sub = sub.drop_duplicates(["key", "score", "head_score", "text_score", "error"])
+        sub = sub.drop_duplicates(["key", *NUMBERS, "error"])
         dup = int(sub["key"].duplicated().sum())
         if dup:
             notes.append(f"judge {judge}: {dup} duplicate score(s) for the same judgement; the last one is used")
-        sub = sub.drop_duplicates("key", keep="last").set_index("key")
-        selected = select_scores(sub.reset_index(), score).set_axis(sub.index)
-        pos = sub.index.get_indexer(frame["key"])  # -1: the judge has no score for this row
-        has_record = pos >= 0
-        errored = has_record & sub["error"].notna().to_numpy()[pos]
-        v = np.where(has_record, selected.to_numpy(dtype=float)[pos], np.nan)
-        no_score = has_record & ~errored & ~np.isfinite(v)
-        v[~np.isfinite(v)] = np.nan
-        lo, hi = frame["scale_min"].to_numpy(), frame["scale_max"].to_numpy()
-        outside = (v < lo) | (v > hi)  # False where the scale is unknown (NaN) or v is NaN
-        if out_of_scale == "clip":
-            v = np.where(outside, np.clip(v, lo, hi), v)
-        else:
-            v[outside] = np.nan
-        values[str(judge)] = v
-        reasons[str(judge)] = {"missing": ~has_record, "error": errored, "no_score": no_score,
-                               "out_of_scale": outside}
+        sub = sub.drop_duplicates("key", keep="last").reset_index(drop=True)
+        for choice in choices:
+            try:
+                selected = select_scores(sub, choice)
+            except ValueError as e:
+                if len(choices) == 1:
+                    raise
+                lacking.append(str(e))
+                continue
+            if choice == "expected":
+                _note_missing_expected(str(judge), sub, selected, notes)
+            label = score_label(str(judge), choice, choices)
+            values[label], reasons[label] = _on_expert_rows(experts, sub, selected, out_of_scale)
+            if sources is not None:
+                sources[label] = (str(judge), choice)
+    if not values:
+        raise ValueError("; ".join(lacking))
+    notes += [f"{e} (left out of the comparison)" for e in lacking]
     return values, reasons
+
+
+def _note_missing_expected(judge: str, sub: pd.DataFrame, expected: pd.Series, notes: list[str]) -> None:
+    """One note per judge for the judgements with a greedy score but no expected score: they
+    are left out of its expected-score tables (and counted under "no score"), never filled in."""
+    greedy = sub["score"].notna().to_numpy() & sub["error"].isna().to_numpy()
+    missing = int((greedy & expected.isna().to_numpy()).sum())
+    if missing:
+        notes.append(f"judge {judge}: {missing} of {int(greedy.sum())} judgement(s) with a greedy score have no "
+                     "expected score (no token probabilities for them); left out of the expected-score tables, "
+                     "counted under 'no score'")
+
+
+def _on_expert_rows(experts: ExpertData, sub: pd.DataFrame, selected: pd.Series,
+                    out_of_scale: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """One judge's selected scores laid on the expert rows, and why a row has none."""
+    frame = experts.frame
+    sub = sub.set_index("key")
+    pos = sub.index.get_indexer(frame["key"])  # -1: the judge has no score for this row
+    has_record = pos >= 0
+    errored = has_record & sub["error"].notna().to_numpy()[pos]
+    v = np.where(has_record, selected.to_numpy(dtype=float)[pos], np.nan)
+    no_score = has_record & ~errored & ~np.isfinite(v)
+    v[~np.isfinite(v)] = np.nan
+    lo, hi = frame["scale_min"].to_numpy(), frame["scale_max"].to_numpy()
+    outside = (v < lo) | (v > hi)  # False where the scale is unknown (NaN) or v is NaN
+    if out_of_scale == "clip":
+        v = np.where(outside, np.clip(v, lo, hi), v)
+    else:
+        v[outside] = np.nan
+    return v, {"missing": ~has_record, "error": errored, "no_score": no_score, "out_of_scale": outside}
 
 
 def meta_evaluate(
     experts: ExpertData,
     scores: pd.DataFrame | Sequence[pd.DataFrame],
     *,
-    score: str = "auto",
+    score: str | Sequence[str] = "auto",
     split: str = "ood",
     n_bootstrap: int = 1000,
     confidence: float = 0.95,
@@ -124,6 +169,9 @@ def meta_evaluate(
 ) -> MetaEvalResult:
     """Compare judges with experts. `scores`: score frame(s) from `pollux.metaeval.scores`.
 
+    `score`: which score each judge contributes (`SCORE_CHOICES`); several (a comma list, a
+    sequence, or "both" = auto,expected) give each judge one column per score, on the same
+    resamples (paired intervals).
     `split`: "ood" (held-out task types), "id" or "all". `n_bootstrap=0` skips intervals.
     `out_of_scale`: "drop" (the official metrics' rule; counted) or "clip" to the scale.
     `common_rows`: compare every judge on the rows all judges scored.
@@ -137,7 +185,8 @@ def meta_evaluate(
         raise ValueError("no judge scores were given")
     notes: list[str] = []
     frame = experts.frame
-    values, reasons = _join(experts, scores, score, out_of_scale, notes)
+    sources: dict[str, tuple[str, str]] = {}
+    values, reasons = _join(experts, scores, score, out_of_scale, notes, sources)
     judges = list(values)
 
     in_split = {"ood": frame["ood"].to_numpy(), "id": ~frame["ood"].to_numpy(),
@@ -232,12 +281,12 @@ def meta_evaluate(
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     for note in notes:
         warnings.warn(note, MetaEvalWarning, stacklevel=2)
-    settings = {"score": score, "split": split, "n_bootstrap": n_bootstrap, "confidence": confidence,
+    settings = {"score": ",".join(parse_score_choices(score)), "split": split, "n_bootstrap": n_bootstrap, "confidence": confidence,
                 "seed": seed, "out_of_scale": out_of_scale, "common_rows": common_rows,
                 "kendall_ci": kendall_ci, "expert_source": experts.source,
                 "expert_rows_skipped": len(experts.skipped)}
     return MetaEvalResult(metrics=pd.DataFrame(records), coverage=coverage_df, judges=judges, models=models,
-                          groups=subsets[1:], settings=settings, warnings=notes)
+                          groups=subsets[1:], settings=settings, warnings=notes, sources=sources)
 
 
 def _bootstrap(values: dict[str, np.ndarray], expert: np.ndarray, annotations: np.ndarray, answer: np.ndarray,

@@ -2,19 +2,22 @@
 
 Every source ends as a "score frame": one row per judgement with `judge`, `key` (=
 `JudgeItem.key`, how scores meet expert rows), `score` (the judge's score: head else text),
-`head_score`, `text_score` and `error`. Sources:
+`head_score`, `text_score`, `expected_score` (a generative judge's probability-weighted score at
+`[RESULT]`, when its engine gave token probabilities) and `error`. Sources:
 
 * a JSONL file of scores (`read_score_jsonl`, through `pollux.inputs.read_rows` like every input
   file): one object per line with `key` or the POLLUX text columns, plus `score` and optionally
-  `head_score`, `text_score`, `judge`, `error`;
+  `head_score`, `text_score`, `expected_score`, `judge`, `error`;
 * a pollux run database written by `pollux evaluate` (`scores_from_db`, via
   `pollux.store.read_verdicts`);
 * a judge run on the expert data (`scores_from_judge`).
 
-`select_scores` then picks the number a judge contributes: `auto` (its `score`), `head`, `text`
-or `head-rounded` (the head score rounded half away from zero: 1.5 → 2, 0.5 → 1, −0.5 → −1, so
+`select_scores` then picks the number a judge contributes: `auto` (its `score`), `head`, `text`,
+`head-rounded` (the head score rounded half away from zero: 1.5 → 2, 0.5 → 1, −0.5 → −1, so
 a score exactly between two levels is never rounded towards the middle of the scale by the
-banker's rule).
+banker's rule) or `expected` (the G-Eval-style expected score). `parse_score_choices` reads a
+comma list of them (`both` = `auto,expected`: a generative judge's greedy score beside its
+expected one).
 """
 
 from __future__ import annotations
@@ -34,8 +37,10 @@ from pollux.inputs import InputError, read_rows
 from pollux.metaeval.experts import ExpertData, MetaEvalWarning, _number
 from pollux.records import JudgeItem
 
-SCORE_CHOICES = ("auto", "head", "text", "head-rounded")
-COLUMNS = ("judge", "key", "score", "head_score", "text_score", "error")
+SCORE_CHOICES = ("auto", "head", "text", "head-rounded", "expected")
+BOTH = ("auto", "expected")  # what `both` stands for: the greedy score beside the expected one
+NUMBERS = ("score", "head_score", "text_score", "expected_score")
+COLUMNS = ("judge", "key", *NUMBERS, "error")
 
 
 def round_half_away(x: np.ndarray | float) -> np.ndarray:
@@ -46,7 +51,7 @@ def round_half_away(x: np.ndarray | float) -> np.ndarray:
 
 def _frame(rows: dict[str, list[Any]]) -> pd.DataFrame:
     f = pd.DataFrame({c: rows.get(c, [None] * len(rows["key"])) for c in COLUMNS})
-    for c in ("score", "head_score", "text_score"):
+    for c in NUMBERS:
         f[c] = pd.to_numeric(f[c], errors="coerce").astype(float)
     f["judge"] = f["judge"].astype(str)
     f["error"] = f["error"].astype(object).where(f["error"].notna(), None)
@@ -87,7 +92,7 @@ def read_score_jsonl(path: str | Path, judge: str | None = None, *, on: Sequence
                 key = obj.get("key") or obj.get("item_key")
             if not key:
                 key = JudgeItem.from_dict(obj, where=row.where).key
-            values = {c: _number(obj.get(c)) for c in ("score", "head_score", "text_score")}
+            values = {c: _number(obj.get(c)) for c in NUMBERS}
         except (ValueError, TypeError) as e:  # RecordError is a ValueError
             bad.append(str(e) if str(e).startswith(row.where) else f"{row.where}: {e}")
             continue
@@ -159,7 +164,7 @@ def scores_from_frame(df: pd.DataFrame, judge: str | None = None) -> pd.DataFram
     f = df.rename(columns={"item_key": "key"}).copy()
     if "key" not in f.columns:
         raise ValueError("the scores have no 'key' (or 'item_key') column")
-    for c in ("score", "head_score", "text_score"):
+    for c in NUMBERS:
         f[c] = pd.to_numeric(f[c], errors="coerce").astype(float) if c in f.columns else np.nan
     f["score"] = f["score"].fillna(f["head_score"]).fillna(f["text_score"])
     if judge is not None:
@@ -233,6 +238,7 @@ def _verdict_frame(judge: str, first: pd.DataFrame, verdicts: list[Any]) -> pd.D
         "score": [v.score for v in verdicts],
         "head_score": [v.head_score for v in verdicts],
         "text_score": [v.text_score for v in verdicts],
+        "expected_score": [v.expected_score for v in verdicts],
         "error": [v.error for v in verdicts],
     })
 
@@ -274,9 +280,23 @@ def write_score_jsonl(scores: pd.DataFrame, path: str | Path) -> None:
     with Path(path).open("w", encoding="utf-8") as fh:
         for r in scores.itertuples(index=False):
             obj = {c: getattr(r, c) for c in COLUMNS}
-            for c in ("score", "head_score", "text_score"):
+            for c in NUMBERS:
                 obj[c] = None if obj[c] is None or math.isnan(obj[c]) else float(obj[c])
             fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
+
+
+def parse_score_choices(value: str | Sequence[str]) -> tuple[str, ...]:
+    """`auto`, `expected,auto`, `both` (= auto,expected) or a sequence of choices → the choices,
+    each checked against `SCORE_CHOICES` (a typo is an error, not an empty column)."""
+    parts = [p.strip() for p in value.split(",")] if isinstance(value, str) else [str(p).strip() for p in value]
+    out: list[str] = []
+    for p in parts:
+        out += list(BOTH) if p == "both" else [p] if p else []
+    unknown = [p for p in out if p not in SCORE_CHOICES]
+    if unknown or not out:
+        raise ValueError(f"unknown score {', '.join(unknown) or repr(value)}: expected one or more of "
+                         f"{', '.join(SCORE_CHOICES)} (comma list) or both")
+    return tuple(dict.fromkeys(out))
 
 
 def select_scores(scores: pd.DataFrame, which: str) -> pd.Series:
@@ -289,6 +309,8 @@ def select_scores(scores: pd.DataFrame, which: str) -> pd.Series:
         values = scores["score"]
     elif which == "text":
         values = scores["text_score"]
+    elif which == "expected":
+        values = scores["expected_score"]
     else:
         values = scores["head_score"]
         if which == "head-rounded":
@@ -296,7 +318,7 @@ def select_scores(scores: pd.DataFrame, which: str) -> pd.Series:
     values = values.astype(float).copy()
     if which != "auto" and values.isna().all() and scores["score"].notna().any():
         judges = ", ".join(sorted(scores["judge"].astype(str).unique()))
-        wanted = "text_score" if which == "text" else "head_score"
+        wanted = {"text": "text_score", "expected": "expected_score"}.get(which, "head_score")
         raise ValueError(f"judge {judges}: no {wanted} in its scores; choose another --score")
     values[scores["error"].notna().to_numpy()] = np.nan
     return values
