@@ -229,28 +229,45 @@ def _cross_few_y(tx: _Ties, gy_row: np.ndarray, n_gy: int, answer: np.ndarray,
     return (t * _group_ranks(wgy)).sum(axis=1), ties_x, wgy
 
 
-def pearson_resampled(x: np.ndarray, y: np.ndarray, answer: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Pearson's r in each resample, from per-answer sums."""
+def pearson_sums(x: np.ndarray, y: np.ndarray, answer: np.ndarray, n_answers: int) -> np.ndarray:
+    """Per-answer sums of 1, x, y, x², y², xy (centred): Pearson's r of a resample is a function of
+    their count-weighted totals (`pearson_from`)."""
     x = x - x.mean()
     y = y - y.mean()
-    a = counts.shape[1]
-    sums = np.stack([np.bincount(answer, weights=v, minlength=a)
+    return np.stack([np.bincount(answer, weights=v, minlength=n_answers)
                      for v in (np.ones_like(x), x, y, x * x, y * y, x * y)], axis=1)
-    n, sx, sy, sxx, syy, sxy = (counts @ sums).T
+
+
+def pearson_from(totals: np.ndarray) -> np.ndarray:
+    """Pearson's r per resample from `counts @ pearson_sums(...)`."""
+    n, sx, sy, sxx, syy, sxy = totals.T
     return _weighted_corr(n, sx, sy, sxx, syy, sxy)
+
+
+def pearson_resampled(x: np.ndarray, y: np.ndarray, answer: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Pearson's r in each resample, from per-answer sums."""
+    return pearson_from(counts @ pearson_sums(x, y, answer, counts.shape[1]))
+
+
+def mean_sums(values: dict[str, np.ndarray], answer: np.ndarray, n_answers: int) -> np.ndarray:
+    """Per-answer sum and count of each per-row array (NaNs left out): two columns per array."""
+    columns = []
+    for v in values.values():
+        ok = ~np.isnan(v)
+        columns.append(np.bincount(answer[ok], weights=v[ok], minlength=n_answers))
+        columns.append(np.bincount(answer[ok], minlength=n_answers).astype(float))
+    return np.stack(columns, axis=1)
+
+
+def means_from(names: list[str], totals: np.ndarray) -> dict[str, np.ndarray]:
+    """Each array's mean per resample from `counts @ mean_sums(...)`."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {name: totals[:, 2 * k] / totals[:, 2 * k + 1] for k, name in enumerate(names)}
 
 
 def means_resampled(values: dict[str, np.ndarray], answer: np.ndarray, counts: np.ndarray) -> dict[str, np.ndarray]:
     """The mean of each per-row array (NaNs left out) in each resample, all from one product."""
-    a = counts.shape[1]
-    columns = []
-    for v in values.values():
-        ok = ~np.isnan(v)
-        columns.append(np.bincount(answer[ok], weights=v[ok], minlength=a))
-        columns.append(np.bincount(answer[ok], minlength=a).astype(float))
-    sums = counts @ np.stack(columns, axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return {name: sums[:, 2 * k] / sums[:, 2 * k + 1] for k, name in enumerate(values)}
+    return means_from(list(values), counts @ mean_sums(values, answer, counts.shape[1]))
 
 
 def mean_resampled(values: np.ndarray, answer: np.ndarray, counts: np.ndarray) -> np.ndarray:

@@ -331,10 +331,16 @@ def _bootstrap_llm(out: dict[tuple[str, str, str], dict[str, np.ndarray]], m: st
 
 def _resampled(x: np.ndarray, y: np.ndarray, ann: np.ndarray, a: np.ndarray, counts: np.ndarray,
                kendall_ci: bool) -> dict[str, np.ndarray]:
-    out = bs.means_resampled(row_values(x, y, ann), a, counts)
-    if correlation_problem(x, y) is None:
+    n_answers = counts.shape[1]
+    values = row_values(x, y, ann)
+    defined = correlation_problem(x, y) is None
+    # The mean-type metrics and Pearson from one product with the count matrix (one pass over it).
+    sums = bs.mean_sums(values, a, n_answers)
+    totals = counts @ (np.hstack([sums, bs.pearson_sums(x, y, a, n_answers)]) if defined else sums)
+    out = bs.means_from(list(values), totals[:, : sums.shape[1]])
+    if defined:
+        out["pearson"] = bs.pearson_from(totals[:, sums.shape[1]:])
         out["spearman"] = bs.spearman_resampled(x, y, a, counts)
-        out["pearson"] = bs.pearson_resampled(x, y, a, counts)
         if kendall_ci:
             out["kendall"] = bs.kendall_resampled(x, y, a, counts)
     else:
