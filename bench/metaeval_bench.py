@@ -7,12 +7,14 @@ The data mimic POLLUX's shape: 7 evaluated LLMs, ~11,500 answers of ~14 criteria
 scales, 2–3 experts per row with occasional -1 ("not applicable"), 8 of 35 task types
 out-of-domain; the judge's score is a noisy continuous version of the experts' (like a
 regression head). Texts are short, so key hashing is not the bottleneck it would be on 300 MB of
-real text; that time is printed separately.
+real text; that time is printed separately. Wall and CPU time are printed with the load average:
+on a shared machine wall time depends on the others' jobs, CPU time is the work itself.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import time
 import warnings
@@ -101,6 +103,9 @@ def main() -> None:
     print(f"meta_evaluate (join, metrics, bootstrap): {t3 - t2:.2f} s wall, {cpu - (c2 - c0):.2f} s CPU")
     print(f"total: {t3 - t0:.2f} s wall, {cpu:.2f} s CPU   (CPUs: {os.cpu_count()}, load average before/after: "
           f"{load0:.1f} / {os.getloadavg()[0]:.1f})")
+    if importlib.util.find_spec("threadpoolctl") is None:
+        print("note: threadpoolctl is not installed, so BLAS threads were not limited while resampling "
+              "(expect more CPU time)")
 
 
 if __name__ == "__main__":
