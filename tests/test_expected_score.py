@@ -81,9 +81,14 @@ def test_in_process_expected_score_equals_the_hand_computation(loaded, hand) -> 
     assert max(verdicts[0].score_probs.values()) < 0.99  # type: ignore[union-attr]  # not one-hot
 
 
-def test_the_generate_fallback_gives_the_same(loaded, hand) -> None:
+@pytest.mark.parametrize("logits_bytes", [1 << 30, 1])  # 1: one row per `generate` call
+def test_the_generate_fallback_gives_the_same(loaded, hand, logits_bytes, monkeypatch) -> None:
+    from pollux.engine import hf
+
+    monkeypatch.setattr(hf, "GENERATE_LOGITS_BYTES", logits_bytes)
     eng = engine(loaded)
     eng.custom_forward = False
+    assert eng._generate_rows(NEW_TOKENS, hf.Delivery(0, None)) == (1 if logits_bytes == 1 else 110)  # 1 GiB / (16 steps × 151,936 × 4 B)
     for verdict, (text, probs) in zip(eng.judge_many(scoring_items()), hand, strict=True):
         check(verdict, text, probs)
 

@@ -51,6 +51,10 @@ from pollux.verdicts import Verdict, make_verdict
 
 log = logging.getLogger(__name__)
 
+# The `generate` fallback's bound on the raw logits it keeps when expected scores or logprobs need
+# them (`generate` holds every step's [rows, vocab] logits until it returns).
+GENERATE_LOGITS_BYTES = 1 << 30
+
 
 # --------------------------------------------------------------------------------------------
 # Planning: tokenise, group by shared prefix, pack into bounded batches
@@ -504,7 +508,18 @@ class TransformersEngine:
         for j in (j for g in batch for j in g.jobs):
             by_budget.setdefault(j.max_new, []).append(j)
         for budget, jobs in by_budget.items():
-            self._generate_jobs(jobs, budget, done)
+            rows = self._generate_rows(budget, done)
+            for a in range(0, len(jobs), rows):
+                self._generate_jobs(jobs[a:a + rows], budget, done)
+
+    def _generate_rows(self, budget: int, done: Delivery) -> int:
+        """Rows per `generate` call. Unbounded (the batch) unless traces need the raw logits:
+        `generate` then keeps every step's [rows, vocab] logits until it returns, so calls are
+        sized to hold at most `GENERATE_LOGITS_BYTES` of them (at least one row)."""
+        if not (self.expected_score or done.top_logprobs is not None):
+            return self.batch_size
+        per_row = budget * int(self.model.config.vocab_size) * 4
+        return max(1, GENERATE_LOGITS_BYTES // per_row)
 
     def _generate_jobs(self, jobs: list[Job], budget: int, done: Delivery) -> None:
         started = time.perf_counter()
