@@ -109,6 +109,18 @@ CREATE TABLE IF NOT EXISTS verdicts (
     UNIQUE (item_key, judge, run_id)
 );
 """
+# For the web UI's filters (pollux.ui.queries): a criterion, a criterion group, a model and/or task
+# type, a score range, invalid/failed verdicts — each answered from an index, never a table scan.
+# Plain CREATE INDEX IF NOT EXISTS: a database of an older pollux gets them when next opened.
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS jobs_criterion ON jobs (run_id, criteria_name, record_pk);
+CREATE INDEX IF NOT EXISTS jobs_group ON jobs (run_id, criterion_group, record_pk);
+CREATE INDEX IF NOT EXISTS records_model ON records (model_id, task_type);
+CREATE INDEX IF NOT EXISTS records_task ON records (task_type);
+CREATE INDEX IF NOT EXISTS verdicts_score ON verdicts (run_id, score, item_key);
+CREATE INDEX IF NOT EXISTS verdicts_state ON verdicts (run_id, valid);
+"""
+_SCHEMA += _INDEXES
 
 
 class StoreError(RuntimeError):
@@ -372,6 +384,8 @@ def _migrate_v1(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT INTO records_v2 SELECT * FROM records")
     conn.execute("DROP TABLE records")
     conn.execute("ALTER TABLE records_v2 RENAME TO records")
+    for statement in _INDEXES.split(";"):  # the dropped table took its indexes along
+        conn.execute(statement)
 
 
 def _migrate_v2(conn: sqlite3.Connection) -> None:
