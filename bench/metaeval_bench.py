@@ -16,8 +16,10 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import tempfile
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -74,13 +76,22 @@ def main() -> None:
     parser.add_argument("--groups", action="store_true", help="also the breakdown by criterion group (5 groups)")
     parser.add_argument("--per-answer", type=int, default=14, help="criterion rows per answer: 14 gives "
                         "POLLUX's ~11,500 answers; 4 gives the ~40k-answer shape of issue 13")
+    parser.add_argument("--parquet", action="store_true", help="load the expert rows from a Parquet file (with "
+                        "POLLUX's further columns, unread) as the CLI does, instead of from a DataFrame")
     args = parser.parse_args()
 
     load0 = os.getloadavg()[0]  # the machine is shared: say how busy it was
     raw, judge = synthetic(args.rows, per_answer=args.per_answer)
-    c0 = time.process_time()
-    t0 = time.perf_counter()
-    experts = load_experts(raw)
+    with tempfile.TemporaryDirectory() as tmp:
+        source = raw
+        if args.parquet:  # the released dataset has ~10 further columns meta-eval does not read
+            for column in ("criteria_description", "rubrics_example", "task_subtype", "domain", "difficulty"):
+                raw[column] = "Текст, который meta-eval не читает. " * 8
+            source = Path(tmp) / "test-00000-of-00001.parquet"
+            raw.to_parquet(source)
+        c0 = time.process_time()
+        t0 = time.perf_counter()
+        experts = load_experts(source)
     t1, c1 = time.perf_counter(), time.process_time()
     rng = np.random.default_rng(1)
     scores = [scores_from_frame(pd.DataFrame({"key": experts.frame["key"],

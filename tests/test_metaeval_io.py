@@ -126,6 +126,37 @@ def test_expert_and_score_files_follow_the_one_input_policy(tmp_path: Path):
     assert scores["key"].tolist() == [key_of(rows[0]), key_of(rows[3])]
 
 
+def test_parquet_shards_are_read_column_wise_with_the_same_checks(tmp_path: Path):
+    """Parquet shards are read with column projection (only what meta-eval uses), not row by row
+    through read_rows: the rows, keys, scores and the refused rows with their messages are those
+    of the same data as JSONL; bad text in a column meta-eval never reads does not cost the row."""
+    from pollux.inputs import read_rows
+
+    rows = pollux_rows(2)
+    rows[1]["rubrics"] = "0: нет\u0000"
+    rows[3]["criteria_name"] = ""
+    rows[7]["criteria_score"] = None  # not applicable
+    jsonl = write_jsonl(tmp_path / "e.jsonl", rows)
+    data = tmp_path / "data"
+    data.mkdir()
+    extra = [{**r, "criteria_description": "не читается"} for r in rows]
+    extra[4]["criteria_description"] = "NUL \u0000 in a column meta-eval does not read"
+    pd.DataFrame(extra[:6]).to_parquet(data / "test-00000-of-00002.parquet")
+    pd.DataFrame(extra[6:]).to_parquet(data / "test-00001-of-00002.parquet")
+    with pytest.warns(MetaEvalWarning) as caught:
+        shards = load_experts(data)
+    with pytest.warns(MetaEvalWarning):
+        lines = load_experts(jsonl)
+    problems = [str(p).replace("e.jsonl:", "test-00000-of-00002.parquet:") for p in read_rows(jsonl).problems]
+    problems += [m.replace("e.jsonl:", "test-00000-of-00002.parquet:") for m in lines.skipped[len(problems):]]
+    assert shards.skipped == problems and len(problems) == 2
+    assert [str(w.message) for w in caught] == [f"skipped {m}" for m in problems]
+    assert shards.frame["key"].tolist() == lines.frame["key"].tolist()
+    assert len(shards.frame) == len(rows) - 2  # row 5 (bad text in criteria_description) is kept
+    np.testing.assert_array_equal(shards.frame["expert"], lines.frame["expert"])
+    np.testing.assert_array_equal(shards.annotations, lines.annotations)
+
+
 def test_expert_files_in_every_format_give_the_same_rows(tmp_path: Path):
     rows = pollux_rows(1)
     frame = pd.DataFrame(rows)

@@ -8,9 +8,11 @@ plain numbers, used by Verdict Confidence) and `criteria_group`.
 A `-1` (or an empty cell) in `criteria_score` means "not applicable": the row is kept, flagged
 and left out of every metric; `-1` among the per-expert `annotations` is dropped the same way.
 A source is one file, a folder of shards (the released dataset's Parquet files) or a glob
-(`pollux.inputs.read_dataset`). Files are read by `pollux.inputs.read_rows` (JSONL, a `.json`
-array, CSV or Parquet), with its
-policy for BOM, CRLF, broken lines, non-UTF-8 bytes and unusable text. A row that cannot be read
+(`pollux.inputs.input_files`). JSONL, `.json` arrays and CSV are read by
+`pollux.inputs.read_rows`, with its policy for BOM, CRLF, broken lines, non-UTF-8 bytes and
+unusable text; Parquet shards (the released dataset) are read column-wise, only the columns
+used here, and their texts get the same checks (a bad text in a column not read does not cost
+the row). A row that cannot be read
 (broken JSON, a missing text, a score that is not a number) is skipped with a warning that names
 it — `file:line: what is wrong`, as `pollux evaluate` names bad rows — and the other rows are
 still evaluated.
@@ -30,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pollux.inputs import InputError, bad_text, read_dataset
+from pollux.inputs import InputError, bad_text, detect_format, input_files, read_dataset
 from pollux.metaeval.domains import DEFAULT_OOD_TASKS
 from pollux.metaeval.groups import UNKNOWN, canonical_group, criterion_groups
 from pollux.records import JudgeItem, RecordError
@@ -71,22 +73,56 @@ class ExpertData:
         ]
 
 
-def _read_columns(source: str | Path | pd.DataFrame) -> tuple[str, dict[str, list[Any]], list[str], list[str]]:
-    """(name, columns, where each row is, problems) of an expert file or DataFrame.
+OPTIONAL = ("reference_answer", "task_type", "criteria_score", "annotations", "criteria_group")
+
+
+def _read_columns(source: str | Path | pd.DataFrame, keep: Sequence[str] = (),
+                  ) -> tuple[str, dict[str, list[Any]], list[str], list[str], bool]:
+    """(name, columns, where each row is, problems, whether the texts were checked) of an expert
+    file or DataFrame.
 
     Files are read by `pollux.inputs.read_rows`, so a bad line is skipped and named exactly as
-    `pollux evaluate` names it (`file:line: what is wrong`); a DataFrame's rows are `row N`."""
+    `pollux evaluate` names it (`file:line: what is wrong`); a DataFrame's rows are `row N`.
+    Parquet shards are read column-wise, only the columns meta-eval uses (`_read_parquet`)."""
     if isinstance(source, pd.DataFrame):
         columns = {str(c): source[c].tolist() for c in source.columns}
         where = [f"DataFrame: row {i + 1}" for i in range(len(source))]
-        return "DataFrame", columns, where, []
+        return "DataFrame", columns, where, [], False
     try:
+        files = input_files(source)
+        if all(detect_format(f) == "parquet" for f in files):
+            columns, where = _read_parquet(files, (*REQUIRED, *OPTIONAL, *keep))
+            return str(source), columns, where, [], False
         read = read_dataset(source)
     except InputError as e:
         raise ValueError(str(e)) from None
     names = list(dict.fromkeys(k for row in read.rows for k in row.data))
     columns = {c: [row.data.get(c) for row in read.rows] for c in names}
-    return str(source), columns, [row.where for row in read.rows], [str(p) for p in read.problems]
+    return str(source), columns, [row.where for row in read.rows], [str(p) for p in read.problems], True
+
+
+def _read_parquet(files: list[Path], wanted: Sequence[str]) -> tuple[dict[str, list[Any]], list[str]]:
+    """The `wanted` columns that the shards have (pyarrow column projection: POLLUX's shards hold
+    ~20 columns of which meta-eval reads 10, and converting whole rows to Python took longer than
+    the metrics), as lists over all shards, and each row's `shard:row`. Texts are checked as
+    `read_rows` checks them, by `load_experts` (`_text_problems`)."""
+    import pyarrow.parquet as pq
+
+    columns: dict[str, list[Any]] = {}
+    where: list[str] = []
+    for path in files:
+        try:
+            present = set(pq.read_schema(path).names)
+            table = pq.read_table(path, columns=[c for c in dict.fromkeys(wanted) if c in present])
+        except Exception as e:  # pyarrow raises several types for a corrupt file
+            raise InputError(f"{path}: cannot read Parquet: {e}") from None
+        for c in table.column_names:  # a column that only some shards have is empty in the others
+            columns.setdefault(c, [None] * len(where))
+        for c, values in columns.items():
+            part = table.column(c).to_pylist() if c in table.column_names else [None] * table.num_rows
+            values.extend(None if isinstance(v, float) and math.isnan(v) else v for v in part)
+        where += [f"{path.name}:{i + 1}" for i in range(table.num_rows)]
+    return columns, where
 
 
 def _number(value: Any) -> float:
@@ -170,7 +206,7 @@ def load_experts(
     """Read POLLUX-format expert data from a file, a folder of shards, a glob or a DataFrame (see
     the module docstring). `keep`: further columns to keep in `frame` (e.g. an `id` that score
     files are joined on)."""
-    name, raw, row_names, skipped = _read_columns(source)
+    name, raw, row_names, skipped, checked = _read_columns(source, keep)
     missing = [c for c in REQUIRED if c not in raw]
     if "criteria_score" not in raw and "annotations" not in raw:
         missing.append("criteria_score (or annotations)")
@@ -187,8 +223,8 @@ def load_experts(
     per_expert: list[list[float]] = []
     kept: list[int] = []
     key_of = _key_function()
-    # Files were checked by read_rows; a DataFrame's cells are checked here.
-    text_problems = _text_problems(col, n) if isinstance(source, pd.DataFrame) else [None] * n
+    # Rows read by read_rows were checked there; a DataFrame's and Parquet columns' texts here.
+    text_problems = [None] * n if checked else _text_problems(col, n)
     instructions, answers, criteria, rubric_texts, references = (
         col[k] for k in ("instruction", "answer", "criteria_name", "rubrics", "reference_answer"))
     for i in range(n):
