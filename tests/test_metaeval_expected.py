@@ -150,6 +150,16 @@ def test_both_in_the_model_card_comparison(tmp_path: Path) -> None:
     per_llm = spearman[spearman["model"] != "Avg."]
     assert set(per_llm["card"]) == {""} and set(per_llm["card_note"]) == {"n/a (not published offline)"}
 
+    page = tmp_path / "card.html"
+    html = pollux("meta-eval", str(tmp_path / "data"), "--scores", str(tmp_path / "scores.parquet"), "--on", "id",
+                  "--judge-name", "GPT-4o", "--score", "both", "--compare", "model-card", "--format", "html",
+                  "--out", str(page), "--bootstrap", "40")
+    assert html.returncode == 0, html.stderr
+    text = page.read_text(encoding="utf-8")
+    for label in ("GPT-4o [auto]", "GPT-4o [expected]"):  # a bar chart per score and metric, labelled
+        assert sum(f"{label} — {m} (" in text for m in ("spearman", "mae", "vc")) == 3
+    assert text.count("<td>n/a (not published offline)</td>") == 2 * 3 * len(MODELS)
+
 
 def test_expected_scores_through_the_run_store(tmp_path: Path, scoring_judge_path: Path) -> None:
     """`--judge … --db -o expected_score=true --score both`: the judge's verdicts (greedy and
