@@ -11,6 +11,9 @@ Notes for the web layer (kept up to date here):
 * `verdicts(..., sort=...)` accepts `SORTS`: "default" (answer order, then criterion), "score",
   "-score" (score ascending / descending), "model", "criterion".
 * `VerdictFilter.from_params(mapping)` builds a filter from query-string values (blank → None).
+* Every method taking a run accepts a `RunRef` or its text ("0-1"). `Explorer.reviews_writable`
+  (bool) says whether reviews can be written. `run(ref)`, `runs()`, `facets` and `leaderboard`
+  are cached until the database changes, so calling them on every page is cheap.
 
 Why it is built this way:
 * Databases are opened read-only (`mode=ro`) unless reviews are writable: the UI must never change
