@@ -198,7 +198,7 @@ def open_run(state: UIState, text: str, name: str = "run") -> tuple[RunRef, dict
     try:
         return ref, dict(state.explorer.run(ref))
     except ValueError as e:
-        raise UIError(404, f"{e} (see the runs page)") from None
+        raise UIError(404, f"no run {text!r} here: {e} (see the runs page)") from None
 
 
 def explore(call: Callable[[], Any], *, lookup: bool = False) -> Any:
