@@ -415,7 +415,7 @@ def test_runs_show_a_live_writer(tmp_path: Path):
                     job = JobRow(*row)
                     store.write_verdict(run_id, job.item_key, make_verdict("judge-a", job, i % 3, 1, i % 2))
                     time.sleep(0.002)
-        except BaseException as e:  # noqa: BLE001 — reported by the test
+        except BaseException as e:  # reported by the test
             errors.append(e)
         finally:
             done.set()

@@ -557,6 +557,8 @@ class Explorer:
         pseudo-run, unknown answer or criterion, score off the scale, bad text (`text_problem`),
         empty reviewer, too long comment."""
         src, entry = self._resolve(ref)
+        if src.kind == "experts":
+            raise ValueError(f"run: {entry['ref']} holds expert scores ({src.path.name}), which take no reviews")
         if not src.writable:
             raise ValueError("reviews: this explorer is read-only (start `pollux ui` with --writable to review)")
         record_pk = _check_pk(record_pk)
