@@ -351,7 +351,13 @@ def test_serve_mounts_the_ui_beside_the_judge_api(db: Path, tiny_judge_path: Pat
             runs = c.get("/ui/")
             assert runs.status_code == 200 and "judge-b" in runs.text
             assert runs.headers["content-security-policy"] == CSP
-            assert "Judge live" in runs.text and c.get("/ui/live").status_code == 200
+            live = c.get("/ui/live")
+            assert "Judge live" in runs.text and live.status_code == 200
+            body = {"instruction": "2+2?", "answer": "4", "criteria_name": "Правильность", "rubrics": R2}
+            streamed = c.post("/ui/live", json=body, headers={"Origin": url, "X-CSRF-Token": csrf_of(live.text)},
+                              timeout=60)
+            assert streamed.status_code == 200, streamed.text
+            assert json.loads(streamed.text.splitlines()[-1])["type"] == "verdict"  # the server's own judge
     finally:
         assert stop(proc) in (0, -15), log.read_text()
 
