@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
+import shutil
 import statistics
 import tempfile
 import time
@@ -131,6 +133,126 @@ def timings(fn: Callable[[], Any], repeats: int) -> tuple[float, float, Any]:
     return statistics.median(times), times[min(len(times) - 1, round(0.95 * (len(times) - 1)))], result
 
 
+FILTERS: dict[str, dict[str, Any]] = {
+    "no filter": {},
+    "model + criterion + score range": {"model": "gpt-4o", "criterion": "Полезность", "score_min": 1, "score_max": 2},
+    "criterion": {"criterion": "Общий критерий 2"},
+    "model + score range": {"model": "o1", "score_min": 1.5},
+    "task type + criterion group": {"task_type": "Тип задачи 07", "group": "task_specific"},
+    "invalid only": {"only": "invalid"},
+}
+
+
+def bench_queries(ex: Any, repeats: int) -> list[tuple[str, float, float, str]]:
+    """(what, p50 ms, p95 ms, note) of every data-layer call; "cold" = the Explorer's caches cleared first."""
+    from pollux.ui.queries import VerdictFilter
+
+    out: list[tuple[str, float, float, str]] = []
+
+    def cold(fn: Callable[[], Any]) -> Callable[[], Any]:
+        def run() -> Any:
+            ex.clear_caches()
+            return fn()
+        return run
+
+    def add(what: str, fn: Callable[[], Any], n: int = repeats, note: Callable[[Any], str] = lambda r: "") -> Any:
+        p50, p95, result = timings(fn, n)
+        out.append((what, p50, p95, note(result)))
+        return result
+
+    add("runs() (cold)", cold(ex.runs), note=lambda r: f"{len(r)} runs, {r[0]['judged']:,} judged in 0-1")
+    add("run(ref) (cached)", lambda: ex.run("0-1"))
+    add("facets (cold)", cold(lambda: ex.facets("0-1")), note=lambda r: f"{len(r['criteria'])} criteria")
+    add("leaderboard (cold)", cold(lambda: ex.leaderboard("0-1")), n=3, note=lambda r: f"{len(r['rows'])} models")
+    add("leaderboard (cached)", lambda: ex.leaderboard("0-1"))
+    for name, params in FILTERS.items():
+        f = VerdictFilter(**params)
+        pages = ex.verdicts("0-1", f)["pages"]
+        for page in sorted({1, min(50, pages)}):
+            add(f"verdicts: {name}, page {page} (cold)", cold(lambda f=f, page=page: ex.verdicts("0-1", f, page=page)),
+                note=lambda r: f"{r['total']:,} rows, {len(r['rows'])} on the page")
+        add(f"verdicts: {name}, page {min(50, pages)} (count cached)",
+            lambda f=f, page=min(50, pages): ex.verdicts("0-1", f, page=page))
+    add("verdicts: sorted by score desc, page 1 (cold)", cold(lambda: ex.verdicts("0-1", sort="-score")))
+    return out
+
+
+def bench_search(ex: Any, repeats: int, words: list[str]) -> list[tuple[str, float, float, str]]:
+    from pollux.ui.queries import VerdictFilter
+
+    out = []
+    started = time.perf_counter()
+    first = ex.verdicts("0-1", VerdictFilter(q=words[0]))
+    out.append(("full-text: first search (builds the FTS index)", (time.perf_counter() - started) * 1000, math.nan,
+                f"{first['total']:,} rows"))
+    for q, extra in ((words[1], {}), (f"{words[2]} {words[3]}", {}), (words[1], {"model": "gpt-4o"}),
+                     (words[4][:4], {"criterion": "Полезность"})):
+        f = VerdictFilter(q=q, **extra)
+        p50, p95, r = timings(lambda f=f: (ex.clear_caches(), ex.verdicts("0-1", f))[1], repeats)
+        out.append((f"full-text: q={q!r} {extra or ''} page 1 (cold)", p50, p95, f"{r['total']:,} rows"))
+    return out
+
+
+def bench_compare(ex: Any, repeats: int) -> list[tuple[str, float, float, str]]:
+    from pollux.ui.queries import VerdictFilter
+
+    out = []
+    for name, f in (("all", VerdictFilter()), ("criterion", VerdictFilter(criterion="Полезность")),
+                    ("model + criterion", VerdictFilter(model="o1", criterion="Полезность"))):
+        p50, p95, r = timings(lambda f=f: (ex.clear_caches(), ex.compare("0-1", "1-1", f))[1], 3)
+        out.append((f"compare 0-1 vs 1-1: {name} (cold)", p50, p95,
+                    f"n={r['stats']['n']:,}, Spearman {r['stats']['spearman']:.3f}"))
+        p50, p95, r = timings(lambda f=f: ex.compare("0-1", "1-1", f, page=7), repeats)
+        out.append((f"compare 0-1 vs 1-1: {name}, page 7 (cached)", p50, p95, ""))
+    pk = ex.verdicts("0-1", VerdictFilter(model="o1"), page=20)["rows"][0]["record_pk"]
+    p50, p95, r = timings(lambda: ex.answer("0-1", pk), repeats)
+    out.append(("answer (one answer, every criterion)", p50, p95, f"{len(r['criteria'])} criteria"))
+    return out
+
+
+def bench_http(ex: Any, repeats: int) -> list[tuple[str, float, float, str]]:
+    """The verdicts page over HTTP: E's app, a real uvicorn server on 127.0.0.1, httpx."""
+    try:
+        from pollux.ui.app import create_ui_app
+    except ImportError as e:
+        return [("HTTP verdicts page", math.nan, math.nan, f"skipped: no pollux.ui.app ({e})")]
+    import socket
+    import threading
+    from urllib.parse import urlencode
+
+    import httpx
+    import uvicorn
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_ui_app(ex), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    out = []
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            for name in ("model + criterion + score range", "criterion", "model + score range", "no filter"):
+                params = {k: str(v) for k, v in FILTERS[name].items()}
+                for page in (1, 50):
+                    url = f"/ui/runs/0-1/verdicts?{urlencode({**params, 'page': page})}"
+
+                    def get(url: str = url) -> httpx.Response:
+                        ex.clear_caches()
+                        response = client.get(url)
+                        response.raise_for_status()
+                        return response
+                    p50, p95, r = timings(get, repeats)
+                    out.append((f"HTTP GET verdicts page: {name}, page {page} (cold)", p50, p95,
+                                f"{r.status_code}, {len(r.content) // 1024} KiB"))
+    finally:
+        server.should_exit = True
+        thread.join()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "pollux-bench-ui")
@@ -147,8 +269,30 @@ def main() -> None:
             started = time.perf_counter()
             build_db(path, judge=judge, seed=seed)
             print(f"built {path} ({N_VERDICTS:,} verdicts) in {time.perf_counter() - started:.1f} s")
+        RunStore(path).close()  # a cached database gets the store's current indexes, as evaluate would add them
         dbs.append(path)
-    print(json.dumps({"databases": [str(p) for p in dbs]}))
+    from pollux.ui.queries import Explorer
+
+    cache = args.dir / "fts-cache"
+    shutil.rmtree(cache, ignore_errors=True)  # so that the index's first build is measured every time
+    started = time.perf_counter()
+    ex = Explorer(dbs, cache_dir=cache)
+    results = [("Explorer(2 databases)", (time.perf_counter() - started) * 1000, math.nan, "")]
+    words = _vocabulary(random.Random(0))
+    try:
+        results += bench_queries(ex, args.repeats)
+        results += bench_search(ex, args.repeats, words)
+        results += bench_compare(ex, args.repeats)
+        results += bench_http(ex, args.repeats)
+    finally:
+        ex.close()
+    print(f"{N_VERDICTS:,} verdicts per database; {args.repeats} repeats; times in ms")
+    print(f"{'what':72s} {'p50':>8s} {'p95':>8s}  note")
+    for what, p50, p95, note in results:
+        print(f"{what:72s} {p50:8.1f} {p95:8.1f}  {note}")
+    print(json.dumps({"verdicts": N_VERDICTS, "repeats": args.repeats,
+                      "ms": {what: {"p50": round(p50, 1), "p95": None if math.isnan(p95) else round(p95, 1)}
+                             for what, p50, p95, _ in results}}, ensure_ascii=False))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from scipy import stats
 from pollux.aggregate import aggregate
 from pollux.records import JudgeItem
 from pollux.store import JobRow, RunStore, read_verdicts
-from pollux.ui.queries import Explorer, RunRef, VerdictFilter, _plan
+from pollux.ui.queries import _ORDER, Explorer, RunRef, VerdictFilter, _plan
 from pollux.ui.sources import UI_INDEXES
 from pollux.verdicts import Verdict
 
@@ -202,10 +202,12 @@ def test_pages_and_sorts(explorer: Explorer):
     assert explorer.verdicts("0-1", page=12, page_size=5)["rows"] == []
     one = explorer.verdicts("0-1", page_size=1)
     assert one["pages"] == 54 and len(one["rows"]) == 1
-    scores = [r["score"] for r in all_rows(explorer, "0-1", VerdictFilter(), sort="score")]
-    assert scores[:-1] == sorted(scores[:-1]) and scores[-1] is None  # the failed one (no score) last
-    scores = [r["score"] for r in all_rows(explorer, "0-1", VerdictFilter(), sort="-score")]
-    assert scores[0] == 3.0 and scores[:-1] == sorted(scores[:-1], reverse=True)
+    for f in (VerdictFilter(), VerdictFilter(model="beta"), VerdictFilter(score_min=1)):
+        scores = [r["score"] for r in all_rows(explorer, "0-1", f, sort="score")]
+        failed = [None] if f == VerdictFilter() else []  # the failed one (no score) first
+        assert scores[: len(failed)] == failed and scores[len(failed):] == sorted(scores[len(failed):])
+        scores = [r["score"] for r in all_rows(explorer, "0-1", f, sort="-score")]
+        assert scores == sorted(scores[: len(scores) - len(failed)], reverse=True) + failed
     models = [r["model_id"] for r in all_rows(explorer, "0-1", VerdictFilter(), sort="model")]
     assert models == sorted(models)
     for kwargs, message in (({"page": 0}, "page: expected"), ({"page_size": 0}, "page_size: expected"),
@@ -376,6 +378,10 @@ def test_typical_filters_use_indexes(explorer: Explorer, db: Path):
             # inner loops look one row up by its key (a score range searched per job took minutes)
             assert all(any(k in s for k in ("item_key=?", "record_pk=?", "rowid=?")) for s in tables[1:]), (f, steps)
             assert not any("TEMP B-TREE FOR ORDER BY" in s for s in steps) or f != VerdictFilter(), steps
+    for sort in ("score", "-score"):  # unfiltered sorts by score walk the score index (ties: a partial sort)
+        sql, params = _plan(1, VerdictFilter(), match=None, records=False, by_score=True).select("j.rowid", _ORDER[sort], 50)
+        steps = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params)]
+        assert "verdicts_score" in steps[0] and not any("TEMP B-TREE FOR ORDER BY" in s for s in steps), steps
     conn.close()
 
 

@@ -119,6 +119,7 @@ CREATE INDEX IF NOT EXISTS records_model ON records (model_id, task_type);
 CREATE INDEX IF NOT EXISTS records_task ON records (task_type);
 CREATE INDEX IF NOT EXISTS verdicts_score ON verdicts (run_id, score, item_key);
 CREATE INDEX IF NOT EXISTS verdicts_state ON verdicts (run_id, valid);
+CREATE INDEX IF NOT EXISTS verdicts_key ON verdicts (item_key, run_id, score, valid);
 """
 _SCHEMA += _INDEXES
 

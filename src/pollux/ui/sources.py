@@ -33,7 +33,8 @@ from pollux.ui import reviews, textindex
 log = logging.getLogger("pollux.ui")
 T = TypeVar("T")
 # The store's indexes the UI's filters rely on (pollux.store._SCHEMA); older databases lack them.
-UI_INDEXES = ("jobs_criterion", "jobs_group", "records_model", "records_task", "verdicts_score", "verdicts_state")
+UI_INDEXES = ("jobs_criterion", "jobs_group", "records_model", "records_task", "verdicts_score", "verdicts_state",
+              "verdicts_key")
 MAX_CACHED = 64
 
 
