@@ -23,6 +23,7 @@ from scipy import stats
 from pollux.aggregate import aggregate
 from pollux.records import JudgeItem
 from pollux.store import JobRow, RunStore, read_verdicts
+from pollux.ui import textindex
 from pollux.ui.queries import _ORDER, Explorer, RunRef, VerdictFilter, _plan
 from pollux.ui.sources import UI_INDEXES
 from pollux.verdicts import Verdict
@@ -382,6 +383,20 @@ def test_typical_filters_use_indexes(explorer: Explorer, db: Path):
         sql, params = _plan(1, VerdictFilter(), match=None, records=False, by_score=True).select("j.rowid", _ORDER[sort], 50)
         steps = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params)]
         assert "verdicts_score" in steps[0] and not any("TEMP B-TREE FOR ORDER BY" in s for s in steps), steps
+    conn.close()
+
+
+def test_search_queries_use_indexes(db: Path, tmp_path: Path):
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    textindex.attach(conn, str(tmp_path / "side.fts.sqlite"))
+    assert textindex.sync(conn) > 0 and textindex.sync(conn) == 0
+    match = textindex.fts_query("зелёный ответ")
+    plan = _plan(1, VerdictFilter(q="зелёный ответ", model="beta"), match=match, records=False)
+    for sql, params in ((textindex.RECOVERED_SQL, ()), (textindex.matching_jobs_sql(), (1, match, 1, match)),
+                        plan.select("j.rowid", "j.record_pk, j.position", 50)):
+        steps = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params)]
+        scans = [s for s in steps if s.startswith("SCAN") and not s.startswith(("SCAN fts.", "SCAN f"))]
+        assert not scans, steps
     conn.close()
 
 

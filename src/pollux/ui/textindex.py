@@ -30,6 +30,9 @@ CREATE VIRTUAL TABLE IF NOT EXISTS fts.answers USING fts5(answer, content='', to
 CREATE VIRTUAL TABLE IF NOT EXISTS fts.rationales USING fts5(rationale, content='', tokenize='unicode61');
 """
 MAX_WORDS = 16
+# Failed verdicts that have since succeeded (CROSS JOIN: without it SQLite scans every verdict).
+RECOVERED_SQL = ("SELECT f.verdict_pk FROM fts.failed f CROSS JOIN main.verdicts v ON v.verdict_pk = f.verdict_pk "
+                 "WHERE v.error IS NULL")
 
 
 def fts_query(text: str) -> str:
@@ -61,8 +64,7 @@ def sync(conn: sqlite3.Connection) -> int:
     verdict_max = int(meta.get("verdict_max", 0))
     new_records = conn.execute("SELECT COALESCE(MAX(record_pk), 0) FROM main.records").fetchone()[0]
     new_verdicts = conn.execute("SELECT COALESCE(MAX(verdict_pk), 0) FROM main.verdicts").fetchone()[0]
-    recovered = conn.execute("SELECT f.verdict_pk FROM fts.failed f JOIN main.verdicts v "
-                             "ON v.verdict_pk = f.verdict_pk WHERE v.error IS NULL").fetchall()
+    recovered = conn.execute(RECOVERED_SQL).fetchall()
     if (new_records, new_verdicts) == (record_max, verdict_max) and not recovered:
         return 0
     added = 0
@@ -104,4 +106,4 @@ def matching_jobs_sql() -> str:
             "(SELECT rowid FROM fts.answers WHERE answers MATCH ?) "
             "UNION SELECT jr.rowid FROM main.verdicts vr CROSS JOIN main.jobs jr "
             "ON jr.run_id = +vr.run_id AND jr.item_key = vr.item_key "
-            "WHERE vr.run_id = ? AND vr.verdict_pk IN (SELECT rowid FROM fts.rationales WHERE rationales MATCH ?)")
+            "WHERE +vr.run_id = ? AND vr.verdict_pk IN (SELECT rowid FROM fts.rationales WHERE rationales MATCH ?)")
