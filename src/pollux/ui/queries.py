@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -309,6 +310,7 @@ class Explorer:
         cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self._sources: list[Source] = []
         self._compare_cache: OrderedDict[Any, tuple[pd.DataFrame, dict[str, Any]]] = OrderedDict()
+        self._compare_lock = threading.Lock()
         try:
             for path in dbs:
                 self._sources.append(open_run_db(len(self._sources), path, writable=reviews_writable, cache_dir=cache))
@@ -329,7 +331,8 @@ class Explorer:
         for src in self._sources:
             with src.lock:
                 src.cache.clear()
-        self._compare_cache.clear()
+        with self._compare_lock:
+            self._compare_cache.clear()
 
     def __enter__(self) -> Explorer:
         return self
@@ -347,18 +350,19 @@ class Explorer:
         error), invalid (verdicts without a usable score, no error), pending (items without any
         verdict yet), progress (0..1: (judged + failed) / items), finished (bool: pending == 0),
         reviews_writable (bool). Fresh on each call (live progress); cached while nothing changes."""
-        return [dict(entry) for src in self._sources for entry in self._runs_of(src)]
+        return [dict(self._entry(src, row)) for src in self._sources for row in self._run_rows(src)]
 
     def run(self, ref: RunRef | str) -> dict[str, Any]:
         """The `runs()` entry of one run. ValueError for an unknown ref."""
         return dict(self._resolve(ref)[1])
 
-    def _runs_of(self, src: Source) -> list[dict[str, Any]]:
-        def compute() -> list[dict[str, Any]]:
-            rows = src.conn.execute("SELECT run_id, judge, created_at, config_json FROM runs ORDER BY run_id").fetchall()
-            return [self._run_entry(src, row) for row in rows]
+    def _run_rows(self, src: Source) -> list[Any]:
+        return src.cached("runs", lambda: src.conn.execute(
+            "SELECT run_id, judge, created_at, config_json FROM runs ORDER BY run_id").fetchall())
 
-        return src.cached("runs", compute)
+    def _entry(self, src: Source, row: Any) -> dict[str, Any]:
+        """One run's entry, its counts cached on their own (a page about one run counts that run only)."""
+        return src.cached(("run", row["run_id"]), lambda: self._run_entry(src, row))
 
     def _run_entry(self, src: Source, row: Any) -> dict[str, Any]:
         q = src.conn.execute
@@ -386,10 +390,11 @@ class Explorer:
         if not 0 <= ref.db < len(self._sources):
             raise ValueError(f"run: no database {ref.db} in run {ref} (databases 0 to {len(self._sources) - 1})")
         src = self._sources[ref.db]
-        for entry in self._runs_of(src):
-            if entry["run_id"] == ref.run_id:
-                return src, entry
-        known = ", ".join(e["ref"] for e in self._runs_of(src)) or "none"
+        rows = self._run_rows(src)
+        for row in rows:
+            if row["run_id"] == ref.run_id:
+                return src, self._entry(src, row)
+        known = ", ".join(f"{src.index}-{row['run_id']}" for row in rows) or "none"
         raise ValueError(f"run: {src.path} has no run {ref.run_id} (its runs: {known})")
 
     # --- facets and leaderboard -----------------------------------------------------------------
@@ -535,9 +540,10 @@ class Explorer:
         """The joined, sorted rows of a comparison and their agreement statistics; the last few are
         kept until either database changes."""
         key = (src_a.index, run_a, src_b.index, run_b, f, src_a.version_now(), src_b.version_now())
-        if key in self._compare_cache:
-            self._compare_cache.move_to_end(key)
-            return self._compare_cache[key]
+        with self._compare_lock:
+            if key in self._compare_cache:
+                self._compare_cache.move_to_end(key)
+                return self._compare_cache[key]
         with src_a.lock:
             # only keys and scores here: the texts of a page's rows are read for that page alone
             plan = _plan(run_a, f, match=self._search(src_a, f), records=False, scored=True)
@@ -550,10 +556,12 @@ class Explorer:
         frame = left.merge(right, on="item_key", how="inner")
         frame["absdiff"] = (frame["score_a"] - frame["score_b"]).abs()
         frame = frame.sort_values(["absdiff", "record_pk", "job"], ascending=[False, True, True]).reset_index(drop=True)
-        self._compare_cache[key] = (frame, _agreement(frame))
-        while len(self._compare_cache) > 4:
-            self._compare_cache.popitem(last=False)
-        return self._compare_cache[key]
+        result = (frame, _agreement(frame))
+        with self._compare_lock:
+            self._compare_cache[key] = result
+            while len(self._compare_cache) > 4:
+                self._compare_cache.popitem(last=False)
+        return result
 
     # --- reviews --------------------------------------------------------------------------------
 
