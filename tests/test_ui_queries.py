@@ -400,6 +400,38 @@ def test_search_queries_use_indexes(db: Path, tmp_path: Path):
     conn.close()
 
 
+def test_one_index_file_shared_by_processes(db: Path, tmp_path: Path):
+    """Two `pollux ui` on one database share its index file: syncing at once adds each text once."""
+    sidecar = str(tmp_path / "shared.fts.sqlite")
+    barrier = threading.Barrier(4)
+    added: list[int] = []
+    errors: list[BaseException] = []
+
+    def sync() -> None:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+        try:
+            textindex.attach(conn, sidecar)
+            barrier.wait()
+            added.append(textindex.sync(conn))
+        except BaseException as e:  # reported by the test
+            errors.append(e)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=sync) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    answers, rationales = sqlite3.connect(db).execute(
+        "SELECT (SELECT COUNT(*) FROM records), (SELECT COUNT(*) FROM verdicts WHERE error IS NULL)").fetchone()
+    assert sorted(added) == [0, 0, 0, answers + rationales]
+    conn = sqlite3.connect(sidecar)  # every rationale says "зелёный" (indexed as "зеленый"), each once
+    assert conn.execute("SELECT COUNT(*) FROM rationales WHERE rationales MATCH 'зеленый'").fetchone()[0] == rationales
+    conn.close()
+
+
 def test_old_database_without_indexes(tmp_path: Path, db: Path, caplog: pytest.LogCaptureFixture):
     old = tmp_path / "old.db"
     shutil.copy(db, old)

@@ -15,6 +15,7 @@ Notes for the web layer (kept up to date here):
 * Every method taking a run accepts a `RunRef` or its text ("0-1"). `Explorer.reviews_writable`
   (bool) says whether reviews can be written. `run(ref)`, `runs()`, `facets` and `leaderboard`
   are cached until the database changes, so calling them on every page is cheap.
+* Tests: pass `cache_dir=tmp_path` — the full-text index files go to ~/.cache/pollux/ui otherwise.
 
 Why it is built this way:
 * Databases are opened read-only (`mode=ro`) unless reviews are writable: the UI must never change

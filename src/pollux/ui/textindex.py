@@ -54,49 +54,61 @@ def attach(conn: sqlite3.Connection, sidecar: str) -> None:
 
 
 def sync(conn: sqlite3.Connection) -> int:
-    """Bring the attached index up to date with the run store; returns how many texts were added."""
-    fingerprint = _fingerprint(conn)
-    meta = dict(conn.execute("SELECT key, value FROM fts.meta").fetchall())
-    if meta.get("fingerprint") != fingerprint:
-        _clear(conn)
-        meta = {}
-    record_max = int(meta.get("record_max", 0))
-    verdict_max = int(meta.get("verdict_max", 0))
-    new_records = conn.execute("SELECT COALESCE(MAX(record_pk), 0) FROM main.records").fetchone()[0]
-    new_verdicts = conn.execute("SELECT COALESCE(MAX(verdict_pk), 0) FROM main.verdicts").fetchone()[0]
-    recovered = conn.execute(RECOVERED_SQL).fetchall()
-    if (new_records, new_verdicts) == (record_max, verdict_max) and not recovered:
+    """Bring the attached index up to date with the run store; returns how many texts were added.
+
+    Safe with other processes on the same index file: the index's write lock is taken before its
+    watermarks are read, and rows are added up to the maxima read then, never beyond."""
+    if _is_current(conn):
         return 0
-    added = 0
     with conn:
-        added += conn.execute(f"INSERT INTO fts.answers (rowid, answer) SELECT record_pk, {_FOLD.format(col='answer')} "
-                              "FROM main.records WHERE record_pk > ?", (record_max,)).rowcount
-        added += conn.execute(f"INSERT INTO fts.rationales (rowid, rationale) SELECT verdict_pk, "
-                              f"{_FOLD.format(col='rationale')} FROM main.verdicts WHERE verdict_pk > ? "
-                              "AND error IS NULL", (verdict_max,)).rowcount
+        conn.execute("INSERT OR REPLACE INTO fts.meta VALUES ('lock', '')")  # the write lock, first
+        meta = dict(conn.execute("SELECT key, value FROM fts.meta").fetchall())
+        fingerprint = _fingerprint(conn)
+        if meta.get("fingerprint") != fingerprint:  # a new index, or another database under this name
+            for table in ("answers", "rationales"):
+                conn.execute(f"INSERT INTO fts.{table} ({table}) VALUES ('delete-all')")
+            conn.execute("DELETE FROM fts.failed")
+            meta = {}
+        old_records, old_verdicts = int(meta.get("record_max", 0)), int(meta.get("verdict_max", 0))
+        records, verdicts = _maxima(conn)
+        added = conn.execute(f"INSERT INTO fts.answers (rowid, answer) SELECT record_pk, {_FOLD.format(col='answer')} "
+                             "FROM main.records WHERE record_pk > ? AND record_pk <= ?",
+                             (old_records, records)).rowcount
+        added += _add_rationales(conn, "verdict_pk > ? AND verdict_pk <= ? AND error IS NULL", (old_verdicts, verdicts))
         conn.execute("INSERT OR IGNORE INTO fts.failed SELECT verdict_pk FROM main.verdicts "
-                     "WHERE verdict_pk > ? AND error IS NOT NULL", (verdict_max,))
-        for (pk,) in recovered:
-            added += conn.execute(f"INSERT INTO fts.rationales (rowid, rationale) SELECT verdict_pk, "
-                                  f"{_FOLD.format(col='rationale')} FROM main.verdicts WHERE verdict_pk = ?",
-                                  (pk,)).rowcount
+                     "WHERE verdict_pk > ? AND verdict_pk <= ? AND error IS NOT NULL", (old_verdicts, verdicts))
+        for (pk,) in conn.execute(RECOVERED_SQL).fetchall():
+            added += _add_rationales(conn, "verdict_pk = ?", (pk,))
             conn.execute("DELETE FROM fts.failed WHERE verdict_pk = ?", (pk,))
         conn.executemany("INSERT OR REPLACE INTO fts.meta VALUES (?, ?)",
-                         [("fingerprint", fingerprint), ("record_max", str(new_records)),
-                          ("verdict_max", str(new_verdicts))])
+                         [("fingerprint", fingerprint), ("record_max", str(records)), ("verdict_max", str(verdicts))])
     return added
+
+
+def _is_current(conn: sqlite3.Connection) -> bool:
+    """The index holds every text now (a cheap check without the write lock)."""
+    meta = dict(conn.execute("SELECT key, value FROM fts.meta").fetchall())
+    if meta.get("fingerprint") != _fingerprint(conn):
+        return False
+    indexed = (int(meta.get("record_max", 0)), int(meta.get("verdict_max", 0)))
+    return indexed == _maxima(conn) and conn.execute(RECOVERED_SQL).fetchone() is None
+
+
+def _maxima(conn: sqlite3.Connection) -> tuple[int, int]:
+    records = conn.execute("SELECT COALESCE(MAX(record_pk), 0) FROM main.records").fetchone()[0]
+    verdicts = conn.execute("SELECT COALESCE(MAX(verdict_pk), 0) FROM main.verdicts").fetchone()[0]
+    return int(records), int(verdicts)
+
+
+def _add_rationales(conn: sqlite3.Connection, where: str, params: tuple[int, ...]) -> int:
+    sql = (f"INSERT INTO fts.rationales (rowid, rationale) SELECT verdict_pk, {_FOLD.format(col='rationale')} "
+           f"FROM main.verdicts WHERE {where}")
+    return int(conn.execute(sql, params).rowcount)
 
 
 def _fingerprint(conn: sqlite3.Connection) -> str:
     row = conn.execute("SELECT created_at, config_hash FROM main.runs ORDER BY run_id LIMIT 1").fetchone()
     return "" if row is None else f"{row[0]!r}:{row[1]}"
-
-
-def _clear(conn: sqlite3.Connection) -> None:
-    with conn:
-        for table in ("meta", "failed", "answers", "rationales"):
-            conn.execute(f"DROP TABLE IF EXISTS fts.{table}")
-    conn.executescript(_TABLES)
 
 
 def matching_jobs_sql() -> str:
