@@ -173,7 +173,9 @@ def bench_queries(ex: Any, repeats: int) -> list[tuple[str, float, float, str]]:
                 note=lambda r: f"{r['total']:,} rows, {len(r['rows'])} on the page")
         add(f"verdicts: {name}, page {min(50, pages)} (count cached)",
             lambda f=f, page=min(50, pages): ex.verdicts("0-1", f, page=page))
-    add("verdicts: sorted by score desc, page 1 (cold)", cold(lambda: ex.verdicts("0-1", sort="-score")))
+    for sort in ("-score", "model", "criterion"):
+        add(f"verdicts: no filter, sorted by {sort}, page 50 (cold)",
+            cold(lambda sort=sort: ex.verdicts("0-1", sort=sort, page=50)))
     return out
 
 

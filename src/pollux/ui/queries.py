@@ -206,12 +206,14 @@ def _plan(run_id: int, f: VerdictFilter, *, match: str | None, records: bool, sc
     """The query for a run's verdicts under `f`; `match` is the FTS query of `f.q`; `records`
     joins the records table even without a records filter; `scored` keeps rows with a score only;
     `by_score` (a sort by score) lets the verdicts drive when no jobs/records filter is set."""
+    # which table drives: the first of full-text matches, a jobs filter, a records filter (or a
+    # sort by model), a verdicts filter (or a sort by score), else the jobs in answer order
     if match is not None:
         driver = "fts"
     elif f.criterion is not None or f.group is not None:
         driver = "jobs"
-    elif f.model is not None or f.task_type is not None:
-        driver = "records"
+    elif f.model is not None or f.task_type is not None or (records and not by_score):
+        driver = "records"  # also for a sort by model: records_model gives that order
     elif f.only is not None or f.score_min is not None or f.score_max is not None or scored or by_score:
         driver = "verdicts"
     else:
@@ -248,7 +250,7 @@ def _plan(run_id: int, f: VerdictFilter, *, match: str | None, records: bool, sc
         conds.append(f"{valid} AND v.error IS {'NULL' if f.only == 'invalid' else 'NOT NULL'}")
     if scored:
         conds.append("+v.score IS NOT NULL AND v.error IS NULL")
-    return _Plan(source, " AND ".join(conds), tuple(params))
+    return _Plan(source, " AND ".join(conds) or "1", tuple(params))
 
 
 _ROW_SQL = """
@@ -459,8 +461,9 @@ class Explorer:
         run_id = entry["run_id"]
         with src.lock:
             match = self._search(src, f)
+            counted = _plan(run_id, f, match=match, records=False)  # the sort does not change the count
+            total = src.cached(("count", run_id, f), lambda: counted.count(src.conn))
             plan = _plan(run_id, f, match=match, records=sort == "model", by_score=sort in ("score", "-score"))
-            total = src.cached(("count", run_id, f), lambda: plan.count(src.conn))
             sql, params = plan.select("j.rowid", _ORDER[sort], page_size, (page - 1) * page_size)
             ids = [r[0] for r in src.conn.execute(sql, params)]
             rows = _rows_by_id(src, ids)
