@@ -498,3 +498,22 @@ def test_not_a_run_database(tmp_path: Path):
     junk.write_bytes(b"not sqlite at all" * 100)
     with pytest.raises(ValueError, match="not a SQLite database"):
         Explorer([junk])
+
+
+def test_store_migrations_keep_the_ui_indexes(tmp_path: Path):
+    """A schema-1 store is rebuilt on open (its records table dropped and recreated): the UI's
+    indexes come back with it; an older store without them gets them when next opened."""
+    from pollux.store import _SCHEMA
+
+    db = tmp_path / "v1.db"
+    conn = sqlite3.connect(db)
+    conn.executescript(_SCHEMA.replace("UNIQUE (source, record_id, model_id, answer_key)",
+                                       "UNIQUE (source, record_id, model_id)"))
+    for name in UI_INDEXES:
+        conn.execute(f"DROP INDEX {name}")
+    conn.execute("INSERT INTO store_meta VALUES ('schema_version', '1')")
+    conn.commit()
+    conn.close()
+    RunStore(db).close()
+    have = {r[0] for r in sqlite3.connect(db).execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert set(UI_INDEXES) <= have
