@@ -11,8 +11,14 @@ bulk-inserted into a real `pollux.store.RunStore` (its schema and indexes), item
 Then prints the time of `Explorer.runs()`, `facets`, `leaderboard` (cold and cached), `verdicts`
 with typical filters (p50 / p95 over repeats, page 1 and page 50, total count included), full-text
 search (the sidecar index's first build, then queries), `answer`, `compare` (cold and cached),
-and the same verdicts page over HTTP when `pollux.ui.app.create_ui_app` exists (a real uvicorn
-server on 127.0.0.1, httpx).
+the same verdicts page over HTTP when `pollux.ui.app.create_ui_app` exists (a real uvicorn
+server on 127.0.0.1, httpx), and opening + comparing against a 160k-row expert file (the second
+judge's scores written in the POLLUX expert format).
+
+"cold" means the Explorer's own caches (run counts, facets, result counts, leaderboards,
+comparisons) are cleared before each call; SQLite's page cache and the OS's file cache stay warm,
+as in a server that has been answering for a while. The full-text index file is deleted at the
+start, so its first build is measured every time.
 
     python bench/bench_ui.py                 # cached DBs under $TMPDIR/pollux-bench-ui
     python bench/bench_ui.py --rebuild --repeats 30
@@ -212,6 +218,42 @@ def bench_compare(ex: Any, repeats: int) -> list[tuple[str, float, float, str]]:
     return out
 
 
+def expert_file(db: Path, path: Path) -> Path:
+    """The second judge's scores as a POLLUX expert file (parquet, two "experts" agreeing) — a
+    161k-row expert pseudo-run for Compare."""
+    import pandas as pd
+
+    from pollux.store import read_verdicts
+
+    if path.exists():
+        return path
+    df = read_verdicts(db, run=1)
+    df = df[df["score"].notna()]
+    score = df["score"].clip(upper=df["scale_max"]).round()
+    pd.DataFrame({
+        "instruction": df["instruction"], "reference_answer": df["reference_answer"], "answer": df["answer"],
+        "model_id": df["model_id"], "task_type": df["task_type"], "criteria_name": df["criteria_name"],
+        "rubrics": df["rubrics"], "criteria_score": score,
+        "annotations": [[{"comment": "", "score": float(x)}] * 2 for x in score],
+    }).to_parquet(path)
+    return path
+
+
+def bench_experts(dbs: list[Path], experts: Path, cache: Path) -> list[tuple[str, float, float, str]]:
+    from pollux.ui.queries import Explorer
+
+    started = time.perf_counter()
+    ex = Explorer(dbs[:1], experts=[experts], cache_dir=cache)
+    out = [("Explorer(1 database + a 160k-row expert file)", (time.perf_counter() - started) * 1000, math.nan, "")]
+    try:
+        p50, p95, r = timings(lambda: (ex.clear_caches(), ex.compare("0-1", "1-1"))[1], 3)
+        out.append(("compare 0-1 vs the expert file (cold)", p50, p95,
+                    f"n={r['stats']['n']:,}, Spearman {r['stats']['spearman']:.3f}"))
+    finally:
+        ex.close()
+    return out
+
+
 def bench_http(ex: Any, repeats: int) -> list[tuple[str, float, float, str]]:
     """The verdicts page over HTTP: E's app, a real uvicorn server on 127.0.0.1, httpx."""
     try:
@@ -224,6 +266,8 @@ def bench_http(ex: Any, repeats: int) -> list[tuple[str, float, float, str]]:
 
     import httpx
     import uvicorn
+
+    from pollux.ui.queries import VerdictFilter
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -238,7 +282,8 @@ def bench_http(ex: Any, repeats: int) -> list[tuple[str, float, float, str]]:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
             for name in ("model + criterion + score range", "criterion", "model + score range", "no filter"):
                 params = {k: str(v) for k, v in FILTERS[name].items()}
-                for page in (1, 50):
+                last = ex.verdicts("0-1", VerdictFilter(**FILTERS[name]))["pages"]
+                for page in sorted({1, min(50, last)}):
                     url = f"/ui/runs/0-1/verdicts?{urlencode({**params, 'page': page})}"
 
                     def get(url: str = url) -> httpx.Response:
@@ -260,6 +305,7 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "pollux-bench-ui")
     parser.add_argument("--rebuild", action="store_true", help="build the databases again")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--no-experts", action="store_true", help="skip the expert-file pseudo-run")
     args = parser.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
     dbs = []
@@ -288,6 +334,8 @@ def main() -> None:
         results += bench_http(ex, args.repeats)
     finally:
         ex.close()
+    if not args.no_experts:
+        results += bench_experts(dbs, expert_file(dbs[1], args.dir / "experts-b.parquet"), cache)
     print(f"{N_VERDICTS:,} verdicts per database; {args.repeats} repeats; times in ms")
     print(f"{'what':72s} {'p50':>8s} {'p95':>8s}  note")
     for what, p50, p95, note in results:
