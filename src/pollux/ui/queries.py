@@ -41,7 +41,6 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -277,10 +276,6 @@ def _num(value: Any) -> float | None:
     return None if math.isnan(value) else value
 
 
-def _iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
-
-
 def _check_page(page: int, page_size: int) -> None:
     if isinstance(page, bool) or not isinstance(page, int) or page < 1:
         raise ValueError(f"page: expected a whole number ≥ 1, got {page!r}")
@@ -381,7 +376,7 @@ class Explorer:
         experts = src.kind == "experts"
         return {
             "ref": f"{src.index}-{run_id}", "db": src.index, "path": str(src.path), "kind": src.kind,
-            "run_id": run_id, "judge": row["judge"], "created_at": None if experts else _iso(row["created_at"]),
+            "run_id": run_id, "judge": row["judge"], "created_at": None if experts else rv.iso(row["created_at"]),
             "config": json.loads(row["config_json"]), "jobs": jobs, "items": items, "judged": judged,
             "failed": failed, "invalid": invalid, "pending": pending,
             "progress": 1.0 if items == 0 else min(1.0, (judged + failed) / items), "finished": pending == 0,

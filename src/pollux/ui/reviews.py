@@ -117,8 +117,9 @@ PUBLIC = ("review_id", "run_id", "record_pk", "criteria_name", "reviewer", "scor
           "updated_at", "judge_score", "model_id", "task_type")
 
 
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+def iso(ts: float | None) -> str | None:
+    """A Unix time as ISO 8601 UTC (what the UI shows), None for None."""
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
 def public(row: Mapping[str, Any]) -> dict[str, Any]:
