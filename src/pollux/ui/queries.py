@@ -247,8 +247,8 @@ def _plan(run_id: int, f: VerdictFilter, *, match: str | None, records: bool, sc
     if f.only is not None:
         valid = "v.valid = 0" if driver == "verdicts" else "+v.valid = 0"
         conds.append(f"{valid} AND v.error IS {'NULL' if f.only == 'invalid' else 'NOT NULL'}")
-    if scored:
-        conds.append("+v.score IS NOT NULL AND v.error IS NULL")
+    if scored:  # failed judgements carry no score (pollux.verdicts.error_verdict)
+        conds.append("+v.score IS NOT NULL")
     return _Plan(source, " AND ".join(conds) or "1", tuple(params))
 
 
