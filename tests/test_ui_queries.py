@@ -360,6 +360,9 @@ def test_compare_with_an_expert_file_and_across_databases(tmp_path: Path, db: Pa
         assert vs_experts["total"] == len(rows) - 1 and vs_experts["rows"][0]["diff"] == 1.0  # the clipped 3 → 2
         assert ex.verdicts("2-1", VerdictFilter(criterion="Полезность", model="alpha"))["total"] == 6
         assert ex.facets("2-1")["models"] == sorted(MODELS)
+        hedgehog = ex.verdicts("2-1", VerdictFilter(q="ежик"))["rows"]  # searching an in-memory source
+        assert {(r["model_id"], r["record_id"]) for r in hedgehog} == {("beta", hedgehog[0]["record_id"])}
+        assert len(hedgehog) == 3 and ex.answer("2-1", hedgehog[0]["record_pk"])["answer"] == answer_text("beta", 1)
         assert ex.leaderboard("2-1")["models"]
 
 
