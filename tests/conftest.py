@@ -1,7 +1,7 @@
 """Shared test fixtures: tiny random judges built once per test session, offline.
 
 Everything a session writes outside pytest's `tmp_path` goes into one scratch folder that is
-removed when the session ends: HF_HOME (remote-code modules that transformers caches when a
+removed when the session ends: XDG_CACHE_HOME (the web UI's search indexes), HF_HOME (remote-code modules that transformers caches when a
 checkpoint is loaded with trust_remote_code — they must never leak between sessions or into
 ~/.cache) and TMPDIR for every subprocess a test starts (accelerate's torchelastic folders, Ray's
 session folders, the model card snippet's caches). pytest's own `tmp_path` folders are kept only
@@ -20,7 +20,10 @@ import pytest
 _SCRATCH = Path(tempfile.mkdtemp(prefix="pollux-tests-"))
 (_SCRATCH / "hf-home").mkdir()
 (_SCRATCH / "tmp").mkdir()
+(_SCRATCH / "cache").mkdir()
 os.environ["HF_HOME"] = str(_SCRATCH / "hf-home")
+# the web UI's full-text indexes (pollux.ui) and anything else that honours the XDG cache folder
+os.environ["XDG_CACHE_HOME"] = str(_SCRATCH / "cache")
 # Subprocesses only: this process has already fixed its temp dir (tempfile caches it), so pytest's
 # basetemp, and the folders of failed tests it keeps, stay where pytest users look for them.
 os.environ["TMPDIR"] = str(_SCRATCH / "tmp")
