@@ -78,10 +78,10 @@ def _group_ranks(wg: np.ndarray) -> np.ndarray:
 def _weighted_corr(n: np.ndarray, sx: np.ndarray, sy: np.ndarray, sxx: np.ndarray, syy: np.ndarray,
                    sxy: np.ndarray) -> np.ndarray:
     """Pearson's r from weighted sums (n = Σw, sx = Σw·x, sxx = Σw·x², sxy = Σw·x·y)."""
-    cov = sxy - sx * sy / n
-    vx = sxx - sx * sx / n
-    vy = syy - sy * sy / n
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"):  # n = 0 or no variance: NaN, handled below
+        cov = sxy - sx * sy / n
+        vx = sxx - sx * sx / n
+        vy = syy - sy * sy / n
         r = cov / np.sqrt(vx * vy)
     # A constant resample has zero variance up to rounding: undefined, not ±huge.
     r[(vx <= 1e-9 * np.abs(sxx)) | (vy <= 1e-9 * np.abs(syy))] = np.nan
