@@ -96,3 +96,17 @@ def test_saved_checkpoint_round_trips_with_remote_code(tiny_judge_path: Path, tm
     ids = torch.tensor([[5, 6, 7, 8]])
     with torch.no_grad():
         assert torch.allclose(remote(input_ids=ids).regr_output, loaded.model(input_ids=ids).regr_output)
+
+
+def test_judges_loaded_by_threads_at_once_all_have_their_head(tiny_judge_path: Path):
+    """`--workers N` on threads loads N judges at once. transformers 4.x keeps loading state in
+    globals, and concurrent loads left a head on the meta device (a spurious CheckpointError)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    reference = load_judge(tiny_judge_path).model.regression_head.weight
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(2):
+            loaded = list(pool.map(lambda _: load_judge(tiny_judge_path), range(4)))
+            for judge in loaded:
+                head = judge.model.regression_head.weight
+                assert not head.is_meta and torch.equal(head, reference)

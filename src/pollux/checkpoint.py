@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -82,6 +83,12 @@ def resolve_dtype(dtype: str | Any, device: str) -> Any:
         raise ValueError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16") from None
 
 
+# One checkpoint load at a time per process: transformers 4.x keeps loading state in globals (e.g.
+# its no-init-weights switch), so two threads loading judges at once (`--workers 2` on threads) can
+# leave a regression head on the meta device. Loading is disk- and memory-bound anyway.
+_LOADING = threading.Lock()
+
+
 def resolve_device(device: str) -> str:
     import torch
 
@@ -90,21 +97,8 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def load_judge(path: str | Path, *, dtype: str | Any = "auto", device: str = "auto") -> LoadedJudge:
-    """Load a judge checkpoint folder (official `-r` layout, a pollux-saved one, or a plain
-    causal LM) with its tokenizer, in eval mode."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(
-            f"{path}: not a local checkpoint folder (pollux never downloads weights; pass a path)"
-        )
-    config = read_config(path)
-    kind = judge_kind(config)
-    device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, device)
-
+def _load_model(path: Path, kind: str, torch_dtype: Any) -> Any:
+    """The model of a checkpoint folder; a `-r` checkpoint through our class, with its head checked."""
     if kind == "regression":
         names = weight_names(path)
         if names is not None:
@@ -127,7 +121,29 @@ def load_judge(path: str | Path, *, dtype: str | Any = "auto", device: str = "au
         if lost:
             raise CheckpointError(f"{path}: regression head weights not loaded: {', '.join(sorted(lost))}")
     else:
+        from transformers import AutoModelForCausalLM
+
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+    return model
+
+
+def load_judge(path: str | Path, *, dtype: str | Any = "auto", device: str = "auto") -> LoadedJudge:
+    """Load a judge checkpoint folder (official `-r` layout, a pollux-saved one, or a plain
+    causal LM) with its tokenizer, in eval mode."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(
+            f"{path}: not a local checkpoint folder (pollux never downloads weights; pass a path)"
+        )
+    config = read_config(path)
+    kind = judge_kind(config)
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+
+    with _LOADING:  # see _LOADING
+        model = _load_model(path, kind, torch_dtype)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.chat_template is None:
         raise CheckpointError(f"{path}: the tokenizer has no chat template; POLLUX judges read ChatML")
