@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import asdict
+from itertools import pairwise
 
 import pytest
 
@@ -86,3 +87,30 @@ def test_an_engine_error_reaches_the_consumer() -> None:
 
     with pytest.raises(RuntimeError, match="boom"):
         list(Judge(Broken()).stream(ITEM))
+
+
+def test_one_engine_call_at_a_time_per_judge(judge: Judge) -> None:
+    """A server's micro-batcher and its UI's judge-live page call one judge from two threads:
+    the engine's calls must not overlap (vLLM's LLM is not safe to call concurrently)."""
+    spans: list[tuple[float, float]] = []
+    real = judge.engine.judge_many
+
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return real(*args, **kwargs)
+        finally:
+            spans.append((start, time.perf_counter()))
+
+    judge.engine.judge_many = timed  # type: ignore[method-assign]
+    try:
+        streamer = threading.Thread(target=lambda: [list(judge.stream(ITEM)) for _ in range(3)])
+        streamer.start()
+        for _ in range(3):
+            assert judge.judge_many([ITEM, ITEM])[0].completion_tokens == 16
+        streamer.join(60)
+    finally:
+        del judge.engine.judge_many  # type: ignore[method-assign]
+    assert len(spans) == 6
+    spans.sort()
+    assert all(end <= next_start for (_, end), (next_start, _) in pairwise(spans)), spans

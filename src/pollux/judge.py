@@ -30,8 +30,16 @@ def as_item(item: ItemLike, where: str = "item") -> JudgeItem:
 
 
 class Judge:
+    """A judge: an engine behind the POLLUX item/verdict API.
+
+    One engine call at a time per `Judge` (a lock): engines are not safe to call from two threads
+    at once (vLLM's `LLM`, the in-process engine's counters), and a server's micro-batcher and its
+    web UI's judge-live page share one judge. Parallel work uses one `Judge` per worker
+    (`pollux.executor`)."""
+
     def __init__(self, engine: Engine):
         self.engine = engine
+        self._lock = threading.RLock()
 
     @classmethod
     def from_pretrained(
@@ -93,10 +101,9 @@ class Judge:
         `hooks` go to the engine as they are (`on_text`, `top_logprobs` + `on_logprobs` of the
         in-process engine): only those it `accepts`."""
         prepared = [as_item(it, where=f"item {i}") for i, it in enumerate(items)]
-        if not hooks:
-            return self.engine.judge_many(prepared, on_verdict=on_verdict)
         engine: Any = self.engine  # hooks are not part of the `Engine` protocol: see `accepts`
-        return engine.judge_many(prepared, on_verdict=on_verdict, **hooks)
+        with self._lock:
+            return engine.judge_many(prepared, on_verdict=on_verdict, **hooks)
 
     def accepts(self, hook: str) -> bool:
         """Whether the engine's `judge_many` takes the keyword `hook` (e.g. `on_text`, `on_logprobs`)."""
