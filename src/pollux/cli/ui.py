@@ -65,6 +65,11 @@ def ui(
     if missing:
         typer.echo(f"pollux ui: no such file: {', '.join(missing)}", err=True)
         raise typer.Exit(2)
+    try:  # the databases first: a bad one fails before a judge takes minutes to load
+        explorer = Explorer(dbs, experts=experts or (), reviews_writable=writable)
+    except (StoreError, OSError, ValueError) as e:  # StoreError: not a run database
+        typer.echo(f"pollux ui: {e}", err=True)
+        raise typer.Exit(2) from None
     judge = None
     if judge_spec is not None:
         judge = _load_judge(judge_spec, opt.engine_options(
@@ -76,11 +81,6 @@ def ui(
     if key is None and (writable or judge is not None):
         key = secrets.token_urlsafe(16)
         typer.echo(f"pollux ui: sign-in key for this session: {key}", err=True)
-    try:
-        explorer = Explorer(dbs, experts=experts or (), reviews_writable=writable)
-    except (StoreError, OSError, ValueError) as e:  # StoreError: not a run database
-        typer.echo(f"pollux ui: {e}", err=True)
-        raise typer.Exit(2) from None
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/ui/"
     typer.echo(f"pollux ui: {url} ({'writable' if writable else 'read-only'}"
                f"{', judge live' if judge is not None else ''})", err=True)
