@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the te
 from pollux.evaluate import JudgeLoader, evaluate
 from pollux.executor import ExecutorOptions
 from pollux.executor.judging import JudgeFactory
+from pollux.executor.ray_data import start_local_cluster
 
 
 def timed(src: Path, db: Path, judge: Path, options: dict, executor: ExecutorOptions | None, chunk: int) -> float:
@@ -74,13 +75,8 @@ def main() -> None:
 
         local = [timed(src, folder / f"local-{i}.db", judge, options, None, args.chunk) for i, src in enumerate(inputs)]
 
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # as the tests: loopback only
-        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
-        import ray
-
         started = time.perf_counter()
-        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=2, log_to_driver=False,
-                 logging_level="WARNING")
+        ray = start_local_cluster(num_cpus=2)  # as the tests: loopback only
         cluster_start = time.perf_counter() - started
         try:
             one = ExecutorOptions(ray="auto", workers=1)

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
 from pollux.executor import ExecutorOptions, Row, map_batches
+from pollux.executor.ray_data import start_local_cluster
 
 
 class BusyWorker:
@@ -63,14 +63,8 @@ def main() -> None:
 
     local = timed_run(rows, args.ms, ExecutorOptions(workers=1, batch_size=args.batch_size))
 
-    # As in the tests: Ray's servers on loopback only, its C++ log quiet.
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
-    import ray
-
     started = time.perf_counter()
-    ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=2, log_to_driver=False,
-             logging_level="WARNING")
+    ray = start_local_cluster(num_cpus=2)  # as in the tests: on loopback only, its C++ log quiet
     cluster_start = time.perf_counter() - started
     try:
         on_ray = ExecutorOptions(ray="auto", workers=1, batch_size=args.batch_size)

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from pollux.executor import ExecutorError, ExecutorOptions, Row, map_batches
+from pollux.executor.ray_data import start_local_cluster
 
 pytestmark = pytest.mark.slow  # a Ray cluster start, actor pools, a `ray start` head: ~1.5 min on 2 cores
 
@@ -38,12 +39,7 @@ def ray_cluster() -> Iterator[None]:
         return
     with pytest.MonkeyPatch.context() as env:
         env.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])))
-        # Ray binds its servers to the node's address on all interfaces; keep them on loopback.
-        env.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        if "RAY_BACKEND_LOG_LEVEL" not in os.environ:  # as pollux.executor.ray_data.connect does
-            env.setenv("RAY_BACKEND_LOG_LEVEL", "fatal")
-        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=2, log_to_driver=False,
-                 logging_level="WARNING")
+        start_local_cluster(num_cpus=2)  # on loopback only
         try:
             yield
         finally:

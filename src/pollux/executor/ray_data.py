@@ -127,6 +127,18 @@ def quiet_ray_environment() -> None:
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
 
 
+def start_local_cluster(num_cpus: int = 2) -> Any:
+    """Start a one-machine Ray cluster inside this process, on loopback only, and return `ray`
+    (tests, benchmarks, trying `--ray auto` without a cluster; stop it with `ray.shutdown()`).
+    Without `_node_ip_address` Ray binds its servers to the machine's address on all interfaces."""
+    ray = import_ray()
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    quiet_ray_environment()
+    ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=num_cpus, log_to_driver=False,
+             logging_level=logging.WARNING)
+    return ray
+
+
 def _not_main_thread_notice(record: logging.LogRecord) -> bool:
     return "not the main thread" not in record.getMessage()
 
