@@ -13,10 +13,14 @@ import sys
 import threading
 import webbrowser
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from pollux.cli import _options as opt
+
+if TYPE_CHECKING:
+    from pollux.judge import Judge
 
 
 def register(app: typer.Typer) -> None:
@@ -94,7 +98,7 @@ def ui(
         explorer.close()
 
 
-def _load_judge(spec: str, given: dict[str, object]) -> object:
+def _load_judge(spec: str, given: dict[str, object]) -> Judge:
     """The judge for judge live, loaded before the server starts; option errors exit 2."""
     from pollux.checkpoint import CheckpointError
     from pollux.judge import Judge

@@ -14,11 +14,10 @@ from __future__ import annotations
 import json
 import logging
 import math
-import threading
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, FastAPI, Request
@@ -40,6 +39,9 @@ from pollux.taxonomy import Catalog, load_catalog
 from pollux.ui import params as P
 from pollux.ui.auth import COOKIE, SESSION_SECONDS, Auth, AuthError, Session, check_origin, safe_next
 from pollux.ui.queries import Explorer, RunRef, VerdictFilter
+
+if TYPE_CHECKING:  # the judge's module imports torch: not at import time of a UI without one
+    from pollux.judge import Judge
 
 log = logging.getLogger("pollux.ui")
 
@@ -67,10 +69,9 @@ class UIError(Exception):
 class UIState:
     explorer: Explorer
     auth: Auth
-    judge: Any = None
+    judge: Judge | None = None
     catalog: Catalog | None = None
     env: Environment = field(default_factory=lambda: _environment())
-    live_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 def _environment() -> Environment:
@@ -137,7 +138,7 @@ def _route_class(state: UIState) -> type[APIRoute]:
     return UIRoute
 
 
-def create_ui_router(explorer: Explorer, *, judge: Any = None, key: str | None = None,
+def create_ui_router(explorer: Explorer, *, judge: Judge | None = None, key: str | None = None,
                      protect_reads: bool = False, catalog: Catalog | None = None) -> APIRouter:
     """All pages and UI endpoints under `/ui`. `judge` enables the judge-live page; `key` enables
     sign-in (and so writes: reviews when the explorer is writable, judge live); `protect_reads`
@@ -152,7 +153,7 @@ def create_ui_router(explorer: Explorer, *, judge: Any = None, key: str | None =
     return router
 
 
-def create_ui_app(explorer: Explorer, *, judge: Any = None, key: str | None = None,
+def create_ui_app(explorer: Explorer, *, judge: Judge | None = None, key: str | None = None,
                   catalog: Catalog | None = None, allowed_hosts: Sequence[str] | None = None) -> FastAPI:
     """The standalone app of `pollux ui`: the router, and `/` sends browsers to `/ui/`.
     `allowed_hosts`: the Host headers answered (others get a 400), so that a web page whose name
@@ -437,32 +438,21 @@ def _live_item(state: UIState, body: bytes) -> JudgeItem:
 
 def _live_stream(state: UIState, item: JudgeItem) -> Iterator[bytes]:
     """NDJSON lines: `{"type": "delta", "text"}` as the rationale is generated, then
-    `{"type": "verdict", ...}` (or `{"type": "error", "message"}`). One live judgement at a time:
-    the judge's engine may also be serving `/v1/judge` batches."""
+    `{"type": "verdict", ...}` (or `{"type": "error", "message"}`). The judge makes one engine call
+    at a time (`Judge`'s lock), so a live judgement takes turns with `/v1/judge` batches."""
     def line(obj: dict[str, Any]) -> bytes:
         return (json.dumps(obj, ensure_ascii=False) + "\n").encode()
 
-    with state.live_lock:
-        try:
-            for part in _judge_stream(state.judge, item):
-                if isinstance(part, str):
-                    yield line({"type": "delta", "text": part})
-                else:
-                    yield line({"type": "verdict", **_verdict_json(part)})
-        except Exception as e:  # the judge failed: tell the page, keep the server up
-            log.exception("judge live failed")
-            yield line({"type": "error", "message": f"{type(e).__name__}: {e}"})
-
-
-def _judge_stream(judge: Any, item: JudgeItem) -> Iterator[Any]:
-    """`Judge.stream` (text deltas, then the Verdict); a judge without it yields its whole text."""
-    stream = getattr(judge, "stream", None)
-    if stream is not None:
-        yield from stream(item)
-        return
-    verdict = judge.judge(item)
-    yield verdict.raw_text or verdict.rationale or ""
-    yield verdict
+    assert state.judge is not None  # the route answers 409 without a judge
+    try:
+        for part in state.judge.stream(item):
+            if isinstance(part, str):
+                yield line({"type": "delta", "text": part})
+            else:
+                yield line({"type": "verdict", **_verdict_json(part)})
+    except Exception as e:  # the judge failed: tell the page, keep the server up
+        log.exception("judge live failed")
+        yield line({"type": "error", "message": f"{type(e).__name__}: {e}"})
 
 
 def _verdict_json(verdict: Any) -> dict[str, Any]:
