@@ -266,8 +266,9 @@ def test_concurrency_limit_is_respected() -> None:
     with ScriptedServer(handler) as srv:
         engine(srv.url, concurrency=3).judge_many(items(12))
         assert srv.max_active == 3
+        srv.max_active = 0  # the maximum is cumulative: measure the second run on its own
         engine(srv.url, concurrency=1).judge_many(items(3, prefix="p"))
-    assert srv.max_active == 3
+    assert srv.max_active == 1
 
 
 def test_judge_many_inside_a_running_event_loop() -> None:
