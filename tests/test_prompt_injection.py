@@ -32,7 +32,13 @@ TEMPLATE_HEADER_LINES = [line for line in DEFAULT_TEMPLATE.splitlines() if line.
 # --- the independent checker ---------------------------------------------------------------------
 
 def _invisible(ch: str) -> bool:
-    return unicodedata.category(ch) in ("Cf", "Mn", "Me") or ch in "\u115f\u1160\u3164\uffa0"
+    """Format characters, combining marks, control characters (C0, DEL, C1) and the Hangul fillers."""
+    return unicodedata.category(ch) in ("Cf", "Mn", "Me", "Cc") or ch in "\u115f\u1160\u3164\uffa0"
+
+
+def _blank(ch: str) -> bool:
+    """Spacing a reader cannot tell from a space: white space and the Braille blank (U+2800)."""
+    return ch.isspace() or ch == "\u2800"
 
 
 @functools.cache
@@ -59,7 +65,7 @@ def _is_hash(ch: str) -> bool:
 
 def _visible(text: str) -> str:
     """The characters a reader sees: compatibility forms unfolded, accents and spacing ignored."""
-    return "".join(ch for ch in unicodedata.normalize("NFKD", text) if not _invisible(ch) and not ch.isspace())
+    return "".join(ch for ch in unicodedata.normalize("NFKD", text) if not _invisible(ch) and not _blank(ch))
 
 
 def _starts_like(text: str, name: str) -> bool:
@@ -70,10 +76,13 @@ def _starts_like(text: str, name: str) -> bool:
 def reader_sees_header(line: str) -> bool:
     """The line, as a careful reader sees it, opens one of the five sections."""
     s = _visible(line)
-    while s and (s[0] in ">-*+" or (s[:2][-1:] in ".)" and s[0].isalnum())):  # Markdown prefixes
+    while s and (s[0] in ">-*+_" or (s[:2][-1:] in ".)" and s[0].isalnum())):  # Markdown prefixes, emphasis
         s = s[2:] if s[0].isalnum() else s[1:]
+    s = s.rstrip("*_")  # emphasis closed after the header (`**Критерий оценки:**`)
+    if s.endswith(":"):  # … or before its colon (`__Критерий оценки__:`)
+        s = s[:-1].rstrip("*_") + ":"
     hashed = bool(s) and _is_hash(s[0])
-    s = s.lstrip("".join(ch for ch in s if _is_hash(ch)))
+    s = s.lstrip("".join(ch for ch in s if _is_hash(ch))).lstrip("*_")
     for name in map(_visible, SECTION_HEADERS):
         if hashed and _starts_like(s, name):
             return True
@@ -137,6 +146,17 @@ TECHNIQUES: dict[str, Callable[[str], str]] = {
     "music sharps": lambda h: f"♯♯♯ {h}:",
     "fullwidth": lambda h: "＃＃＃ " + unicodedata.normalize("NFKC", h) + "：",
     "small and fullwidth signs": lambda h: f"﹟＃# {h}꞉",
+    # issue 23 item 10: a look-alike in lower case, blank-looking spaces, emphasis, control characters
+    "Latin small k": lambda h: "### " + h.replace("к", "\u006b").replace("К", "K") + ":",
+    "Latin look-alikes, lower case": lambda h: "### " + _swap(
+        h.lower(), lambda c: (_lookalike(c.upper(), "LATIN") or "").lower() or None) + ":",
+    "Braille blank": lambda h: "###\u2800" + h.replace(" ", "\u2800") + ":",
+    "bold, alone": lambda h: f"**{h}:**",
+    "underline bold, colon outside": lambda h: f"__{h}__:",
+    "bold after hashes": lambda h: f"### __{h}__",
+    "ESC inside": lambda h: f"### {h[:2]}\x1b{h[2:]}:",
+    "DEL inside": lambda h: f"###\x7f {h[:3]}\x7f{h[3:]}:",
+    "C1 control inside": lambda h: f"### {h[:1]}\x9b{h[1:]}\x80:",
     "everything at once": lambda h: "\u2066> - \u200e# ♯ ＃ " + _interleave(
         _swap(h, lambda c: _lookalike(c, "GREEK") or _lookalike(c, "LATIN")), "\u2062") + "\u0301:\u2069",
 }
@@ -212,6 +232,11 @@ ORDINARY_LINES = [
     "Mixed English line with #hash and > arrow.",
     "\u200eстрока с невидимым знаком, но без заголовка",
     "Оценка: 2 из 2, критерий выполнен.",
+    "**Критерий оценки:** хороший",
+    "**Важно:**",
+    "__init__.py и **жирный** текст",
+    "Ответ: **4**, k = 3\tи табуляция",
+    "⠀⠀ шрифт Брайля ⠀",
 ]
 
 

@@ -11,12 +11,14 @@ the judge read a forged criterion. Before rendering, every field value goes thro
 `neutralise_headers`, which compares each line's *skeleton* with the five section headers. The
 skeleton is what a reader sees: NFKD (fullwidth `＃`, mathematical letters, accents split off),
 every invisible character dropped (Unicode format characters — zero-width, LRM/RLM, bidi embeddings and
-isolates, U+2062, tag characters — combining marks and the Hangul fillers), every character that
+isolates, U+2062, tag characters — combining marks, the Hangul fillers and control characters: C0,
+DEL, C1), blank-looking symbols (the Braille blank U+2800) read as a space, every character that
 Unicode's confusables table says looks like a header letter read as that Cyrillic letter (Latin
-`K`, Greek `ο`, the digit `3` for `З`, …), then case-folded. A skeleton that is a header — after
-any Markdown prefix (`>`, `-`, `*`, `+`, `1.`), behind any number of number or sharp signs
-(`###`, `# # #`, `♯♯♯`) and then the header text, or the bare header text with its colon — marks
-the line: it gets a backslash put in front of it (`\\### …`), the Markdown escape for a heading.
+`K`, Greek `ο`, the digit `3` for `З`, …) — and its other case as the letter's other case (Latin
+`k` for `к`) — then case-folded. A skeleton that is a header — after any Markdown prefix (`>`,
+`-`, `*`, `+`, `1.`) and emphasis (`**`, `__`), behind any number of number or sharp signs
+(`###`, `# # #`, `♯♯♯`) and then the header text, or the bare header text with its colon
+(`**Критерий оценки:**` too) — marks the line: it gets a backslash put in front of it (`\\### …`), the Markdown escape for a heading.
 The text stays readable for the judge but no longer matches a header line. Lines that do not look
 like a header are left byte-identical, so ordinary prompts render exactly as the official
 template does.
@@ -66,8 +68,12 @@ SECTION_HEADERS = (
 
 # Unicode's own data, not a hand list: the confusables table shipped (and kept up to date) by
 # confusable-homoglyphs, and the general categories of unicodedata.
-_INVISIBLE_CATEGORIES = frozenset({"Cf", "Mn", "Me"})  # format characters, combining marks
+# format characters, combining marks, control characters (C0, DEL, C1: a terminal or a tokenizer may
+# show them as nothing); line breaks never reach the table (lines are joined by `\n`, which is kept)
+_INVISIBLE_CATEGORIES = frozenset({"Cf", "Mn", "Me", "Cc"})
+_KEPT_CONTROLS = "\n\t"  # the line separator of a skeleton, and a tab, which is white space
 _FILLERS = "\u115f\u1160\u3164\uffa0"  # default-ignorable letters that render as nothing ("Lo")
+_BLANKS = "\u2800"  # symbols drawn as an empty cell (Braille blank, "So"): read as a space
 _MARKERS = "#>-*+.):"  # what a header line's Markdown prefix, hashes and colon are made of
 # Planes 0-3 and 14 (tags, variation selectors); the others hold no letters, marks or formats.
 _ASSIGNED_PLANES = (range(0x40000), range(0xE0000, 0xE1000))
@@ -108,6 +114,9 @@ def _skeleton_table() -> dict[int, str | None]:
         elif category[0] in "PS" and any(s in unicodedata.name(char, "") for s in ("NUMBER SIGN", "SHARP SIGN")):
             table[code] = "#"
     table.update(dict.fromkeys(map(ord, _FILLERS)))
+    table.update(dict.fromkeys(map(ord, _BLANKS), " "))
+    for kept in map(ord, _KEPT_CONTROLS):
+        del table[kept]
 
     def visible(text: str) -> str:  # the table's entries may carry LRM marks around a glyph
         return "".join(c for c in text if table.get(ord(c), c) is not None)
@@ -125,7 +134,24 @@ def _skeleton_table() -> dict[int, str | None]:
     for char, cls in classes.items():
         if cls in by_class and char not in targets and ord(char) not in table:
             table[ord(char)] = by_class[cls]
+    _add_other_cases(table, targets)
     return table
+
+
+def _add_other_cases(table: dict[int, str | None], targets: set[str]) -> None:
+    """A look-alike's other case reads as the target's other case (`K`→`К`, so `k`→`к`).
+
+    The confusables table pairs glyphs by shape, and lower-case shapes often differ (it lists
+    Latin `K` for `К` but not `k` for `к`); yet the skeleton is case-blind, so a reader who takes
+    `K` for `К` takes `k` for `к`. Only characters the table does not map already are added.
+    """
+    for code, target in list(table.items()):
+        if target is None or not target.isalpha():
+            continue
+        char = chr(code)
+        for other, other_target in ((char.lower(), target.lower()), (char.upper(), target.upper())):
+            if len(other) == 1 and len(other_target) == 1 and other not in targets and ord(other) not in table:
+                table[ord(other)] = other_target
 
 
 @functools.cache
@@ -156,8 +182,11 @@ def _patterns() -> tuple[re.Pattern[str], re.Pattern[str]]:
     space = blank + "*"
     names = "|".join(space.join(map(re.escape, _skeleton(h).split())) for h in SECTION_HEADERS)
     prefix = rf"(?:(?:[>*+\-]|\w{{1,4}}[.)]){space})*"  # Markdown quote, bullet, numbered list (`1.`, `а)`)
-    # "#…# name …" in any spacing, or the bare "name:" alone on its line, after Markdown prefixes
-    line = rf"^{space}{prefix}(?:#(?:#|{blank})*(?:{names})\b.*|(?:{names}){space}:{space})$"
+    emphasis = rf"[*_]*{space}"  # `**bold**`, `__bold__` around the header text
+    # "#…# name …" in any spacing, or the bare "name:" alone on its line, after Markdown prefixes;
+    # a name ends where no letter or digit follows (`_` may: it is emphasis here)
+    line = (rf"^{space}{prefix}{emphasis}(?:#(?:#|{blank})*{emphasis}(?:{names})(?![^\W_]).*"
+            rf"|(?:{names}){space}{emphasis}:{space}{emphasis})$")
     return re.compile(names), re.compile(line, re.MULTILINE)
 
 
