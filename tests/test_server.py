@@ -409,3 +409,21 @@ def test_serve_with_a_bad_checkpoint_exits_with_a_clear_message(tmp_path: Path) 
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2
     assert "not a local checkpoint folder" in run.stderr and "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize("depth", [500, 900])
+def test_deeply_nested_meta_fails_alone(server: Server, depth: int) -> None:
+    """Issue 23, item 4: an item whose `meta` is nested hundreds of levels used to fail the whole
+    batch with a 500 (RecursionError in the text check); it fails alone, naming item and field."""
+    deep = '{"k": ' * depth + '"x"' + "}" * depth
+    rows = [json.dumps(item(401)), '{"instruction": "q", "answer": "a", "criteria_name": "c", '
+            f'"rubrics": "{RUBRICS}", "meta": {deep}}}'.replace("\n", "\\n"), json.dumps(item(402))]
+    r = server.post("/v1/judge", content=('{"items": [' + ", ".join(rows) + "]}").encode(),
+                    headers={"Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+    good, bad, other = r.json()["verdicts"]
+    assert good["error"] is None and other["error"] is None and good["head_score"] is not None
+    assert bad["error"].startswith("items[1]: field 'meta': nested deeper than "), bad["error"]
+    single = server.post("/v1/judge", content=rows[1].encode(), headers={"Content-Type": "application/json"})
+    assert single.status_code == 422, single.text
+    assert single.json()["error"]["message"].startswith("item: field 'meta': nested deeper than ")

@@ -41,6 +41,36 @@ def text_problem(value: str) -> str | None:
     return f"invalid text: a lone surrogate U+{ord(ch):04X} at character {at} (not valid Unicode)"
 
 
+# How deep a free JSON value (an item's `meta`) may nest. Identifiers need two or three levels; a
+# value nested hundreds deep is an attack or a bug, and every recursive walker downstream
+# (`dataclasses.asdict`, JSON encoders, the verdict cleaner) would fail on it far from its source.
+MAX_JSON_DEPTH = 32
+
+
+def json_problem(value: Any, *, max_depth: int = MAX_JSON_DEPTH) -> str | None:
+    """The first thing in a JSON-like value (dicts, lists, scalars) that pollux cannot carry: a
+    string or key that is not usable text (`text_problem`), or nesting deeper than `max_depth`.
+
+    The walk is iterative (an explicit stack), so a hostile value costs one loop step per node,
+    never a Python frame per level: a check that itself raises RecursionError would fail the
+    whole request instead of naming the one bad item."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, str):
+            problem = text_problem(node)
+            if problem is not None:
+                return problem
+            continue
+        if not isinstance(node, dict | list):
+            continue
+        if depth >= max_depth:
+            return f"nested deeper than {max_depth} levels"
+        children = [*node, *node.values()] if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in reversed(children))
+    return None
+
+
 @dataclass(frozen=True)
 class JudgeItem:
     instruction: str

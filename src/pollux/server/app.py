@@ -41,7 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from pollux.prompts import PromptTemplate
-from pollux.records import JudgeItem, RecordError, text_problem
+from pollux.records import JudgeItem, RecordError, json_problem, text_problem
 from pollux.server.batcher import MicroBatcher, QueueFull, Result, ShuttingDown
 from pollux.server.metrics import CONTENT_TYPE, Metrics
 from pollux.server.prompt_parse import PromptError, item_from_prompt, template_pattern
@@ -342,14 +342,6 @@ def _validation_message(error: ValidationError) -> str:
     return f"field {name!r}: {first['msg']}"
 
 
-def _json_text_problem(value: Any) -> str | None:
-    """The first unusable text (lone surrogate, NUL) anywhere in a JSON value, keys included."""
-    if isinstance(value, str):
-        return text_problem(value)
-    children = [*value, *value.values()] if isinstance(value, dict) else value if isinstance(value, list) else []
-    return next((p for p in map(_json_text_problem, children) if p is not None), None)
-
-
 def _check_required_text(item: JudgeItem) -> None:
     """What `pollux evaluate` refuses, the server refuses too: nothing to judge is not a judgement."""
     for name in ("instruction", "answer"):
@@ -363,7 +355,7 @@ def parse_item(row: Any, where: str) -> JudgeItem:
         raise RecordError(f"{where}: expected a JSON object, got {type(row).__name__}")
     try:
         body = JudgeItemBody.model_validate(row)
-        problem = _json_text_problem(body.meta)
+        problem = json_problem(body.meta)
         if problem is not None:
             raise RecordError(f"field 'meta': {problem}")
         item = JudgeItem(instruction=body.instruction, answer=body.answer, criteria_name=body.criteria_name,
