@@ -3,20 +3,27 @@
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import sqlite3
 import time
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from scipy import stats
 from typer.testing import CliRunner
 
 from pollux.cli import app
 from pollux.metaeval import load_experts
-from pollux.store import RunStore, read_verdicts
+from pollux.records import JudgeItem
+from pollux.store import JobRow, RunStore, read_verdicts
+from pollux.ui.app import create_ui_app
 from pollux.ui.queries import Explorer, VerdictFilter
-from test_ui_queries import fill_run, make_ui_db
+from pollux.verdicts import Verdict
+from test_ui_queries import R2, fill_run, make_ui_db
+from test_ui_web import KEY, ORIGIN, csrf_of, sign_in
 
 
 @pytest.fixture
@@ -144,3 +151,48 @@ def test_export_is_read_back_by_pollux_meta_eval(tmp_path: Path):
         mae = sum(abs(a - b) for a, b in zip(judge, expert, strict=True)) / len(judge)
         assert rows_of[model] == len(judge) and metrics[(model, "mae")] == pytest.approx(mae)
         assert metrics[(model, "spearman")] == pytest.approx(stats.spearmanr(judge, expert).statistic)
+
+
+def test_a_later_review_keeps_what_it_leaves_blank(db: Path, tmp_path: Path):
+    """Issue 23 item 15: a comment-only review wiped the reviewer's earlier score."""
+    with Explorer([db], reviews_writable=True, cache_dir=tmp_path / "c") as ex:
+        pk = record_of(ex, "alpha", "q0")
+        ex.set_review("0-1", pk, "Полезность", 2.0, "сначала оценка", "anna")
+        commented = ex.set_review("0-1", pk, "Полезность", None, "потом комментарий", "anna")
+        assert (commented["score"], commented["comment"]) == (2.0, "потом комментарий")
+        rescored = ex.set_review("0-1", pk, "Полезность", 1.0, "", "anna")
+        assert (rescored["score"], rescored["comment"]) == (1.0, "потом комментарий")
+        [exported] = ex.export_reviews("0-1")
+        assert exported["annotations"] == [{"comment": "потом комментарий", "score": 1.0, "reviewer": "anna"}]
+
+
+def test_a_criterion_named_with_trailing_whitespace_is_reviewed_over_http(tmp_path: Path):
+    """Issue 23 item 7: the review form's criterion went through a stripping text parameter, so a
+    criterion whose name ends in spaces (as the input file had it) could never be found (400)."""
+    db = tmp_path / "run.db"
+    names = ("Полезность  ", "Полезность", " Грамотность\t")
+    with RunStore(db) as store:
+        run, _ = store.open_run("judge-a", {"judge": "judge-a"})
+        pk = store.upsert_record({
+            "source": "answers.jsonl", "record_id": "q0", "model_id": "alpha", "line": 1, "answer_key": "k0",
+            "instruction": "Вопрос", "answer": "Ответ", "reference_answer": "", "task_type": None,
+            "task_subtype": None, "task_subsubtype": None, "task_group": None, "extra_json": "{}"})
+        jobs = [JobRow(pk, name, None, None, R2, JudgeItem("Вопрос", "Ответ", name, R2).key, n)
+                for n, name in enumerate(names)]
+        store.add_jobs(run.run_id, jobs)
+        for job in jobs:
+            store.write_verdict(run.run_id, job.item_key, Verdict(job.criteria_name, head_score=1.0, valid=True,
+                                                                   scale_min=0.0, scale_max=2.0, judge="judge-a"))
+    with Explorer([db], reviews_writable=True, cache_dir=tmp_path / "c") as ex, \
+            TestClient(create_ui_app(ex, key=KEY)) as c:
+        assert sign_in(c).status_code == 303
+        page = c.get(f"/ui/runs/0-1/answers/{pk}").text
+        # the names exactly as the page's forms post them back
+        posted = [html.unescape(v) for v in re.findall(r'name="criteria_name" value="([^"]*)"', page)]
+        assert sorted(posted) == sorted(names)
+        for n, name in enumerate(posted):
+            r = c.post(f"/ui/runs/0-1/answers/{pk}/review", follow_redirects=False, headers={"Origin": ORIGIN},
+                       data={"csrf": csrf_of(page), "criteria_name": name, "score": str(n % 3), "reviewer": "anna"})
+            assert r.status_code == 303, (name, r.status_code, r.text[:300])
+        assert {(r["criteria_name"], r["score"]) for r in ex.reviews("0-1")} == {
+            (name, float(n % 3)) for n, name in enumerate(posted)}

@@ -358,9 +358,9 @@ def _add_review_routes(router: APIRouter, state: UIState) -> None:
             raise UIError(403, "reviews are read-only here: start the UI with --writable")
         run, _ = open_run(state, ref)
         pk = P.integer({"record": record_pk}, "record", 0)
-        criterion = P.text(form, "criteria_name", max_len=500)
-        if criterion is None:
+        if P.text(form, "criteria_name", max_len=500) is None:
             raise P.ParamError("criteria_name", "missing")
+        criterion = form["criteria_name"]  # a key, not free text: unstripped (names may end in spaces)
         score = P.number(form, "score")
         comment = form.get("comment", "")
         reviewer = P.text(form, "reviewer", max_len=100) or "reviewer"

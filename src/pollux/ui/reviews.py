@@ -3,7 +3,8 @@
 A reviewer who disagrees with the judge records an expert score and a comment *beside* the
 verdict: the `ui_reviews` table lives in the run database (so reviews travel with the run) but
 the judge's verdict is never changed. One row per (run, answer, criterion, reviewer): a second
-submission updates it (`updated_at` changes, `created_at` stays).
+submission updates it (`updated_at` changes, `created_at` stays) with what it gives — a score
+left out or a blank comment keeps the earlier one, so adding a comment never loses the score.
 
 Exported as POLLUX expert rows (facts §6: `annotations` = one `{comment, score}` per reviewer,
 `criteria_score` = their mean), reviews become the "experts" of `pollux meta-eval`, which joins
@@ -87,14 +88,17 @@ def has_table(conn: sqlite3.Connection) -> bool:
 
 def upsert(conn: sqlite3.Connection, run_id: int, record_pk: int, criteria_name: str, score: float | None,
            comment: str, reviewer: str) -> int:
-    """Insert or update one review; returns its review_id."""
+    """Insert or update one review; returns its review_id. A None score or a blank comment keeps
+    the stored one (see the module doc)."""
     now = time.time()
     with conn:
         conn.execute(
             "INSERT INTO ui_reviews (run_id, record_pk, criteria_name, reviewer, score, comment, created_at, "
             "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, record_pk, criteria_name, reviewer) "
-            "DO UPDATE SET score=excluded.score, comment=excluded.comment, updated_at=excluded.updated_at",
-            (run_id, record_pk, criteria_name, reviewer, score, comment, now, now),
+            "DO UPDATE SET score=coalesce(excluded.score, score), "
+            "comment=CASE WHEN excluded.comment = '' THEN comment ELSE excluded.comment END, "
+            "updated_at=excluded.updated_at",
+            (run_id, record_pk, criteria_name, reviewer, score, comment if comment.strip() else "", now, now),
         )
         row = conn.execute("SELECT review_id FROM ui_reviews WHERE run_id=? AND record_pk=? AND criteria_name=? "
                            "AND reviewer=?", (run_id, record_pk, criteria_name, reviewer)).fetchone()
