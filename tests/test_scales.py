@@ -12,12 +12,14 @@ import pytest
 from pollux.records import JudgeItem
 from pollux.scales import (
     Scale,
+    check_level,
     check_score,
     normalise,
     parse_feedback,
     parse_result,
     parse_result_open,
     parse_scale,
+    result_problem,
     strip_think,
 )
 from pollux.verdicts import make_verdict
@@ -61,11 +63,48 @@ def test_parse_scale_ignores_years_lists_and_absent_scales():
         ("[RESULT] 4", None),  # incomplete block: no score
         ("[RESULT] [END]", None),
         ("нет разметки", None),
-        ("[RESULT] 1 [END] ... [RESULT] 2 [END]", 2.0),
+        ("[RESULT] 1 [END] ... [RESULT] 2 [END]", None),  # two verdicts in one reply: none is read
+        ("[FEEDBACK] x [RESULT] 1 и ещё [RESULT] 2 [END]", None),
     ],
 )
 def test_parse_result(text, score):
     assert parse_result(text) == score
+
+
+TWO_RESULTS = "[FEEDBACK] Всё верно. [RESULT] 2 [END]\n[FEEDBACK] Нет, ошибка. [RESULT] 0 [END]"
+
+
+@pytest.mark.parametrize("parse", [parse_result, parse_result_open])
+def test_a_reply_with_several_result_blocks_has_no_score(parse):
+    """Issue 23 item 8: the first block's rationale with the last block's score was read as a verdict."""
+    assert parse(TWO_RESULTS) is None
+    assert parse("Feedback: хорошо [RESULT] 2\nFeedback: плохо [RESULT] 0") is None
+    assert result_problem(TWO_RESULTS) == "the reply has 2 [RESULT] blocks (a verdict has exactly one)"
+    assert result_problem("[FEEDBACK] ok [RESULT] 1 [END]") is None
+
+
+def test_a_verdict_with_several_result_blocks_is_invalid_and_says_why():
+    v = make_verdict(ITEM, TWO_RESULTS)
+    assert v.text_score is None and not v.valid
+    assert v.invalid_reason == "the reply has 2 [RESULT] blocks (a verdict has exactly one)"
+    v = make_verdict(ITEM, "Feedback: да [RESULT] 2\nFeedback: нет [RESULT] 0", parse=parse_result_open)
+    assert v.text_score is None and not v.valid and "2 [RESULT] blocks" in v.invalid_reason
+
+
+@pytest.mark.parametrize(("score", "scale", "expected"), [
+    (1.0, Scale(0, 2, (0, 1, 2)), (True, None)),
+    (1.5, Scale(0, 2, (0, 1, 2)), (False, "score 1.5 is not one of the rubric's levels 0, 1, 2")),
+    (1.5, Scale(0.5, 1.5, (0.5, 1.5)), (True, None)),
+    (7.0, Scale(1, 10), (True, None)),
+    (7.5, Scale(1, 10), (False, "score 7.5 is not a whole number of the rubric's scale 1..10")),
+    (3.0, Scale(0, 2, (0, 1, 2)), (False, "score 3 outside the rubric's scale [0, 2]")),
+    (None, Scale(0, 2, (0, 1, 2)), (False, "no score")),
+    (0.25, None, (True, None)),
+])
+def test_check_level_accepts_only_the_rubrics_own_values(score, scale, expected):
+    """Issue 23 item 18: a text score (a teacher's, a judge's, one expert's) is one of the rubric's levels;
+    an interval scale (`от 1 до 10`) takes its whole numbers."""
+    assert check_level(score, scale) == expected
 
 
 def test_parse_feedback():

@@ -144,6 +144,11 @@ def test_a_failed_chunk_writes_nothing(tmp_path: Path) -> None:
     ("[FEEDBACK] Хорошо. [RESULT] 5 [END]", (None, "out_of_scale")),
     ("[FEEDBACK] [RESULT] 1 [END]", (None, "no_rationale")),
     ("[FEEDBACK] Хор\x00шо. [RESULT] 1 [END]", (None, "invalid_text")),
+    # issue 23 item 8: two blocks gave the first block's rationale with the last block's score
+    ("[FEEDBACK] Отлично. [RESULT] 2 [END]\n[FEEDBACK] Плохо. [RESULT] 0 [END]", (None, "several_results")),
+    ("[FEEDBACK] Хорошо. [RESULT] 2 [RESULT] 0 [END]", (None, "several_results")),
+    # issue 23 item 18: a score between the rubric's levels is no training target
+    ("[FEEDBACK] Почти хорошо. [RESULT] 1,5 [END]", (None, "not_a_level")),
 ])
 def test_teacher_replies_are_checked_against_the_rubric_scale(text: str, expected) -> None:
     assert check_verdict(text, RUBRICS) == expected

@@ -61,7 +61,8 @@ def test_sequence_is_prompt_then_target_then_end_of_turn(tmp_path: Path, tokeniz
 
 
 def test_generative_target_carries_the_score(tmp_path: Path, tokenizer):
-    rows = [row(score=1), row(score="1,5"), row(rationale="[FEEDBACK] Почти верно. [RESULT] 1 [END]", score=1)]
+    halves = "0: неверно\n\n0,5: почти неверно\n\n1: частично\n\n1,5: почти верно\n\n2: верно"
+    rows = [row(score=1), row(score="1,5", rubrics=halves), row(rationale="[FEEDBACK] Почти верно. [RESULT] 1 [END]", score=1)]
     exs, _ = load_examples(write_jsonl(tmp_path / "g.jsonl", rows), tokenizer, kind="generative")
     texts = [tokenizer.decode([t for t, lab in zip(e.input_ids, e.labels, strict=True) if lab != IGNORE])
              for e in exs]
@@ -92,6 +93,20 @@ def test_bad_rows_are_named_with_file_and_line(tmp_path: Path, tokenizer):
     # with skip_bad_rows the good rows are kept and the bad ones counted
     exs, report = load_examples(path, tokenizer, skip_bad_rows=True)
     assert len(exs) == 2 and len(report.bad) == 6 and report.kept == 2
+
+
+def test_a_score_between_the_rubrics_levels_is_a_bad_row(tmp_path: Path, tokenizer):
+    """Issue 23 item 18: 1.5 on a 0/1/2 rubric was a valid training target."""
+    rows = [row(), row(score=1.5), row(score="0,5"), row(rubrics="Оцени от 1 до 10.", score=7.5),
+            row(rubrics="Оцени от 1 до 10.", score=7)]
+    path = write_jsonl(tmp_path / "levels.jsonl", rows)
+    with pytest.raises(TrainDataError) as err:
+        load_examples(path, tokenizer)
+    msg = str(err.value)
+    assert "3 bad row(s) of 5" in msg
+    assert "levels.jsonl:2: score 1.5 is not one of the rubric's levels 0, 1, 2" in msg
+    assert "levels.jsonl:3: score 0.5 is not one of the rubric's levels 0, 1, 2" in msg
+    assert "levels.jsonl:4: score 7.5 is not a whole number of the rubric's scale 1..10" in msg
 
 
 def test_parquet_rows(tmp_path: Path, tokenizer):

@@ -10,13 +10,22 @@ Two jobs, both about numbers in text:
 * `parse_result(text)` reads the score a POLLUX judge wrote as `[RESULT] n [END]` — the
   official parser's rule: the block must be complete, numbers may be negative, multi-digit and
   use a decimal comma. This strict rule is the POLLUX judges' and is never loosened.
+  A reply with more than one `[RESULT]` has no score (for every parser here): which block is
+  the verdict is ambiguous, and taking one of them paired one block's rationale with another
+  block's score. `result_problem(text)` says so, for the verdict's `invalid_reason`.
 * `parse_result_open(text)` is the variant for baseline judges that were not trained on that
   format: M-Prometheus writes `Feedback: … [RESULT] n` without `[END]`, and general LLMs often
   drop it too. `strip_think(text)` removes a reasoning model's `<think>…</think>` block first
   (DeepSeek-R1), so a draft score inside the reasoning is never read as the verdict.
 
 `check_score` then says whether a score lies within the scale. Out-of-scale scores are kept and
-flagged by callers, never silently dropped.
+flagged by callers, never silently dropped. `check_level` is the stricter rule for a score
+written as text by one rater (a teacher, a judge, one expert): it must be one of the rubric's
+levels — a listed scale (`0: …`, `1: …`, `2: …`) takes only those values, an interval scale
+(`от 1 до 10`) its whole numbers. A score between levels (1.5 on 0/1/2) is no rating a rubric
+defines: synth drops such a teacher reply, `pollux train` refuses such a row. `check_score` stays
+for values that legitimately fall between levels: a regression head's output and an aggregate
+(the mean of several experts' scores in meta-eval).
 """
 
 from __future__ import annotations
@@ -108,9 +117,19 @@ def _scale_from_keys(keys: list[object]) -> Scale | None:
 
 
 def parse_result(text: str) -> float | None:
-    """The score in a complete `[RESULT] n [END]` block (the last one), else None."""
+    """The score in the reply's one complete `[RESULT] n [END]` block, else None (also when the
+    reply has several `[RESULT]`s: see the module doc)."""
     found = _RESULT.findall(text)
-    return to_number(found[-1]) if found else None
+    return to_number(found[0]) if found and text.count(RESULT_MARK) == 1 else None
+
+
+RESULT_MARK = "[RESULT]"
+
+
+def result_problem(text: str) -> str | None:
+    """Why a reply has no score, when the reason is more than "no score": several `[RESULT]`s."""
+    n = text.count(RESULT_MARK)
+    return f"the reply has {n} {RESULT_MARK} blocks (a verdict has exactly one)" if n > 1 else None
 
 
 def strip_think(text: str) -> str:
@@ -129,9 +148,10 @@ def strip_think(text: str) -> str:
 def parse_result_open(text: str) -> float | None:
     """The score after the last `[RESULT]`, with or without `[END]` (baseline judges: M-Prometheus
     writes `[RESULT] n` and stops), read after `strip_think`. Not for POLLUX judges: their
-    format requires `[END]` (`parse_result`)."""
-    found = _RESULT_OPEN.findall(strip_think(text))
-    return to_number(found[-1]) if found else None
+    format requires `[END]` (`parse_result`). Several `[RESULT]`s after the reasoning: None."""
+    body = strip_think(text)
+    found = _RESULT_OPEN.findall(body)
+    return to_number(found[0]) if found and body.count(RESULT_MARK) == 1 else None
 
 
 def parse_feedback(text: str) -> str:
@@ -156,6 +176,22 @@ def check_score(score: float | None, scale: Scale | None) -> tuple[bool, str | N
         return True, None
     if score < scale.min or score > scale.max:
         return False, f"score {score:g} outside the rubric's scale [{scale.min:g}, {scale.max:g}]"
+    return True, None
+
+
+def check_level(score: float | None, scale: Scale | None) -> tuple[bool, str | None]:
+    """(valid, reason) for a score one rater wrote as text: `check_score`, and the score must be one
+    of the scale's levels (an interval scale with whole-number ends: a whole number). See the module
+    doc for why aggregates and regression outputs use `check_score` instead."""
+    valid, reason = check_score(score, scale)
+    if not valid or scale is None or score is None:
+        return valid, reason
+    if scale.levels:
+        if not any(math.isclose(score, level, abs_tol=1e-9) for level in scale.levels):
+            shown = ", ".join(f"{level:g}" for level in scale.levels)
+            return False, f"score {score:g} is not one of the rubric's levels {shown}"
+    elif float(scale.min).is_integer() and float(scale.max).is_integer() and not float(score).is_integer():
+        return False, f"score {score:g} is not a whole number of the rubric's scale {scale.min:g}..{scale.max:g}"
     return True, None
 
 

@@ -77,7 +77,7 @@ def make_verdict(
     the scale distribution at the score position (`pollux.engine.tokens`), or a note saying why an
     engine asked to read it has none (kept in `meta["expected_score_note"]`).
     """
-    from pollux.scales import check_score, parse_feedback, parse_result, parse_scale
+    from pollux.scales import check_score, parse_feedback, parse_result, parse_scale, result_problem
 
     scale = parse_scale(item.rubrics)
     verdict = Verdict(
@@ -96,6 +96,8 @@ def make_verdict(
         meta=dict(item.meta),
     )
     verdict.valid, verdict.invalid_reason = check_score(verdict.score, scale)
+    if verdict.score is None:  # several [RESULT] blocks: say so rather than "no score"
+        verdict.invalid_reason = result_problem(raw_text) or verdict.invalid_reason
     if isinstance(score_probs, str):
         verdict.meta["expected_score_note"] = score_probs
     elif score_probs is not None:

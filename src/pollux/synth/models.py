@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 from pollux.engine.http_chat import ApiError, ChatClient
 from pollux.records import text_problem
-from pollux.scales import check_score, parse_feedback, parse_result, parse_scale
+from pollux.scales import check_level, check_score, parse_feedback, parse_result, parse_scale, result_problem
 from pollux.synth.config import ModelConfig
 
 Row = dict[str, Any]
@@ -190,16 +190,20 @@ def make_backend(model: ModelConfig) -> Backend:
 
 
 def check_verdict(text: str, rubrics: str) -> tuple[float | None, str | None]:
-    """(score, None) for a reply with a rationale and a complete `[RESULT] n [END]` inside the rubric's
-    scale, else (None, reason) — pollux's own parser and scale check, as for judge verdicts."""
+    """(score, None) for a reply with a rationale and one complete `[RESULT] n [END]` whose score is one
+    of the rubric's levels, else (None, reason) — pollux's own parser and scale check, as for judge
+    verdicts. Reasons: invalid_text, unparseable, several_results, out_of_scale, not_a_level,
+    no_rationale."""
     if text_problem(text):  # NUL / lone surrogate: unusable for storage and training
         return None, "invalid_text"
     score = parse_result(text)
     if score is None:
-        return None, "unparseable"
-    valid, _ = check_score(score, parse_scale(rubrics))
-    if not valid:
+        return None, "several_results" if result_problem(text) else "unparseable"
+    scale = parse_scale(rubrics)
+    if not check_score(score, scale)[0]:
         return None, "out_of_scale"
+    if not check_level(score, scale)[0]:  # between the rubric's levels (1.5 on 0/1/2): no rating it defines
+        return None, "not_a_level"
     if not parse_feedback(text):  # `pollux train` needs a rationale to learn from
         return None, "no_rationale"
     return score, None

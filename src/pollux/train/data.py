@@ -19,7 +19,8 @@ regression label is the row's score; the model reads its head at the last real t
 i.e. at `<|im_end|>` (batches are left-padded, so that is the final position of every row).
 
 Rows longer than `max_length` tokens are dropped and counted (the recipe drops samples over
-4,096 tokens). A bad row (missing field, non-numeric score, score outside the rubric's scale,
+4,096 tokens). A bad row (missing field, non-numeric score, score outside the rubric's scale or
+between its levels — `pollux.scales.check_level`, the rule synth's teacher check uses too —,
 broken JSON line) is reported with its file and line; by default all bad rows are listed and
 training does not start, with `skip_bad_rows` they are left out and counted.
 """
@@ -36,7 +37,7 @@ import torch
 from pollux.inputs import InputError, InputRow, read_rows
 from pollux.prompts import PromptTemplate, chat_text
 from pollux.records import JudgeItem, RecordError
-from pollux.scales import check_score, parse_feedback, parse_scale, to_number
+from pollux.scales import check_level, parse_feedback, parse_scale, to_number
 
 IGNORE = -100
 END_OF_TURN = "<|im_end|>"
@@ -110,7 +111,7 @@ def parse_train_row(row: InputRow) -> TrainRow:
         raise RecordError(f"{where}: field 'score' must be a number, got {raw!r}") from None
     if not math.isfinite(score):
         raise RecordError(f"{where}: field 'score' is not finite ({raw!r})")
-    ok, reason = check_score(score, parse_scale(item.rubrics))
+    ok, reason = check_level(score, parse_scale(item.rubrics))  # a target is one of the rubric's levels
     if not ok:
         raise RecordError(f"{where}: {reason}")
     return TrainRow(item=item, rationale=rationale, score=score, where=where)
