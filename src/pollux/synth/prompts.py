@@ -7,13 +7,22 @@ produced and is part of the row's key, so editing a prompt makes new rows (never
 Placeholders are `{name}`; only the placeholders a stage fills are replaced, so braces elsewhere in
 a prompt (code, JSON examples) stay as they are. A prompt that lacks a placeholder its stage needs
 is an error when the config is read.
+
+Values are untrusted (instructions and answers are LLM text), so rendering is one pass over the
+prompt's own text: a `{answer}` inside an instruction is never filled, and every value goes through
+`pollux.prompts.neutralise_headers` first, as in the judge's prompt — the teacher's prompt uses the
+judge's `###` section headers, and a forged `### Критерий оценки:` line inside an answer would
+otherwise change the label that becomes training data.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from pollux.prompts import neutralise_headers
 
 PROMPT_DIR = Path(__file__).parent / "prompts"
 BUILTIN = {"instruction", "answer", "annotate"}
@@ -37,10 +46,12 @@ class Prompt:
         return f"{self.name}@{hashlib.sha256(self.text.encode('utf-8')).hexdigest()[:12]}"
 
     def render(self, **values: str) -> str:
-        out = self.text
-        for key, value in values.items():
-            out = out.replace("{" + key + "}", value)
-        return out
+        """The prompt with each `{name}` of `values` replaced, in one pass (see module doc)."""
+        if not values:
+            return self.text
+        safe = {key: neutralise_headers(value) for key, value in values.items()}
+        pattern = re.compile("|".join(re.escape("{" + key + "}") for key in safe))
+        return pattern.sub(lambda m: safe[m.group(0)[1:-1]], self.text)
 
 
 def read_prompt(value: str, stage: str | None = None) -> Prompt:
