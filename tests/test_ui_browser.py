@@ -136,7 +136,7 @@ def test_open_a_run_and_filter_to_one_criterion(ui: UI) -> None:
     ui.css('tr[data-ref="0-1"] a.run-link').click()
     ui.wait(lambda: "/ui/runs/0-1/verdicts" in ui.driver.current_url, "the run's verdicts opened")
     assert ui.css("#verdicts-summary").get_attribute("data-total") == "24"
-    Select(ui.css("#f-criterion")).select_by_visible_text("Грамотность")
+    Select(ui.css("#f-criterion")).select_by_value("Грамотность")  # its text is isolated (U+2068 … U+2069)
     ui.css("#f-apply").click()
     ui.wait(lambda: "criterion=" in ui.driver.current_url, "the filter is in the URL")
     ui.wait(lambda: ui.css("#verdicts-summary").get_attribute("data-total") == "8", "8 grammar verdicts")
@@ -257,3 +257,24 @@ def test_judge_live_streams_a_rationale_and_a_score(ui: UI) -> None:
     float(ui.css("#live-score").text)  # a number
     ui.shot("live")
     ui.assert_nothing_ran()
+
+
+def test_wide_tables_scroll_and_verdict_headers_sort_on_the_server(ui: UI) -> None:
+    """Issue 23 item 15: in a narrow window the page itself does not overflow (the tables scroll in
+    their container); a verdicts header asks the server to sort every matching verdict."""
+    size = ui.driver.get_window_size()
+    ui.driver.set_window_size(800, size["height"])
+    try:
+        for path in ("/ui/", "/ui/runs/0-1/leaderboard", "/ui/runs/0-1/verdicts"):
+            ui.open(path)
+            overflow = ui.driver.execute_script(
+                "return document.documentElement.scrollWidth - document.documentElement.clientWidth")
+            assert overflow <= 0, (path, overflow)
+    finally:
+        ui.driver.set_window_size(size["width"], size["height"])
+    ui.open("/ui/runs/0-1/verdicts?page_size=5")
+    ui.css("#verdicts-table thead th.num a").click()  # score
+    ui.wait(lambda: "sort=-score" in ui.driver.current_url, "the header asked the server for the sort")
+    ui.wait(lambda: ui.driver.execute_script("return document.body.dataset.ready") == "1", "page ready")
+    first = [float(c.get_attribute("data-sort")) for c in ui.all("#verdicts-table td.num") if c.get_attribute("data-sort")]
+    assert first and first[0] == 2.0 and first == sorted(first, reverse=True)  # the run's best, not page 1's

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,17 +76,34 @@ class UIState:
 
 
 def _environment() -> Environment:
+    # finalize: a missing value (a criterion outside the taxonomy has no group) shows as blank, not "None"
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True),
-                      trim_blocks=True, lstrip_blocks=True)
+                      trim_blocks=True, lstrip_blocks=True, finalize=lambda value: "" if value is None else value)
     env.filters["score"] = _fmt_score
+    env.filters["count"] = _fmt_count
     env.filters["heat"] = _heat_class
-    env.filters["pretty"] = lambda value: json.dumps(value, ensure_ascii=False, indent=2, default=str)
+    env.filters["pretty"] = _pretty_json
     env.globals["qs"] = P.query_string
     return env
 
 
 def _fmt_score(value: Any, digits: int = 2) -> str:
     return "–" if value is None else f"{float(value):.{digits}f}"
+
+
+def _fmt_count(value: Any) -> str:
+    """A count with thousands separators (161,076), as the docs write them."""
+    return "" if value is None else f"{int(value):,}"
+
+
+_BIDI_CONTROLS = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _pretty_json(value: Any) -> str:
+    """Indented JSON; bidi controls inside its strings are written as `\\uXXXX` escapes (still valid
+    JSON), so a judge name with U+202E cannot reverse the rest of its line."""
+    text = json.dumps(value, ensure_ascii=False, indent=2, default=str)
+    return _BIDI_CONTROLS.sub(lambda m: f"\\u{ord(m[0]):04x}", text)
 
 
 def _heat_class(value: Any) -> str:

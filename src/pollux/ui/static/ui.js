@@ -48,7 +48,10 @@ function pollRuns(table) {
       if (!row) continue;
       for (const field of ["judged", "failed", "invalid"]) {
         const cell = row.querySelector(`[data-field="${field}"]`);
-        if (cell) cell.textContent = String(run[field]);
+        if (cell) {
+          cell.textContent = Number(run[field]).toLocaleString("en-US");  // 1,045, as the server writes it
+          cell.dataset.sort = String(run[field]);
+        }
       }
       const bar = row.querySelector("progress");
       if (bar) bar.value = run.progress;
