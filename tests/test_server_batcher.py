@@ -140,3 +140,33 @@ def test_cancelled_requests_are_skipped_and_stop_drains_the_queue() -> None:
     result = run(main())
     assert result[0].rationale == "q2"
     assert judge.calls == [["q0"], ["q2"]]  # q1 was never judged
+
+
+def test_items_of_clients_that_went_away_leave_the_queue_at_once() -> None:
+    """Issue 23, item 3: a queued item whose client is gone is dropped — it no longer counts
+    toward the queue's depth, so clients that went away cannot fill the queue (429) for others."""
+    judge = ScriptedJudge()
+    judge.gate.clear()
+
+    async def main() -> tuple[int, list[Verdict]]:
+        b = MicroBatcher(judge, batch_size=1, max_wait_s=0, max_queue=2)
+        b.start()
+        held = asyncio.ensure_future(b.submit(items(1)))
+        await until(lambda: b.in_flight == 1)
+        gone = asyncio.ensure_future(b.submit(items(2, start=1)))
+        await until(lambda: b.depth == 2)
+        gone.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        depth = b.depth
+        waiting = asyncio.ensure_future(b.submit(items(2, start=3)))  # would not fit beside the gone items
+        judge.gate.set()
+        result = await waiting
+        await held
+        await b.stop()
+        return depth, result
+
+    depth, result = run(main())
+    assert depth == 0
+    assert [v.rationale for v in result] == ["q3", "q4"]
+    assert judge.calls == [["q0"], ["q3"], ["q4"]]

@@ -23,6 +23,8 @@ message that says what was wrong: 400 malformed JSON, 401 missing/wrong key, 404
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -182,7 +184,7 @@ def create_app(judge: Any, config: ServerConfig) -> FastAPI:
         if len(problems) == len(rows):  # nothing to judge: the request itself is wrong
             raise ApiError(422, "; ".join(problems[i] for i in sorted(problems))[:4000])
         good = [it for it in items if it is not None]
-        verdicts = iter(await _submit(batcher(), good, metrics))
+        verdicts = iter(await _submit(request, batcher(), good, metrics))
         out: list[dict[str, Any]] = []
         for i, (row, item) in enumerate(zip(rows, items, strict=True)):
             if item is None:
@@ -214,7 +216,7 @@ def create_app(judge: Any, config: ServerConfig) -> FastAPI:
             raise ApiError(400, str(e)) from None
         except RecordError as e:  # the prompt's sections were found, but a field is unusable
             raise ApiError(422, f"messages[0].content: {e}") from None
-        [(verdict, logprobs)] = await _submit_detailed(batcher(), [item], metrics, top_logprobs)
+        [(verdict, logprobs)] = await _submit_detailed(request, batcher(), [item], metrics, top_logprobs)
         if verdict.error:
             raise ApiError(500, f"the judge failed on this prompt: {verdict.error}", type_="server_error")
         usage = {"prompt_tokens": verdict.prompt_tokens, "completion_tokens": verdict.completion_tokens,
@@ -442,14 +444,27 @@ def _message_text(content: Any) -> str:
     return content
 
 
-async def _submit(batcher: MicroBatcher, items: list[JudgeItem], metrics: Metrics) -> list[Verdict]:
-    return [verdict for verdict, _ in await _submit_detailed(batcher, items, metrics, None)]
+async def _submit(request: Request, batcher: MicroBatcher, items: list[JudgeItem], metrics: Metrics) -> list[Verdict]:
+    return [verdict for verdict, _ in await _submit_detailed(request, batcher, items, metrics, None)]
 
 
-async def _submit_detailed(batcher: MicroBatcher, items: list[JudgeItem], metrics: Metrics,
+async def _submit_detailed(request: Request, batcher: MicroBatcher, items: list[JudgeItem], metrics: Metrics,
                            top_logprobs: int | None) -> list[Result]:
+    """The items' results, judged unless the client goes away first: then its queued items are
+    dropped (the batcher skips cancelled entries) and the request ends as 499 in /metrics."""
+    submit = asyncio.ensure_future(batcher.submit_detailed(items, top_logprobs=top_logprobs))
+    gone = asyncio.ensure_future(_disconnected(request))
     try:
-        results = await batcher.submit_detailed(items, top_logprobs=top_logprobs)
+        await asyncio.wait({submit, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if not submit.done():
+        submit.cancel()  # its entries are cancelled in `submit_detailed`'s cleanup
+        with contextlib.suppress(asyncio.CancelledError):
+            await submit
+        raise ApiError(CLIENT_CLOSED, f"the client disconnected before its {len(items)} item(s) were judged")
+    try:
+        results = submit.result()
     except QueueFull as e:
         raise ApiError(429, str(e), type_="rate_limit_error", headers={"Retry-After": str(e.retry_after)},
                        extra={"queue_depth": e.depth, "max_queue": e.max_queue}) from None
@@ -457,6 +472,13 @@ async def _submit_detailed(batcher: MicroBatcher, items: list[JudgeItem], metric
         raise ApiError(503, str(e), type_="server_error", headers={"Retry-After": "5"}) from None
     metrics.observe_verdicts([verdict for verdict, _ in results])
     return results
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has gone. Called after the body was read, so the only message
+    left to receive is the disconnect (uvicorn sends it when the connection closes)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _clean(value: Any) -> Any:

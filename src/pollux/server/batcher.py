@@ -58,6 +58,7 @@ class _Entry:
     item: JudgeItem
     future: asyncio.Future[Result]
     top_logprobs: int | None = None
+    waiting: bool = True  # counted in `MicroBatcher.depth`: queued, and its client still there
 
 
 class MicroBatcher:
@@ -81,12 +82,15 @@ class MicroBatcher:
         self._worker: asyncio.Task[None] | None = None
         self._closing = False
         self.in_flight = 0  # items inside the engine right now
+        self._waiting = 0  # queued items whose client still waits (cancelled ones leave at once)
         self._rate = 0.0  # items per second, smoothed over recent batches (for Retry-After)
 
     @property
     def depth(self) -> int:
-        """Items waiting for the engine (not counting the batch being judged)."""
-        return self._queue.qsize()
+        """Items waiting for the engine (not counting the batch being judged, nor items whose
+        client went away: they stay in the asyncio queue until the worker skips them, but must
+        not make the queue look full to the clients still there)."""
+        return self._waiting
 
     def start(self) -> None:
         if self._worker is None:
@@ -129,19 +133,29 @@ class MicroBatcher:
         entries = [_Entry(item, loop.create_future(), top_logprobs) for item in items]
         for entry in entries:
             self._queue.put_nowait(entry)
+        self._waiting += len(entries)
         try:
             return list(await asyncio.gather(*(e.future for e in entries)))
         finally:  # a client that went away: its queued items are skipped, not judged
             for e in entries:
                 if not e.future.done():
                     e.future.cancel()
+                if e.future.cancelled():  # (gather may have cancelled it already)
+                    self._leaves(e)
+
+    def _leaves(self, entry: _Entry) -> _Entry:
+        """`entry` no longer waits (taken by the worker, or its client went away); once only."""
+        if entry.waiting:
+            entry.waiting = False
+            self._waiting -= 1
+        return entry
 
     async def _take_batch(self) -> list[_Entry]:
-        batch = [await self._queue.get()]
+        batch = [self._leaves(await self._queue.get())]
         deadline = time.monotonic() + self.max_wait_s
         while len(batch) < self.batch_size:
             try:
-                batch.append(self._queue.get_nowait())
+                batch.append(self._leaves(self._queue.get_nowait()))
                 continue
             except asyncio.QueueEmpty:
                 pass
@@ -149,7 +163,7 @@ class MicroBatcher:
             if remaining <= 0:
                 break
             try:
-                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                batch.append(self._leaves(await asyncio.wait_for(self._queue.get(), remaining)))
             except TimeoutError:
                 break
         return batch

@@ -67,13 +67,22 @@ def serve(
     app = create_app(judge, config)
     if ui_dbs:
         _mount_ui(app, judge, config.api_key, ui_dbs, ui_writable)
-    server = uvicorn.Server(uvicorn.Config(
-        app, host=host, port=port, log_level=log_level, access_log=False,
-        timeout_graceful_shutdown=graceful_timeout,  # type: ignore[arg-type]  # seconds, a float is fine lifespan="on",
-    ))
+    server = uvicorn.Server(uvicorn_config(app, host=host, port=port, log_level=log_level,
+                                           graceful_timeout=graceful_timeout))
     log.warning("serving %s as %r on http://%s:%d (key %s)", model, config.model_name, host, port,
                 "required" if config.api_key else "not required")
     server.run()
+
+
+def uvicorn_config(app: Any, *, host: str, port: int, log_level: str = "info",
+                   graceful_timeout: float = 30.0) -> Any:
+    """The uvicorn settings of `pollux serve`, in one place so tests run the server as users do."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
+        timeout_graceful_shutdown=graceful_timeout,  # type: ignore[arg-type]  # seconds, a float is fine
+    )
 
 
 def _mount_ui(app: Any, judge: Any, api_key: str | None, dbs: Sequence[str | Path], writable: bool) -> None:
