@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+import pollux.store as store_module
+import pollux.ui as ui_package
 from pollux.store import JobRow, RunStore, StoreError, read_runs, read_verdicts
+from pollux.ui import reviews, sources
 from pollux.verdicts import Verdict
 
 CONFIG = {"judge": "j", "engine": {"sampling": {"temperature": 0.0}}, "pollux_version": "0.1.0"}
@@ -199,3 +203,21 @@ def test_not_a_store(tmp_path: Path):
     sqlite3.connect(empty).close()
     with pytest.raises(StoreError, match="not a pollux run database"):
         read_verdicts(empty)
+
+
+def test_the_run_database_schema_is_defined_once(tmp_path: Path):
+    """Issue 24 item 5: the store's names (tables, columns, indexes, the reviews table) are what a
+    store really has, and the UI uses them instead of a copy (no DDL of run tables in pollux.ui)."""
+    with RunStore(tmp_path / "run.db") as store:
+        def columns(table: str) -> tuple[str, ...]:
+            return tuple(r[1] for r in store.conn.execute(f"PRAGMA table_info({table})"))
+
+        assert columns("records") == store_module.RECORD_COLUMNS and columns("jobs") == store_module.JOB_COLUMNS
+        assert set(store_module.RUN_TABLES) <= store_module.table_names(store.conn)
+        assert store_module.missing_indexes(store.conn) == [] and len(store_module.INDEX_NAMES) == 7
+        reviews.ensure_table(store.conn)
+        assert reviews.has_table(store.conn) and store_module.REVIEWS_TABLE == "ui_reviews"
+    assert sources.UI_INDEXES is store_module.INDEX_NAMES
+    for path in Path(ui_package.__file__).parent.glob("*.py"):
+        ddl = re.findall(r"CREATE (?:VIRTUAL )?(?:TABLE|INDEX) IF NOT EXISTS ([\w.]+)", path.read_text("utf-8"))
+        assert all(name.startswith("fts.") for name in ddl), (path.name, ddl)  # only the search sidecar's own

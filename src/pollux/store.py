@@ -19,13 +19,20 @@ An evaluation takes hours and must survive crashes, so every verdict is committe
   Generative judges may also carry `expected_score` (the probability-weighted score at `[RESULT]`)
   and `score_probs` (JSON: scale value → probability).
 
+* `ui_reviews` — human reviews written by the web UI beside the verdicts (`REVIEWS_SCHEMA`; created
+  by the UI when reviews are writable, never by `pollux evaluate`).
+
 `read_verdicts(db)` is the public reading side: a pandas DataFrame, one row per judged job.
+This module is the one place that knows the run database's schema — tables, columns, indexes
+(`RUN_TABLES`, `RECORD_COLUMNS`, `JOB_COLUMNS`, `INDEX_NAMES`, `REVIEWS_SCHEMA`, `check_run_db`):
+the web UI (`pollux.ui`) reads and writes through these names rather than a copy of its own.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -122,6 +129,29 @@ CREATE INDEX IF NOT EXISTS verdicts_state ON verdicts (run_id, valid);
 CREATE INDEX IF NOT EXISTS verdicts_key ON verdicts (item_key, run_id, score, valid);
 """
 _SCHEMA += _INDEXES
+INDEX_NAMES: tuple[str, ...] = tuple(re.findall(r"CREATE INDEX IF NOT EXISTS (\w+)", _INDEXES))
+RUN_TABLES = ("runs", "records", "jobs", "verdicts")  # what makes a database a run database
+# The columns of the two input tables in table order: upserts here and bulk loads (expert files).
+RECORD_COLUMNS = ("record_pk", "source", "record_id", "model_id", "line", "answer_key", "instruction", "answer",
+                  "reference_answer", "task_type", "task_subtype", "task_subsubtype", "task_group", "extra_json")
+JOB_COLUMNS = ("run_id", "record_pk", "criteria_name", "criterion_id", "criterion_group", "rubrics", "item_key",
+               "position")
+REVIEWS_TABLE = "ui_reviews"
+# One row per (run, answer, criterion, reviewer); the judge's verdict beside it is never changed.
+REVIEWS_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {REVIEWS_TABLE} (
+    review_id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL,
+    record_pk INTEGER NOT NULL,
+    criteria_name TEXT NOT NULL,
+    reviewer TEXT NOT NULL,
+    score REAL,
+    comment TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    UNIQUE (run_id, record_pk, criteria_name, reviewer)
+)
+"""
 
 
 class StoreError(RuntimeError):
@@ -280,8 +310,7 @@ class RunStore:
     def upsert_record(self, rec: Mapping[str, Any]) -> int:
         """Insert an answer, or refresh the line, task and extra fields of the same answer (same id,
         model and texts); returns its key. Changed texts are another record (see the module doc)."""
-        cols = ("source", "record_id", "model_id", "answer_key", "line", "instruction", "answer",
-                "reference_answer", "task_type", "task_subtype", "task_subsubtype", "task_group", "extra_json")
+        cols = RECORD_COLUMNS[1:]  # record_pk is the store's
         values = [rec.get(c) for c in cols]
         with self._write():
             self.conn.execute(
@@ -313,8 +342,7 @@ class RunStore:
     def add_jobs(self, run_id: int, jobs: Iterable[JobRow]) -> None:
         with self._write():
             self.conn.executemany(
-                "INSERT INTO jobs (run_id, record_pk, criteria_name, criterion_id, criterion_group, rubrics, "
-                "item_key, position) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({', '.join('?' * len(JOB_COLUMNS))}) "
                 "ON CONFLICT (run_id, record_pk, criteria_name) DO UPDATE SET criterion_id=excluded.criterion_id, "
                 "criterion_group=excluded.criterion_group, rubrics=excluded.rubrics, item_key=excluded.item_key, "
                 "position=excluded.position",
@@ -376,6 +404,37 @@ class RunStore:
         }
 
 
+def table_names(conn: sqlite3.Connection) -> set[str]:
+    return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+
+def check_run_db(conn: sqlite3.Connection, path: str | Path) -> None:
+    """StoreError unless `conn` is a run database this pollux reads: a SQLite file with the run
+    tables and a schema version no newer than `SCHEMA_VERSION` (older ones are read as they are)."""
+    try:
+        tables = table_names(conn)
+    except sqlite3.DatabaseError as e:
+        raise StoreError(f"{path}: not a SQLite database ({e})") from None
+    if not set(RUN_TABLES) <= tables:
+        raise StoreError(f"{path}: not a pollux run database (no {'/'.join(RUN_TABLES)} tables)")
+    if "store_meta" in tables:
+        row = conn.execute("SELECT value FROM store_meta WHERE key='schema_version'").fetchone()
+        if row is not None and int(row[0]) > SCHEMA_VERSION:
+            raise StoreError(f"{path}: schema version {row[0]}, this pollux reads up to {SCHEMA_VERSION}")
+
+
+def missing_indexes(conn: sqlite3.Connection) -> list[str]:
+    """The store's filter indexes (`INDEX_NAMES`) a database lacks (one written by an older pollux)."""
+    have = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    return [name for name in INDEX_NAMES if name not in have]
+
+
+def insert_rows(conn: sqlite3.Connection, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """Bulk insert (duplicates of a unique key are skipped): for building a store in one pass."""
+    marks = ", ".join("?" * len(columns))
+    conn.executemany(f"INSERT OR IGNORE INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows)
+
+
 def _migrate_v1(conn: sqlite3.Connection) -> None:
     """Schema 1 keyed records by (source, record id, model) only, so a changed answer overwrote
     the text an older verdict was judged on. Rebuild `records` with the content key (SQLite's
@@ -435,9 +494,7 @@ def read_verdicts(db_path: str | Path, *, run: int | None = None, texts: bool = 
         raise StoreError(f"{path}: no such run database")
     conn = sqlite3.connect(str(path), timeout=30)
     try:
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if not {"runs", "jobs", "records", "verdicts"} <= tables:
-            raise StoreError(f"{path}: not a pollux run database")
+        check_run_db(conn, path)
         where, params = ("WHERE v.run_id = ?", (run,)) if run is not None else ("", ())
         df = pd.read_sql_query(_READ_SQL.format(where=where), conn, params=params)
     finally:

@@ -22,21 +22,8 @@ from typing import Any
 
 from pollux.records import text_problem
 from pollux.scales import parse_scale
+from pollux.store import REVIEWS_SCHEMA, REVIEWS_TABLE, table_names
 
-TABLE_SQL = """
-CREATE TABLE IF NOT EXISTS ui_reviews (
-    review_id INTEGER PRIMARY KEY,
-    run_id INTEGER NOT NULL,
-    record_pk INTEGER NOT NULL,
-    criteria_name TEXT NOT NULL,
-    reviewer TEXT NOT NULL,
-    score REAL,
-    comment TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    UNIQUE (run_id, record_pk, criteria_name, reviewer)
-)
-"""
 MAX_COMMENT_CHARS = 10_000
 MAX_REVIEWER_CHARS = 200
 
@@ -78,12 +65,13 @@ def _check_score(score: float, rubrics: str) -> float:
 
 
 def ensure_table(conn: sqlite3.Connection) -> None:
+    """Create the reviews table (its schema is the store's, `pollux.store.REVIEWS_SCHEMA`)."""
     with conn:
-        conn.execute(TABLE_SQL)
+        conn.execute(REVIEWS_SCHEMA)
 
 
 def has_table(conn: sqlite3.Connection) -> bool:
-    return conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='ui_reviews'").fetchone() is not None
+    return REVIEWS_TABLE in table_names(conn)
 
 
 def upsert(conn: sqlite3.Connection, run_id: int, record_pk: int, criteria_name: str, score: float | None,

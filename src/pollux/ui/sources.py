@@ -27,14 +27,22 @@ from urllib.parse import quote
 import numpy as np
 
 from pollux.metaeval import load_experts
-from pollux.store import SCHEMA_VERSION, RunStore, StoreError
+from pollux.store import (
+    INDEX_NAMES,
+    JOB_COLUMNS,
+    RECORD_COLUMNS,
+    RunStore,
+    StoreError,
+    check_run_db,
+    insert_rows,
+    missing_indexes,
+)
 from pollux.ui import reviews, textindex
 
 log = logging.getLogger("pollux.ui")
 T = TypeVar("T")
-# The store's indexes the UI's filters rely on (pollux.store._SCHEMA); older databases lack them.
-UI_INDEXES = ("jobs_criterion", "jobs_group", "records_model", "records_task", "verdicts_score", "verdicts_state",
-              "verdicts_key")
+# The store's indexes the UI's filters rely on (defined in pollux.store); older databases lack them.
+UI_INDEXES = INDEX_NAMES
 MAX_CACHED = 64
 
 
@@ -92,10 +100,10 @@ def open_run_db(index: int, path: str | Path, *, writable: bool, cache_dir: Path
         raise ValueError(f"{path}: no such run database")
     conn = _connect(path, read_only=True)
     try:
-        _check_store(conn, path)
-    except ValueError:
+        check_run_db(conn, path)
+    except StoreError as e:
         conn.close()
-        raise
+        raise ValueError(str(e)) from None
     if writable:
         conn.close()
         try:  # what `pollux evaluate` does on open: migrations and the current indexes
@@ -104,7 +112,7 @@ def open_run_db(index: int, path: str | Path, *, writable: bool, cache_dir: Path
             raise ValueError(str(e)) from None
         conn = _connect(path, read_only=False)
         reviews.ensure_table(conn)
-    missing = _missing_indexes(conn)
+    missing = missing_indexes(conn)
     if missing:
         log.warning("%s was written by an older pollux without the indexes the UI filters use (%s): "
                     "queries scan whole tables and are slower; opening it once with --writable (or "
@@ -125,23 +133,6 @@ def _connect(path: Path, *, read_only: bool) -> sqlite3.Connection:
     return conn
 
 
-def _check_store(conn: sqlite3.Connection, path: Path) -> None:
-    try:
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    except sqlite3.DatabaseError as e:
-        raise ValueError(f"{path}: not a SQLite database ({e})") from None
-    if not {"runs", "jobs", "records", "verdicts", "store_meta"} <= tables:
-        raise ValueError(f"{path}: not a pollux run database (no runs/jobs/records/verdicts tables)")
-    row = conn.execute("SELECT value FROM store_meta WHERE key='schema_version'").fetchone()
-    if row is not None and int(row[0]) > SCHEMA_VERSION:
-        raise ValueError(f"{path}: schema version {row[0]}, this pollux reads up to {SCHEMA_VERSION}")
-
-
-def _missing_indexes(conn: sqlite3.Connection) -> list[str]:
-    have = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
-    return [name for name in UI_INDEXES if name not in have]
-
-
 def open_experts(index: int, path: str | Path) -> Source:
     """An expert file as a one-run in-memory store: one record per answer, one job and one
     "verdict" (the experts' aggregate score, per-expert scores as its rationale) per row."""
@@ -159,17 +150,16 @@ def open_experts(index: int, path: str | Path) -> Source:
         jobs.append((run.run_id, int(r.answer_id) + 1, r.criteria_name, None, r.group, r.rubrics, r.key, position))
         verdicts.append(_expert_verdict(run.run_id, name, r, experts))
     with store.transaction():
-        store.conn.executemany("INSERT INTO records (record_pk, source, record_id, model_id, line, answer_key, "
-                               "instruction, answer, reference_answer, task_type, task_subtype, task_subsubtype, "
-                               "task_group, extra_json) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", records)
-        store.conn.executemany("INSERT OR IGNORE INTO jobs (run_id, record_pk, criteria_name, criterion_id, "
-                               "criterion_group, rubrics, item_key, position) VALUES (?,?,?,?,?,?,?,?)", jobs)
-        store.conn.executemany("INSERT OR IGNORE INTO verdicts (run_id, item_key, judge, criteria_name, score, "
-                               "head_score, scale_min, scale_max, valid, invalid_reason, rationale, raw_text, "
-                               "prompt_tokens, completion_tokens, time_s, created_at) "
-                               "VALUES (?,?,?,?,?,?,?,?,?,?,?,'',0,0,0,0)", verdicts)
+        insert_rows(store.conn, "records", RECORD_COLUMNS, records)
+        insert_rows(store.conn, "jobs", JOB_COLUMNS, jobs)
+        insert_rows(store.conn, "verdicts", _EXPERT_VERDICT_COLUMNS, verdicts)
     log.info("%s: %d expert rows (%d skipped) loaded as run %d", path, len(frame), len(data.skipped), run.run_id)
     return Source(index, Path(path), "experts", store.conn, False, ":memory:")
+
+
+_EXPERT_VERDICT_COLUMNS = ("run_id", "item_key", "judge", "criteria_name", "score", "head_score", "scale_min",
+                           "scale_max", "valid", "invalid_reason", "rationale", "raw_text", "prompt_tokens",
+                           "completion_tokens", "time_s", "created_at")
 
 
 def _expert_verdict(run_id: int, name: str, r: Any, experts: np.ndarray) -> tuple[Any, ...]:
@@ -180,4 +170,5 @@ def _expert_verdict(run_id: int, name: str, r: Any, experts: np.ndarray) -> tupl
     reason = None if valid else ("not applicable (-1)" if score is None else f"score {score:g} outside the scale")
     scores = ", ".join(f"{s:g}" for s in experts if not math.isnan(s))
     rationale = f"Оценки экспертов: {scores}" if scores else ""
-    return (run_id, r.key, f"experts:{name}", r.criteria_name, score, score, lo, hi, int(valid), reason, rationale)
+    return (run_id, r.key, f"experts:{name}", r.criteria_name, score, score, lo, hi, int(valid), reason, rationale,
+            "", 0, 0, 0.0, 0.0)
