@@ -6,10 +6,11 @@ or as dicts with POLLUX column names, and returns `Verdict`s in input order.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import queue
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from pollux.engine import Engine, OnVerdict, SamplingParams
@@ -118,40 +119,88 @@ class Judge:
         text hook (`on_text`: the in-process engine) stream step by step; others (`openai:`,
         `vllm:`) yield the whole text in one delta, then the verdict. Closing the generator early
         stops the worker at its next decode step (its hook raises), so no thread is left behind
-        generating for nobody; an engine without a hook finishes its one call, then ends."""
-        prepared = as_item(item)
+        generating for nobody; an engine without a hook finishes its one call, then ends. A stream
+        closed while it waits for its turn (another call holds the judge) never calls the engine."""
         events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        closed = self._stream_worker(as_item(item), lambda kind, value: events.put((kind, value)))
+        deltas = _Deltas()
+        try:
+            while True:
+                kind, value = events.get()
+                yield from deltas.parts(kind, value)
+                if kind == "verdict":
+                    return
+        finally:
+            closed.set()
+
+    async def astream(self, item: ItemLike) -> AsyncIterator[str | Verdict]:
+        """`stream` for an event loop: the same parts, awaited without holding a thread of the
+        loop's pool while the judgement waits its turn or generates (a web server's pages share
+        that pool). Cancelling or closing it stops the worker as closing `stream` does."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+        def put(kind: str, value: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, (kind, value))
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                closed.set()
+
+        closed = self._stream_worker(as_item(item), put)
+        deltas = _Deltas()
+        try:
+            while True:
+                kind, value = await events.get()
+                for part in deltas.parts(kind, value):
+                    yield part
+                if kind == "verdict":
+                    return
+        finally:
+            closed.set()
+
+    def _stream_worker(self, item: JudgeItem, put: Callable[[str, Any], None]) -> threading.Event:
+        """Start judging `item` in a worker thread that reports `("text", so_far)`, then
+        `("verdict", v)` or `("error", e)` through `put`; setting the returned event stops it:
+        before its engine call if it is still waiting for the judge, else at its next token."""
         closed = threading.Event()
 
         def on_text(index: int, text: str) -> None:
             if closed.is_set():
                 raise _StreamClosed()
-            events.put(("text", text))
+            put("text", text)
 
         def work() -> None:
             try:
-                hooks: dict[str, Any] = {"on_text": on_text} if self.accepts("on_text") else {}
-                verdicts = self.judge_many([prepared], **hooks)
-                events.put(("verdict", verdicts[0]))
+                with self._lock:
+                    if closed.is_set():
+                        return  # the consumer left while this judgement waited its turn
+                    hooks: dict[str, Any] = {"on_text": on_text} if self.accepts("on_text") else {}
+                    verdicts = self.judge_many([item], **hooks)
+                put("verdict", verdicts[0])
             except _StreamClosed:
                 pass
             except BaseException as e:  # handed to the consumer, raised there
-                events.put(("error", e))
+                put("error", e)
 
-        worker = threading.Thread(target=work, name="pollux-stream", daemon=True)
-        worker.start()
-        sent = ""
-        try:
-            while True:
-                kind, value = events.get()
-                if kind == "error":
-                    raise value
-                text = value.raw_text if kind == "verdict" else value
-                if text.startswith(sent) and len(text) > len(sent):
-                    yield text[len(sent):]
-                    sent = text
-                if kind == "verdict":
-                    yield value
-                    return
-        finally:
-            closed.set()
+        threading.Thread(target=work, name="pollux-stream", daemon=True).start()
+        return closed
+
+
+class _Deltas:
+    """Turns a stream worker's events into the parts a stream yields: the new text since the last
+    delta, then the verdict (its `raw_text` completes the deltas); an error is raised."""
+
+    def __init__(self) -> None:
+        self.sent = ""
+
+    def parts(self, kind: str, value: Any) -> list[str | Verdict]:
+        if kind == "error":
+            raise value
+        out: list[str | Verdict] = []
+        text = value.raw_text if kind == "verdict" else value
+        if text.startswith(self.sent) and len(text) > len(self.sent):
+            out.append(text[len(self.sent):])
+            self.sent = text
+        if kind == "verdict":
+            out.append(value)
+        return out

@@ -15,7 +15,8 @@ import json
 import logging
 import math
 import re
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+import threading
+from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,14 +57,47 @@ SECURITY_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "n
                     "Referrer-Policy": "same-origin", "X-Frame-Options": "DENY"}
 PAGE_SIZE = 50
 MAX_BODY = 256 * 1024  # a form or a live-judge request; answers are long, but not this long
+MAX_LIVE = 8  # live judgements in progress at once (one runs, the others wait their turn)
+LIVE_RETRY_AFTER_S = 10
 
 
 class UIError(Exception):
-    """A request the UI refuses: an HTTP status and a message for people."""
+    """A request the UI refuses: an HTTP status and a message for people (and headers such as
+    Retry-After)."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+class LiveSlots:
+    """How many live judgements may be in progress at once (running or waiting for the judge).
+
+    Each holds a worker thread of its own while it waits, and the judge serves one at a time, so
+    an unbounded queue only grows latency and threads; beyond `limit` a request is a 429."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._free = threading.BoundedSemaphore(limit)
+        self._taken = 0
+        self._count_lock = threading.Lock()
+
+    @property
+    def in_progress(self) -> int:
+        return self._taken
+
+    def take(self) -> bool:
+        """A place for one more live judgement, or False when all are taken (never waits)."""
+        if not self._free.acquire(blocking=False):
+            return False
+        with self._count_lock:
+            self._taken += 1
+        return True
+
+    def give_back(self) -> None:
+        with self._count_lock:
+            self._taken -= 1
+        self._free.release()
 
 
 @dataclass
@@ -72,6 +106,7 @@ class UIState:
     auth: Auth
     judge: Judge | None = None
     catalog: Catalog | None = None
+    live: LiveSlots = field(default_factory=lambda: LiveSlots(MAX_LIVE))
     env: Environment = field(default_factory=lambda: _environment())
 
 
@@ -121,13 +156,16 @@ def _wants_json(request: Request) -> bool:
         or "application/json" in request.headers.get("accept", "")
 
 
-def _error_response(request: Request, state: UIState, status: int, message: str) -> Response:
+def _error_response(request: Request, state: UIState, status: int, message: str,
+                    headers: dict[str, str] | None = None) -> Response:
     if _wants_json(request):
-        return JSONResponse({"error": {"message": message, "code": status}}, status_code=status)
+        return JSONResponse({"error": {"message": message, "code": status}}, status_code=status, headers=headers)
     if status == 401 and request.method == "GET" and state.auth.can_sign_in:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse(f"/ui/signin?next={quote(target, safe='')}", status_code=303)
-    return render(state, request, "error.html", state.auth.session(request), status=status, message=message)
+    page = render(state, request, "error.html", state.auth.session(request), status=status, message=message)
+    page.headers.update(headers or {})
+    return page
 
 
 def _route_class(state: UIState) -> type[APIRoute]:
@@ -141,7 +179,9 @@ def _route_class(state: UIState) -> type[APIRoute]:
             async def run(request: Request) -> Response:
                 try:
                     response = await handler(request)
-                except (UIError, AuthError) as e:
+                except UIError as e:
+                    response = _error_response(request, state, e.status, e.message, e.headers)
+                except AuthError as e:
                     response = _error_response(request, state, e.status, e.message)
                 except P.ParamError as e:
                     response = _error_response(request, state, 400, str(e))
@@ -157,12 +197,15 @@ def _route_class(state: UIState) -> type[APIRoute]:
 
 
 def create_ui_router(explorer: Explorer, *, judge: Judge | None = None, key: str | None = None,
-                     protect_reads: bool = False, catalog: Catalog | None = None) -> APIRouter:
+                     protect_reads: bool = False, catalog: Catalog | None = None,
+                     max_live: int = MAX_LIVE) -> APIRouter:
     """All pages and UI endpoints under `/ui`. `judge` enables the judge-live page; `key` enables
     sign-in (and so writes: reviews when the explorer is writable, judge live); `protect_reads`
-    makes every page need sign-in (`pollux serve --ui` with a server key)."""
+    makes every page need sign-in (`pollux serve --ui` with a server key); `max_live`: live
+    judgements in progress at once (more are a 429)."""
     state = UIState(explorer=explorer, auth=Auth(key, protect_reads=protect_reads), judge=judge,
-                    catalog=catalog if catalog is not None else (load_catalog() if judge is not None else None))
+                    catalog=catalog if catalog is not None else (load_catalog() if judge is not None else None),
+                    live=LiveSlots(max_live))
     router = APIRouter(prefix="/ui", route_class=_route_class(state))
     _add_session_routes(router, state)
     _add_page_routes(router, state)
@@ -172,12 +215,13 @@ def create_ui_router(explorer: Explorer, *, judge: Judge | None = None, key: str
 
 
 def create_ui_app(explorer: Explorer, *, judge: Judge | None = None, key: str | None = None,
-                  catalog: Catalog | None = None, allowed_hosts: Sequence[str] | None = None) -> FastAPI:
+                  catalog: Catalog | None = None, allowed_hosts: Sequence[str] | None = None,
+                  max_live: int = MAX_LIVE) -> FastAPI:
     """The standalone app of `pollux ui`: the router, and `/` sends browsers to `/ui/`.
     `allowed_hosts`: the Host headers answered (others get a 400), so that a web page whose name
     was rebound to 127.0.0.1 (DNS rebinding) cannot read a UI bound to loopback."""
     app = FastAPI(title="pollux ui", docs_url=None, redoc_url=None, openapi_url=None)
-    app.include_router(create_ui_router(explorer, judge=judge, key=key, catalog=catalog))
+    app.include_router(create_ui_router(explorer, judge=judge, key=key, catalog=catalog, max_live=max_live))
     if allowed_hosts is not None:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
 
@@ -420,8 +464,38 @@ def _add_live_routes(router: APIRouter, state: UIState) -> None:
         if state.judge is None:
             raise UIError(409, "no judge is loaded: start the UI with --judge")
         item = _live_item(state, await read_body(request))
-        return StreamingResponse(_live_stream(state, item), media_type="application/x-ndjson",
-                                 headers={"Cache-Control": "no-store", **SECURITY_HEADERS})
+        if not state.live.take():
+            raise UIError(429, f"too many live judgements in progress ({state.live.limit}, one at a time on "
+                          f"this judge): try again in a few seconds",
+                          headers={"Retry-After": str(LIVE_RETRY_AFTER_S)})
+        return LiveResponse(_live_stream(state, item), state.live.give_back)
+
+    @router.get("/api/live")
+    def live_status(request: Request) -> JSONResponse:
+        state.auth.require_read(request)
+        return JSONResponse({"judge": state.judge is not None, "limit": state.live.limit,
+                             "in_progress": state.live.in_progress})
+
+
+class LiveResponse(StreamingResponse):
+    """A live judgement's NDJSON stream. However the response ends — finished, the client gone
+    (Starlette cancels the body on `http.disconnect`), or never started — the judge's stream is
+    closed (so it stops generating and frees the judge) and its place among the live judgements
+    is given back."""
+
+    def __init__(self, body: AsyncGenerator[bytes, None], give_back: Callable[[], None]):
+        super().__init__(body, media_type="application/x-ndjson",
+                         headers={"Cache-Control": "no-store", **SECURITY_HEADERS})
+        self._body, self._give_back = body, give_back
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            try:
+                await self._body.aclose()
+            finally:
+                self._give_back()
 
 
 def _live_item(state: UIState, body: bytes) -> JudgeItem:
@@ -454,16 +528,17 @@ def _live_item(state: UIState, body: bytes) -> JudgeItem:
         raise UIError(400, str(e)) from None
 
 
-def _live_stream(state: UIState, item: JudgeItem) -> Iterator[bytes]:
+async def _live_stream(state: UIState, item: JudgeItem) -> AsyncGenerator[bytes, None]:
     """NDJSON lines: `{"type": "delta", "text"}` as the rationale is generated, then
     `{"type": "verdict", ...}` (or `{"type": "error", "message"}`). The judge makes one engine call
-    at a time (`Judge`'s lock), so a live judgement takes turns with `/v1/judge` batches."""
+    at a time (`Judge`'s lock), so a live judgement takes turns with `/v1/judge` batches; it waits
+    on the event loop (`Judge.astream`), not in a thread of the pool that serves the pages."""
     def line(obj: dict[str, Any]) -> bytes:
         return (json.dumps(obj, ensure_ascii=False) + "\n").encode()
 
     assert state.judge is not None  # the route answers 409 without a judge
     try:
-        for part in state.judge.stream(item):
+        async for part in state.judge.astream(item):
             if isinstance(part, str):
                 yield line({"type": "delta", "text": part})
             else:
