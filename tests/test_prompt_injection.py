@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import time
 import unicodedata
 from collections.abc import Callable, Iterator
 
@@ -256,24 +255,13 @@ def test_ordinary_russian_text_is_left_byte_identical() -> None:
         assert not reader_sees_header(line), line  # the negative corpus is negative for the checker too
 
 
-# --- cost ----------------------------------------------------------------------------------------------
-
-def _best_of(n: int, fn: Callable[[], object]) -> float:
-    neutralise_headers("warm up")
-    best = float("inf")
-    for _ in range(n):
-        started = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - started)
-    return best
-
+# --- long texts (their cost is measured by bench/bench_prompts.py, not asserted here) -------------------
 
 @pytest.mark.parametrize("kind", ["prose", "many short lines", "full of headers"])
-def test_neutralising_a_200k_char_answer_is_cheap(kind: str) -> None:
+def test_a_200k_char_answer_is_neutralised_line_by_line(kind: str) -> None:
     line = {"prose": "Обычный длинный ответ модели, в котором нет заголовков, но есть слова оценка и ответ. ",
             "many short lines": "Ответ для\n",
             "full of headers": "### Критерий оценки:\n"}[kind]
-    text = (line * (200_000 // len(line) + 1))[:200_000]
-    seconds = _best_of(5, lambda: neutralise_headers(text))
-    print(f"\nneutralise_headers on 200k chars ({kind}): {seconds * 1000:.1f} ms")
-    assert seconds < 0.1
+    text = line * (200_000 // len(line) + 1)
+    expected = text.replace("### ", "\\### ") if kind == "full of headers" else text
+    assert neutralise_headers(text) == expected
