@@ -153,6 +153,25 @@ def _on_expert_rows(experts: ExpertData, sub: pd.DataFrame, selected: pd.Series,
     return v, {"missing": ~has_record, "error": errored, "no_score": no_score, "out_of_scale": outside}
 
 
+def split_rows(experts: ExpertData, split: str) -> tuple[np.ndarray, str, str | None]:
+    """(which rows are in `split`, the split applied, a note or None).
+
+    Data in which no row has a `task_type` (e.g. the UI's review export of runs whose answers had
+    none) cannot be split into in- and out-of-domain: every row is used, with a note, rather
+    than an empty split ending the meta-evaluation. Rows of data that has task types are split
+    as asked (a split that is then empty is the caller's error to report)."""
+    check_split(split)
+    frame = experts.frame
+    n = len(frame)
+    if split == "all":
+        return np.ones(n, dtype=bool), split, None
+    if n and not (frame["task_type"] != "").any():
+        return np.ones(n, dtype=bool), "all", (f"no row has a task_type: split {split!r} does not apply; "
+                                               f"all {n} rows are used")
+    ood = frame["ood"].to_numpy()
+    return (ood if split == "ood" else ~ood), split, None
+
+
 def meta_evaluate(
     experts: ExpertData,
     scores: pd.DataFrame | Sequence[pd.DataFrame],
@@ -172,50 +191,78 @@ def meta_evaluate(
     `score`: which score each judge contributes (`SCORE_CHOICES`); several (a comma list, a
     sequence, or "both" = auto,expected) give each judge one column per score, on the same
     resamples (paired intervals).
-    `split`: "ood" (held-out task types), "id" or "all". `n_bootstrap=0` skips intervals.
-    `out_of_scale`: "drop" (the official metrics' rule; counted) or "clip" to the scale.
+    `split`: "ood" (held-out task types), "id" or "all" (`split_rows`). `n_bootstrap=0` skips
+    intervals. `out_of_scale`: "drop" (the official metrics' rule; counted) or "clip" to the scale.
     `common_rows`: compare every judge on the rows all judges scored.
     """
     check_split(split)
     if out_of_scale not in OUT_OF_SCALE:
         raise ValueError(f"out_of_scale must be one of {OUT_OF_SCALE}, got {out_of_scale!r}")
-    if not isinstance(scores, pd.DataFrame):
-        scores = pd.concat(list(scores), ignore_index=True) if len(scores) else pd.DataFrame()
-    if scores.empty:
-        raise ValueError("no judge scores were given")
     notes: list[str] = []
-    frame = experts.frame
     sources: dict[str, tuple[str, str]] = {}
-    values, reasons = _join(experts, scores, score, out_of_scale, notes, sources)
+    values, reasons = _join(experts, _one_frame(scores), score, out_of_scale, notes, sources)
     judges = list(values)
-
-    in_split = {"ood": frame["ood"].to_numpy(), "id": ~frame["ood"].to_numpy(),
-                "all": np.ones(len(frame), dtype=bool)}[split]
+    in_split, applied, split_note = split_rows(experts, split)
     if not in_split.any():
         raise ValueError(f"no expert rows in split {split!r}: check the data's task_type values and the "
                          "out-of-domain task list (--ood-tasks), or use split 'all'")
+    notes += [split_note] if split_note else []
+    frame = experts.frame
     applicable = np.isfinite(frame["expert"].to_numpy())
     if common_rows:
         together = np.logical_and.reduce([np.isfinite(v) for v in values.values()])
         values = {j: np.where(together, v, np.nan) for j, v in values.items()}
-
-    model_col = frame["model_id"].to_numpy()
     models = [str(m) for m in pd.unique(frame.loc[in_split, "model_id"])]
+    coverage = _coverage(frame, values, reasons, models, in_split, applicable)
+    notes += _coverage_notes(coverage, out_of_scale)
+    subsets = _subsets(frame, in_split, by_group, notes)
+    scored = _Scored(values=values, expert=frame["expert"].to_numpy(), annotations=experts.annotations,
+                     answer=frame["answer_id"].to_numpy(), confidence=confidence, n_bootstrap=n_bootstrap)
+    records = _metric_records(scored, frame, models, subsets, in_split & applicable, seed, kendall_ci, notes)
+    for note in notes:
+        warnings.warn(note, MetaEvalWarning, stacklevel=2)
+    settings = {"score": ",".join(parse_score_choices(score)), "split": applied, "split_requested": split,
+                "n_bootstrap": n_bootstrap, "confidence": confidence, "seed": seed, "out_of_scale": out_of_scale,
+                "common_rows": common_rows, "kendall_ci": kendall_ci, "expert_source": experts.source,
+                "expert_rows_skipped": len(experts.skipped),
+                "expert_rows_excluded": {reason: len(w) for reason, w in experts.excluded.items()}}
+    return MetaEvalResult(metrics=pd.DataFrame(records), coverage=pd.DataFrame(coverage), judges=judges,
+                          models=models, groups=subsets[1:], settings=settings, warnings=notes, sources=sources)
+
+
+def _one_frame(scores: pd.DataFrame | Sequence[pd.DataFrame]) -> pd.DataFrame:
+    if not isinstance(scores, pd.DataFrame):
+        scores = pd.concat(list(scores), ignore_index=True) if len(scores) else pd.DataFrame()
+    if scores.empty:
+        raise ValueError("no judge scores were given")
+    return scores
+
+
+def _coverage(frame: pd.DataFrame, values: dict[str, np.ndarray], reasons: dict[str, dict[str, np.ndarray]],
+              models: list[str], in_split: np.ndarray, applicable: np.ndarray) -> list[dict[str, Any]]:
+    """Per judge and LLM: the expert rows of the split and why some were not compared."""
+    model_col = frame["model_id"].to_numpy()
     coverage: list[dict[str, Any]] = []
-    for j in judges:
+    for j, v in values.items():
+        r = reasons[j]
         for m in models:
             rows = in_split & (model_col == m)
-            r = reasons[j]
+            usable = rows & applicable
             coverage.append({
                 "judge": j, "model": m, "n_rows": int(rows.sum()),
                 "not_applicable": int((rows & ~applicable).sum()),
-                "missing": int((rows & applicable & r["missing"]).sum()),
-                "error": int((rows & applicable & r["error"]).sum()),
-                "no_score": int((rows & applicable & r["no_score"]).sum()),
-                "out_of_scale": int((rows & applicable & r["out_of_scale"]).sum()),
-                "used": int((rows & applicable & np.isfinite(values[j])).sum()),
+                "missing": int((usable & r["missing"]).sum()),
+                "error": int((usable & r["error"]).sum()),
+                "no_score": int((usable & r["no_score"]).sum()),
+                "out_of_scale": int((usable & r["out_of_scale"]).sum()),
+                "used": int((usable & np.isfinite(v)).sum()),
             })
-    coverage_df = pd.DataFrame(coverage)
+    return coverage
+
+
+def _coverage_notes(coverage: list[dict[str, Any]], out_of_scale: str) -> list[str]:
+    """A note per judge and LLM that lost rows (or had scores clipped)."""
+    notes = []
     for row in coverage:
         dropped = row["out_of_scale"] if out_of_scale == "drop" else 0  # clipped scores are used
         lost = row["missing"] + row["error"] + row["no_score"] + dropped
@@ -227,66 +274,91 @@ def meta_evaluate(
         elif row["out_of_scale"]:
             notes.append(f"judge {row['judge']}, model {row['model']}: {row['out_of_scale']} scores outside the"
                          " rubric's scale were clipped to it")
+    return notes
 
+
+def _subsets(frame: pd.DataFrame, in_split: np.ndarray, by_group: bool, notes: list[str]) -> list[str]:
+    """ALL_GROUPS, then the criterion groups of the split in `GROUP_ORDER` (others sorted, unknown
+    last) when a breakdown is asked for and the groups are known."""
     present = set(frame.loc[in_split, "group"])
     groups = [g for g in GROUP_ORDER if g in present] + sorted(present - {*GROUP_ORDER, UNKNOWN})
     groups += [UNKNOWN] if UNKNOWN in present else []
-    subsets = [ALL_GROUPS]
     if by_group and groups and groups != [UNKNOWN]:
-        subsets += groups
-    elif by_group:
+        return [ALL_GROUPS, *groups]
+    if by_group:
         notes.append("criterion groups are unknown (no taxonomy entry, no criteria_group column): no breakdown")
+    return [ALL_GROUPS]
 
-    group_col = frame["group"].to_numpy()
-    answer_col = frame["answer_id"].to_numpy()
-    expert_col = frame["expert"].to_numpy()
-    records: list[dict[str, Any]] = []
-    rows_of = {(subset, m): np.flatnonzero(in_split & applicable & (model_col == m)
+
+@dataclass
+class _Scored:
+    """What every metric cell reads: each judge's scores on the expert rows (NaN: not compared),
+    the experts' aggregates and per-expert scores, each row's answer id, and the resampled
+    metrics of every (subset, LLM, judge)."""
+
+    values: dict[str, np.ndarray]
+    expert: np.ndarray
+    annotations: np.ndarray
+    answer: np.ndarray
+    confidence: float
+    n_bootstrap: int
+    samples: dict[tuple[str, str, str], dict[str, np.ndarray]] = field(default_factory=dict)
+
+
+def _metric_records(scored: _Scored, frame: pd.DataFrame, models: list[str], subsets: list[str],
+                    usable: np.ndarray, seed: int, kendall_ci: bool, notes: list[str]) -> list[dict[str, Any]]:
+    """Every metric's point value and interval per (judge, subset, LLM) and "Avg."; the warnings
+    raised on the way (NaN correlations, empty cells) are appended to `notes`."""
+    model_col, group_col = frame["model_id"].to_numpy(), frame["group"].to_numpy()
+    judges = list(scored.values)
+    rows_of = {(subset, m): np.flatnonzero(usable & (model_col == m)
                                            & ((group_col == subset) if subset != ALL_GROUPS else True))
                for subset in subsets for m in models}
-    answers = {m: np.unique(answer_col[in_split & applicable & (model_col == m)]) for m in models}
-    samples = _bootstrap(values, expert_col, experts.annotations, answer_col, rows_of, answers, judges,
-                         n_bootstrap, seed, kendall_ci)
+    answers = {m: np.unique(scored.answer[usable & (model_col == m)]) for m in models}
+    scored.samples = _bootstrap(scored.values, scored.expert, scored.annotations, scored.answer, rows_of, answers,
+                                judges, scored.n_bootstrap, seed, kendall_ci)
+    records: list[dict[str, Any]] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MetaEvalWarning)
         for subset in subsets:
             per_judge_samples: dict[str, dict[str, list[np.ndarray]]] = {j: {} for j in judges}
             for m in models:
-                rows = rows_of[subset, m]
-                local = np.searchsorted(answers[m], answer_col[rows])  # the answer's column in the counts
-                for j in judges:
-                    use = np.isfinite(values[j][rows])
-                    idx, a = rows[use], local[use]
-                    x, y, ann = values[j][idx], expert_col[idx], experts.annotations[idx]
-                    where = f"judge {j}, model {m}" + ("" if subset == ALL_GROUPS else f", group {subset}")
-                    point = point_metrics(x, y, ann, context=where) if idx.size else dict.fromkeys(METRICS, np.nan)
-                    if not idx.size:
-                        warnings.warn(f"{where}: no rows with both scores; all metrics are NaN", MetaEvalWarning,
-                                      stacklevel=1)
-                    got = samples.get((subset, m, j), {})
-                    n_answers = int(np.unique(a).size)
-                    for metric in METRICS:
-                        s = got.get(metric)
-                        lo, hi = bs.percentile_ci(s, confidence) if s is not None else (np.nan, np.nan)
-                        records.append({"judge": j, "group": subset, "model": m, "metric": metric,
-                                        "value": point[metric], "ci_low": lo, "ci_high": hi,
-                                        "n_rows": int(idx.size), "n_answers": n_answers})
-                        per_judge_samples[j].setdefault(metric, []).append(
-                            s if s is not None else np.full(max(n_bootstrap, 1), np.nan))
+                records += _cells(scored, subset, m, rows_of[subset, m], answers[m], per_judge_samples)
             for j in judges:
-                records += _average(records, j, subset, models, per_judge_samples[j], confidence, n_bootstrap)
+                records += _average(records, j, subset, models, per_judge_samples[j], scored.confidence,
+                                    scored.n_bootstrap)
     notes += [str(w.message) for w in caught if issubclass(w.category, MetaEvalWarning)]
     for w in caught:  # anything else (numpy, scipy) is passed on, not swallowed
         if not issubclass(w.category, MetaEvalWarning):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    for note in notes:
-        warnings.warn(note, MetaEvalWarning, stacklevel=2)
-    settings = {"score": ",".join(parse_score_choices(score)), "split": split, "n_bootstrap": n_bootstrap, "confidence": confidence,
-                "seed": seed, "out_of_scale": out_of_scale, "common_rows": common_rows,
-                "kendall_ci": kendall_ci, "expert_source": experts.source,
-                "expert_rows_skipped": len(experts.skipped)}
-    return MetaEvalResult(metrics=pd.DataFrame(records), coverage=coverage_df, judges=judges, models=models,
-                          groups=subsets[1:], settings=settings, warnings=notes, sources=sources)
+    return records
+
+
+def _cells(scored: _Scored, subset: str, m: str, rows: np.ndarray, answer_ids: np.ndarray,
+           per_judge_samples: dict[str, dict[str, list[np.ndarray]]]) -> list[dict[str, Any]]:
+    """One LLM's records in one subset, for every judge; each metric's resamples are added to
+    `per_judge_samples` for the "Avg." interval."""
+    local = np.searchsorted(answer_ids, scored.answer[rows])  # the answer's column in the counts
+    out: list[dict[str, Any]] = []
+    for j, v in scored.values.items():
+        use = np.isfinite(v[rows])
+        idx = rows[use]
+        where = f"judge {j}, model {m}" + ("" if subset == ALL_GROUPS else f", group {subset}")
+        if idx.size:
+            point = point_metrics(v[idx], scored.expert[idx], scored.annotations[idx], context=where)
+        else:
+            point = dict.fromkeys(METRICS, np.nan)
+            warnings.warn(f"{where}: no rows with both scores; all metrics are NaN", MetaEvalWarning, stacklevel=1)
+        got = scored.samples.get((subset, m, j), {})
+        n_answers = int(np.unique(local[use]).size)
+        for metric in METRICS:
+            s = got.get(metric)
+            lo, hi = bs.percentile_ci(s, scored.confidence) if s is not None else (np.nan, np.nan)
+            out.append({"judge": j, "group": subset, "model": m, "metric": metric, "value": point[metric],
+                        "ci_low": lo, "ci_high": hi, "n_rows": int(idx.size), "n_answers": n_answers})
+            per_judge_samples[j].setdefault(metric, []).append(
+                s if s is not None else np.full(max(scored.n_bootstrap, 1), np.nan))
+    return out
 
 
 def _bootstrap(values: dict[str, np.ndarray], expert: np.ndarray, annotations: np.ndarray, answer: np.ndarray,

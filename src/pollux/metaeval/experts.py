@@ -32,14 +32,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pollux.inputs import InputError, bad_text, detect_format, input_files, read_dataset
+from pollux.inputs import InputError, bad_text, detect_format, input_files, read_dataset, read_parquet_columns
 from pollux.metaeval.domains import DEFAULT_OOD_TASKS
 from pollux.metaeval.groups import UNKNOWN, canonical_group, criterion_groups
 from pollux.records import JudgeItem, RecordError
-from pollux.scales import parse_scale
+from pollux.scales import Scale, parse_scale
 
 REQUIRED = ("instruction", "answer", "criteria_name", "rubrics", "model_id")
 NOT_APPLICABLE = -1.0
+# Why a readable row is left out (`ExpertData.excluded`), in the order they are reported.
+NOT_FINITE, OUT_OF_SCALE, DUPLICATE, CONFLICT = "not finite", "out of scale", "duplicate", "conflicting duplicate"
+EXCLUDED_REASONS = (NOT_FINITE, OUT_OF_SCALE, DUPLICATE, CONFLICT)
 
 
 class MetaEvalWarning(UserWarning):
@@ -62,6 +65,7 @@ class ExpertData:
     annotations: np.ndarray
     skipped: list[str] = field(default_factory=list)
     source: str = ""
+    excluded: dict[str, list[str]] = field(default_factory=dict)
 
     def items(self, rows: Sequence[int] | None = None) -> list[JudgeItem]:
         """The judge inputs of the given rows (all by default)."""
@@ -102,26 +106,18 @@ def _read_columns(source: str | Path | pd.DataFrame, keep: Sequence[str] = (),
 
 
 def _read_parquet(files: list[Path], wanted: Sequence[str]) -> tuple[dict[str, list[Any]], list[str]]:
-    """The `wanted` columns that the shards have (pyarrow column projection: POLLUX's shards hold
-    ~20 columns of which meta-eval reads 10, and converting whole rows to Python took longer than
-    the metrics), as lists over all shards, and each row's `shard:row`. Texts are checked as
+    """The `wanted` columns that the shards have (`pollux.inputs.read_parquet_columns`: only those
+    columns are read), as lists over all shards, and each row's `shard:row`. Texts are checked as
     `read_rows` checks them, by `load_experts` (`_text_problems`)."""
-    import pyarrow.parquet as pq
-
     columns: dict[str, list[Any]] = {}
     where: list[str] = []
     for path in files:
-        try:
-            present = set(pq.read_schema(path).names)
-            table = pq.read_table(path, columns=[c for c in dict.fromkeys(wanted) if c in present])
-        except Exception as e:  # pyarrow raises several types for a corrupt file
-            raise InputError(f"{path}: cannot read Parquet: {e}") from None
-        for c in table.column_names:  # a column that only some shards have is empty in the others
+        part, n_rows = read_parquet_columns(path, wanted)
+        for c in part:  # a column that only some shards have is empty in the others
             columns.setdefault(c, [None] * len(where))
         for c, values in columns.items():
-            part = table.column(c).to_pylist() if c in table.column_names else [None] * table.num_rows
-            values.extend(None if isinstance(v, float) and math.isnan(v) else v for v in part)
-        where += [f"{path.name}:{i + 1}" for i in range(table.num_rows)]
+            values.extend(part.get(c, [None] * n_rows))
+        where += [f"{path.name}:{i + 1}" for i in range(n_rows)]
     return columns, where
 
 
@@ -136,8 +132,31 @@ def _number(value: Any) -> float:
     return float(value)
 
 
+def _score_cell(value: Any) -> float | None:
+    """A score cell → float; None for an empty cell (None, "", or NaN: how pandas and Parquet spell
+    a missing value). Text that reads as a non-finite number ("NaN", "inf") is returned as that
+    number, for the caller to refuse: it is a bad value, not an empty cell. Anything else that is
+    not a number raises ValueError / TypeError."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        return float(text.replace(",", ".")) if text else None
+    number = float(value)
+    return None if math.isnan(number) else number
+
+
+class _Unusable(Exception):
+    """A readable row that must not be used: `reason` (one of `EXCLUDED_REASONS`) and what is wrong."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 def _expert_scores(value: Any) -> list[float]:
-    """Per-expert scores from an `annotations` cell, without -1s and empty cells."""
+    """Per-expert scores from an `annotations` cell, without -1s and empty cells; a non-finite
+    score raises `_Unusable`, a score that is not a number ValueError / TypeError."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return []
     if isinstance(value, str):
@@ -146,10 +165,13 @@ def _expert_scores(value: Any) -> list[float]:
         value = [value]
     out = []
     for a in value:
-        s = a.get("score") if isinstance(a, dict) else a
-        s = float(s) if isinstance(s, (int, float)) else _number(s)  # the common case first
-        if not math.isnan(s) and s != NOT_APPLICABLE:
-            out.append(s)
+        cell = a.get("score") if isinstance(a, dict) else a
+        s = _score_cell(cell)
+        if s is None or s == NOT_APPLICABLE:
+            continue
+        if not math.isfinite(s):
+            raise _Unusable(NOT_FINITE, f"expert score in 'annotations' is not a finite number: {cell!r}")
+        out.append(s)
     return out
 
 
@@ -202,11 +224,29 @@ def load_experts(
     *,
     ood_tasks: Sequence[str] = DEFAULT_OOD_TASKS,
     keep: Sequence[str] = (),
+    strict: bool = False,
 ) -> ExpertData:
     """Read POLLUX-format expert data from a file, a folder of shards, a glob or a DataFrame (see
     the module docstring). `keep`: further columns to keep in `frame` (e.g. an `id` that score
-    files are joined on)."""
+    files are joined on). Rows that cannot be read are skipped, rows that must not be used (out of
+    the rubric's scale, not finite, duplicated) are excluded — each named with a warning and
+    counted; with `strict` any such row is a ValueError instead."""
     name, raw, row_names, skipped, checked = _read_columns(source, keep)
+    _require_columns(name, raw, skipped)
+    n = len(row_names)
+    col = {c: raw.get(c, [None] * n) for c in (*REQUIRED, *OPTIONAL)}
+    # Rows read by read_rows were checked there; a DataFrame's and Parquet columns' texts here.
+    problems: list[str | None] = [None] * n if checked else _text_problems(col, n)
+    rows = _parse_rows(col, row_names, problems, has_aggregate="criteria_score" in raw)
+    _exclude_duplicates(rows, col["model_id"], row_names)
+    skipped += rows.skipped
+    _report(name, skipped, rows.excluded, strict)
+    frame = _expert_frame(name, col, raw, rows, keep, ood_tasks)
+    return ExpertData(frame=frame, annotations=_annotation_matrix(rows.per_expert), skipped=skipped, source=name,
+                      excluded={reason: [where for _, where, _ in found] for reason, found in rows.excluded.items()})
+
+
+def _require_columns(name: str, raw: dict[str, list[Any]], skipped: list[str]) -> None:
     missing = [c for c in REQUIRED if c not in raw]
     if "criteria_score" not in raw and "annotations" not in raw:
         missing.append("criteria_score (or annotations)")
@@ -214,63 +254,182 @@ def load_experts(
         unreadable = f" ({len(skipped)} unreadable row(s), first {skipped[0]})" if skipped else ""
         raise ValueError(f"{name}: missing column(s) {', '.join(missing)}{unreadable}")
 
-    n = len(row_names)
-    col = {c: raw.get(c, [None] * n)
-           for c in (*REQUIRED, "reference_answer", "task_type", "criteria_score", "annotations", "criteria_group")}
-    has_aggregate = "criteria_score" in raw
-    keys: list[str] = []
-    expert: list[float] = []
-    per_expert: list[list[float]] = []
-    kept: list[int] = []
+
+@dataclass
+class _Rows:
+    """The usable rows as parsed so far: input position, content key, aggregate (NaN: not
+    applicable), per-expert scores; the skipped rows' messages; the excluded rows' (where,
+    message) by reason; each rubric's scale."""
+
+    kept: list[int] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+    expert: list[float] = field(default_factory=list)
+    per_expert: list[list[float]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    excluded: dict[str, list[tuple[int, str, str]]] = field(default_factory=dict)
+    scales: dict[str, Scale | None] = field(default_factory=dict)
+
+    def exclude(self, reason: str, position: int, where: str, message: str) -> None:
+        self.excluded.setdefault(reason, []).append((position, where, f"{where}: {message}"))
+
+    def keep_only(self, rows: list[int]) -> None:
+        """Keep these of the usable rows (indices into `kept`)."""
+        self.kept = [self.kept[r] for r in rows]
+        self.keys = [self.keys[r] for r in rows]
+        self.expert = [self.expert[r] for r in rows]
+        self.per_expert = [self.per_expert[r] for r in rows]
+
+
+def _parse_rows(col: dict[str, list[Any]], row_names: list[str], problems: list[str | None],
+                has_aggregate: bool) -> _Rows:
+    """Every row's key and scores; a row that cannot be read is skipped, one that must not be used
+    (a non-finite or out-of-scale score) is excluded, each with its reason."""
+    rows = _Rows()
     key_of = _key_function()
-    # Rows read by read_rows were checked there; a DataFrame's and Parquet columns' texts here.
-    text_problems = [None] * n if checked else _text_problems(col, n)
-    instructions, answers, criteria, rubric_texts, references = (
-        col[k] for k in ("instruction", "answer", "criteria_name", "rubrics", "reference_answer"))
-    for i in range(n):
-        where = row_names[i]
+    for i, where in enumerate(row_names):
         try:
-            texts = [instructions[i], answers[i], criteria[i], rubric_texts[i]]
-            reference = _blank_if_missing(references[i])
-            problem = text_problems[i]
-            if problem is not None:
-                raise RecordError(f"{where}: {problem}")
-            instruction, answer, criterion, rubrics = texts
-            if (isinstance(instruction, str) and isinstance(answer, str) and isinstance(criterion, str)
-                    and isinstance(rubrics, str) and isinstance(reference, str) and criterion.strip()
-                    and rubrics.strip()):  # spelled out: a generator per row was a tenth of the loading time
-                key = key_of(instruction, reference, answer, criterion, rubrics)
-            else:  # let JudgeItem say what is wrong
-                key = JudgeItem.from_dict(dict(zip(("instruction", "answer", "criteria_name", "rubrics"), texts,
-                                                   strict=True)) | {"reference_answer": reference}, where=where).key
-            if not isinstance(col["model_id"][i], str) or not col["model_id"][i].strip():
-                raise RecordError(f"{where}: field 'model_id' is empty or not a string")
-            try:
-                scores = _expert_scores(col["annotations"][i])
-            except (ValueError, TypeError, AttributeError) as e:
-                raise RecordError(f"{where}: cannot read 'annotations' ({e})") from None
-            try:
-                agg = _number(col["criteria_score"][i]) if has_aggregate else (
-                    float(np.mean(scores)) if scores else math.nan)
-            except (ValueError, TypeError):
-                raise RecordError(f"{where}: 'criteria_score' is not a number: {col['criteria_score'][i]!r}") from None
+            key = _row_key(col, i, where, problems[i], key_of)
+            scale = rows.scales.get(col["rubrics"][i], _UNSEEN)
+            if scale is _UNSEEN:
+                scale = rows.scales[col["rubrics"][i]] = parse_scale(col["rubrics"][i])
+            agg, scores = _row_scores(col, i, where, has_aggregate, scale)  # type: ignore[arg-type]
         except RecordError as e:
-            skipped.append(str(e))
+            rows.skipped.append(str(e))
             continue
-        keys.append(key)
-        expert.append(math.nan if agg == NOT_APPLICABLE else agg)
-        per_expert.append(scores)
-        kept.append(i)
-    for msg in skipped[:20]:
-        warnings.warn(f"skipped {msg}", MetaEvalWarning, stacklevel=2)
-    if len(skipped) > 20:
-        warnings.warn(f"skipped {len(skipped) - 20} more unreadable rows of {name}", MetaEvalWarning, stacklevel=2)
+        except _Unusable as e:
+            rows.exclude(e.reason, i, where, str(e))
+            continue
+        rows.kept.append(i)
+        rows.keys.append(key)
+        rows.expert.append(agg)
+        rows.per_expert.append(scores)
+    return rows
+
+
+_UNSEEN = object()
+
+
+def _row_key(col: dict[str, list[Any]], i: int, where: str, problem: str | None,
+             key_of: Callable[[str, str, str, str, str], str]) -> str:
+    """Row i's content key (`JudgeItem.key`); RecordError when a text or the model id is unusable."""
+    if problem is not None:
+        raise RecordError(f"{where}: {problem}")
+    instruction, answer, criterion, rubrics = (col[k][i] for k in ("instruction", "answer", "criteria_name", "rubrics"))
+    reference = _blank_if_missing(col["reference_answer"][i])
+    if (isinstance(instruction, str) and isinstance(answer, str) and isinstance(criterion, str)
+            and isinstance(rubrics, str) and isinstance(reference, str) and criterion.strip()
+            and rubrics.strip()):  # spelled out: a generator per row was a tenth of the loading time
+        key = key_of(instruction, reference, answer, criterion, rubrics)
+    else:  # let JudgeItem say what is wrong
+        texts = {"instruction": instruction, "answer": answer, "criteria_name": criterion, "rubrics": rubrics}
+        key = JudgeItem.from_dict(texts | {"reference_answer": reference}, where=where).key
+    model = col["model_id"][i]
+    if not isinstance(model, str) or not model.strip():
+        raise RecordError(f"{where}: field 'model_id' is empty or not a string")
+    return key
+
+
+def _row_scores(col: dict[str, list[Any]], i: int, where: str, has_aggregate: bool,
+                scale: Scale | None) -> tuple[float, list[float]]:
+    """Row i's aggregate (NaN when not applicable) and per-expert scores. RecordError: a score is
+    not a number; `_Unusable`: a score is not finite or off the rubric's scale."""
+    try:
+        scores = _expert_scores(col["annotations"][i])
+    except (ValueError, TypeError, AttributeError) as e:
+        raise RecordError(f"{where}: cannot read 'annotations' ({e})") from None
+    if has_aggregate:
+        cell = col["criteria_score"][i]
+        try:
+            agg = _score_cell(cell)
+        except (ValueError, TypeError):
+            raise RecordError(f"{where}: 'criteria_score' is not a number: {cell!r}") from None
+        if agg is not None and not math.isfinite(agg):
+            raise _Unusable(NOT_FINITE, f"'criteria_score' is not a finite number: {cell!r}")
+    else:
+        agg = float(np.mean(scores)) if scores else None
+    aggregate = math.nan if agg is None or agg == NOT_APPLICABLE else agg
+    if scale is not None:
+        _check_scale(aggregate, scores, scale)
+    return aggregate, scores
+
+
+def _check_scale(aggregate: float, scores: list[float], scale: Scale) -> None:
+    """The aggregate and each expert's score must lie within the rubric's scale [min, max]. The
+    aggregate is a mean over experts, so a value between two levels (1.5 on 0/1/2) is legitimate
+    for it; whether one expert's score must be a level is issue 23's item 18 (one rule for synth,
+    train and meta-eval, in `pollux.scales`), so it is checked against the range here."""
+    if not math.isnan(aggregate) and not scale.min <= aggregate <= scale.max:
+        raise _Unusable(OUT_OF_SCALE, f"'criteria_score' {aggregate:g} is outside the rubric's scale "
+                                      f"[{scale.min:g}, {scale.max:g}]")
+    for s in scores:
+        if not scale.min <= s <= scale.max:
+            raise _Unusable(OUT_OF_SCALE, f"expert score {s:g} in 'annotations' is outside the rubric's scale "
+                                          f"[{scale.min:g}, {scale.max:g}]")
+
+
+def _exclude_duplicates(rows: _Rows, models: list[Any], row_names: list[str]) -> None:
+    """Rows with the same texts and LLM are one judgement: an exact repeat (same scores) is
+    excluded and the first row kept; repeats with other scores are all excluded — which one the
+    experts meant cannot be known, and using both would count the judgement twice."""
+    first: dict[tuple[str, str], list[int]] = {}
+    for r, (i, key) in enumerate(zip(rows.kept, rows.keys, strict=True)):
+        first.setdefault((key, models[i]), []).append(r)
+    drop: set[int] = set()
+    for group in (g for g in first.values() if len(g) > 1):
+        signature = {(rows.expert[r] if not math.isnan(rows.expert[r]) else None, tuple(rows.per_expert[r]))
+                     for r in group}
+        head = row_names[rows.kept[group[0]]]
+        if len(signature) == 1:
+            drop.update(group[1:])
+            for r in group[1:]:
+                i = rows.kept[r]
+                rows.exclude(DUPLICATE, i, row_names[i], f"duplicate of {head} (same texts, LLM and scores)")
+            continue
+        drop.update(group)
+        left_out = "both left out" if len(group) == 2 else f"all {len(group)} left out"
+        rows.exclude(CONFLICT, rows.kept[group[0]], head,
+                     f"conflicting duplicates (same texts and LLM, other scores); {left_out}")
+        for r in group[1:]:
+            i = rows.kept[r]
+            rows.exclude(CONFLICT, i, row_names[i],
+                         f"conflicting duplicate of {head} (same texts and LLM, other scores); {left_out}")
+    if drop:
+        rows.keep_only([r for r in range(len(rows.kept)) if r not in drop])
+    for found in rows.excluded.values():
+        found.sort()
+
+
+def _report(name: str, skipped: list[str], excluded: dict[str, list[tuple[int, str, str]]], strict: bool) -> None:
+    """Warn about each skipped and excluded row (the first 20 of each) and the excluded counts;
+    with `strict` any of them is one error with the count and first row of each reason."""
+    found = {reason: [message for _, _, message in excluded[reason]] for reason in EXCLUDED_REASONS
+             if excluded.get(reason)}
+    if strict and (skipped or found):
+        reasons = ({"unreadable": skipped} if skipped else {}) | found
+        parts = "; ".join(f"{len(v)} {reason} (first: {v[0]})" for reason, v in reasons.items())
+        raise ValueError(f"{sum(len(v) for v in reasons.values())} expert row(s) of {name} cannot be used "
+                         f"(strict): {parts}")
+    for verb, messages in (("skipped", skipped), ("excluded", [m for v in found.values() for m in v])):
+        for msg in messages[:20]:
+            warnings.warn(f"{verb} {msg}", MetaEvalWarning, stacklevel=3)
+        if len(messages) > 20:
+            warnings.warn(f"{verb} {len(messages) - 20} more rows of {name}", MetaEvalWarning, stacklevel=3)
+    if found:
+        counts = ", ".join(f"{len(v)} {reason}" for reason, v in found.items())
+        warnings.warn(f"excluded {sum(len(v) for v in found.values())} expert row(s) of {name}: {counts} "
+                      "(left out of every metric; strict mode makes them an error)", MetaEvalWarning, stacklevel=3)
+
+
+def _expert_frame(name: str, col: dict[str, list[Any]], raw: dict[str, list[Any]], rows: _Rows,
+                  keep: Sequence[str], ood_tasks: Sequence[str]) -> pd.DataFrame:
+    """`ExpertData.frame` of the usable rows (see `ExpertData`)."""
+    kept = rows.kept
 
     def pick(c: str, default: Any = "") -> list[Any]:
         return [col[c][i] if col[c][i] is not None else default for i in kept]
 
     frame = pd.DataFrame({
-        "key": keys,
+        "key": rows.keys,
         "model_id": pick("model_id"),
         "task_type": [str(_blank_if_missing(t)) for t in pick("task_type")],
         "criteria_name": pick("criteria_name"),
@@ -278,28 +437,34 @@ def load_experts(
         "reference_answer": [_blank_if_missing(r) for r in pick("reference_answer")],
         "answer": pick("answer"),
         "rubrics": pick("rubrics"),
-        "expert": np.asarray(expert, dtype=float),
+        "expert": np.asarray(rows.expert, dtype=float),
     })
     for c in keep:
         if c not in frame.columns:
             if c not in raw:
                 raise ValueError(f"{name}: no column {c!r} to keep (it has {', '.join(raw)})")
-            frame[c] = [col_value if col_value is not None else "" for col_value in (raw[c][i] for i in kept)]
+            frame[c] = [value if value is not None else "" for value in (raw[c][i] for i in kept)]
     frame["ood"] = frame["task_type"].isin(set(ood_tasks)).to_numpy()
     frame["answer_id"] = frame.groupby(["model_id", "instruction", "answer"], sort=False).ngroup().to_numpy()
-    scales = {r: parse_scale(r) for r in frame["rubrics"].unique()}
-    bounds = {r: (math.nan, math.nan) if s is None else (s.min, s.max) for r, s in scales.items()}
+    bounds = {r: (math.nan, math.nan) if s is None else (s.min, s.max) for r, s in rows.scales.items()}
     frame["scale_min"] = frame["rubrics"].map(lambda r: bounds[r][0]).astype(float)
     frame["scale_max"] = frame["rubrics"].map(lambda r: bounds[r][1]).astype(float)
-    labels = pick("criteria_group", None)
+    frame["group"] = _groups(pick("criteria_group", None), frame["criteria_name"])
+    return frame
+
+
+def _groups(labels: list[Any], criteria: pd.Series) -> list[str]:
+    """Each row's criterion group: its `criteria_group` label, else the taxonomy's, else unknown."""
     canonical = {g: canonical_group(g) for g in set(labels) if g not in (None, "")}
     explicit = [canonical.get(g) if g not in (None, "") else None for g in labels]
-    looked_up = criterion_groups(frame["criteria_name"].unique()) if None in explicit else {}
-    frame["group"] = [g if g is not None else looked_up.get(c, UNKNOWN)
-                      for g, c in zip(explicit, frame["criteria_name"], strict=True)]
+    looked_up = criterion_groups(criteria.unique()) if None in explicit else {}
+    return [g if g is not None else looked_up.get(c, UNKNOWN) for g, c in zip(explicit, criteria, strict=True)]
 
+
+def _annotation_matrix(per_expert: list[list[float]]) -> np.ndarray:
+    """(n_rows, k) per-expert scores, NaN-padded."""
     width = max((len(s) for s in per_expert), default=0)
     annotations = np.full((len(per_expert), max(width, 1)), np.nan)
     for r, s in enumerate(per_expert):
         annotations[r, : len(s)] = s
-    return ExpertData(frame=frame, annotations=annotations, skipped=skipped, source=name)
+    return annotations

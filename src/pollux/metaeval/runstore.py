@@ -32,7 +32,7 @@ def subset(experts: ExpertData, rows: np.ndarray) -> ExpertData:
     """The expert rows selected by a boolean mask (e.g. the splits a table needs)."""
     frame = experts.frame[rows].reset_index(drop=True)
     return ExpertData(frame=frame, annotations=experts.annotations[rows], skipped=experts.skipped,
-                      source=experts.source)
+                      source=experts.source, excluded=experts.excluded)
 
 
 def judge_through_store(experts: ExpertData, db: str | Path, loader: Any, *, name: str | None = None,
