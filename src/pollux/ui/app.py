@@ -182,7 +182,8 @@ def _route_class(state: UIState) -> type[APIRoute]:
                 except UIError as e:
                     response = _error_response(request, state, e.status, e.message, e.headers)
                 except AuthError as e:
-                    response = _error_response(request, state, e.status, e.message)
+                    retry = {"Retry-After": str(e.retry_after)} if e.retry_after else None
+                    response = _error_response(request, state, e.status, e.message, retry)
                 except P.ParamError as e:
                     response = _error_response(request, state, 400, str(e))
                 except RequestValidationError as e:
@@ -303,18 +304,22 @@ def _add_session_routes(router: APIRouter, state: UIState) -> None:
         target = safe_next(form.get("next"))
         if not state.auth.can_sign_in:
             raise UIError(403, "this UI was started without a key: nobody can sign in (read-only)")
-        if not state.auth.check_key(form.get("key", "")):
+        try:
+            token = state.auth.sign_in(request, form.get("key", ""))
+        except AuthError as e:
+            if e.status != 403:
+                raise
             log.warning("UI sign-in with a wrong key from %s", request.client.host if request.client else "?")
             return render(state, request, "signin.html", None, status=403, next=target, failed=True)
         response = RedirectResponse(target, status_code=303)
-        response.set_cookie(COOKIE, state.auth.new_token(), max_age=SESSION_SECONDS, path="/ui", httponly=True,
+        response.set_cookie(COOKIE, token, max_age=SESSION_SECONDS, path="/ui", httponly=True,
                             samesite="strict", secure=request.url.scheme == "https")
         return response
 
     @router.post("/signout")
     async def signout(request: Request) -> Response:
         form = await read_form(request)
-        state.auth.require_write(request, form.get("csrf"))
+        state.auth.sign_out(state.auth.require_write(request, form.get("csrf")))
         response = RedirectResponse("/ui/", status_code=303)
         response.delete_cookie(COOKIE, path="/ui")
         return response
