@@ -13,7 +13,9 @@ Run as a separate process: `python tests/synth_fakes.py --port P [--delay S] [--
 
 Everything is a function of the request body (model, messages, seed): the same request always gets
 the same reply. `--delay` sleeps before answering (the benchmark's 50 ms); `--refuse` answers every
-call with HTTP 503 (a broken endpoint). GET /health says when the server is up.
+call with HTTP 503 (a broken endpoint); `--reply JSON` answers every call with that one text (a JSON
+string, so a test can send what Python cannot print: a lone surrogate, a NUL). GET /health says when
+the server is up and how many requests it answered.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import time
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 TOPICS = ["городской транспорт", "школьная библиотека", "экология реки", "история Новгорода", "домашний бюджет",
           "сон и здоровье", "космические телескопы", "русская поэзия", "малый бизнес", "фотосинтез",
@@ -113,7 +115,7 @@ def reply_for(body: dict[str, Any]) -> str:
     return answer(h)
 
 
-def make_app(delay: float, refuse: bool) -> Any:
+def make_app(delay: float, refuse: bool, fixed: str | None = None) -> Any:
     app = FastAPI()
     counts = {"requests": 0, "active": 0, "max_active": 0}
 
@@ -122,7 +124,7 @@ def make_app(delay: float, refuse: bool) -> Any:
         return {"ok": True, **counts}
 
     @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> JSONResponse:
+    async def chat(request: Request) -> Response:
         counts["requests"] += 1
         counts["active"] += 1
         counts["max_active"] = max(counts["max_active"], counts["active"])
@@ -134,13 +136,15 @@ def make_app(delay: float, refuse: bool) -> Any:
             counts["active"] -= 1
         if refuse:
             return JSONResponse({"error": {"message": "this server refuses every call"}}, status_code=503)
-        text = reply_for(body)
-        return JSONResponse({
+        text = reply_for(body) if fixed is None else fixed
+        payload = {
             "id": "fake", "object": "chat.completion", "model": body.get("model"),
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": len(body["messages"][-1]["content"]) // 4,
                       "completion_tokens": len(text) // 4},
-        })
+        }
+        # ASCII JSON: a lone surrogate travels as its \u escape, as a real server's JSON may carry it
+        return Response(json.dumps(payload), media_type="application/json")
 
     return app
 
@@ -192,8 +196,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--refuse", action="store_true")
+    parser.add_argument("--reply", type=json.loads, default=None, help="every reply's text, as a JSON string")
     args = parser.parse_args()
-    uvicorn.run(make_app(args.delay, args.refuse), host="127.0.0.1", port=args.port, log_level="warning",
+    uvicorn.run(make_app(args.delay, args.refuse, args.reply), host="127.0.0.1", port=args.port, log_level="warning",
                 access_log=False)
 
 

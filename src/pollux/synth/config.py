@@ -1,8 +1,12 @@
 """The pipeline config: one TOML file a user edits, read into frozen dataclasses and checked up front.
 
 Every problem is a `SynthConfigError` that names the key (`answers.models[2]`, `models.teacher.base_url`)
-and what is wrong, raised before any request is sent, so a typo never costs a half-run. Paths in the
-file are relative to the file's folder.
+and what is wrong, raised before any request is sent, so a typo never costs a half-run: the file's
+own errors when it is read, and what depends on the stages a run asks for (their sections, the
+environment variables holding their models' API keys: `check_stages`) before the first stage
+starts. The LLM stages' sections ([instructions], [answers], [annotate]) are optional: a config for
+the early stages alone need not describe the later ones. Paths in the file are relative to the
+file's folder.
 
     [run]        dir, seed
     [taxonomy]   path (official metainfo folder, optional), tasks (leaves or task types), levels
@@ -19,10 +23,12 @@ See docs/synth.md for every key and examples/synth.toml for a complete file.
 
 from __future__ import annotations
 
+import os
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pollux.metaeval.domains import DEFAULT_OOD_TASKS
 from pollux.synth.filter import FilterSettings
@@ -62,6 +68,17 @@ class ModelConfig:
     @property
     def path(self) -> str:
         return self.model.split(":", 1)[1]
+
+    def api_key(self) -> str | None:
+        """The API key from `api_key_env` (None when no variable is named); an unset or empty
+        variable is an error naming the key, checked before a run starts (`check_stages`)."""
+        if not self.api_key_env:
+            return None
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise SynthConfigError(f"models.{self.name}.api_key_env: environment variable {self.api_key_env} "
+                                   "is not set or empty")
+        return key
 
     def identity(self) -> dict[str, Any]:
         """What changes the texts this model writes (part of every row key): not the URL, port, key,
@@ -122,16 +139,43 @@ class SynthConfig:
     tasks: tuple[str, ...]  # task types or "type / subtype [/ subsubtype]" leaves; () = every leaf
     levels: tuple[str, ...]
     models: dict[str, ModelConfig]
-    instructions: InstructionsConfig
+    instructions: InstructionsConfig | None  # None: no [instructions] table (the stage cannot run)
     filter: FilterSettings
-    answers: AnswersConfig
-    annotate: AnnotateConfig
+    answers: AnswersConfig | None
+    annotate: AnnotateConfig | None
     sample: SampleConfig
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
     @property
     def db_path(self) -> Path:
         return self.run_dir / "synth.db"
+
+    def stage_models(self, stage: str) -> tuple[str, ...]:
+        """The models an LLM stage calls (none for the others); its section missing is an error."""
+        if stage == "instructions":
+            return required(self.instructions, stage).generators
+        if stage == "answers":
+            return required(self.answers, stage).models
+        if stage == "annotate":
+            return (required(self.annotate, stage).teacher,)
+        return ()
+
+
+S = TypeVar("S")
+
+
+def required(section: S | None, stage: str) -> S:
+    """A stage's config section (named as the stage), or an error saying the stage needs it."""
+    if section is None:
+        raise SynthConfigError(f"[{stage}]: missing: the {stage!r} stage needs it (see examples/synth.toml)")
+    return section
+
+
+def check_stages(config: SynthConfig, stages: Iterable[str]) -> None:
+    """Before a run: every asked-for stage's section is there and its models' API keys are set."""
+    for stage in stages:
+        for name in config.stage_models(stage):
+            config.models[name].api_key()
 
 
 def load_config(path: str | Path) -> SynthConfig:
@@ -170,10 +214,10 @@ def parse_config(raw: dict[str, Any], path: Path) -> SynthConfig:
         tasks=_strings(tax, "taxonomy", "tasks", ()),
         levels=levels,
         models=models,
-        instructions=_instructions(_table(raw, "instructions"), models, base),
+        instructions=_instructions(_table(raw, "instructions"), models, base) if "instructions" in raw else None,
         filter=_filter(_table(raw, "filter")),
-        answers=_answers(_table(raw, "answers"), models, base),
-        annotate=_annotate(_table(raw, "annotate"), models, base),
+        answers=_answers(_table(raw, "answers"), models, base) if "answers" in raw else None,
+        annotate=_annotate(_table(raw, "annotate"), models, base) if "annotate" in raw else None,
         sample=_sample(_table(raw, "sample")),
         executor=_executor(_table(raw, "executor")),
     )

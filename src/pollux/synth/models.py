@@ -25,7 +25,7 @@ teacher's retries happen where the client lives, not in the driver.
 from __future__ import annotations
 
 import asyncio
-import os
+import re
 import threading
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -50,12 +50,7 @@ class HttpBackend:
     replies, another thread's batch keeps the connections busy."""
 
     def __init__(self, model: ModelConfig):
-        api_key = None
-        if model.api_key_env:
-            api_key = os.environ.get(model.api_key_env)
-            if not api_key:
-                raise ValueError(f"models.{model.name}.api_key_env: environment variable "
-                                 f"{model.api_key_env} is not set or empty")
+        api_key = model.api_key()  # checked before the run started; read again here (a Ray actor's environment)
         self.model = model
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name=f"pollux-synth-{model.name}", daemon=True)
@@ -220,12 +215,23 @@ class ChatWorker:
     def __call__(self) -> Callable[[list[Row]], list[Row]]:
         backend = make_backend(self.model)
         if self.validate == "verdict":
-            return lambda batch: _verdicts(backend, batch, self.max_attempts)
-        return lambda batch: [_text_reply(r) for r in backend.generate(batch)]
+            return lambda batch: [checked_text(r) for r in _verdicts(backend, batch, self.max_attempts)]
+        return lambda batch: [checked_text({**r, "attempts": 1}) for r in backend.generate(batch)]
 
 
-def _text_reply(reply: Row) -> Row:
-    return {**reply, "attempts": 1}
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def checked_text(reply: Row) -> Row:
+    """An LLM's text is untrusted: one with a NUL or a lone surrogate (which SQLite, tokenizers, Arrow
+    and `pollux train` refuse) is repaired (U+FFFD in their place) and marked `invalid_text`, and later
+    stages leave it out. Done in the worker, so that a reply like that crosses no process boundary
+    (a Ray actor's results are UTF-8 Arrow strings) before it is repaired."""
+    text = reply.get("text")
+    problem = text_problem(text) if isinstance(text, str) else None
+    if text is None or problem is None:
+        return {**reply, "invalid_text": None}
+    return {**reply, "text": _SURROGATE.sub("\ufffd", text.replace("\x00", "\ufffd")), "invalid_text": problem}
 
 
 def _verdicts(backend: Backend, batch: list[Row], max_attempts: int) -> list[Row]:

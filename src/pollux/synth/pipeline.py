@@ -18,7 +18,7 @@ from typing import Any
 
 from pollux.executor import ExecutorOptions
 from pollux.synth import stages
-from pollux.synth.config import SynthConfig
+from pollux.synth.config import SynthConfig, check_stages
 from pollux.synth.export import run_export
 from pollux.synth.progress import StageProgress
 from pollux.synth.store import TABLES, Store
@@ -51,6 +51,7 @@ def run(config: SynthConfig, which: Sequence[str] | None = None, *, options: Exe
     unknown = [s for s in which if s not in STAGES]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}: expected one of {', '.join(STAGES)}")
+    check_stages(config, which)  # sections and API keys: errors before any request, not mid-run
     catalog_path = taxonomy or config.taxonomy
     catalog = load_catalog(catalog_path) if catalog_path else load_catalog()
     stages.select_leaves(config, catalog)  # an unknown task leaf is an error before anything runs

@@ -27,8 +27,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from pollux.executor import ExecutorOptions, map_batches
-from pollux.records import text_problem
-from pollux.synth.config import SynthConfig
+from pollux.synth.config import SynthConfig, required
 from pollux.synth.models import ChatWorker
 from pollux.synth.progress import StageProgress
 from pollux.synth.prompts import read_prompt
@@ -107,16 +106,17 @@ def _task_node(catalog: Catalog, spec: str, where: str) -> TaskNode:
 
 def instruction_requests(ctx: StageContext) -> list[Row]:
     cfg = ctx.config
-    prompt = read_prompt(cfg.instructions.prompt, "instruction")
-    gen = cfg.instructions.generation
+    section = required(cfg.instructions, "instructions")
+    prompt = read_prompt(section.prompt, "instruction")
+    gen = section.generation
     requests = []
     for leaf in select_leaves(cfg, ctx.catalog):
         levels = [level for level in cfg.levels if not leaf.complexity or level in leaf.complexity]
         group = ctx.catalog.task_group(leaf.path[0])
         for level in levels:
-            for name in cfg.instructions.generators:
+            for name in section.generators:
                 model = cfg.models[name]
-                for variant in range(cfg.instructions.per_generator):
+                for variant in range(section.per_generator):
                     key = content_key("instructions", model.identity(), leaf.path, level, variant, prompt.version,
                                       asdict(gen), cfg.seed)
                     text = prompt.render(task_group=group, task_path=" → ".join(leaf.path),
@@ -197,13 +197,14 @@ def run_criteria(ctx: StageContext) -> dict[str, Any]:
 
 def answer_requests(ctx: StageContext) -> list[Row]:
     cfg = ctx.config
-    prompt = read_prompt(cfg.answers.prompt, "answer")
-    gen = cfg.answers.generation
-    models = cfg.answers.models
+    section = required(cfg.answers, "answers")
+    prompt = read_prompt(section.prompt, "answer")
+    gen = section.generation
+    models = section.models
     requests = []
     for i, row in enumerate(ctx.store.rows("filtered")):
         # "equal": one model per instruction, in turn over the instructions in key order (equal shares)
-        chosen = models if cfg.answers.mode == "all" else (models[i % len(models)],)
+        chosen = models if section.mode == "all" else (models[i % len(models)],)
         for name in chosen:
             model = cfg.models[name]
             key = content_key("answers", row["key"], model.identity(), prompt.version, asdict(gen), cfg.seed)
@@ -235,9 +236,10 @@ def usable_answer(answer: Row) -> bool:
 
 def annotate_requests(ctx: StageContext) -> list[Row]:
     cfg = ctx.config
-    prompt = read_prompt(cfg.annotate.prompt, "annotate")
-    gen = cfg.annotate.generation
-    teacher = cfg.models[cfg.annotate.teacher]
+    section = required(cfg.annotate, "annotate")
+    prompt = read_prompt(section.prompt, "annotate")
+    gen = section.generation
+    teacher = cfg.models[section.teacher]
     instructions = {r["key"]: r for r in ctx.store.iter_rows("filtered")}
     criteria = {r["key"]: r["criteria"] for r in ctx.store.iter_rows("criteria")}
     requests = []
@@ -247,11 +249,11 @@ def annotate_requests(ctx: StageContext) -> list[Row]:
             continue
         for crit in criteria.get(answer["instruction_key"], []):
             key = content_key("annotate", answer["key"], crit["criteria_name"], crit["rubrics"], teacher.identity(),
-                              prompt.version, asdict(gen), cfg.annotate.max_attempts, cfg.seed)
+                              prompt.version, asdict(gen), section.max_attempts, cfg.seed)
             text = prompt.render(instruction=instruction["instruction"], reference_answer="",
                                  answer=answer["answer"], criteria_name=crit["criteria_name"], rubrics=crit["rubrics"])
             requests.append({
-                "key": key, "model": cfg.annotate.teacher, "answer_key": answer["key"],
+                "key": key, "model": section.teacher, "answer_key": answer["key"],
                 "instruction_key": answer["instruction_key"], "criteria_name": crit["criteria_name"],
                 "rubrics": crit["rubrics"], "criterion_id": crit["criterion_id"], "criterion_group": crit["group"],
                 "prompt_version": prompt.version, "messages": [{"role": "user", "content": text}],
@@ -268,7 +270,7 @@ def run_annotate(ctx: StageContext) -> dict[str, Any]:
         return {**_meta(request), "teacher": request["model"], "score": reply.get("score"),
                 "rationale": reply.get("rationale"), "drop": reply.get("drop"), "attempts": reply["attempts"]}
 
-    cfg = ctx.config.annotate
+    cfg = required(ctx.config.annotate, "annotate")
     result = _run_requests(ctx, "annotations", annotate_requests(ctx), to_row,
                            lambda name: ChatWorker(ctx.config.models[name], validate="verdict",
                                                    max_attempts=cfg.max_attempts))
@@ -348,6 +350,9 @@ def _run_requests(ctx: StageContext, table: str, requests: list[Row], to_row: Ca
     done = ctx.store.keys(table)
     todo = [r for r in requests if r["key"] not in done]
     failures_table = {"instructions": "instruction_failures", "answers": "answer_failures"}.get(table)
+    if failures_table:  # failures of requests this config no longer makes (e.g. a fixed model name) are stale
+        wanted = {r["key"] for r in todo}
+        ctx.store.delete(failures_table, [k for k in ctx.store.keys(failures_table) if k not in wanted])
     by_model: dict[str, list[Row]] = defaultdict(list)
     for r in todo:
         by_model[r["model"]].append(r)
@@ -367,7 +372,7 @@ def _run_requests(ctx: StageContext, table: str, requests: list[Row], to_row: Ca
                     if reply.get("error"):
                         bad.append({"key": reply["key"], "model": name, "error": reply["error"]})
                     else:
-                        rows.append(to_row(request, _checked_text(reply)))
+                        rows.append(to_row(request, reply))
                         tokens.update({k: reply.get(k) or 0 for k in ("prompt_tokens", "completion_tokens")})
                 stored += ctx.store.add(table, rows)
                 if failures_table and bad:
@@ -391,16 +396,6 @@ def _options_for(ctx: StageContext, name: str) -> ExecutorOptions:
     if ctx.options.ray is None and ctx.config.models[name].kind != "openai":
         return replace(ctx.options, workers=1)
     return ctx.options
-
-
-def _checked_text(reply: Row) -> Row:
-    """An LLM's text is untrusted: one with a NUL or a lone surrogate (which SQLite, tokenizers and
-    `pollux train` refuse) is stored repaired and marked `invalid_text`, and later stages leave it out."""
-    problem = text_problem(reply["text"])
-    if problem is None:
-        return {**reply, "invalid_text": None}
-    text = reply["text"].replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
-    return {**reply, "text": text, "invalid_text": problem}
 
 
 def _wire(requests: Iterable[Row]) -> list[Row]:
