@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pollux.metaeval.evaluate import ALL_GROUPS, AVG, MetaEvalResult
+from pollux.metaeval.evaluate import ALL_GROUPS, AVG, MetaEvalResult, split_rows
 
 CARD_METRICS = ("spearman", "mae", "vc")
 COMPARE_COLUMNS = ("judge", "score", "card_judge", "metric", "split", "model", "model_id", "ours", "ci_low",
@@ -291,3 +291,23 @@ def calibration(experts: Any, scores: pd.DataFrame, *, score: str | Sequence[str
                         "mean_expert": float(y[sel].mean()) if sel.any() else np.nan})
     return pd.DataFrame(out, columns=["judge", "bin", "bin_low", "bin_high", "n_rows", "mean_judge",
                                       "mean_expert"])
+
+
+def render_comparison(results: dict[str, MetaEvalResult], card_judges: Sequence[str], fmt: str, experts: Any,
+                      scores: Sequence[pd.DataFrame], score: tuple[str, ...]) -> str:
+    """`pollux meta-eval --compare model-card` in `fmt`: each judge beside the card's numbers; JSON
+    and HTML add the calibration (and HTML the confusion tables) of the out-of-domain rows."""
+    table = compare_judges(results, card_judges)
+    if fmt == "csv":
+        return str(table.to_csv(index=False))
+    if fmt not in ("json", "html"):
+        return comparison_text(table)
+    ood = split_rows(experts, "ood")[0]
+    all_scores = pd.concat(list(scores), ignore_index=True)
+    reliability = calibration(experts, all_scores, score=score, rows=ood)
+    if fmt == "json":
+        return json.dumps({"comparison": comparison_json(table), "calibration": comparison_json(reliability),
+                           "results": {x: r.to_dict() for x, r in results.items()}},
+                          ensure_ascii=False, indent=2, default=str) + "\n"
+    confusion = confusion_by_criterion(experts, all_scores, score=score, rows=ood)
+    return comparison_html(table, results, confusion, reliability)

@@ -1,0 +1,220 @@
+"""`run`: a whole meta-evaluation as `pollux meta-eval` does it — expert data, score files and
+run databases, judges run on the expert data, one result per split, the model card comparison —
+so the verb only parses flags, calls `run` and prints `MetaEvalRun.render(...)`.
+
+    from pollux.metaeval import JudgeRun, run
+    done = run("POLLUX/data", scores=["judge-a.jsonl", "runs/7b.db"], judges=[JudgeRun("openai:gpt-4o")],
+               names=["A", "7b", "gpt-4o"], splits="all,ood", log=print)
+    print(done.render("markdown"))
+
+Everything that can be checked is checked before any data is read or any judge is loaded (a
+typo must not cost an hour of judging). A judge runs only on the expert rows the requested
+splits use, each distinct judgement once, in this process, on the executor (`executor`) or
+through a `pollux evaluate` run store (`db`: resumable, reused by later runs).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pollux.metaeval.domains import check_split, parse_ood_tasks
+from pollux.metaeval.evaluate import MetaEvalResult, meta_evaluate, split_rows
+from pollux.metaeval.experts import ExpertData, load_experts
+from pollux.metaeval.metrics import METRICS
+from pollux.metaeval.scores import (
+    parse_score_choices,
+    read_score_jsonl,
+    scores_from_db,
+    scores_from_judge,
+    write_score_jsonl,
+)
+from pollux.metaeval.tables import FORMATS, render
+
+DB_SUFFIXES = (".db", ".sqlite", ".sqlite3")  # a score source with these is a pollux run database
+COMPARISONS = ("model-card",)
+SHOWN = ("spearman", "mae", "vc")  # the tables shown by default (the model card's)
+
+
+@dataclass(frozen=True)
+class JudgeRun:
+    """A judge to run on the expert data. `spec`: a checkpoint folder, `vllm:PATH` or
+    `openai:MODEL`; `options`: its engine options, already checked against its engine (None: the
+    engine's defaults); `given`: the options as the user gave them — a run store (`db`) records
+    them as the run's configuration, so the same options resume the same run."""
+
+    spec: str
+    options: Any = None
+    given: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class MetaEvalRun:
+    """What `run` computed: the expert data, every judge's score frame, and one result per split."""
+
+    experts: ExpertData
+    scores: list[pd.DataFrame]
+    results: dict[str, MetaEvalResult]
+    score: tuple[str, ...]
+    compare: str | None = None
+    card_judges: list[str] = field(default_factory=list)
+
+    def render(self, fmt: str = "table", metrics: Sequence[str] = SHOWN) -> str:
+        """The output of `pollux meta-eval --format FMT --metrics …`: the comparison with the model
+        card, one result, or several splits (JSON keyed by split, other formats one block each)."""
+        check_format(fmt)
+        if self.compare is not None:
+            from pollux.metaeval.card import render_comparison
+
+            return render_comparison(self.results, self.card_judges, fmt, self.experts, self.scores, self.score)
+        if len(self.results) == 1:
+            return render(next(iter(self.results.values())), fmt, tuple(metrics))
+        if fmt == "json":
+            return json.dumps({"splits": {x: r.to_dict() for x, r in self.results.items()}}, ensure_ascii=False,
+                              indent=2, default=str) + "\n"
+        heading = {"markdown": "## split: {}\n\n", "html": "<h2>split: {}</h2>\n"}.get(fmt, "=== split: {} ===\n")
+        return "\n".join(heading.format(x) + render(r, fmt, tuple(metrics)) for x, r in self.results.items())
+
+
+def check_format(fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown --format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    return fmt
+
+
+def parse_metrics(value: str | Sequence[str]) -> tuple[str, ...]:
+    """`spearman,mae`, `all` or a sequence → the metric tables to show."""
+    if isinstance(value, str):
+        return METRICS if value.strip() == "all" else tuple(m.strip() for m in value.split(",") if m.strip())
+    return tuple(value)
+
+
+def parse_splits(value: str | Sequence[str]) -> list[str]:
+    """`ood`, `all,ood,id` or a sequence → the splits, each checked, in order, once each."""
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    splits = list(dict.fromkeys(x.strip() for x in parts if x.strip()))
+    for x in splits:
+        check_split(x)
+    if not splits:
+        raise ValueError("no split given: expected ood, id or all")
+    return splits
+
+
+def run(
+    experts: str | Path | pd.DataFrame | ExpertData,
+    *,
+    scores: Sequence[str | Path] = (),
+    judges: Sequence[JudgeRun] = (),
+    names: Sequence[str] = (),
+    splits: str | Sequence[str] = "ood",
+    score: str | Sequence[str] = "auto",
+    on: Sequence[str] = (),
+    ood_tasks: str | Sequence[str] | None = None,
+    strict: bool = False,
+    compare: str | None = None,
+    card_judges: Sequence[str] = (),
+    db: str | Path | None = None,
+    executor: Any = None,
+    save_scores: str | Path | None = None,
+    log: Callable[[str], None] | None = None,
+    **evaluate: Any,
+) -> MetaEvalRun:
+    """A meta-evaluation from its inputs (see the module docstring).
+
+    `scores`: score files (`read_score_jsonl`) and pollux run databases (by suffix,
+    `scores_from_db`); `judges`: judges to run on the expert data; `names`: every source's name,
+    in that order (all `scores`, then all `judges`), or none. `on`: join score files on these
+    columns instead of by content. `strict`: an expert row that cannot be read or used is an
+    error (`load_experts`). `compare="model-card"`: compute the splits the card's tables use,
+    for `MetaEvalRun.render`. `save_scores`: write the judges' scores as JSONL. `log`: progress
+    lines. `evaluate`: `meta_evaluate`'s settings (n_bootstrap, confidence, seed, by_group,
+    out_of_scale, kendall_ci, common_rows)."""
+    wanted, choices = _check_request(splits, score, compare, scores, judges, names)
+    say = log or (lambda _message: None)
+    source_names: list[str | None] = list(names) or [None] * (len(scores) + len(judges))
+    data = experts if isinstance(experts, ExpertData) else load_experts(
+        experts, ood_tasks=parse_ood_tasks(ood_tasks), keep=tuple(on), strict=strict)
+    if compare is not None:
+        from pollux.metaeval.card import card_splits
+
+        wanted = card_splits()
+    frames = [_read_scores(Path(p), name, tuple(on), data) for p, name in zip(scores, source_names, strict=False)]
+    needed = rows_for(data, wanted)
+    ran = [_judge(j, name, needed, db, executor, say)
+           for j, name in zip(judges, source_names[len(scores):], strict=True)]
+    if save_scores is not None and ran:
+        write_score_jsonl(pd.concat(ran, ignore_index=True), save_scores)
+        say(f"saved judge scores to {save_scores}")
+    results = {x: meta_evaluate(data, frames + ran, score=choices, split=x, **evaluate) for x in wanted}
+    return MetaEvalRun(experts=data, scores=frames + ran, results=results, score=choices, compare=compare,
+                       card_judges=list(card_judges))
+
+
+def _check_request(splits: str | Sequence[str], score: str | Sequence[str], compare: str | None,
+                   scores: Sequence[str | Path], judges: Sequence[JudgeRun],
+                   names: Sequence[str]) -> tuple[list[str], tuple[str, ...]]:
+    """What can be checked before reading anything: (the splits, the score choices)."""
+    if compare is not None and compare not in COMPARISONS:
+        raise ValueError(f"unknown --compare {compare!r}: expected {', '.join(COMPARISONS)}")
+    wanted = parse_splits(splits)
+    choices = parse_score_choices(score)
+    if not scores and not judges:
+        raise ValueError("give at least one judge: --scores FILE or --judge SPEC")
+    if names and len(names) != len(scores) + len(judges):
+        raise ValueError(f"{len(names)} --judge-name for {len(scores) + len(judges)} judge sources")
+    return wanted, choices
+
+
+def _read_scores(path: Path, name: str | None, on: tuple[str, ...], experts: ExpertData) -> pd.DataFrame:
+    """A score source: a pollux run database (by suffix) or a file of scores."""
+    if not path.exists():
+        raise ValueError(f"{path}: no such file")
+    if path.suffix.lower() in DB_SUFFIXES:
+        return scores_from_db(path, judge=name)
+    return read_score_jsonl(path, judge=name, on=on, experts=experts)
+
+
+def rows_for(experts: ExpertData, splits: Sequence[str]) -> ExpertData:
+    """The expert rows the tables of `splits` use (`split_rows`): a judge is run on those only."""
+    from pollux.metaeval.runstore import subset
+
+    masks = [split_rows(experts, x)[0] for x in splits]
+    used = masks[0].copy()
+    for mask in masks[1:]:
+        used |= mask
+    return experts if used.all() else subset(experts, used)
+
+
+def _judge(judge: JudgeRun, name: str | None, experts: ExpertData, db: str | Path | None, executor: Any,
+           say: Callable[[str], None]) -> pd.DataFrame:
+    """One judge's scores on `experts`: through the run store (`db`), on the executor, or here."""
+    n = experts.frame["key"].nunique()
+    if db is not None:
+        from pollux.evaluate import JudgeLoader
+        from pollux.executor.judging import JudgeFactory
+        from pollux.metaeval.runstore import judge_through_store
+
+        say(f"judge {name or judge.spec}: {n:,} judgements, run store {db}")
+        loader = JudgeLoader({"judge": judge.spec, "options": dict(judge.given)},
+                             JudgeFactory(judge.spec, judge.options))
+        return judge_through_store(experts, db, loader, name=name, log=say, executor=executor)
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % 50 == 0:
+            say(f"  {done}/{total}")
+
+    if executor is not None:
+        say(f"running judge {name or judge.spec} on {n:,} judgements, "
+            f"{executor.workers} worker(s){' on Ray' if executor.ray else ''}")
+        return scores_from_judge(judge.spec, experts, options=judge.options, name=name, on_progress=progress,
+                                 executor=executor)
+    from pollux.judge import Judge
+
+    loaded = Judge.from_spec(judge.spec, judge.options)
+    say(f"running judge {name or loaded.name} on {n:,} judgements")
+    return scores_from_judge(loaded, experts, name=name, on_progress=progress)
