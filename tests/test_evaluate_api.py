@@ -86,3 +86,41 @@ def test_an_option_the_judge_does_not_take_stops_the_run_before_it_starts(tmp_pa
     assert result.exit_code == 2
     assert "option 'dtype' does not apply to openai: judges (it takes: base_url, " in result.stderr
     assert not db.exists()
+
+
+# A `pollux` process in which the `local` extra's packages are not installed: importing them raises
+# ModuleNotFoundError as it does in a core-only install (`pip install .`; CI's .ci/core-only runs the
+# real one). Everything else imports as usual.
+_WITHOUT_LOCAL_EXTRA = """
+import importlib.abc, sys
+class NotInstalled(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.partition(".")[0] in ("torch", "transformers", "safetensors", "tokenizers"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+sys.meta_path.insert(0, NotInstalled())
+sys.argv = ["pollux", *sys.argv[1:]]
+from pollux.cli import main
+main()
+"""
+
+
+def test_a_local_checkpoint_without_the_local_extra_names_the_extra_to_install(tmp_path: Path):
+    """openai: judging needs no torch; a local checkpoint does, and says which extra brings it
+    (one line, exit 2, nothing written) instead of `No module named 'torch'`."""
+    import subprocess
+    import sys
+
+    src = tmp_path / "a.jsonl"
+    src.write_text(json.dumps({"instruction": "В", "answer": "О", "criteria_name": "К", "rubrics": R2},
+                              ensure_ascii=False) + "\n", encoding="utf-8")
+    ckpt = tmp_path / "judge"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text('{"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}')
+    db = tmp_path / "run.db"
+    done = subprocess.run([sys.executable, "-c", _WITHOUT_LOCAL_EXTRA, "evaluate", str(src), "--judge", str(ckpt),
+                           "--db", str(db), "--no-progress"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "pip install 'pollux[local]'" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stdout == ""

@@ -12,6 +12,7 @@ they differ only in how text (and the head score) is produced:
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol
@@ -110,3 +111,34 @@ class Engine(Protocol):
     def describe(self) -> dict[str, Any]:
         """Everything that changes the verdicts (model, template, sampling, …), for run configs."""
         ...
+
+
+# What an in-process (local checkpoint) judge imports. They are the `local` extra, not the core:
+# `openai:` judges, meta-eval, report and the UI never load them (a core install is ~1 GB smaller).
+LOCAL_EXTRA_MODULES = ("torch", "transformers", "safetensors", "tokenizers")
+
+
+class ExtraMissing(ImportError, RuntimeError):
+    """An optional part of pollux is used without its extra installed; the message names the extra.
+
+    An ImportError for code that expects one, and a RuntimeError so that the verbs, which report a
+    judge that cannot load as one line (not a traceback), report this one the same way."""
+
+
+def require_local_extra(purpose: str = "loading a local checkpoint") -> Any:
+    """`torch`, once torch and the rest of the `local` extra import; otherwise an `ExtraMissing`
+    that says which extra to install (instead of `No module named 'torch'` from deep inside the
+    engine). A package that is installed but fails to import is not hidden: its error propagates."""
+    missing = []
+    for name in LOCAL_EXTRA_MODULES:  # transformers' top level is lazy: importing them here is cheap
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            missing.append(name)
+    if missing:
+        raise ExtraMissing(f"{purpose} needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
+                           "not installed: install pollux's `local` extra: pip install 'pollux[local]' "
+                           "(openai: judges need none of it)", name=missing[0])
+    return importlib.import_module("torch")

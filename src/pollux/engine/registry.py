@@ -19,6 +19,11 @@ Sampling options are the fields of `pollux.engine.SamplingParams`, taken flat (`
 `temperature=…`) or as one `sampling=SamplingParams(…)` object (flat ones override its fields).
 They are read from the dataclass itself, so a field added there is an option of every engine.
 
+Command-line flags are declared here too, once: a field whose `json_schema_extra` is
+`cli("--flag", "help")` (and the sampling fields, `SAMPLING_FLAGS`) becomes that flag of every
+judging verb (`pollux.cli._options.with_engine_options`), with the same help everywhere. A field
+without one is still reachable from the command line as `-o NAME=VALUE`.
+
 Adding an engine (e.g. `ray:`) is one `register_engine(EngineEntry(...))` call.
 """
 
@@ -28,6 +33,8 @@ import dataclasses
 import difflib
 import os
 import re
+import types
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +42,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pollux.engine import Engine, SamplingParams
+from pollux.engine import Engine, SamplingParams, require_local_extra
 from pollux.prompts import PromptTemplate, load_template
 
 SAMPLING_FIELDS = tuple(f.name for f in dataclasses.fields(SamplingParams))
@@ -47,6 +54,26 @@ class OptionsError(ValueError):
     """An option the engine does not take, or a value it cannot use."""
 
 
+def cli(flag: str, help: str) -> dict[str, Any]:
+    """An option's command-line flag and its help, for a field's `json_schema_extra`. The help is
+    the CLI's, shared by every engine that takes the option, so it says which judges use it."""
+    return {"flag": flag, "help": help}
+
+
+# The flags of the sampling fields (`SamplingParams` is a plain dataclass, shared with the engines).
+SAMPLING_FLAGS: dict[str, dict[str, Any]] = {
+    "max_new_tokens": cli("--max-new-tokens", "Longest rationale, in tokens (default: 1024)."),
+    "min_new_tokens": cli("--min-new-tokens", "Suppress end-of-turn until this many tokens were generated "
+                          "(default: 0)."),
+    "temperature": cli("--temperature", "0 = greedy (the official offline setting) (default: 0)."),
+    "top_p": cli("--top-p", "Nucleus sampling mass."),
+    "top_k": cli("--top-k", "Sample among the k likeliest tokens (0: all)."),
+    "repetition_penalty": cli("--repetition-penalty", "Repetition penalty (default: the checkpoint's "
+                              "generation config)."),
+    "seed": cli("--seed", "Sampling seed (default: 0)."),
+}
+
+
 class CommonOptions(BaseModel):
     """Options every engine takes: the prompt template and how the judge decodes."""
 
@@ -54,7 +81,9 @@ class CommonOptions(BaseModel):
 
     template: PromptTemplate = Field(
         default_factory=PromptTemplate,
-        description="Prompt template: a name (default, model-card), a UTF-8 file, or a PromptTemplate.")
+        description="Prompt template: a name (default, model-card), a UTF-8 file, or a PromptTemplate.",
+        json_schema_extra=cli("--template", "Prompt template: default, model-card, or a template file "
+                              "(default: default)."))
     sampling: SamplingParams = Field(
         default_factory=SamplingParams,
         description="Decoding settings; also accepted flat (max_new_tokens=…, temperature=…, …).")
@@ -92,14 +121,25 @@ class CommonOptions(BaseModel):
 class LocalOptions(CommonOptions):
     """The in-process transformers engine (a local checkpoint folder)."""
 
-    dtype: DType = Field("auto", description="Weights dtype; auto: bf16 on GPUs that run it well, fp32 on CPUs.")
-    device: str = Field("auto", description="auto, cpu, cuda, cuda:1, …")
-    batch_size: int = Field(32, ge=1, description="Sequences decoded together.")
-    max_batch_tokens: int = Field(65_536, ge=1, description="KV positions per batch (bounds memory).")
-    share_prefix: bool = Field(True, description="Encode each answer's shared prompt prefix once.")
+    dtype: DType = Field(
+        "auto", description="Weights dtype; auto: bf16 on GPUs that run it well, fp32 on CPUs.",
+        json_schema_extra=cli("--dtype", "Local judges: auto (bf16 on GPUs, fp32 on CPUs), float32, bfloat16, "
+                              "float16 (default: auto)."))
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1, …",
+                        json_schema_extra=cli("--device", "Local judges: auto, cpu, cuda, cuda:1, … (default: auto)."))
+    batch_size: int = Field(32, ge=1, description="Sequences decoded together.", json_schema_extra=cli(
+        "--batch-size", "Local judges: sequences decoded together (default: 32; vllm: 256)."))
+    max_batch_tokens: int = Field(65_536, ge=1, description="KV positions per batch (bounds memory).",
+                                  json_schema_extra=cli("--max-batch-tokens", "In-process judges: KV positions "
+                                                        "per batch (memory bound) (default: 65536)."))
+    share_prefix: bool = Field(True, description="Encode each answer's shared prompt prefix once.",
+                               json_schema_extra=cli("--share-prefix", "Local judges: encode each answer's shared "
+                                                     "prompt prefix once (default: share)."))
     threads: int | None = Field(
         None, ge=1, description="CPU threads for torch (torch.set_num_threads, process-wide); unset: left as "
-        "they are (the CLI verbs pass `default_threads()`).")
+        "they are (the CLI verbs pass `default_threads()`).",
+        json_schema_extra=cli("--threads", "In-process judges: torch CPU threads (default: $OMP_NUM_THREADS, "
+                              "else all usable cores but one)."))
 
 
 class VLLMOptions(CommonOptions):
@@ -109,10 +149,18 @@ class VLLMOptions(CommonOptions):
     device: str = Field("auto", description="Must be the device vLLM runs on; auto accepts it.")
     batch_size: int | None = Field(None, ge=1, description="vLLM's max_num_seqs (default 256).")
     share_prefix: bool = Field(True, description="vLLM's automatic prefix caching.")
-    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one replica spans (vLLM's tensor parallelism); "
-                                      "data parallelism = several replicas, e.g. Ray workers.")
-    max_model_len: int | None = Field(None, ge=1, description="Context length (default: the checkpoint's).")
-    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="Device memory share for both passes.")
+    tensor_parallel_size: int = Field(
+        1, ge=1, description="GPUs one replica spans (vLLM's tensor parallelism); data parallelism = several "
+        "replicas, e.g. Ray workers.",
+        json_schema_extra=cli("--tensor-parallel-size", "vllm: GPUs one judge replica spans (default: 1). On "
+                              "Ray, each worker gets this many GPUs unless --gpus-per-worker says otherwise."))
+    max_model_len: int | None = Field(None, ge=1, description="Context length (default: the checkpoint's).",
+                                      json_schema_extra=cli("--max-model-len", "vllm: context length in tokens "
+                                                            "(default: the checkpoint's)."))
+    gpu_memory_utilization: float = Field(
+        0.85, gt=0, le=1, description="Device memory share for both passes.",
+        json_schema_extra=cli("--gpu-memory-utilization", "vllm: share of each GPU's memory vLLM may use "
+                              "(default: 0.85)."))
     pooler_memory_share: float = Field(0.3, gt=0, lt=1, description="Share of it for the head (pooling) pass.")
     chunk_size: int = Field(1024, ge=1, description="Items per vLLM call.")
     top_logprobs: int = Field(20, ge=1, description="Expected scores: logprobs vLLM returns per token (its max_logprobs "
@@ -124,21 +172,53 @@ class OpenAIOptions(CommonOptions):
     """An OpenAI-compatible chat-completions server (`openai:MODEL`). Unset options come from the
     environment (`POLLUX_API_*`, `OPENAI_BASE_URL`, `OPENAI_API_KEY`), see `pollux.engine.openai_api`."""
 
-    base_url: str | None = Field(None, description="The server's …/v1 URL (default: $OPENAI_BASE_URL, else OpenAI's).")
+    base_url: str | None = Field(
+        None, description="The server's …/v1 URL (default: $OPENAI_BASE_URL, else OpenAI's).",
+        json_schema_extra=cli("--base-url", "openai: the server's base URL (…/v1) (default: $OPENAI_BASE_URL)."))
     api_key: str | None = Field(None, repr=False, description="The key itself (prefer api_key_env).")
-    api_key_env: str | None = Field(None, description="Environment variable holding the key (default OPENAI_API_KEY).")
-    concurrency: int | None = Field(None, ge=1, description="Requests in flight (default 8).")
-    timeout: float | None = Field(None, gt=0, description="Seconds per request, all retries aside (default 60).")
+    api_key_env: str | None = Field(
+        None, description="Environment variable holding the key (default OPENAI_API_KEY).",
+        json_schema_extra=cli("--api-key-env", "openai: environment variable with the API key "
+                              "(default: OPENAI_API_KEY)."))
+    concurrency: int | None = Field(None, ge=1, description="Requests in flight (default 8).",
+                                    json_schema_extra=cli("--concurrency", "openai: requests in flight (default: 8)."))
+    timeout: float | None = Field(None, gt=0, description="Seconds per request, all retries aside (default 60).",
+                                  json_schema_extra=cli("--api-timeout", "openai: seconds per request (default: 60)."))
     max_retries: int | None = Field(None, ge=0, description="Retries of a failed request (default 6).")
     max_reasks: int | None = Field(None, ge=0, description="Re-asks when a reply has no score (default 1).")
     prompt_style: Literal["pollux", "general", "prometheus"] | None = Field(
         None, description="pollux: a POLLUX judge; general: asks a general LLM for [FEEDBACK] … [RESULT] n [END] "
-        "(GPT-4o, DeepSeek-R1); prometheus: M-Prometheus' own format, Feedback: … [RESULT] n.")
+        "(GPT-4o, DeepSeek-R1); prometheus: M-Prometheus' own format, Feedback: … [RESULT] n.",
+        json_schema_extra=cli("--prompt-style", "openai: 'pollux' (a POLLUX judge), 'general' (asks a general "
+                              "LLM for [FEEDBACK] … [RESULT] n [END]) or 'prometheus' (an M-Prometheus-style "
+                              "judge; see docs/meta-eval.md)."))
     backoff_base: float = Field(0.5, gt=0, description="First retry's backoff cap, seconds (doubles each retry).")
     backoff_max: float = Field(30.0, gt=0, description="Longest backoff, seconds.")
     retry_after_max: float = Field(120.0, ge=0, description="Longest Retry-After honoured, seconds.")
     top_logprobs: int = Field(20, ge=1, le=1000, description="Expected scores: top_logprobs asked of the server per "
                               "token (OpenAI allows up to 20).")
+    # The endpoint's own auth (pollux.engine.http_chat.EndpointAuth; synth's [models.X] take the same).
+    headers: dict[str, str] | None = Field(
+        None, description="Extra request headers, e.g. {\"x-data-logging-enabled\": \"false\"} (a JSON object "
+        "on the command line; default: $POLLUX_API_HEADERS).")
+    auth_scheme: str | None = Field(
+        None, description="The Authorization scheme before the key: Bearer (default), Api-Key (YandexGPT), …")
+    api_key_command: str | list[str] | None = Field(
+        None, description="A command (a shell line, or a list of arguments) that prints the key; rerun when "
+        "api_key_ttl passes and on a 401 (expiring tokens, e.g. GigaChat's). Wins over api_key/api_key_env.")
+    api_key_ttl: float | None = Field(
+        None, gt=0, description="Seconds a key from api_key_command is used before the command is rerun "
+        "(unset: only on a 401).")
+    ca_bundle: str | None = Field(
+        None, description="A PEM file (or folder) of CA certificates to verify the server's TLS certificate with "
+        "instead of the default ones (corporate endpoints).")
+
+    @field_validator("headers", mode="before")
+    @classmethod
+    def _headers(cls, value: Any) -> Any:
+        from pollux.engine.http_chat import parse_headers
+
+        return None if value is None else dict(parse_headers(value))
 
 
 Loader = Callable[[str, Any], Engine]
@@ -220,6 +300,48 @@ def get_engine(name: str) -> EngineEntry:
     return _ENGINES[name]
 
 
+@dataclass(frozen=True)
+class OptionFlag:
+    """One option's command-line flag: `name` as the registry spells it (`timeout`), `flag` as the
+    user types it (`--api-timeout`), and the value type the command line parses (int, float, bool
+    or str; the engine's class validates the value)."""
+
+    name: str
+    flag: str
+    help: str
+    type: type
+
+
+def _cli_type(annotation: Any) -> type:
+    """The command line's type for a field: `int | None` → int; a Literal or any other type → str."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return _cli_type(args[0]) if len(args) == 1 else str
+    return annotation if annotation in (int, float, bool, str) else str
+
+
+def option_flags() -> list[OptionFlag]:
+    """Every option with a flag, over every registered engine, once each in a stable order: the
+    common ones (template, sampling), then each engine's own. Engines that share an option share
+    its flag: it is declared on the first class that has the field (a second, different
+    declaration is a programming error, raised here)."""
+    hints = typing.get_type_hints(SamplingParams)
+    found: list[tuple[str, dict[str, Any], Any]] = [
+        (name, SAMPLING_FLAGS[name], hints[name]) for name in SAMPLING_FIELDS if name in SAMPLING_FLAGS]
+    classes: list[type[BaseModel]] = [CommonOptions, *(e.options for e in _ENGINES.values())]
+    for cls in classes:
+        for name, info in cls.model_fields.items():
+            if isinstance(info.json_schema_extra, dict) and "flag" in info.json_schema_extra:
+                found.append((name, info.json_schema_extra, info.annotation))
+    flags: dict[str, OptionFlag] = {}
+    for name, extra, annotation in found:
+        flag = OptionFlag(name, str(extra["flag"]), str(extra["help"]), _cli_type(annotation))
+        if flags.setdefault(name, flag) != flag:
+            raise ValueError(f"option {name!r} has two command-line flags: {flags[name]} and {flag}")
+    order = ["template", *SAMPLING_FIELDS]  # the template first, then how the judge decodes
+    return sorted(flags.values(), key=lambda f: order.index(f.name) if f.name in order else len(order))
+
+
 _PREFIX = re.compile(r"^([A-Za-z][\w.-]+):")  # two letters at least: `C:\…` stays a path
 
 
@@ -271,8 +393,7 @@ def default_threads() -> int:
 
 
 def _load_local(path: str, o: LocalOptions) -> Engine:
-    import torch
-
+    torch = require_local_extra()  # torch, or an error that names the `local` extra to install
     from pollux.engine.hf import TransformersEngine
 
     if o.threads is not None:  # process-wide; verbs pass `default_threads()` unless told otherwise
