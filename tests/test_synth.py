@@ -396,3 +396,14 @@ def test_a_teacher_writing_two_result_blocks_is_asked_again_then_dropped_by_reas
                          "max_tokens": 64, "seed": 1, "rubrics": RUBRICS}])
         asked = httpx.get(server.url.removesuffix("/v1") + "/health").json()["requests"]
     assert (row["drop"], row["score"], row["rationale"], row["attempts"], asked) == ("several_results", None, None, 3, 3)
+
+
+def test_when_the_filter_keeps_nothing_the_next_stage_says_so(tmp_path: Path) -> None:
+    """Issue 23 item 20: the criteria stage said "run the 'filter' stage first" after the filter had run."""
+    config = load_config(write_config(tmp_path, ""))
+    with Store(config.db_path) as store:
+        store.add("instructions", [{"key": "a", "instruction": "", "invalid_text": None},
+                                   {"key": "b", "instruction": "Задание \ufffd", "invalid_text": "invalid text: NUL"}])
+    with pytest.raises(SynthError, match=r"criteria: no input — the 'filter' stage kept none of its 2 instruction\(s\) "
+                                         r"\(rejected: empty 1, invalid_text 1\)"):
+        run(config, ["filter", "criteria"])

@@ -151,7 +151,7 @@ def run_filter(ctx: StageContext) -> dict[str, Any]:
     if missing := missing_dependencies():
         raise SynthError(f"the filter stage needs {', '.join(missing)}: pip install 'pollux[synth]'")
     rows = ctx.store.rows("instructions")
-    _need(rows, "filter", "instructions")
+    _need(ctx, rows, "filter", "instructions")
     unusable = [{**r, "reason": "empty", "detail": ""} if not r["instruction"] else
                 {**r, "reason": "invalid_text", "detail": r["invalid_text"]}
                 for r in rows if not r["instruction"] or r.get("invalid_text")]
@@ -179,7 +179,7 @@ def run_filter(ctx: StageContext) -> dict[str, Any]:
 
 def run_criteria(ctx: StageContext) -> dict[str, Any]:
     rows = ctx.store.rows("filtered")
-    _need(rows, "criteria", "filter")
+    _need(ctx, rows, "criteria", "filter")
     out = []
     with ctx.progress.stage("criteria", total=len(rows)) as bar:
         for row in rows:
@@ -217,7 +217,7 @@ def answer_requests(ctx: StageContext) -> list[Row]:
 
 
 def run_answers(ctx: StageContext) -> dict[str, Any]:
-    _need(ctx.store.rows("filtered"), "answers", "filter")
+    _need(ctx, ctx.store.rows("filtered"), "answers", "filter")
 
     def to_row(request: Row, reply: Row) -> Row:
         return {**_meta(request), "answer": reply["text"].strip(), "answer_model": request["model"],
@@ -263,8 +263,8 @@ def annotate_requests(ctx: StageContext) -> list[Row]:
 
 
 def run_annotate(ctx: StageContext) -> dict[str, Any]:
-    _need(ctx.store.rows("answers"), "annotate", "answers")
-    _need(ctx.store.rows("criteria"), "annotate", "criteria")
+    _need(ctx, ctx.store.rows("answers"), "annotate", "answers")
+    _need(ctx, ctx.store.rows("criteria"), "annotate", "criteria")
 
     def to_row(request: Row, reply: Row) -> Row:
         return {**_meta(request), "teacher": request["model"], "score": reply.get("score"),
@@ -317,7 +317,7 @@ def allocate(sizes: dict[Any, int], target: int) -> dict[Any, int]:
 
 
 def run_sample(ctx: StageContext) -> dict[str, Any]:
-    _need(ctx.store.rows("annotations"), "sample", "annotate")
+    _need(ctx, ctx.store.rows("annotations"), "sample", "annotate")
     cfg = ctx.config
     rows, excluded = candidates(ctx)
     strata: dict[tuple[str, ...], list[Row]] = defaultdict(list)
@@ -410,6 +410,15 @@ def _meta(request: Row) -> Row:
             if k not in ("messages", "temperature", "max_tokens", "seed", "model")}
 
 
-def _need(rows: list[Row], stage: str, previous: str) -> None:
-    if not rows:
-        raise SynthError(f"{stage}: no input — run the {previous!r} stage first (pollux synth {previous} CONFIG)")
+def _need(ctx: StageContext, rows: list[Row], stage: str, previous: str) -> None:
+    """A stage without input says why: the previous stage has not run, or the filter rejected everything."""
+    if rows:
+        return
+    result = ctx.store.get_meta(f"result:{previous}")
+    if previous == "filter" and result:
+        rejected = ", ".join(f"{reason} {n}" for reason, n in result.get("rejected", {}).items())
+        raise SynthError(f"{stage}: no input — the 'filter' stage kept none of its {result['input']} instruction(s) "
+                         f"(rejected: {rejected or 'none'}); each reject's reason and detail is in "
+                         "RUN_DIR/export/rejects.jsonl after `pollux synth export CONFIG`; write more or other "
+                         "instructions, or loosen [filter]")
+    raise SynthError(f"{stage}: no input — run the {previous!r} stage first (pollux synth {previous} CONFIG)")
