@@ -25,7 +25,7 @@ from pollux.judge import Judge
 from pollux.server.launch import free_port
 from pollux.ui.app import create_ui_app
 from pollux.ui.queries import Explorer
-from tests.test_ui_web import KEY, R2, make_ui_db
+from test_ui_web import KEY, R2, make_ui_db
 
 BODY = {"instruction": "Сколько будет 2+2?", "answer": "4", "reference": "",
         "criteria_name": "Правильность ответа", "rubrics": R2}
@@ -112,18 +112,17 @@ def test_a_stream_abandoned_while_queued_generates_nothing(db: Path, tiny_genera
     """A live judgement waiting its turn (a `/v1/judge` batch holds the judge) whose client leaves
     never reaches the engine once the judge is free."""
     judge = load_judge(tiny_generative_path, 200)
-    with serve_ui(db, judge) as url:
-        with signed_in(url) as (c, headers):
-            with judge._lock:  # what the server's micro-batcher holds while it judges a batch
-                before = dict(judge.engine.stats)  # type: ignore[attr-defined]
-                with c.stream("POST", "/ui/live", json=BODY, headers=headers) as r:
-                    assert r.status_code == 200
-                # the server has seen the client go: its place among the live judgements is free
-                wait_for(lambda: c.get("/ui/api/live").json()["in_progress"] == 0, "the server to see the client go")
-            wait_for(lambda: stream_threads() == 0, "the queued stream's worker thread to end")
-            after = judge.engine.stats  # type: ignore[attr-defined]
-            assert after["batches"] == before["batches"], "an abandoned queued judgement reached the engine"
-            assert after["decode_steps"] == before["decode_steps"]
+    with serve_ui(db, judge) as url, signed_in(url) as (c, headers):
+        with judge._lock:  # what the server's micro-batcher holds while it judges a batch
+            before = dict(judge.engine.stats)  # type: ignore[attr-defined]
+            with c.stream("POST", "/ui/live", json=BODY, headers=headers) as r:
+                assert r.status_code == 200
+            # the server has seen the client go: its place among the live judgements is free
+            wait_for(lambda: c.get("/ui/api/live").json()["in_progress"] == 0, "the server to see the client go")
+        wait_for(lambda: stream_threads() == 0, "the queued stream's worker thread to end")
+        after = judge.engine.stats  # type: ignore[attr-defined]
+        assert after["batches"] == before["batches"], "an abandoned queued judgement reached the engine"
+        assert after["decode_steps"] == before["decode_steps"]
 
 
 def test_queued_live_judgements_are_bounded_and_pages_stay_up(db: Path, tiny_generative_path: Path) -> None:

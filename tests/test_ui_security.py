@@ -7,6 +7,7 @@ In process through Starlette's TestClient over real SQLite files built by tests/
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from fastapi.testclient import TestClient
 from pollux.ui.app import CSP, create_ui_app
 from pollux.ui.auth import COOKIE, SignInThrottle
 from pollux.ui.queries import Explorer
-from tests.test_ui_web import KEY, ORIGIN, csrf_of, make_ui_db, sign_in
+from test_ui_web import KEY, ORIGIN, csrf_of, make_ui_db, sign_in
 
 REVIEW = {"criteria_name": "Полезность", "score": "1", "comment": "", "reviewer": "anna"}
 
@@ -114,7 +115,7 @@ def test_numbers_past_sqlite_range_are_400_naming_them(read_client: TestClient, 
     assert r.status_code == 400, (path, r.status_code, r.text[:300])
     assert_headers(r)
     message = re.search(r'id="error-message">([^<]*)<', r.text)
-    assert message and repr(name) in message.group(1), r.text[:300]
+    assert message and repr(name) in html.unescape(message.group(1)), r.text[:300]
     api = read_client.get(path, headers={"Accept": "application/json"})
     assert api.status_code == 400 and name in api.json()["error"]["message"]
 

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import re
+import sqlite3
 import threading
 from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -189,12 +190,26 @@ def _route_class(state: UIState) -> type[APIRoute]:
                 except RequestValidationError as e:
                     where = ".".join(str(x) for x in e.errors()[0]["loc"][1:]) if e.errors() else "request"
                     response = _error_response(request, state, 400, f"parameter {where!r}: {e.errors()[0]['msg']}")
+                except Exception as e:  # a server error is still a page with the headers, never a bare 500
+                    response = _error_response(request, state, *_server_error(request, e))
                 response.headers.update(SECURITY_HEADERS)
                 return response
 
             return run
 
     return UIRoute
+
+
+def _server_error(request: Request, error: Exception) -> tuple[int, str, dict[str, str] | None]:
+    """The status, message and headers of an unexpected error: 503 (retry) when a database is
+    busy, 500 naming a database that cannot be read (a damaged file), else 500; logged in full."""
+    log.error("UI %s %s failed", request.method, request.url.path, exc_info=error)
+    if isinstance(error, sqlite3.OperationalError) and ("locked" in str(error) or "busy" in str(error)):
+        return 503, f"a run database is busy ({error}): try again in a moment", {"Retry-After": "2"}
+    if isinstance(error, sqlite3.Error):
+        return 500, (f"a run database could not be read ({type(error).__name__}: {error}); check the file with "
+                     f"sqlite3 FILE 'PRAGMA integrity_check'"), None
+    return 500, f"internal error ({type(error).__name__}): the server's log has the details", None
 
 
 def create_ui_router(explorer: Explorer, *, judge: Judge | None = None, key: str | None = None,
@@ -210,6 +225,7 @@ def create_ui_router(explorer: Explorer, *, judge: Judge | None = None, key: str
     router = APIRouter(prefix="/ui", route_class=_route_class(state))
     _add_session_routes(router, state)
     _add_page_routes(router, state)
+    _add_verdict_routes(router, state)
     _add_review_routes(router, state)
     _add_live_routes(router, state)
     return router
@@ -335,6 +351,7 @@ def _add_session_routes(router: APIRouter, state: UIState) -> None:
 # --- read-only pages -------------------------------------------------------------------------
 
 def _add_page_routes(router: APIRouter, state: UIState) -> None:
+    """The pages over whole runs: the list (and its JSON for live progress), a leaderboard."""
     @router.get("/")
     def runs_page(request: Request) -> HTMLResponse:
         session = state.auth.require_read(request)
@@ -355,13 +372,16 @@ def _add_page_routes(router: APIRouter, state: UIState) -> None:
         return render(state, request, "leaderboard.html", session, ref=str(run), run=info,
                       board=board)
 
+
+def _add_verdict_routes(router: APIRouter, state: UIState) -> None:
+    """The pages over single verdicts: the filtered list, one answer, two runs compared."""
     @router.get("/runs/{ref}/verdicts")
     def verdicts_page(request: Request, ref: str) -> HTMLResponse:
         session = state.auth.require_read(request)
         run, info = open_run(state, ref)
         query = dict(request.query_params)
         vf = explore(lambda: VerdictFilter.from_params(query))
-        page = P.integer(query, "page", 1)
+        page = P.integer(query, "page", 1, hi=P.MAX_PAGE)
         page_size = P.integer(query, "page_size", PAGE_SIZE, hi=P.MAX_PAGE_SIZE)
         sort = P.text(query, "sort", max_len=32) or "default"
         result = explore(lambda: state.explorer.verdicts(run, vf, page=page,
@@ -393,7 +413,7 @@ def _add_page_routes(router: APIRouter, state: UIState) -> None:
         result, facets = None, None
         if a_text and b_text:
             (a, _), (b, _) = open_run(state, a_text, "a"), open_run(state, b_text, "b")
-            page = P.integer(query, "page", 1)
+            page = P.integer(query, "page", 1, hi=P.MAX_PAGE)
             result = explore(lambda: state.explorer.compare(a, b, vf, page=page,
                                                             page_size=PAGE_SIZE))
             facets = explore(lambda: state.explorer.facets(a))
@@ -401,7 +421,7 @@ def _add_page_routes(router: APIRouter, state: UIState) -> None:
             raise P.ParamError("b" if a_text else "a", "pick two runs to compare")
         return render(state, request, "compare.html", session, runs=runs, a=a_text or "", b=b_text or "",
                       filters=vf, result=result, facets=facets,
-                      page_no=P.integer(query, "page", 1), keep=_kept(vf, a=a_text, b=b_text))
+                      page_no=P.integer(query, "page", 1, hi=P.MAX_PAGE), keep=_kept(vf, a=a_text, b=b_text))
 
 
 def _kept(vf: VerdictFilter, **extra: Any) -> dict[str, Any]:

@@ -11,6 +11,8 @@ from urllib.parse import parse_qs, urlencode
 from pollux.records import text_problem
 
 MAX_PAGE_SIZE = 500
+SQLITE_INT_MAX = 2**63 - 1  # SQLite's integers are signed 64-bit: a larger id or offset is an error there
+MAX_PAGE = SQLITE_INT_MAX // MAX_PAGE_SIZE  # so that a page's row offset fits too
 
 
 class ParamError(ValueError):
@@ -48,8 +50,9 @@ def number(params: Mapping[str, str], name: str) -> float | None:
     return result
 
 
-def integer(params: Mapping[str, str], name: str, default: int, *, lo: int = 1, hi: int | None = None) -> int:
-    """An optional integer in [lo, hi]."""
+def integer(params: Mapping[str, str], name: str, default: int, *, lo: int = 1, hi: int = SQLITE_INT_MAX) -> int:
+    """An optional integer in [lo, hi]; `hi` is at most SQLite's largest integer, which every
+    number from a URL ends up compared with."""
     value = text(params, name, max_len=32)
     if value is None:
         return default
@@ -57,8 +60,9 @@ def integer(params: Mapping[str, str], name: str, default: int, *, lo: int = 1, 
         result = int(value)
     except ValueError:
         raise ParamError(name, f"expected an integer, got {value!r}") from None
-    if result < lo or (hi is not None and result > hi):
-        raise ParamError(name, f"must be between {lo} and {hi}" if hi is not None else f"must be ≥ {lo}")
+    hi = min(hi, SQLITE_INT_MAX)
+    if result < lo or result > hi:
+        raise ParamError(name, f"must be between {lo} and {hi}")
     return result
 
 
