@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import select
 import socket
 import threading
 import time
@@ -141,3 +142,62 @@ def test_items_of_a_client_that_went_away_are_not_judged(endpoint: str) -> None:
         after = httpx.post(srv.url + "/v1/judge", json=row("after"), timeout=60)
         assert after.status_code == 200, after.text
     assert judge.entered == ["held", "after"]  # nothing of the clients that went away
+
+
+def test_a_huge_header_gets_431_not_a_reset() -> None:
+    """Issue 23, item 15: a 1 MB header used to be answered with a connection reset; it gets a
+    431 the client can read (the server reads and drops the rest of the header before closing)."""
+    with running(GatedJudge(), max_header_bytes=32 * 1024) as srv, \
+            socket.create_connection(("127.0.0.1", srv.port), timeout=30) as conn:
+        conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * (1 << 20) + b"\r\n\r\n")
+        reply = read_all(conn)
+        assert reply.startswith(b"HTTP/1.1 431 "), reply[:200]
+        body = json.loads(reply.split(b"\r\n\r\n", 1)[1])
+        assert body["error"]["code"] == 431
+        assert "request headers exceed the limit of 32768 bytes" in body["error"]["message"]
+        assert httpx.get(srv.url + "/healthz", headers={"X-Fine": "b" * 20_000}).status_code == 200
+
+
+def test_a_client_that_drips_its_headers_is_cut_off_with_408() -> None:
+    """Issue 23, item 15: a slow client (one header byte at a time) used to hold its connection
+    for ever; the header read timeout ends it with a 408, however steadily the bytes drip."""
+    with running(GatedJudge(), header_timeout_s=1.0) as srv, \
+            socket.create_connection(("127.0.0.1", srv.port), timeout=30) as conn:
+        conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        for i in range(300):  # one byte per 0.1 s for up to 30 s: far past the 1 s header timeout
+            conn.sendall(b"X-Slow: 1\r\n"[i % 11:i % 11 + 1])
+            if select.select([conn], [], [], 0.1)[0]:  # the server answered (or closed)
+                break
+        reply = read_all(conn)
+        assert reply.startswith(b"HTTP/1.1 408 "), reply[:200]
+        assert "request headers not received within 1 s" in json.loads(reply.split(b"\r\n\r\n", 1)[1])["error"]["message"]
+
+
+def test_a_client_that_never_finishes_its_body_gets_408() -> None:
+    """Issue 23, item 15: a body that stops half way used to hold the request for ever."""
+    with running(GatedJudge(), body_timeout_s=1.0) as srv, \
+            socket.create_connection(("127.0.0.1", srv.port), timeout=30) as conn:
+        conn.sendall(b"POST /v1/judge HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100\r\n\r\n{\"instruction\": ")
+        reply = read_all(conn)
+        assert reply.startswith(b"HTTP/1.1 408 "), reply[:200]
+        assert "request body not received within 1 s" in json.loads(reply.split(b"\r\n\r\n", 1)[1])["error"]["message"]
+        assert srv.metric('pollux_requests_total{endpoint="/v1/judge",status="408"}') == 1
+
+
+def test_openapi_describes_the_request_bodies() -> None:
+    """Issue 24, item 3: the server's routes declare their request bodies (pydantic models), so
+    `/openapi.json` describes what `/v1/judge` and `/v1/chat/completions` take."""
+    with running(GatedJudge()) as srv:
+        spec = httpx.get(srv.url + "/openapi.json", timeout=10).json()
+    judge = spec["paths"]["/v1/judge"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    refs = {option["$ref"].rsplit("/", 1)[-1] for option in judge["anyOf"]}
+    assert refs == {"JudgeItemBody", "JudgeOne", "JudgeBatch"}
+    schemas = spec["components"]["schemas"]
+    assert set(schemas["JudgeItemBody"]["required"]) == {"instruction", "answer", "criteria_name", "rubrics"}
+    assert schemas["JudgeBatch"]["properties"]["items"]["items"] == {"$ref": "#/components/schemas/JudgeItemBody"}
+    chat = spec["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert chat == {"$ref": "#/components/schemas/ChatRequest"}
+    assert {"model", "messages"} <= set(schemas["ChatRequest"]["required"])
+    for path in ("/healthz", "/metrics", "/v1/models"):
+        assert "get" in spec["paths"][path]

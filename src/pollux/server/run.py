@@ -17,6 +17,8 @@ from pollux.engine.registry import CommonOptions, validate_options
 from pollux.server.app import ServerConfig, create_app
 
 API_KEY_ENV = "POLLUX_API_KEY"
+HEADER_TIMEOUT_S = 10.0  # a request's headers must arrive within this (slow clients hold connections)
+MAX_HEADER_BYTES = 64 * 1024  # a request's header block; more → 431
 
 log = logging.getLogger("pollux.server")
 
@@ -74,14 +76,19 @@ def serve(
     server.run()
 
 
-def uvicorn_config(app: Any, *, host: str, port: int, log_level: str = "info",
-                   graceful_timeout: float = 30.0) -> Any:
-    """The uvicorn settings of `pollux serve`, in one place so tests run the server as users do."""
+def uvicorn_config(app: Any, *, host: str, port: int, log_level: str = "info", graceful_timeout: float = 30.0,
+                   header_timeout_s: float = HEADER_TIMEOUT_S, max_header_bytes: int = MAX_HEADER_BYTES) -> Any:
+    """The uvicorn settings of `pollux serve`, in one place so tests run the server as users do:
+    the h11 protocol with a header read timeout and 431 for headers over `max_header_bytes`
+    (`pollux.server.protocol`)."""
     import uvicorn
+
+    from pollux.server.protocol import protocol_class
 
     return uvicorn.Config(
         app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
         timeout_graceful_shutdown=graceful_timeout,  # type: ignore[arg-type]  # seconds, a float is fine
+        http=protocol_class(header_timeout_s), h11_max_incomplete_event_size=max_header_bytes,
     )
 
 
