@@ -95,3 +95,25 @@ def test_an_option_the_engine_does_not_take_is_a_usage_error():
     result = run("--judge", "openai:judge-model", "-o", "max_retries=many", "--instruction", "q", "--answer", "a",
                  "--criterion", "c", "--rubrics", RUBRIC)
     assert result.exit_code == 2 and "option 'max_retries' of openai: judges" in result.stderr
+
+
+def test_a_literal_backslash_n_in_rubrics_is_read_as_a_line_break(tiny_judge_path: Path):
+    """`--rubrics '0: …\\n\\n1: …'` typed in single quotes reaches pollux with a backslash and an n:
+    read as line breaks (with a warning), so the item has its 0–2 scale."""
+    typed = RUBRIC.replace("\n", "\\n")
+    result = run("--judge", str(tiny_judge_path), "--instruction", "Сколько будет 2+2?", "--answer", "4",
+                 "--criterion", "Правильность ответа", "--rubrics", typed, "--max-new-tokens", "2",
+                 "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    verdict = json.loads(result.stdout)
+    assert (verdict["scale_min"], verdict["scale_max"]) == (0, 2)
+    assert "warning: --rubrics" in result.stderr and "line break" in result.stderr
+
+
+def test_an_item_whose_rubric_has_no_scale_says_so(tiny_judge_path: Path):
+    result = run("--judge", str(tiny_judge_path), "--instruction", "Сколько будет 2+2?", "--answer", "4",
+                 "--criterion", "Правильность ответа", "--rubrics", "Оцени, верен ли ответ.",
+                 "--max-new-tokens", "2", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["scale_min"] is None
+    assert "warning:" in result.stderr and "no scale" in result.stderr

@@ -3,6 +3,11 @@
 Every module in this package that defines `register(app)` adds its verb(s); nothing else needs
 editing to add one. Results go to stdout as JSON / JSON lines, progress and logs to stderr, and
 failures exit non-zero.
+
+Registering a verb imports its module only: each imports its heavy libraries (torch, pandas,
+scipy, …) inside the function that runs, so `pollux --help` and every verb's help stay instant
+(tests/test_cli.py checks `sys.modules`). Help is click's plain layout: it wraps to the terminal
+and never cuts an option's name, as rich's tables do in 80 columns.
 """
 
 from __future__ import annotations
@@ -18,7 +23,25 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
+
+
+def help_when_alone(ctx: typer.Context) -> None:
+    """A command group's callback part: the group alone (`pollux criteria`) prints its help and
+    succeeds, instead of click's usage error (exit 2). Needs `invoke_without_command=True`."""
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit()
+
+
+def _print_version(value: bool) -> None:
+    """Eager: runs while the options are parsed, before click asks for a command."""
+    if value:
+        from pollux import __version__
+
+        typer.echo(__version__)
+        raise typer.Exit()
 
 
 def _register_verbs() -> None:
@@ -33,13 +56,10 @@ def _register_verbs() -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", help="Print the pollux version and exit."),
+    version: bool = typer.Option(False, "--version", help="Print the pollux version and exit.",
+                                 is_eager=True, callback=_print_version),
 ) -> None:
-    if version:
-        from pollux import __version__
-
-        typer.echo(__version__)
-        raise typer.Exit()
+    """Criteria-based LLM-as-a-Judge evaluation in Russian (POLLUX judges)."""
 
 
 _register_verbs()

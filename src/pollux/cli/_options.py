@@ -1,62 +1,100 @@
-"""Judge options shared by the judging verbs (`judge`, `evaluate`, `serve`, `meta-eval`), and the
-executor flags (`--ray`, `--workers`, …) of every verb that runs on `pollux.executor`.
+"""Judge options shared by the judging verbs (`judge`, `evaluate`, `serve`, `ui`, `meta-eval`), and
+the executor flags (`--ray`, `--workers`, …) of every verb that runs on `pollux.executor`.
 
-Each verb declares these flags with the same names and help, collects the ones the user SET into
-one dict (`engine_options`: a flag left out is None and is not passed), and hands that dict to the
-engine registry (`pollux.engine.registry`), which knows which engine takes what. So a local-only
-flag left at its default never reaches an `openai:` judge, while one given explicitly
-(`--dtype bfloat16` with `openai:X`) is a clear error, exit 2. `-o KEY=VALUE` reaches any option
-of the engine by its registry name (`-o max_retries=3`), as `llm -o` does.
+The engine flags are not declared here nor in the verbs: `with_engine_options(verb)` generates them
+from the engine registry's option classes (`pollux.engine.registry.option_flags`), so an option
+added to an engine is a flag of every judging verb, with one help text. The verb declares one
+parameter, `engine_options`, and receives the options the user SET as one dict (a flag left out is
+not in it), which it hands to the registry (`check_options`), which knows which engine takes what.
+So a local-only flag left at its default never reaches an `openai:` judge, while one given
+explicitly (`--dtype bfloat16` with `openai:X`) is a clear error, exit 2. `-o KEY=VALUE` reaches
+any option of the engine by its registry name (`-o max_retries=3`), as `llm -o` does.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable, Collection, Mapping
 from typing import Annotated, Any
 
 import typer
 
-from pollux.engine.registry import CommonOptions, OptionsError, default_threads, validate_options
+from pollux.engine.registry import (
+    CommonOptions,
+    OptionFlag,
+    OptionsError,
+    default_threads,
+    option_flags,
+    validate_options,
+)
 
 JUDGE_HELP = "The judge: a checkpoint folder, vllm:PATH or openai:MODEL (with --base-url)."
+OPTION_HELP = "KEY=VALUE: any option of the judge's engine, by name (e.g. max_retries=3). Repeatable."
+# The generated parameters' names: apart from the verb's own (meta-eval's --seed is the bootstrap's).
+ENGINE_PARAM_PREFIX = "engine__"
+ENGINE_OPTIONS = "engine_options"  # the one parameter a verb declares for all of them
 
 JudgeSpec = Annotated[str, typer.Option("--judge", "--model", "-m", help=JUDGE_HELP)]
-Template = Annotated[str | None, typer.Option(
-    "--template", help="Prompt template: default, model-card, or a template file (default: default).")]
-Option = Annotated[list[str] | None, typer.Option(
-    "--option", "-o", help="KEY=VALUE: any option of the judge's engine, by name (e.g. max_retries=3). Repeatable.")]
-# sampling (every engine)
-MaxNewTokens = Annotated[int | None, typer.Option("--max-new-tokens", min=1, help="Longest rationale, in tokens (default: 1024).")]
-MinNewTokens = Annotated[int | None, typer.Option("--min-new-tokens", min=0, help="Suppress end-of-turn until this many tokens were generated (default: 0).")]
-Temperature = Annotated[float | None, typer.Option("--temperature", min=0.0, help="0 = greedy (the official offline setting) (default: 0).")]
-TopP = Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling mass.")]
-TopK = Annotated[int | None, typer.Option("--top-k", min=0, help="Sample among the k likeliest tokens (0: all).")]
-RepetitionPenalty = Annotated[float | None, typer.Option("--repetition-penalty", help="Repetition penalty (default: the checkpoint's generation config).")]
-Seed = Annotated[int | None, typer.Option("--seed", help="Sampling seed (default: 0).")]
-# in-process (and vLLM) judges
-DType = Annotated[str | None, typer.Option("--dtype", help="Local judges: auto (bf16 on GPUs, fp32 on CPUs), float32, bfloat16, float16 (default: auto).")]
-Device = Annotated[str | None, typer.Option("--device", help="Local judges: auto, cpu, cuda, cuda:1, … (default: auto).")]
-BatchSize = Annotated[int | None, typer.Option("--batch-size", min=1, help="Local judges: sequences decoded together (default: 32).")]
-MaxBatchTokens = Annotated[int | None, typer.Option("--max-batch-tokens", min=1, help="In-process judges: KV positions per batch (memory bound) (default: 65536).")]
-SharePrefix = Annotated[bool | None, typer.Option("--share-prefix/--no-share-prefix", help="Local judges: encode each answer's shared prompt prefix once (default: share).", show_default=False)]
-Threads = Annotated[int | None, typer.Option(
-    "--threads", min=1,
-    help="In-process judges: torch CPU threads (default: $OMP_NUM_THREADS, else all usable cores but one).")]
-# openai: judges
-BaseUrl = Annotated[str | None, typer.Option("--base-url", help="openai: the server's base URL (…/v1) (default: $OPENAI_BASE_URL).")]
-ApiKeyEnv = Annotated[str | None, typer.Option("--api-key-env", help="openai: environment variable with the API key (default: OPENAI_API_KEY).")]
-Concurrency = Annotated[int | None, typer.Option("--concurrency", min=1, help="openai: requests in flight (default: 8).")]
-PromptStyle = Annotated[str | None, typer.Option(
-    "--prompt-style", help="openai: 'pollux' (a POLLUX judge), 'general' (asks a general LLM for [FEEDBACK] … [RESULT] n [END]) "
-         "or 'prometheus' (an M-Prometheus-style judge; see docs/meta-eval.md).")]
-ApiTimeout = Annotated[float | None, typer.Option("--api-timeout", min=0.1, help="openai: seconds per request (default: 60).")]
-# vLLM judges (vllm:PATH)
-TensorParallelSize = Annotated[int | None, typer.Option(
-    "--tensor-parallel-size", min=1, help="vllm: GPUs one judge replica spans (default: 1). On Ray, each worker "
-    "gets this many GPUs unless --gpus-per-worker says otherwise.")]
-GpuMemoryUtilization = Annotated[float | None, typer.Option(
-    "--gpu-memory-utilization", min=0.01, max=1.0, help="vllm: share of each GPU's memory vLLM may use (default: 0.85).")]
-MaxModelLen = Annotated[int | None, typer.Option(
-    "--max-model-len", min=1, help="vllm: context length in tokens (default: the checkpoint's).")]
+
+
+def with_engine_options(verb: Callable[..., Any], *, exclude: Collection[str] = (),
+                        flags: Mapping[str, str] | None = None) -> Callable[..., Any]:
+    """`verb` with every engine flag, for `app.command(...)`: its `engine_options` parameter is
+    replaced by one typer option per registry option (and `-o/--option`), and the wrapper calls
+    `verb(..., engine_options={what the user set})` (see `engine_options`).
+
+    `exclude`: registry names the verb declares itself (serve's own --batch-size); `flags`: another
+    flag for an option in this verb ({"seed": "--sampling-seed"} where --seed means something else).
+    Built when the verb is registered, so an engine registered before that has its flags too."""
+    signature = inspect.signature(verb, eval_str=True)
+    names = list(signature.parameters)
+    if ENGINE_OPTIONS not in names:
+        raise TypeError(f"{verb.__name__} has no {ENGINE_OPTIONS!r} parameter to fill")
+    at = names.index(ENGINE_OPTIONS)
+    generated = [_parameter(f, (flags or {}).get(f.name, f.flag)) for f in option_flags() if f.name not in exclude]
+    generated.append(inspect.Parameter(
+        ENGINE_PARAM_PREFIX + "option", inspect.Parameter.KEYWORD_ONLY, annotation=list[str] | None,
+        default=typer.Option(None, "--option", "-o", help=OPTION_HELP)))
+    own = list(signature.parameters.values())
+    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in [*own[:at], *generated, *own[at + 1:]]]
+
+    @functools.wraps(verb)
+    def wrapper(**kwargs: Any) -> Any:
+        set_flags = {k.removeprefix(ENGINE_PARAM_PREFIX): kwargs.pop(k) for k in list(kwargs)
+                     if k.startswith(ENGINE_PARAM_PREFIX)}
+        return verb(**kwargs, **{ENGINE_OPTIONS: engine_options(**set_flags)})
+
+    wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}  # what typer reads, resolved
+    return wrapper
+
+
+def _parameter(flag: OptionFlag, name: str) -> inspect.Parameter:
+    """One registry option as a typer option that is None unless given (`--x/--no-x` for a bool)."""
+    decls = f"{name}/--no-{name.removeprefix('--')}" if flag.type is bool else name
+    return inspect.Parameter(ENGINE_PARAM_PREFIX + flag.name, inspect.Parameter.KEYWORD_ONLY,
+                             annotation=flag.type | None,
+                             default=typer.Option(None, decls, help=flag.help, show_default=False))
+
+
+def _legacy(name: str) -> Any:
+    """A registry option as the old per-flag `Annotated` alias. Only cli/meta_eval.py still uses
+    these: delete them when it declares `engine_options` (see `with_engine_options`)."""
+    flag = next(f for f in option_flags() if f.name == name)
+    decls = f"{flag.flag}/--no-{flag.flag.removeprefix('--')}" if flag.type is bool else flag.flag
+    return Annotated[flag.type | None, typer.Option(decls, help=flag.help, show_default=False)]
+
+
+Template = _legacy("template")
+Option = Annotated[list[str] | None, typer.Option("--option", "-o", help=OPTION_HELP)]
+MaxNewTokens, MinNewTokens = _legacy("max_new_tokens"), _legacy("min_new_tokens")
+Temperature, TopP, TopK = _legacy("temperature"), _legacy("top_p"), _legacy("top_k")
+RepetitionPenalty = _legacy("repetition_penalty")
+DType, Device, BatchSize = _legacy("dtype"), _legacy("device"), _legacy("batch_size")
+MaxBatchTokens, SharePrefix, Threads = _legacy("max_batch_tokens"), _legacy("share_prefix"), _legacy("threads")
+BaseUrl, ApiKeyEnv, Concurrency = _legacy("base_url"), _legacy("api_key_env"), _legacy("concurrency")
+PromptStyle, ApiTimeout = _legacy("prompt_style"), _legacy("timeout")
 
 # Where and how wide to run: one declaration for every verb that runs on `pollux.executor`
 # (evaluate, meta-eval, synth). None = not given: the verb's own default (or its config's).

@@ -16,12 +16,15 @@ from typing import Any, NoReturn
 
 import typer
 
+from pollux.cli import help_when_alone
 from pollux.taxonomy import Catalog, TaxonomyError, load_catalog
 
 criteria_app = typer.Typer(
     help="List criteria and tasks of the POLLUX taxonomy, or show one task's criteria set (JSON lines).",
-    no_args_is_help=True,
+    invoke_without_command=True,
+    rich_markup_mode=None,
 )
+criteria_app.callback()(help_when_alone)
 
 _METAINFO = typer.Option(None, "--metainfo", help="Folder with the official criteria.json + tasks.json "
                                                    "(default: the built-in catalog with pollux's own rubrics).")
@@ -65,7 +68,7 @@ def list_criteria(
 
 @criteria_app.command("get")
 def get_criterion(
-    name_or_id: str = typer.Argument(..., help="Criterion id (repeats, correct_answer__5) or name."),
+    name_or_id: str = typer.Argument(..., metavar="NAME_OR_ID", help="Criterion id (repeats, correct_answer__5) or name."),
     metainfo: Path | None = _METAINFO,
 ) -> None:
     """One criterion with its rubric."""
@@ -89,9 +92,9 @@ def list_tasks(metainfo: Path | None = _METAINFO) -> None:
 
 @criteria_app.command("show")
 def show_task(
-    task_type: str = typer.Argument(..., help="Task type, as in the dataset's task_type (Russian name)."),
-    task_subtype: str | None = typer.Argument(None, help="task_subtype, when the task has subtypes."),
-    task_subsubtype: str | None = typer.Argument(None, help="task_subsubtype, when the subtype has them."),
+    task_type: str = typer.Argument(..., metavar="TASK_TYPE", help="Task type, as in the dataset's task_type (Russian name)."),
+    task_subtype: str | None = typer.Argument(None, metavar="TASK_SUBTYPE", help="task_subtype, when the task has subtypes."),
+    task_subsubtype: str | None = typer.Argument(None, metavar="TASK_SUBSUBTYPE", help="task_subsubtype, when the subtype has them."),
     metainfo: Path | None = _METAINFO,
 ) -> None:
     """One task's ordered criteria set, one criterion per line."""

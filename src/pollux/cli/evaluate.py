@@ -30,7 +30,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def evaluate_command(
-    inputs: list[Path] = typer.Argument(..., help="Answer files: JSONL, CSV or Parquet (POLLUX columns)."),
+    inputs: list[Path] = typer.Argument(..., metavar="INPUT", help="Answer files: JSONL, CSV or Parquet (POLLUX columns)."),
     judge: opt.JudgeSpec = ...,  # type: ignore[assignment]
     db: Path = typer.Option(..., "--db", help="The run database (SQLite); reused to resume."),
     criteria: Path | None = typer.Option(None, "--criteria", help="A criteria file for rows that name none."),
@@ -39,29 +39,7 @@ def evaluate_command(
     new_run: bool = typer.Option(False, "--new-run", help="Start a new run when the database's configuration differs."),
     chunk_size: int = typer.Option(256, "--chunk-size", min=1, help="Judgements per engine call."),
     max_field_chars: int = typer.Option(200_000, "--max-field-chars", min=1, help="Longest accepted text field."),
-    template: opt.Template = None,
-    max_new_tokens: opt.MaxNewTokens = None,
-    min_new_tokens: opt.MinNewTokens = None,
-    temperature: opt.Temperature = None,
-    top_p: opt.TopP = None,
-    top_k: opt.TopK = None,
-    repetition_penalty: opt.RepetitionPenalty = None,
-    seed: opt.Seed = None,
-    dtype: opt.DType = None,
-    device: opt.Device = None,
-    batch_size: opt.BatchSize = None,
-    max_batch_tokens: opt.MaxBatchTokens = None,
-    share_prefix: opt.SharePrefix = None,
-    threads: opt.Threads = None,
-    base_url: opt.BaseUrl = None,
-    api_key_env: opt.ApiKeyEnv = None,
-    concurrency: opt.Concurrency = None,
-    prompt_style: opt.PromptStyle = None,
-    api_timeout: opt.ApiTimeout = None,
-    tensor_parallel_size: opt.TensorParallelSize = None,
-    gpu_memory_utilization: opt.GpuMemoryUtilization = None,
-    max_model_len: opt.MaxModelLen = None,
-    option: opt.Option = None,
+    engine_options: dict[str, Any] | None = None,
     ray: opt.Ray = None,
     workers: opt.Workers = None,
     cpus_per_worker: opt.CpusPerWorker = None,
@@ -79,21 +57,16 @@ def evaluate_command(
 
     # SIGTERM (e.g. a job scheduler) stops as cleanly as Ctrl-C.
     signal.signal(signal.SIGTERM, _interrupt)
-    given = opt.engine_options(
-        option=option, template=template, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
-        temperature=temperature, top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, seed=seed,
-        dtype=dtype, device=device, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
-        share_prefix=share_prefix, threads=threads, base_url=base_url, api_key_env=api_key_env,
-        concurrency=concurrency, prompt_style=prompt_style, timeout=api_timeout,
-        tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
-        max_model_len=max_model_len)
+    given = engine_options or {}
     executor = opt.executor_options(ray=ray, workers=workers, cpus_per_worker=cpus_per_worker,
-                                    gpus_per_worker=gpus_per_worker, tensor_parallel_size=tensor_parallel_size)
+                                    gpus_per_worker=gpus_per_worker,
+                                    tensor_parallel_size=given.get("tensor_parallel_size"))
     options = opt.check_options(judge, given, defaults=opt.worker_defaults(executor))
     # The run remembers this request (not where it runs), so rerunning a finished run never loads the
     # weights, and a run started locally resumes on Ray and back. The factory is what Ray workers load.
     loader = JudgeLoader({"judge": judge, "options": given}, JudgeFactory(judge, options))
     try:
+        refuse_a_known_change(db, loader, options, new_run=new_run)
         catalog = load_catalog(taxonomy) if taxonomy else load_catalog()
         user_criteria = load_user_criteria(criteria, catalog) if criteria else None
         summary = evaluate(
@@ -117,5 +90,40 @@ def evaluate_command(
         raise typer.Exit(1)
 
 
+def refuse_a_known_change(db: Path, loader: Any, options: Any, *, new_run: bool) -> None:
+    """Refuse, before the judge loads, a resume whose options the run database already contradicts.
+
+    The store records a run's configuration as the LOADED judge describes it (`run_config`), so
+    `evaluate` can compare it only after loading — minutes for a large judge. What the user set
+    that the record states, though, is known now: the prompt template, and each sampling value
+    given explicitly (unset ones resolve against the checkpoint, unknown until it loads). When
+    every run in the database differs in one of those, no run can resume: the store's own refusal
+    (an `EvaluateError`) comes now. Anything else is still checked after loading, as before."""
+    from dataclasses import asdict
+
+    from pollux.evaluate import EvaluateError, request_key
+    from pollux.store import RunStore, config_diff
+
+    if new_run or not db.is_file():
+        return
+    with RunStore(db) as store:
+        runs = store.runs()
+        if not runs or store.run_for_request(request_key(loader)) is not None:
+            return
+    given = loader.request["options"]
+    wanted = {"template": options.template.to_dict(),
+              "sampling": {k: v for k, v in asdict(options.sampling).items() if k in given}}
+    diffs = []
+    for run in runs:
+        engine = run.config.get("engine") or {}
+        recorded = {"template": engine.get("template", wanted["template"]),
+                    "sampling": {k: (engine.get("sampling") or {}).get(k, v) for k, v in wanted["sampling"].items()}}
+        diffs.append(config_diff(recorded, wanted))
+    if all(diffs):
+        raise EvaluateError(f"{db} holds run {runs[-1].run_id} made with a different configuration:\n  "
+                            + "\n  ".join(diffs[-1]) + "\nResume with the same options, or pass --new-run to start "
+                            "a new run in this database (checked before loading the judge).")
+
+
 def register(app: typer.Typer) -> None:
-    app.command("evaluate")(evaluate_command)
+    app.command("evaluate")(opt.with_engine_options(evaluate_command))

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from pollux.cli import _options as opt
 from pollux.records import JudgeItem, RecordError
+from pollux.verdicts import Verdict
 
 # (line number, item or what is wrong with that line); line 0 is the item given by options.
 Entry = tuple[int, JudgeItem | str]
@@ -41,29 +44,11 @@ def judge_command(
     answer: str | None = typer.Option(None, help="The evaluated LLM's answer."),
     reference: str = typer.Option("", help="Reference answer (optional)."),
     criterion: str | None = typer.Option(None, help="Criterion name."),
-    rubrics: str | None = typer.Option(None, help="Rubric: one level per paragraph, e.g. '0: …\\n\\n1: …'."),
+    rubrics: str | None = typer.Option(None, help="Rubric: one level per paragraph ('0: …', a blank line, "
+                                       "'1: …'); a typed \\n is read as a line break."),
     input: Path | None = typer.Option(None, "--input", "-i", help="A JSONL, CSV or Parquet file of items "
                                       "(POLLUX column names)."),
-    template: opt.Template = None,
-    max_new_tokens: opt.MaxNewTokens = None,
-    min_new_tokens: opt.MinNewTokens = None,
-    temperature: opt.Temperature = None,
-    top_p: opt.TopP = None,
-    top_k: opt.TopK = None,
-    repetition_penalty: opt.RepetitionPenalty = None,
-    seed: opt.Seed = None,
-    dtype: opt.DType = None,
-    device: opt.Device = None,
-    batch_size: opt.BatchSize = None,
-    max_batch_tokens: opt.MaxBatchTokens = None,
-    share_prefix: opt.SharePrefix = None,
-    threads: opt.Threads = None,
-    base_url: opt.BaseUrl = None,
-    api_key_env: opt.ApiKeyEnv = None,
-    concurrency: opt.Concurrency = None,
-    prompt_style: opt.PromptStyle = None,
-    api_timeout: opt.ApiTimeout = None,
-    option: opt.Option = None,
+    engine_options: dict[str, Any] | None = None,
 ) -> None:
     """Judge one item (options) or many (--input FILE); prints JSON verdicts to stdout, one per
     line, in input order; a bad line gets {"line": N, "error": …} in its place (exit 1)."""
@@ -77,18 +62,13 @@ def judge_command(
         assert instruction is not None and answer is not None and criterion is not None and rubrics is not None
         try:
             entries: list[Entry] = [(0, JudgeItem(instruction=instruction, answer=answer, reference_answer=reference,
-                                                  criteria_name=criterion, rubrics=rubrics))]
+                                                  criteria_name=criterion, rubrics=typed_rubrics(rubrics)))]
         except RecordError as e:
             raise typer.BadParameter(str(e)) from None
     else:
         entries = read_items(input)
 
-    options = opt.check_options(judge, opt.engine_options(
-        option=option, template=template, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
-        temperature=temperature, top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, seed=seed,
-        dtype=dtype, device=device, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
-        share_prefix=share_prefix, threads=threads, base_url=base_url, api_key_env=api_key_env,
-        concurrency=concurrency, prompt_style=prompt_style, timeout=api_timeout))
+    options = opt.check_options(judge, engine_options or {})
     try:
         loaded = Judge.from_spec(judge, options)
     except (OSError, ValueError, RuntimeError) as e:  # a missing checkpoint, no vLLM, a missing API key
@@ -96,7 +76,26 @@ def judge_command(
         raise typer.Exit(2) from None
 
     items = [e for _, e in entries if isinstance(e, JudgeItem)]
-    verdicts = iter(loaded.judge_many(items))
+    failed = write_verdicts(entries, iter(loaded.judge_many(items)))
+    if failed:
+        typer.echo(f"{failed} of {len(entries)} item(s) could not be judged", err=True)
+        raise typer.Exit(1)
+
+
+def typed_rubrics(text: str) -> str:
+    """`--rubrics '0: …\\n\\n1: …'` typed in single quotes reaches us with backslash-n, not line
+    breaks: a rubric of one line that states no scale. Read them as line breaks, and say so."""
+    if "\\n" not in text or "\n" in text:
+        return text
+    typer.echo("warning: --rubrics has a typed '\\n' and no line break: read as a line break (a shell "
+               "passes real ones with $'0: …\\n\\n1: …' or a newline inside the quotes)", err=True)
+    return text.replace("\\n", "\n")
+
+
+def write_verdicts(entries: list[Entry], verdicts: Iterator[Verdict]) -> int:
+    """One JSON line per entry, in input order: its verdict, or {"line", "error"} for a bad line.
+    A verdict whose rubric states no scale (so its score was checked against none) gets a
+    warning on stderr. Returns how many entries failed."""
     failed = 0
     for line, entry in entries:
         if isinstance(entry, str):
@@ -106,12 +105,14 @@ def judge_command(
             continue
         verdict = next(verdicts)
         failed += verdict.error is not None
+        if verdict.error is None and verdict.scale_min is None:
+            where = f"line {line}" if line else "the item"
+            typer.echo(f"warning: {where}: the rubric states no scale (levels as '0: …' paragraphs), so the "
+                       "score was checked against none", err=True)
         sys.stdout.write(verdict.to_json() + "\n")
     sys.stdout.flush()
-    if failed:
-        typer.echo(f"{failed} of {len(entries)} item(s) could not be judged", err=True)
-        raise typer.Exit(1)
+    return failed
 
 
 def register(app: typer.Typer) -> None:
-    app.command("judge")(judge_command)
+    app.command("judge")(opt.with_engine_options(judge_command))

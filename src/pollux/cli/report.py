@@ -14,7 +14,7 @@ import typer
 
 
 def report_command(
-    db: Path = typer.Argument(..., help="A run database written by `pollux evaluate`."),
+    db: Path = typer.Argument(..., metavar="RUN.DB", help="A run database written by `pollux evaluate`."),
     out: Path = typer.Option(Path("report"), "--out", help="Folder for report.html, CSV and JSON exports."),
     run: int | None = typer.Option(None, "--run", help="Which run of the database (default: the latest)."),
     taxonomy: Path | None = typer.Option(None, "--taxonomy", help="Official criteria.json + tasks.json folder."),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -12,7 +13,8 @@ from pollux.cli import _options as opt
 
 
 def register(app: typer.Typer) -> None:
-    app.command("serve")(serve)
+    # --batch-size is serve's own: the most items per engine call, and a local judge's batch size
+    app.command("serve")(opt.with_engine_options(serve, exclude={"batch_size"}))
 
 
 def serve(
@@ -32,25 +34,7 @@ def serve(
     graceful_timeout: float = typer.Option(30.0, "--graceful-timeout",
                                            help="Seconds SIGTERM waits for in-flight requests."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
-    template: opt.Template = None,
-    max_new_tokens: opt.MaxNewTokens = None,
-    min_new_tokens: opt.MinNewTokens = None,
-    temperature: opt.Temperature = None,
-    top_p: opt.TopP = None,
-    top_k: opt.TopK = None,
-    repetition_penalty: opt.RepetitionPenalty = None,
-    seed: opt.Seed = None,
-    dtype: opt.DType = None,
-    device: opt.Device = None,
-    max_batch_tokens: opt.MaxBatchTokens = None,
-    share_prefix: opt.SharePrefix = None,
-    threads: opt.Threads = None,
-    base_url: opt.BaseUrl = None,
-    api_key_env: opt.ApiKeyEnv = None,
-    concurrency: opt.Concurrency = None,
-    prompt_style: opt.PromptStyle = None,
-    api_timeout: opt.ApiTimeout = None,
-    option: opt.Option = None,
+    engine_options: dict[str, Any] | None = None,
     ui: list[Path] | None = typer.Option(None, "--ui", help="Also serve the web UI on /ui over this run database "
                                          "(repeatable; see docs/ui.md). With a key, the UI needs sign-in."),
     ui_writable: bool = typer.Option(False, "--ui-writable", help="Let signed-in reviewers store expert scores."),
@@ -62,12 +46,7 @@ def serve(
     from pollux.server.run import serve as run_server
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    options = opt.check_options(model, opt.engine_options(
-        option=option, template=template, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
-        temperature=temperature, top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, seed=seed,
-        dtype=dtype, device=device, max_batch_tokens=max_batch_tokens, share_prefix=share_prefix,
-        threads=threads, base_url=base_url, api_key_env=api_key_env, concurrency=concurrency,
-        prompt_style=prompt_style, timeout=api_timeout), defaults={"batch_size": batch_size})
+    options = opt.check_options(model, engine_options or {}, defaults={"batch_size": batch_size})
     try:
         run_server(
             model, host=host, port=port, model_name=model_name, api_key=api_key, batch_size=batch_size,

@@ -20,14 +20,44 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from typer.core import TyperGroup
 
 from pollux.cli import _options as opt
+from pollux.cli import help_when_alone
 
-synth_app = typer.Typer(help="Build a judge's training data: instructions → filter → criteria → answers → "
-                             "annotate → sample → export (resumable; local or on Ray Data).",
-                        no_args_is_help=True)
 
-_CONFIG = typer.Argument(..., help="The pipeline config (TOML), e.g. examples/synth.toml.")
+class _StageGroup(TyperGroup):
+    """`pollux synth`, whose stage commands are made when first asked for: their names come from
+    `pollux.synth.pipeline`, which imports pandas and scipy, and `pollux --help` must not."""
+
+    def list_commands(self, ctx: Any) -> list[str]:  # ctx: a click context
+        self._add_stages()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:  # a click command, or None
+        self._add_stages()
+        return super().get_command(ctx, cmd_name)
+
+    def _add_stages(self) -> None:
+        if "run" in self.commands:
+            return
+        from pollux.synth.pipeline import STAGES
+
+        stages = typer.Typer(rich_markup_mode=None)
+        stages.command("run")(_stage_command(None))
+        for stage in STAGES:
+            stages.command(stage)(_stage_command(stage))
+        made = typer.main.get_group(stages)
+        for name, command in made.commands.items():
+            self.add_command(command, name)
+
+
+synth_app = typer.Typer(cls=_StageGroup, help="Build a judge's training data: instructions → filter → criteria → "
+                        "answers → annotate → sample → export (resumable; local or on Ray Data).",
+                        invoke_without_command=True, rich_markup_mode=None)
+synth_app.callback()(help_when_alone)
+
+_CONFIG = typer.Argument(..., metavar="CONFIG", help="The pipeline config (TOML), e.g. examples/synth.toml.")
 
 
 def _options() -> dict[str, Any]:
@@ -89,16 +119,7 @@ def status_command(config: Path = _CONFIG) -> None:
     typer.echo(json.dumps(result, ensure_ascii=False, indent=2))
 
 
-def _register_stages() -> None:
-    from pollux.synth.pipeline import STAGES
-
-    synth_app.command("run")(_stage_command(None))
-    for stage in STAGES:
-        synth_app.command(stage)(_stage_command(stage))
-    synth_app.command("status")(status_command)
-
-
-_register_stages()
+synth_app.command("status")(status_command)  # the stages: `_StageGroup`
 
 
 def register(app: typer.Typer) -> None:

@@ -13,7 +13,7 @@ import sys
 import threading
 import webbrowser
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -24,11 +24,11 @@ if TYPE_CHECKING:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("ui")(ui)
+    app.command("ui")(opt.with_engine_options(ui))
 
 
 def ui(
-    dbs: list[Path] = typer.Argument(..., help="Run databases written by `pollux evaluate`."),
+    dbs: list[Path] = typer.Argument(..., metavar="RUN.DB", help="Run databases written by `pollux evaluate`."),
     experts: list[Path] | None = typer.Option(None, "--experts", help="Expert score files (POLLUX format), shown "
                                               "as runs to compare against. Repeatable."),
     judge_spec: str | None = typer.Option(None, "--judge", "--model", "-m",
@@ -40,21 +40,7 @@ def ui(
     port: int = typer.Option(8765, "--port", help="TCP port."),
     no_browser: bool = typer.Option(False, "--no-browser", help="Do not open a browser."),
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level."),
-    template: opt.Template = None,
-    max_new_tokens: opt.MaxNewTokens = None,
-    temperature: opt.Temperature = None,
-    top_p: opt.TopP = None,
-    top_k: opt.TopK = None,
-    repetition_penalty: opt.RepetitionPenalty = None,
-    seed: opt.Seed = None,
-    dtype: opt.DType = None,
-    device: opt.Device = None,
-    threads: opt.Threads = None,
-    base_url: opt.BaseUrl = None,
-    api_key_env: opt.ApiKeyEnv = None,
-    prompt_style: opt.PromptStyle = None,
-    api_timeout: opt.ApiTimeout = None,
-    option: opt.Option = None,
+    engine_options: dict[str, Any] | None = None,
 ) -> None:
     """Explore runs, compare judges, review verdicts and judge live in a browser."""
     import uvicorn
@@ -76,11 +62,7 @@ def ui(
         raise typer.Exit(2) from None
     judge = None
     if judge_spec is not None:
-        judge = _load_judge(judge_spec, opt.engine_options(
-            option=option, template=template, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-            top_k=top_k, repetition_penalty=repetition_penalty, seed=seed, dtype=dtype, device=device,
-            threads=threads, base_url=base_url, api_key_env=api_key_env, prompt_style=prompt_style,
-            timeout=api_timeout))
+        judge = _load_judge(judge_spec, engine_options or {})
     key = resolve_api_key(key)
     if key is None and (writable or judge is not None):
         key = secrets.token_urlsafe(16)
@@ -98,7 +80,7 @@ def ui(
         explorer.close()
 
 
-def _load_judge(spec: str, given: dict[str, object]) -> Judge:
+def _load_judge(spec: str, given: dict[str, Any]) -> Judge:
     """The judge for judge live, loaded before the server starts; option errors exit 2."""
     from pollux.checkpoint import CheckpointError
     from pollux.judge import Judge
