@@ -16,6 +16,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -104,20 +105,45 @@ def test_ray_gives_the_local_verdicts(ray_cluster: None, local_run: tuple[Path, 
     assert rows(db, records) == rows(reference, records) and rows(db, jobs) == rows(reference, jobs)
 
 
+class GatedJudge:
+    """A judge whose process, after its first batch, holds every further batch until the test opens
+    the gate (a file) — so the test can kill a worker that is certainly in the middle of a batch."""
+
+    def __init__(self, judge: Any, gate: Path, held: Path) -> None:
+        self._judge, self._gate, self._held = judge, gate, held
+        self._batches = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._judge, name)
+
+    def judge_many(self, items: Any, **kwargs: Any) -> Any:
+        self._batches += 1
+        if self._batches > 1 and not self._gate.exists():
+            (self._held / str(os.getpid())).touch()
+            deadline = time.monotonic() + 300  # never hangs a broken test for ever
+            while not self._gate.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        return self._judge.judge_many(items, **kwargs)
+
+
 class PidJudgeFactory(JudgeFactory):
-    """A JudgeFactory that writes its worker's process id into `pid_dir` (so a test can kill it)."""
+    """A JudgeFactory that writes its worker's process id into `pid_dir/built` (so a test can count
+    replacements) and loads a `GatedJudge`."""
 
     def __init__(self, spec: str, options: dict[str, Any], pid_dir: str) -> None:
         super().__init__(spec, options)
         object.__setattr__(self, "pid_dir", pid_dir)
 
     def __call__(self) -> Any:
-        (Path(self.pid_dir) / str(os.getpid())).touch()
-        return super().__call__()
+        folder = Path(self.pid_dir)
+        (folder / "built" / str(os.getpid())).touch()
+        return GatedJudge(super().__call__(), folder / "gate", folder / "held")
 
 
 class KillOnFirstVerdict(Progress):
-    """Kills (SIGKILL) one worker process when the first verdict reaches the driver."""
+    """When the first verdict reaches the driver: waits until a worker holds a batch (each worker
+    judges one batch, then holds; 8 batches, 2 workers: one is certain to hold), SIGKILLs it, then
+    opens the gate. The killed batch can only finish on a replacement process."""
 
     def __init__(self, pid_dir: Path) -> None:
         self.pid_dir, self.killed, self.seen = pid_dir, 0, 0
@@ -125,23 +151,33 @@ class KillOnFirstVerdict(Progress):
     def advance(self, n: int = 1) -> None:
         self.seen += n
         if not self.killed:
-            self.killed = int(sorted(self.pid_dir.iterdir())[0].name)
+            held = self.pid_dir / "held"
+            deadline = time.monotonic() + 120
+            while not any(held.iterdir()) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self.killed = int(sorted(held.iterdir())[0].name)
             os.kill(self.killed, signal.SIGKILL)
+            (self.pid_dir / "gate").touch()
             self.seen_at_kill = self.seen
 
 
 @pytest.mark.slow
 def test_a_killed_ray_worker_loses_nothing_and_duplicates_nothing(
         ray_cluster: None, local_run: tuple[Path, Path], tiny_judge_path: Path, tmp_path: Path) -> None:  # noqa: F811
+    """Issue 23 #20: the worker killed is one that holds a batch, so a replacement process must
+    judge it — not, as before, whichever worker had the lowest pid, which under load could be idle
+    while the other finished the run (then no replacement started and `>= 3` failed)."""
     src, reference = local_run
     pids, db = tmp_path / "pids", tmp_path / "ray.db"
-    pids.mkdir()
+    for folder in (pids / "built", pids / "held"):
+        folder.mkdir(parents=True)
     killer = KillOnFirstVerdict(pids)
     factory = PidJudgeFactory(str(tiny_judge_path), OPTIONS, str(pids))
     summary = evaluate(src, db, loader(tiny_judge_path, factory), chunk_size=5,  # one answer per batch
                        executor=ExecutorOptions(ray="auto", workers=2), progress=killer)
+    built = {p.name for p in (pids / "built").iterdir()}
     assert killer.killed and killer.seen_at_kill < 40  # killed mid-run
-    assert str(killer.killed) in {p.name for p in pids.iterdir()} and len(list(pids.iterdir())) >= 3  # replaced
+    assert str(killer.killed) in built and len(built) >= 3  # replaced
     assert (summary.judged, summary.failed, summary.remaining) == (40, 0, 0)
     assert_exactly_once(db, 40)
     assert_same_verdicts(rows(reference), rows(db))
@@ -170,6 +206,44 @@ def test_a_sigkilled_driver_resumes_on_ray_judging_only_what_is_missing(
     summary = json.loads(final.stdout)
     assert (summary["already_done"], summary["judged"], summary["remaining"]) == (killed_at, 40 - killed_at, 0)
     assert summary["new_run"] is False
+    assert_exactly_once(db, 40)
+
+
+def _map_workers() -> set[int]:
+    """Process ids of Ray Data's actor processes on this machine (Ray titles them `ray::MapWorker(…)`)."""
+    pids = set()
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(b"ray::MapWorker"):
+                pids.add(int(proc.name))
+        except OSError:  # gone meanwhile
+            continue
+    return pids
+
+
+@pytest.mark.slow
+def test_stdout_is_only_the_json_summary_when_a_ray_worker_dies(ray_cluster: None, tiny_judge_path: Path,  # noqa: F811
+                                                                  tmp_path: Path) -> None:
+    """Issue 23 #19: Ray's driver printed its notices about a dead worker ("(raylet) Task MapWorker(…)
+    .submit failed. There are 3 retries remaining…") to stdout, around the summary, so
+    `pollux evaluate … --ray … > summary.json` was not JSON. A real CLI process; its workers are
+    SIGKILLed mid-run."""
+    import ray
+
+    src, db = tmp_path / "answers.jsonl", tmp_path / "run.db"
+    write_input(src, 8)
+    before = _map_workers()  # idle actors of earlier runs in this session are left alone
+    proc = start([*pollux_cmd(), "evaluate", str(src), "--judge", str(tiny_judge_path), "--db", str(db), *CLI_OPTIONS,
+                  "--chunk-size", "5", "--ray", ray.get_runtime_context().gcs_address, "--workers", "2"])
+    wait_until(proc, db, "SELECT COUNT(*) FROM verdicts", 1, timeout=150)
+    ours = _map_workers() - before
+    assert proc.poll() is None and ours, "the run ended (or had no worker) before a worker could be killed"
+    for pid in ours:
+        os.kill(pid, signal.SIGKILL)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err[-3000:]
+    summary = json.loads(out)  # all of stdout is the one JSON document
+    assert (summary["judged"], summary["failed"], summary["remaining"]) == (40, 0, 0)
     assert_exactly_once(db, 40)
 
 

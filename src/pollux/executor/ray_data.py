@@ -126,7 +126,7 @@ def quiet_ray_environment() -> None:
     """Before `ray.init`: Ray's C++ core logs only fatal errors to stderr (its errors reach the
     driver as exceptions anyway); a user's own setting wins. And Ray's notices go to stderr."""
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
-    pass  # H7 TEMP notices_to_stderr()
+    notices_to_stderr()
 
 
 def notices_to_stderr() -> None:
