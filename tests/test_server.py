@@ -78,7 +78,7 @@ def server(tiny_judge_path: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     log = tmp_path_factory.mktemp("serve-log") / "serve.log"
     proc = start_serve(tiny_judge_path, port, [
         "--max-new-tokens", "8", "--dtype", "float32", "--device", "cpu", "--max-body-bytes", "20000",
-        "--max-items", "8", "--model-name", "tiny-r",
+        "--max-items", "8", "--model-name", "tiny-r", "--max-header-bytes", "32768", "--body-timeout", "20",
     ], env={"POLLUX_API_KEY": KEY}, log_path=log)
     yield Server(proc, port, "tiny-r")
     assert stop(proc) in GRACEFUL_EXIT, log.read_text()
@@ -427,3 +427,16 @@ def test_deeply_nested_meta_fails_alone(server: Server, depth: int) -> None:
     single = server.post("/v1/judge", content=rows[1].encode(), headers={"Content-Type": "application/json"})
     assert single.status_code == 422, single.text
     assert single.json()["error"]["message"].startswith("item: field 'meta': nested deeper than ")
+
+
+def test_serve_flags_limit_headers(server: Server) -> None:
+    """Issue 23, item 15, through `pollux serve --max-header-bytes`: a 1 MB header gets a 431 the
+    client can read (not a reset), and the server goes on."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as conn:
+        conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * (1 << 20) + b"\r\n\r\n")
+        reply = b""
+        while chunk := conn.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 431 "), reply[:200]
+    assert b"request headers exceed the limit of 32768 bytes" in reply
+    assert httpx.get(server.url + "/healthz").status_code == 200

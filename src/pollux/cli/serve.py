@@ -33,6 +33,12 @@ def serve(
     max_items: int = typer.Option(256, "--max-items", help="Most items in one /v1/judge request (413)."),
     graceful_timeout: float = typer.Option(30.0, "--graceful-timeout",
                                            help="Seconds SIGTERM waits for in-flight requests."),
+    header_timeout: float = typer.Option(10.0, "--header-timeout", min=0.1,
+                                         help="Seconds a request's headers may take to arrive (408)."),
+    body_timeout: float = typer.Option(60.0, "--body-timeout", min=0.1,
+                                       help="Seconds a request's body may take to arrive (408)."),
+    max_header_bytes: int = typer.Option(64 * 1024, "--max-header-bytes", min=1024,
+                                         help="Request header limit (431)."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
     engine_options: dict[str, Any] | None = None,
     ui: list[Path] | None = typer.Option(None, "--ui", help="Also serve the web UI on /ui over this run database "
@@ -51,7 +57,8 @@ def serve(
         run_server(
             model, host=host, port=port, model_name=model_name, api_key=api_key, batch_size=batch_size,
             max_wait_ms=max_wait_ms, max_queue=max_queue, max_body_bytes=max_body_bytes, max_items=max_items,
-            graceful_timeout=graceful_timeout, log_level=log_level, judge_options=options,
+            graceful_timeout=graceful_timeout, header_timeout_s=header_timeout, body_timeout_s=body_timeout,
+            max_header_bytes=max_header_bytes, log_level=log_level, judge_options=options,
             ui_dbs=ui or (), ui_writable=ui_writable,
         )
     except (CheckpointError, OSError, ValueError, ImportError, RuntimeError) as e:  # a bad checkpoint or option: no traceback

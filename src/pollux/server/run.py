@@ -19,6 +19,7 @@ from pollux.server.app import ServerConfig, create_app
 API_KEY_ENV = "POLLUX_API_KEY"
 HEADER_TIMEOUT_S = 10.0  # a request's headers must arrive within this (slow clients hold connections)
 MAX_HEADER_BYTES = 64 * 1024  # a request's header block; more → 431
+BODY_TIMEOUT_S = 60.0  # a request's body must arrive within this; else 408
 
 log = logging.getLogger("pollux.server")
 
@@ -41,6 +42,9 @@ def serve(
     max_body_bytes: int = 8 * 1024 * 1024,
     max_items: int = 256,
     graceful_timeout: float = 30.0,
+    header_timeout_s: float = HEADER_TIMEOUT_S,
+    body_timeout_s: float = BODY_TIMEOUT_S,
+    max_header_bytes: int = MAX_HEADER_BYTES,
     log_level: str = "info",
     judge_options: Mapping[str, Any] | CommonOptions | None = None,
     ui_dbs: Sequence[str | Path] = (),
@@ -49,7 +53,8 @@ def serve(
     """Serve the judge `model` (any spec: a checkpoint folder, `vllm:PATH`, `openai:MODEL`) with
     `judge_options` (validated by the engine registry). Engines that batch get the server's
     `batch_size` as their batch size unless the options set one. `ui_dbs`: run databases the web
-    UI shows under /ui (docs/ui.md), with this judge for judge live and the same key."""
+    UI shows under /ui (docs/ui.md), with this judge for judge live and the same key. The
+    timeouts and `max_header_bytes` keep slow or hostile clients from holding connections."""
     import uvicorn
 
     from pollux.judge import Judge
@@ -64,13 +69,15 @@ def serve(
         max_queue=max_queue,
         max_body_bytes=max_body_bytes,
         max_items=max_items,
+        body_timeout_s=body_timeout_s,
         template=options.template,  # chat requests are parsed with the template the judge renders
     )
     app = create_app(judge, config)
     if ui_dbs:
         _mount_ui(app, judge, config.api_key, ui_dbs, ui_writable)
     server = uvicorn.Server(uvicorn_config(app, host=host, port=port, log_level=log_level,
-                                           graceful_timeout=graceful_timeout))
+                                           graceful_timeout=graceful_timeout, header_timeout_s=header_timeout_s,
+                                           max_header_bytes=max_header_bytes))
     log.warning("serving %s as %r on http://%s:%d (key %s)", model, config.model_name, host, port,
                 "required" if config.api_key else "not required")
     server.run()
