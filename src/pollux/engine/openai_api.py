@@ -16,9 +16,15 @@ keeps going through all of that:
 The options are declared, typed and documented in the engine registry
 (`pollux.engine.registry.OpenAIOptions`, selected by an `openai:MODEL` spec), which checks them
 before this constructor runs. Options left unset (concurrency, timeout, max_retries, max_reasks,
-prompt_style) are read from `POLLUX_API_*` environment variables (`ENV_DEFAULTS`), the base URL
-from `OPENAI_BASE_URL` and the key from `OPENAI_API_KEY`, so tools that only pass a spec string can
-use them all.
+prompt_style and the endpoint's auth options) are read from `POLLUX_API_*` environment variables
+(`ENV_DEFAULTS`), the base URL from `OPENAI_BASE_URL` and the key from `OPENAI_API_KEY`, so tools
+that only pass a spec string can use them all.
+
+Endpoints with their own auth (GigaChat's 30-minute access tokens, Yandex's `Api-Key` scheme and
+`x-data-logging-enabled` header, corporate CA bundles) are handled by the transport's
+`EndpointAuth`: `headers`, `auth_scheme`, `api_key_command` (+ `api_key_ttl`) and `ca_bundle` — the
+same options synth's `[models.X]` take (docs/ecosystem.md). The key command's key is kept for the
+engine's life, across `judge_many` calls, and renewed when it expires or is refused.
 
 Prompt styles (how the model card's baseline judges can be run; `PROMPT_STYLES`):
 
@@ -55,7 +61,7 @@ from typing import Any
 
 from pollux.engine import OnVerdict, SamplingParams
 from pollux.engine.http_chat import RETRY_STATUSES as RETRY_STATUSES  # re-exported: the transport moved there
-from pollux.engine.http_chat import ApiError, ChatClient, run_coroutine
+from pollux.engine.http_chat import ApiError, ChatClient, EndpointAuth, KeySource, run_coroutine
 from pollux.engine.http_chat import parse_retry_after as parse_retry_after
 from pollux.engine.tokens import probs_from_top_logprobs
 from pollux.prompts import PromptTemplate
@@ -117,6 +123,11 @@ ENV_DEFAULTS: dict[str, tuple[str, Any]] = {
     "max_retries": ("POLLUX_API_MAX_RETRIES", 6),
     "max_reasks": ("POLLUX_API_MAX_REASKS", 1),
     "prompt_style": ("POLLUX_API_PROMPT_STYLE", "pollux"),
+    "api_key_command": ("POLLUX_API_KEY_COMMAND", None),
+    "api_key_ttl": ("POLLUX_API_KEY_TTL", None),
+    "auth_scheme": ("POLLUX_API_AUTH_SCHEME", None),
+    "headers": ("POLLUX_API_HEADERS", None),  # a JSON object
+    "ca_bundle": ("POLLUX_API_CA_BUNDLE", None),
 }
 
 
@@ -144,6 +155,11 @@ class OpenAIEngine:
         retry_after_max: float = 120.0,
         expected_score: bool = False,
         top_logprobs: int = 20,
+        headers: dict[str, Any] | str | None = None,
+        auth_scheme: str | None = None,
+        api_key_command: str | list[str] | None = None,
+        api_key_ttl: float | None = None,
+        ca_bundle: str | None = None,
     ):
         if not model:
             raise ValueError("openai engine: the model name is empty (use openai:MODEL)")
@@ -163,7 +179,13 @@ class OpenAIEngine:
             raise ValueError("max_retries and max_reasks must be ≥ 0")
         self.model = model
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip("/")
-        self.api_key = _resolve_key(api_key, api_key_env)
+        # The endpoint's auth (see http_chat.EndpointAuth): a key command wins over a static key.
+        self.auth = EndpointAuth.build(
+            headers=_option(headers, "headers", str), auth_scheme=_option(auth_scheme, "auth_scheme", str),
+            api_key_command=_option(api_key_command, "api_key_command", str),
+            api_key_ttl=_option(api_key_ttl, "api_key_ttl", float), ca_bundle=_option(ca_bundle, "ca_bundle", str))
+        self.api_key = None if self.auth.api_key_command else _resolve_key(api_key, api_key_env)
+        self._keys: KeySource | None = None  # made on first use (a lock: not at construction)
         self.concurrency = concurrency
         self.timeout = float(timeout)
         self.max_retries = max_retries
@@ -180,7 +202,8 @@ class OpenAIEngine:
         self.name = f"openai:{model}"
         # Totals over this engine's life (all judge_many calls): what the run cost and how bumpy it was.
         self.usage: dict[str, int] = dict.fromkeys(
-            ("requests", "retries", "reasks", "failed_items", "prompt_tokens", "completion_tokens"), 0
+            ("requests", "retries", "reasks", "failed_items", "prompt_tokens", "completion_tokens",
+             "auth_resends"), 0
         )
         self._rng = random.Random()
         # Request parameters the server refused and we changed (see `_adapt`).
@@ -231,7 +254,11 @@ class OpenAIEngine:
         results: list[Verdict | None] = [None] * len(items)
         # The transport (retries, backoff, Retry-After, adaptations) is `http_chat.ChatClient`; it
         # counts into this engine's `usage` and `adaptations`, and an item holds its slot across re-asks.
-        chat = ChatClient(self.base_url, api_key=self.api_key, concurrency=self.concurrency, timeout=self.timeout,
+        if self.auth.api_key_command is not None and self._keys is None:
+            self._keys = KeySource(self.auth.api_key_command, ttl=self.auth.api_key_ttl, timeout=self.timeout,
+                                   name=self.name)
+        chat = ChatClient(self.base_url, api_key=self.api_key, auth=self.auth, keys=self._keys,
+                          concurrency=self.concurrency, timeout=self.timeout,
                           max_retries=self.max_retries, backoff_base=self.backoff_base,
                           backoff_max=self.backoff_max, retry_after_max=self.retry_after_max, name=self.name,
                           usage=self.usage, adaptations=self.adaptations)
