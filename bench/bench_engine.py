@@ -149,7 +149,7 @@ def run_method(args) -> None:
     if args.device.startswith("cuda"):
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     # the prefill an ideal shared-prefix engine does: one LCP per answer + every suffix
-    from pollux.engine.hf import common_prefix_len
+    from pollux.engine.plan import common_prefix_len
     from pollux.prompts import PromptTemplate, chat_text
 
     ids = [loaded.tokenizer(chat_text(loaded.tokenizer, PromptTemplate().render(it)))["input_ids"] for it in items]
