@@ -10,7 +10,7 @@ import asyncio
 import inspect
 import queue
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from pollux.engine import Engine, OnVerdict, SamplingParams
@@ -133,7 +133,7 @@ class Judge:
         finally:
             closed.set()
 
-    async def astream(self, item: ItemLike) -> AsyncIterator[str | Verdict]:
+    async def astream(self, item: ItemLike) -> AsyncGenerator[str | Verdict, None]:
         """`stream` for an event loop: the same parts, awaited without holding a thread of the
         loop's pool while the judgement waits its turn or generates (a web server's pages share
         that pool). Cancelling or closing it stops the worker as closing `stream` does."""

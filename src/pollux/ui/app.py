@@ -18,6 +18,7 @@ import re
 import sqlite3
 import threading
 from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -563,11 +564,14 @@ async def _live_stream(state: UIState, item: JudgeItem) -> AsyncGenerator[bytes,
 
     assert state.judge is not None  # the route answers 409 without a judge
     try:
-        async for part in state.judge.astream(item):
-            if isinstance(part, str):
-                yield line({"type": "delta", "text": part})
-            else:
-                yield line({"type": "verdict", **_verdict_json(part)})
+        # aclosing: when this generator is closed at a `yield` (the client went), the judge's
+        # stream is closed at once too, not whenever it is garbage-collected
+        async with aclosing(state.judge.astream(item)) as parts:
+            async for part in parts:
+                if isinstance(part, str):
+                    yield line({"type": "delta", "text": part})
+                else:
+                    yield line({"type": "verdict", **_verdict_json(part)})
     except Exception as e:  # the judge failed: tell the page, keep the server up
         log.exception("judge live failed")
         yield line({"type": "error", "message": f"{type(e).__name__}: {e}"})
