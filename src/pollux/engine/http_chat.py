@@ -128,26 +128,18 @@ class EndpointAuth:
     ca_bundle: str | None = None
 
     @classmethod
-    def build(cls, *, api_key_command: str | list[str] | tuple[str, ...] | None = None,
-              api_key_ttl: float | None = None, auth_scheme: str | None = None, headers: Any = None,
-              ca_bundle: str | Path | None = None) -> EndpointAuth:
-        """Check and normalise the options; a `ValueError` names the option and what is wrong."""
-        command: str | tuple[str, ...] | None = None
-        if isinstance(api_key_command, str):
-            command = api_key_command.strip() or None
-            if command is None:
-                raise ValueError("api_key_command: empty")
-        elif api_key_command is not None:
-            command = tuple(api_key_command)
-            if not command or not all(isinstance(a, str) and a for a in command):
-                raise ValueError("api_key_command: expected a shell command or a non-empty list of arguments")
+    def build(cls, *, api_key_command: Any = None, api_key_ttl: Any = None, auth_scheme: Any = None,
+              headers: Any = None, ca_bundle: str | Path | None = None) -> EndpointAuth:
+        """Check and normalise the options (as a TOML file or a command line gives them); a
+        `ValueError` names the option and what is wrong."""
+        command = _command(api_key_command)
         if api_key_ttl is not None:
             if command is None:
                 raise ValueError("api_key_ttl: only means something with api_key_command")
-            if not api_key_ttl > 0:
-                raise ValueError(f"api_key_ttl: must be > 0 seconds, got {api_key_ttl!r}")
-        scheme = "Bearer" if auth_scheme is None else auth_scheme.strip()
-        if not _TOKEN.fullmatch(scheme):
+            if isinstance(api_key_ttl, bool) or not isinstance(api_key_ttl, int | float) or not api_key_ttl > 0:
+                raise ValueError(f"api_key_ttl: must be a number of seconds > 0, got {api_key_ttl!r}")
+        scheme = "Bearer" if auth_scheme is None else auth_scheme
+        if not isinstance(scheme, str) or not _TOKEN.fullmatch(scheme.strip()):
             raise ValueError(f"auth_scheme: {auth_scheme!r} is not one word such as Bearer or Api-Key")
         bundle = None
         if ca_bundle is not None and str(ca_bundle).strip():
@@ -156,7 +148,7 @@ class EndpointAuth:
                 raise ValueError(f"ca_bundle: {str(path)!r} does not exist (a PEM file or a folder of CA certificates)")
             bundle = str(path.resolve())
         return cls(api_key_command=command, api_key_ttl=None if api_key_ttl is None else float(api_key_ttl),
-                   auth_scheme=scheme, headers=parse_headers(headers or {}), ca_bundle=bundle)
+                   auth_scheme=scheme.strip(), headers=parse_headers(headers or {}), ca_bundle=bundle)
 
     def ssl_context(self) -> ssl.SSLContext:
         """The TLS verification: the CA bundle's certificates instead of the default ones, if set."""
@@ -168,6 +160,19 @@ class EndpointAuth:
             return ssl.create_default_context(cafile=self.ca_bundle)
         except (OSError, ssl.SSLError) as e:
             raise ValueError(f"ca_bundle: cannot load {self.ca_bundle!r}: {e}") from None
+
+
+def _command(value: Any) -> str | tuple[str, ...] | None:
+    """`api_key_command` as a shell line (a string) or an argv (a list of strings, no shell)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if not value.strip():
+            raise ValueError("api_key_command: empty")
+        return value.strip()
+    if isinstance(value, list | tuple) and value and all(isinstance(a, str) and a for a in value):
+        return tuple(value)
+    raise ValueError(f"api_key_command: expected a shell command or a non-empty list of arguments, got {value!r}")
 
 
 class KeySource:

@@ -10,7 +10,8 @@ file's folder.
 
     [run]        dir, seed
     [taxonomy]   path (official metainfo folder, optional), tasks (leaves or task types), levels
-    [models.X]   model ("NAME" at base_url | "local:PATH" | "vllm:PATH"), base_url, api_key_env, concurrency, …
+    [models.X]   model ("NAME" at base_url | "local:PATH" | "vllm:PATH"), base_url, api_key_env, concurrency, …,
+                 and an endpoint's own auth: headers, auth_scheme, api_key_command, api_key_ttl, ca_bundle
     [instructions] generators, per_generator, prompt, temperature, max_tokens
     [filter]     max_foreign_share, near_dup_threshold, num_perm, shingle_size
     [answers]    models, mode ("all" | "equal"), prompt, temperature, max_tokens
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pollux.engine.http_chat import EndpointAuth
 from pollux.metaeval.domains import DEFAULT_OOD_TASKS
 from pollux.synth.filter import FilterSettings
 
@@ -56,6 +58,9 @@ class ModelConfig:
     batch_size: int = 8  # local / vLLM: prompts per generate call
     device: str = "auto"
     dtype: str = "auto"
+    # An endpoint's own auth (extra headers, Api-Key scheme, a key command with renewal, a CA bundle):
+    # the same options and the same transport code as the `openai:` judge (docs/ecosystem.md).
+    auth: EndpointAuth = field(default_factory=EndpointAuth)
 
     @property
     def kind(self) -> str:
@@ -225,8 +230,9 @@ def parse_config(raw: dict[str, Any], path: Path) -> SynthConfig:
 
 # -- sections -----------------------------------------------------------------------------------
 
+AUTH_KEYS = {"headers", "auth_scheme", "api_key_command", "api_key_ttl", "ca_bundle"}
 MODEL_KEYS = {"model", "base_url", "api_key_env", "concurrency", "timeout", "max_retries", "batch_size",
-              "device", "dtype"}
+              "device", "dtype", *AUTH_KEYS}
 
 
 def _models(table: dict[str, Any], base: Path) -> dict[str, ModelConfig]:
@@ -255,8 +261,26 @@ def _models(table: dict[str, Any], base: Path) -> dict[str, ModelConfig]:
             max_retries=_int(spec, where, "max_retries", 6, minimum=0),
             batch_size=_int(spec, where, "batch_size", 8, minimum=1),
             device=str(spec.get("device", "auto")), dtype=str(spec.get("dtype", "auto")),
+            auth=_auth(spec, where, base),
         )
     return out
+
+
+def _auth(spec: dict[str, Any], where: str, base: Path) -> EndpointAuth:
+    """An endpoint model's auth options, checked by `EndpointAuth.build` (the openai: judge's own
+    check); a relative ca_bundle is relative to the config file's folder."""
+    if spec.get("api_key_command") is not None and spec.get("api_key_env"):
+        raise SynthConfigError(f"{where}: api_key_env and api_key_command both give the key: keep one")
+    bundle = spec.get("ca_bundle")
+    if bundle is not None and not isinstance(bundle, str):
+        raise SynthConfigError(f"{where}.ca_bundle: expected a path, got {bundle!r}")
+    try:
+        return EndpointAuth.build(
+            headers=spec.get("headers"), auth_scheme=spec.get("auth_scheme"),
+            api_key_command=spec.get("api_key_command"), api_key_ttl=spec.get("api_key_ttl"),
+            ca_bundle=base / Path(bundle).expanduser() if bundle and bundle.strip() else None)
+    except ValueError as e:  # it names the option: say which model's
+        raise SynthConfigError(f"{where}.{e}") from None
 
 
 def _instructions(t: dict[str, Any], models: dict[str, ModelConfig], base: Path) -> InstructionsConfig:

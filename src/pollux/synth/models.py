@@ -55,7 +55,7 @@ class HttpBackend:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name=f"pollux-synth-{model.name}", daemon=True)
         self.thread.start()
-        self.client = ChatClient(model.base_url or "", api_key=api_key, concurrency=model.concurrency,
+        self.client = ChatClient(model.base_url or "", api_key=api_key, auth=model.auth, concurrency=model.concurrency,
                                  timeout=model.timeout, max_retries=model.max_retries, name=model.name)
         self.run(self.client.__aenter__())
 
