@@ -207,6 +207,18 @@ def test_requests_refused_the_same_key_at_once_share_one_run_of_the_command(tmp_
     assert {r["headers"]["authorization"] for r in server.requests[8:]} == {"Bearer tok-2"}
 
 
+def test_the_key_outlives_one_judge_many_call_and_is_not_part_of_the_configuration(tmp_path: Path) -> None:
+    with AuthServer() as server:
+        command = token_command(tmp_path, server)
+        engine = load_engine("openai:m", {"base_url": server.url, "api_key_command": command,
+                                          "headers": {"x-data-logging-enabled": "false"}})
+        first, second = engine.judge_many(items(2)), engine.judge_many(items(3))
+    assert [v.score for v in first + second] == [2.0] * 5
+    assert server.issued == 1 and engine._keys.runs == 1  # no expiry, no 401: one key for both calls
+    # how the endpoint authenticates does not change verdicts: a run resumes across a new key or command
+    assert "api_key_command" not in json.dumps(engine.describe()) and "headers" not in engine.describe()
+
+
 def test_a_key_the_server_keeps_refusing_is_an_error_not_a_loop(tmp_path: Path) -> None:
     with AuthServer(scheme="Api-Key") as server:  # the client says Bearer: every key is refused
         engine, verdicts = judge("openai:m", {"base_url": server.url,
