@@ -265,10 +265,14 @@ def _free_port() -> int:
 
 @pytest.mark.e2e
 def test_a_cluster_started_with_ray_start_is_reached_by_its_address():
-    """docs/scale-out.md's recipe on one machine: `ray start --head`, then a driver given HOST:PORT."""
+    """docs/scale-out.md's recipe on one machine: `ray start --head` on loopback, then a driver given
+    127.0.0.1:PORT — without Ray's one-machine setting in the driver's environment (issue 23 #19:
+    Ray then gave the driver the machine's address and the connection timed out after 30 s)."""
     port = _free_port()
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
+    driver_env = {**os.environ, "RAY_AUTH_MODE": "token",
+                  "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
+    driver_env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # the session's cluster fixture sets it
+    env = {**driver_env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # the head: bound to loopback
     ray_cli = str(Path(sys.executable).with_name("ray"))
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths live under it
     head = subprocess.Popen([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
@@ -291,7 +295,8 @@ def test_a_cluster_started_with_ray_start_is_reached_by_its_address():
                     head.kill()
                     raise AssertionError(f"ray start --head did not come up: {head.communicate()[1][-2000:]}") from None
                 time.sleep(0.5)
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, env=env)
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180,
+                              env=driver_env)
         assert done.returncode == 0, done.stderr[-3000:]
         assert done.stdout.strip() == "[0, 1, 4, 9, 16]"
     finally:

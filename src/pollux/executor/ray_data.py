@@ -20,11 +20,13 @@ Faults, and who handles them:
 from __future__ import annotations
 
 import importlib
+import ipaddress
 import json
 import logging
 import os
 import re
 import socket
+import sys
 import threading
 import warnings
 from collections.abc import Iterable, Iterator
@@ -166,6 +168,29 @@ def start_local_cluster(num_cpus: int = 2) -> Any:
     return ray
 
 
+def _is_loopback(address: str) -> bool:
+    host = address.removeprefix("ray://").rsplit("/", 1)[0].rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _one_machine_cluster() -> None:
+    """A head bound to loopback (`ray start --head --node-ip-address=127.0.0.1`, or with
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0) is reached only by a driver in Ray's one-machine mode:
+    otherwise Ray gives this driver's node the machine's network address, the head never sees it,
+    and the connection times out although the head's port answers. So for a loopback address that
+    mode is switched on (Ray reads it when imported; if it already was, its constant is set too).
+    A user's own setting of the variable wins."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None and os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"].strip().lower() in ("0", "false"):
+        constants.ENABLE_RAY_CLUSTER = False  # type: ignore[attr-defined]
+
+
 def _not_main_thread_notice(record: logging.LogRecord) -> bool:
     return "not the main thread" not in record.getMessage()
 
@@ -177,6 +202,8 @@ def connect(address: str) -> Any:
     `ray.init` retries an address that accepts TCP but never answers as Ray for many minutes, so it
     runs in a helper thread and the connection is given up after `CONNECT_TIMEOUT_S`.
     """
+    if _is_loopback(address):
+        _one_machine_cluster()
     ray = import_ray()
     if ray.is_initialized():
         current = ray.get_runtime_context().gcs_address
