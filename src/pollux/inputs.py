@@ -256,7 +256,13 @@ def read_parquet_columns(path: Path, columns: Sequence[str] | None = None) -> tu
         table = pq.read_table(path, columns=wanted)
     except Exception as e:  # pyarrow raises several types for a corrupt file
         raise InputError(f"{path}: cannot read Parquet: {e}") from None
-    out = {c: [_plain(v) for v in table.column(c).to_pylist()] for c in table.column_names}
+    import pyarrow as pa
+
+    out: dict[str, list[Any]] = {}
+    for c in table.column_names:
+        values = table.column(c).to_pylist()
+        # NaN (pandas' missing value) can only be a top-level value of a float column
+        out[c] = [None if v != v else v for v in values] if pa.types.is_floating(table.column(c).type) else values
     return out, table.num_rows
 
 

@@ -166,7 +166,12 @@ def _expert_scores(value: Any) -> list[float]:
     out = []
     for a in value:
         cell = a.get("score") if isinstance(a, dict) else a
-        s = _score_cell(cell)
+        if isinstance(cell, int | float):  # the common case first, without a call
+            s: float | None = float(cell)
+            if s != s:  # NaN: an empty cell
+                continue
+        else:
+            s = _score_cell(cell)
         if s is None or s == NOT_APPLICABLE:
             continue
         if not math.isfinite(s):
@@ -286,13 +291,15 @@ def _parse_rows(col: dict[str, list[Any]], row_names: list[str], problems: list[
     (a non-finite or out-of-scale score) is excluded, each with its reason."""
     rows = _Rows()
     key_of = _key_function()
-    for i, where in enumerate(row_names):
+    texts = zip(*(col[k] for k in ("instruction", "answer", "criteria_name", "rubrics", "reference_answer",
+                                   "model_id")), strict=True)
+    for i, (where, problem, row_texts) in enumerate(zip(row_names, problems, texts, strict=True)):
         try:
-            key = _row_key(col, i, where, problems[i], key_of)
-            scale = rows.scales.get(col["rubrics"][i], _UNSEEN)
-            if scale is _UNSEEN:
-                scale = rows.scales[col["rubrics"][i]] = parse_scale(col["rubrics"][i])
-            agg, scores = _row_scores(col, i, where, has_aggregate, scale)  # type: ignore[arg-type]
+            key = _row_key(*row_texts, where=where, problem=problem, key_of=key_of)
+            rubrics = row_texts[3]
+            scale = rows.scales[rubrics] if rubrics in rows.scales else rows.scales.setdefault(
+                rubrics, parse_scale(rubrics))
+            agg, scores = _row_scores(col, i, where, has_aggregate, scale)
         except RecordError as e:
             rows.skipped.append(str(e))
             continue
@@ -306,16 +313,12 @@ def _parse_rows(col: dict[str, list[Any]], row_names: list[str], problems: list[
     return rows
 
 
-_UNSEEN = object()
-
-
-def _row_key(col: dict[str, list[Any]], i: int, where: str, problem: str | None,
-             key_of: Callable[[str, str, str, str, str], str]) -> str:
-    """Row i's content key (`JudgeItem.key`); RecordError when a text or the model id is unusable."""
+def _row_key(instruction: Any, answer: Any, criterion: Any, rubrics: Any, reference: Any, model: Any, *,
+             where: str, problem: str | None, key_of: Callable[[str, str, str, str, str], str]) -> str:
+    """A row's content key (`JudgeItem.key`); RecordError when a text or the model id is unusable."""
     if problem is not None:
         raise RecordError(f"{where}: {problem}")
-    instruction, answer, criterion, rubrics = (col[k][i] for k in ("instruction", "answer", "criteria_name", "rubrics"))
-    reference = _blank_if_missing(col["reference_answer"][i])
+    reference = _blank_if_missing(reference)
     if (isinstance(instruction, str) and isinstance(answer, str) and isinstance(criterion, str)
             and isinstance(rubrics, str) and isinstance(reference, str) and criterion.strip()
             and rubrics.strip()):  # spelled out: a generator per row was a tenth of the loading time
@@ -323,7 +326,6 @@ def _row_key(col: dict[str, list[Any]], i: int, where: str, problem: str | None,
     else:  # let JudgeItem say what is wrong
         texts = {"instruction": instruction, "answer": answer, "criteria_name": criterion, "rubrics": rubrics}
         key = JudgeItem.from_dict(texts | {"reference_answer": reference}, where=where).key
-    model = col["model_id"][i]
     if not isinstance(model, str) or not model.strip():
         raise RecordError(f"{where}: field 'model_id' is empty or not a string")
     return key
@@ -371,9 +373,11 @@ def _exclude_duplicates(rows: _Rows, models: list[Any], row_names: list[str]) ->
     """Rows with the same texts and LLM are one judgement: an exact repeat (same scores) is
     excluded and the first row kept; repeats with other scores are all excluded — which one the
     experts meant cannot be known, and using both would count the judgement twice."""
+    pairs = pd.DataFrame({"key": rows.keys, "model": [models[i] for i in rows.kept]})
+    repeated = np.flatnonzero(pairs.duplicated(keep=False).to_numpy())  # in C: few rows are repeated
     first: dict[tuple[str, str], list[int]] = {}
-    for r, (i, key) in enumerate(zip(rows.kept, rows.keys, strict=True)):
-        first.setdefault((key, models[i]), []).append(r)
+    for r in repeated.tolist():
+        first.setdefault((rows.keys[r], models[rows.kept[r]]), []).append(r)
     drop: set[int] = set()
     for group in (g for g in first.values() if len(g) > 1):
         signature = {(rows.expert[r] if not math.isnan(rows.expert[r]) else None, tuple(rows.per_expert[r]))

@@ -111,14 +111,18 @@ def read_score_jsonl(path: str | Path, judge: str | None = None, *, on: Sequence
             unjoined["its content (instruction, reference answer, answer, criterion, rubric) matches no expert "
                      "row"] = misses
     if unjoined:
-        total = len(read.rows) + len(read.problems)
-        n_bad = sum(len(v) for v in unjoined.values())
-        how = f"on {', '.join(on)}" if on else "by content"
-        parts = "; ".join(f"{len(v)} {reason} (first: {v[0]})" for reason, v in unjoined.items())
-        raise ValueError(f"{p}: {n_bad} of {total} line(s) cannot be joined to the expert data {how}: {parts}")
+        raise ValueError(_unjoined_message(p, unjoined, len(read.rows) + len(read.problems), on))
     for msg in bad:
         warnings.warn(f"skipped {msg}", MetaEvalWarning, stacklevel=2)
     return _frame(rows)
+
+
+def _unjoined_message(path: Path, unjoined: dict[str, list[str]], total: int, on: Sequence[str]) -> str:
+    """One error for every line that cannot be joined: the count and first line of each reason."""
+    n_bad = sum(len(v) for v in unjoined.values())
+    how = f"on {', '.join(on)}" if on else "by content"
+    parts = "; ".join(f"{len(v)} {reason} (first: {v[0]})" for reason, v in unjoined.items())
+    return f"{path}: {n_bad} of {total} line(s) cannot be joined to the expert data {how}: {parts}"
 
 
 def _cell_text(value: Any) -> str | None:
