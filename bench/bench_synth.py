@@ -4,7 +4,7 @@ every request after a fixed delay (50 ms by default).
 At concurrency C and delay D no client can exceed C / D requests per second (32 / 0.05 s = 640 req/s):
 the script runs the real annotate stage (store, executor, `ChatClient`, the teacher's parser and
 retries) over synthetic answers × criteria and prints the HTTP requests per second it achieved as a
-share of that bound (the goal is ≥ 70%). The server is tests/synth_fakes.py in its own process; its
+share of that bound (the goal is ≥ 70%). The server is examples/synth_fake_llm.py (via tests/synth_fakes.py) in its own process; its
 teacher replies are ~30% broken, so the request count includes the stage's re-asks.
 
     python bench/bench_synth.py                         # 32 concurrent, 50 ms, ~3,000 requests
