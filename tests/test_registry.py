@@ -166,3 +166,22 @@ def test_expected_score_is_an_option_of_every_engine() -> None:
     assert validate_options("openai:m", {"top_logprobs": "5"}).top_logprobs == 5  # type: ignore[attr-defined]
     with pytest.raises(OptionsError, match="'top_logprobs' does not apply to local checkpoint judges"):
         validate_options("/m/judge", {"top_logprobs": 5})
+
+
+def test_an_option_has_one_command_line_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Engines that share an option share its flag (declared once, on the first class with the
+    field); a second, different declaration is refused instead of silently shadowed."""
+    from pydantic import Field
+
+    flags = {f.name: f for f in reg.option_flags()}
+    assert flags["timeout"].flag == "--api-timeout" and flags["share_prefix"].type is bool
+    assert flags["batch_size"].type is int and flags["prompt_style"].type is str  # a Literal: str
+    assert "api_key" not in flags  # no flag: `-o api_key=…` only (a key on the command line leaks)
+
+    class Clashing(_EchoOptions):
+        dtype: str = Field("auto", json_schema_extra=reg.cli("--weights-dtype", "Another flag."))
+
+    entry = EngineEntry("echo", "echo:", Clashing, lambda name, o: _EchoEngine(name, o), "test engine")
+    monkeypatch.setitem(reg._ENGINES, "echo", entry)
+    with pytest.raises(ValueError, match="option 'dtype' has two command-line flags"):
+        reg.option_flags()
