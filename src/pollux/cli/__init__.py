@@ -20,7 +20,7 @@ import typer
 app = typer.Typer(
     name="pollux",
     help="Criteria-based LLM-as-a-Judge evaluation in Russian (POLLUX judges).",
-    no_args_is_help=True,
+    invoke_without_command=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
@@ -56,10 +56,12 @@ def _register_verbs() -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: bool = typer.Option(False, "--version", help="Print the pollux version and exit.",
                                  is_eager=True, callback=_print_version),
 ) -> None:
     """Criteria-based LLM-as-a-Judge evaluation in Russian (POLLUX judges)."""
+    help_when_alone(ctx)  # `pollux` alone: its help, exit 0
 
 
 _register_verbs()
