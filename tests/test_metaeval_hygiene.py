@@ -172,3 +172,43 @@ def test_export_round_trip_without_task_types_uses_every_row(tmp_path: Path):
     res = CliRunner().invoke(app, ["meta-eval", str(write_jsonl(tmp_path / "typed.jsonl", typed)), "--scores", str(db),
                                    "--bootstrap", "0"], catch_exceptions=False)
     assert res.exit_code == 2 and "no expert rows in split 'ood'" in res.stderr
+
+
+def test_the_verb_is_the_api(tmp_path: Path):
+    """`pollux meta-eval` is `pollux.metaeval.run` plus flag parsing: the same inputs give the same
+    output, and every request is checked before any data is read."""
+    from pollux.metaeval import run
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    experts = examples / "expert_annotations.jsonl"
+    scores = [examples / "expert_annotations.judge-regression.jsonl",
+              examples / "expert_annotations.judge-generative.jsonl"]
+    args = ["--split", "all,ood", "--bootstrap", "30", "--seed", "2", "--format", "json", "--judge-name", "R",
+            "--judge-name", "G", "--common-rows"]
+    res = CliRunner().invoke(app, ["meta-eval", str(experts), "--scores", str(scores[0]), "--scores", str(scores[1]),
+                                   *args], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MetaEvalWarning)
+        done = run(experts, scores=scores, names=["R", "G"], splits="all,ood", n_bootstrap=30, seed=2,
+                   common_rows=True)
+    assert done.render("json") == res.stdout
+    assert json.loads(res.stdout)["splits"]["ood"]["settings"]["common_rows"] is True
+    for bad, message in ((dict(splits="train"), "unknown split 'train'"), (dict(score="bogus"), "unknown score"),
+                         (dict(compare="paper"), "unknown --compare 'paper'"),
+                         (dict(names=["a", "b"]), "2 --judge-name for 1 judge sources")):
+        with pytest.raises(ValueError, match=message):
+            run(tmp_path / "missing.parquet", scores=[scores[0]], **bad)
+    with pytest.raises(ValueError, match="at least one judge"):
+        run(tmp_path / "missing.parquet")
+
+
+def test_one_parquet_reader_reads_only_the_columns_asked_for(tmp_path: Path):
+    from pollux.inputs import read_parquet_columns, read_rows
+
+    path = tmp_path / "x.parquet"
+    pd.DataFrame({"a": ["x", "y"], "b": [1.5, math.nan], "c": [[{"score": 1}], None]}).to_parquet(path)
+    columns, n = read_parquet_columns(path, ["b", "c", "missing"])
+    assert n == 2 and columns == {"b": [1.5, None], "c": [[{"score": 1}], None]}  # NaN: a missing cell
+    assert [r.data for r in read_rows(path).rows] == [{"a": "x", "b": 1.5, "c": [{"score": 1}]},
+                                                      {"a": "y", "b": None, "c": None}]
