@@ -190,7 +190,7 @@ class _Replies(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).bodies.append(body)
         text = "\n".join(m["content"] for m in body["messages"])
-        reply = R1_REPLY if "рассуждающая" in text else PROMETHEUS_REPLY
+        reply = R1_REPLY if "рассуждающая" in text else TWO_RESULTS if "две оценки" in text else PROMETHEUS_REPLY
         out = json.dumps({"id": "x", "object": "chat.completion", "model": body["model"],
                           "choices": [{"index": 0, "finish_reason": "stop",
                                        "message": {"role": "assistant", "content": reply}}],
@@ -233,3 +233,24 @@ def test_baseline_styles_through_an_http_server(style, instruction, expected):
         prompt = messages[1]["content"]
         assert "a number between 0 and 2" in prompt and "###Reference Answer (Score 2):\nЭталон" in prompt
         assert "[Полнота]\n0: неполно" in prompt and prompt.endswith("###Feedback: ")
+
+
+@pytest.mark.parametrize("style", ["pollux", "general", "prometheus"])
+def test_an_endpoint_judge_writing_two_result_blocks_is_asked_again_then_invalid(style):
+    """Issue 23 item 8 for judges: re-asked (`max_reasks`), then a verdict with valid=false and the reason."""
+    from pollux.engine.openai_api import OpenAIEngine
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Replies)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Replies.bodies = []
+    try:
+        engine = OpenAIEngine("twice", base_url=f"http://127.0.0.1:{server.server_port}/v1",
+                              prompt_style=style, max_reasks=1, max_retries=0)
+        [verdict] = engine.judge_many([JudgeItem(instruction="Задание: две оценки", answer="Ответ",
+                                                 criteria_name="Полнота", rubrics="0: нет\n\n1: частично\n\n2: да")])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(_Replies.bodies) == 2 and engine.usage["reasks"] == 1
+    assert verdict.score is None and not verdict.valid
+    assert verdict.invalid_reason == "the reply has 2 [RESULT] blocks (a verdict has exactly one)"
