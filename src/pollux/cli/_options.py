@@ -71,19 +71,22 @@ def with_engine_options(verb: Callable[..., Any], *, exclude: Collection[str] = 
 
 
 def _parameter(flag: OptionFlag, name: str) -> inspect.Parameter:
-    """One registry option as a typer option that is None unless given (`--x/--no-x` for a bool)."""
-    decls = f"{name}/--no-{name.removeprefix('--')}" if flag.type is bool else name
+    """One registry option as a typer option that is None unless given."""
     return inspect.Parameter(ENGINE_PARAM_PREFIX + flag.name, inspect.Parameter.KEYWORD_ONLY,
                              annotation=flag.type | None,
-                             default=typer.Option(None, decls, help=flag.help, show_default=False))
+                             default=typer.Option(None, _decls(flag, name), help=flag.help, show_default=False))
+
+
+def _decls(flag: OptionFlag, name: str) -> str:
+    """`--x`, or `--x/--no-x` for a bool: unset (None) stays distinguishable from either."""
+    return f"{name}/--no-{name.removeprefix('--')}" if flag.type is bool else name
 
 
 def _legacy(name: str) -> Any:
     """A registry option as the old per-flag `Annotated` alias. Only cli/meta_eval.py still uses
     these: delete them when it declares `engine_options` (see `with_engine_options`)."""
     flag = next(f for f in option_flags() if f.name == name)
-    decls = f"{flag.flag}/--no-{flag.flag.removeprefix('--')}" if flag.type is bool else flag.flag
-    return Annotated[flag.type | None, typer.Option(decls, help=flag.help, show_default=False)]
+    return Annotated[flag.type | None, typer.Option(_decls(flag, flag.flag), help=flag.help, show_default=False)]
 
 
 Template = _legacy("template")
