@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from pollux.executor import ExecutorError, map_batches
+from pollux.executor.judging import JudgingWorker, answer_rows, answers_per_batch, run_config, verdict_of
 from pollux.inputs import (
     DEFAULT_MAX_FIELD_CHARS,
     InputError,
@@ -294,18 +296,6 @@ def _jsonable(value: Any) -> bool:
     return True
 
 
-def run_config(judge: Any) -> dict[str, Any]:
-    """What makes a run's verdicts what they are; resuming requires the same."""
-    from pollux import __version__
-
-    return {
-        "judge": judge.name,
-        "kind": judge.kind,
-        "engine": judge.describe(),
-        "pollux_version": __version__,
-    }
-
-
 @dataclass(frozen=True)
 class JudgeLoader:
     """A judge to load only when something is left to judge.
@@ -494,21 +484,9 @@ def evaluate(
     progress = progress or Progress()
     t0 = time.monotonic()
     summary = EvaluateSummary(db=str(db))
+    expansion, by_key = _read_inputs(inputs, summary, log, catalog=catalog, user_criteria=user_criteria,
+                                     strict=strict, max_field_chars=max_field_chars)
 
-    try:
-        expansion = expand(inputs, catalog=catalog, user_criteria=user_criteria, strict=strict,
-                           max_field_chars=max_field_chars)
-    except InputError as e:
-        raise EvaluateError(str(e)) from None
-    summary.problems = [str(p) for p in expansion.problems]
-    summary.rows_read = expansion.rows + len(expansion.problems)
-    summary.rows_skipped = len(expansion.problems)
-    for p in expansion.problems:
-        log(f"skipped {p}")
-
-    by_key: dict[str, JudgeItem] = {}  # identical judgements are made once
-    for item in expansion.items:
-        by_key.setdefault(item.key, item)
     request = request_key(judge) if _is_loader(judge) and hasattr(judge, "describe") else None
     finished = None if new_run or request is None else _finished_run(db, request, list(by_key))
     if finished is not None:
@@ -519,32 +497,61 @@ def evaluate(
                                      summary, progress, log, t0)
     elif _is_loader(judge):  # load only now that the inputs are known good and something is left
         judge = judge()
-
     with RunStore(db) as store:
-        if finished is not None:
-            run, created = finished, False
-        else:
-            try:
-                run, created = store.open_run(judge.name, run_config(judge), new_run=new_run)
-            except StoreError as e:
-                raise EvaluateError(str(e)) from None
-            if request is not None:
-                store.remember_request(request, run.run_id)
-        summary.run_id, summary.new_run, summary.judge = run.run_id, created, run.judge
-        _store_jobs(store, run.run_id, expansion.records)
-        summary.jobs = sum(len(rec.items) for rec in expansion.records)
-        summary.items = len(by_key)
-        done = store.done_keys(run.run_id, run.judge)
-        todo = [k for k in by_key if k not in done]
-        summary.already_done = summary.items - len(todo)
-        log(f"run {run.run_id} ({'new' if created else 'resumed'}): {summary.items} judgements, "
-            f"{summary.already_done} already done, {len(todo)} to judge")
-
-        t_judge = time.monotonic()
-        _judge_todo(store, run.run_id, judge, [by_key[k] for k in todo], todo, chunk_size, summary, progress, log)
-        judging_s = time.monotonic() - t_judge
-        summary.remaining = summary.items - len(store.done_keys(run.run_id, run.judge))
+        run = finished or _open_run(store, judge, request, new_run, summary)
+        judging_s = _judge_in_process(store, run, judge, expansion, by_key, chunk_size, summary, progress, log)
     return _finish(summary, t0, judging_s)
+
+
+def _read_inputs(inputs: Sequence[str | Path], summary: EvaluateSummary, log: Callable[[str], None],
+                 **options: Any) -> tuple[Expansion, dict[str, JudgeItem]]:
+    """Step 1-2 of the module doc: the inputs' valid rows as items, each distinct judgement once
+    (by key: identical judgements are made once); every bad row logged and counted in `summary`."""
+    try:
+        expansion = expand(inputs, **options)
+    except InputError as e:
+        raise EvaluateError(str(e)) from None
+    summary.problems = [str(p) for p in expansion.problems]
+    summary.rows_read = expansion.rows + len(expansion.problems)
+    summary.rows_skipped = len(expansion.problems)
+    for p in expansion.problems:
+        log(f"skipped {p}")
+    by_key: dict[str, JudgeItem] = {}
+    for item in expansion.items:
+        by_key.setdefault(item.key, item)
+    return expansion, by_key
+
+
+def _open_run(store: RunStore, judge: Any, request: str | None, new_run: bool, summary: EvaluateSummary) -> Run:
+    """The run whose configuration is the loaded judge's (resumed, or new); it remembers `request`."""
+    try:
+        run, created = store.open_run(judge.name, run_config(judge), new_run=new_run)
+    except StoreError as e:
+        raise EvaluateError(str(e)) from None
+    if request is not None:
+        store.remember_request(request, run.run_id)
+    summary.new_run = created
+    return run
+
+
+def _judge_in_process(store: RunStore, run: Run, judge: Any, expansion: Expansion, by_key: dict[str, JudgeItem],
+                      chunk_size: int, summary: EvaluateSummary, progress: Progress,
+                      log: Callable[[str], None]) -> float:
+    """Step 4 with the judge in this process: store the jobs, judge what `run` lacks; the judging time."""
+    summary.run_id, summary.judge = run.run_id, run.judge
+    _store_jobs(store, run.run_id, expansion.records)
+    summary.jobs = sum(len(rec.items) for rec in expansion.records)
+    summary.items = len(by_key)
+    done = store.done_keys(run.run_id, run.judge)
+    todo = [k for k in by_key if k not in done]
+    summary.already_done = summary.items - len(todo)
+    log(f"run {run.run_id} ({'new' if summary.new_run else 'resumed'}): {summary.items} judgements, "
+        f"{summary.already_done} already done, {len(todo)} to judge")
+    t_judge = time.monotonic()
+    _judge_todo(store, run.run_id, judge, [by_key[k] for k in todo], todo, chunk_size, summary, progress, log)
+    judging_s = time.monotonic() - t_judge
+    summary.remaining = summary.items - len(store.done_keys(run.run_id, run.judge))
+    return judging_s
 
 
 def _judge_todo(store: RunStore, run_id: int, judge: Any, items: list[JudgeItem], keys: list[str], chunk_size: int,
@@ -636,8 +643,6 @@ def _judge_chunk(
 def _check_executor(judge: Any, executor: Any) -> None:
     """Before anything is read or written: the judge can travel to workers, and the cluster answers
     (no Ray installed, a bad address → `EvaluateError`)."""
-    from pollux.executor import ExecutorError
-
     if not isinstance(judge, JudgeLoader):
         raise EvaluateError("judging on the executor needs a JudgeLoader whose `load` the workers can run "
                             "(e.g. pollux.executor.judging.JudgeFactory), not a loaded judge")
@@ -713,9 +718,6 @@ def _evaluate_on_executor(db: str | Path, loader: JudgeLoader, request: str, exe
     criteria in one batch, for prefix sharing), about `chunk_size` judgements a batch; verdicts
     stream back and are written here, the moment they arrive."""
     import dataclasses
-
-    from pollux.executor import ExecutorError, map_batches
-    from pollux.executor.judging import JudgingWorker, answer_rows, answers_per_batch, verdict_of
 
     with RunStore(db) as store:
         driver = _ExecutorDriver(store, request, expansion.records, new_run, summary, progress)

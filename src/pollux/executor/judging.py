@@ -8,7 +8,7 @@ and judges batch after batch. Rows are plain JSON:
 * in: one row per *answer* — `{"key": first job key, "jobs": [{"key": item key, "item": JudgeItem}]}` —
   so the criteria of one answer stay in one batch and the engine shares their prompt prefix;
 * out: one row per judgement — `{"key": item key, "verdict": Verdict}`; the first row of every
-  result batch also carries `"config"`, the worker's `pollux.evaluate.run_config`, which is how a
+  result batch also carries `"config"`, the worker's `run_config`, which is how a
   driver that never loads the weights learns the run's configuration.
 
 A judge call that raises becomes error verdicts for its items (as in the local loop: the run goes
@@ -50,8 +50,6 @@ class JudgingWorker:
     load: Callable[[], Any]
 
     def __call__(self) -> BatchFn:
-        from pollux.evaluate import run_config
-
         judge = self.load()
         config = run_config(judge)
 
@@ -64,6 +62,19 @@ class JudgingWorker:
             return out
 
         return run
+
+
+def run_config(judge: Any) -> dict[str, Any]:
+    """What makes a run's verdicts what they are; resuming requires the same. Here, not in
+    `pollux.evaluate` (which uses it too): the workers compute it, and evaluate imports this module."""
+    from pollux import __version__
+
+    return {
+        "judge": judge.name,
+        "kind": judge.kind,
+        "engine": judge.describe(),
+        "pollux_version": __version__,
+    }
 
 
 def judge_jobs(judge: Any, jobs: list[Row]) -> list[Verdict]:
