@@ -187,6 +187,32 @@ def test_a_run_longer_than_the_token_lifetime_judges_every_item_exactly_once(tmp
         assert server.rejected >= server.issued - 1  # every renewal was asked for by a 401
 
 
+def test_pollux_evaluate_outlives_its_tokens_and_stores_every_judgement_once(tmp_path: Path) -> None:
+    """The same through the command line and the run database: `-o api_key_command=…` (a shell line)."""
+    from typer.testing import CliRunner
+
+    from pollux.cli import app
+    from pollux.store import read_verdicts
+
+    src = tmp_path / "answers.jsonl"
+    src.write_text("".join(json.dumps({"id": f"q{i}", "model_id": "m", "instruction": "Напиши стихотворение.",
+                                       "answer": f"item-{i}", "criteria_name": "Полезность", "rubrics": RUBRICS},
+                                      ensure_ascii=False) + "\n" for i in range(30)), encoding="utf-8")
+    db = tmp_path / "run.db"
+    with AuthServer(lifetime=0.5, delay=0.05) as server:
+        command = " ".join(shlex.quote(a) for a in token_command(tmp_path, server))
+        result = CliRunner().invoke(app, [
+            "evaluate", str(src), "--judge", "openai:GigaChat-Max", "--db", str(db), "--base-url", server.url,
+            "--concurrency", "2", "--no-progress", "-o", f"api_key_command={command}",
+            "-o", 'headers={"x-data-logging-enabled": false}'])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["judged"] == 30 and summary["failed"] == 0
+    assert server.judged == Counter({f"item-{i}": 1 for i in range(30)}) and server.issued >= 2
+    verdicts = read_verdicts(db)
+    assert sorted(verdicts["record_id"]) == sorted(f"q{i}" for i in range(30)) and set(verdicts["score"]) == {2.0}
+
+
 def test_requests_refused_the_same_key_at_once_share_one_run_of_the_command(tmp_path: Path) -> None:
     async def post_all(client: ChatClient, server: AuthServer) -> None:
         async with client:
