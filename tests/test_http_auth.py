@@ -312,6 +312,7 @@ def test_auth_options_from_the_environment(tmp_path: Path, monkeypatch: pytest.M
     ({"headers": "{not json"}, "option 'headers' of openai: judges: headers: not a JSON object"),
     ({"headers": {"bad name": "x"}}, "'bad name' is not a valid header name"),
     ({"headers": {"x-a": "one\r\ntwo"}}, "headers.x-a: the value must be one line"),
+    ({"headers": '["x-a", "1"]'}, "headers: expected a table of name = value, got ['x-a', '1']"),
     ({"api_key_ttl": 0}, "option 'api_key_ttl' of openai: judges: Input should be greater than 0"),
 ])
 def test_bad_auth_options_are_named_before_anything_runs(options: dict[str, Any], message: str) -> None:

@@ -97,10 +97,10 @@ def parse_headers(value: Any) -> tuple[tuple[str, str], ...]:
             value = json.loads(value) if value.strip() else {}
         except json.JSONDecodeError as e:
             raise ValueError(f"headers: not a JSON object ({e.msg}): e.g. '{{\"x-name\": \"value\"}}'") from None
-    if isinstance(value, (list, tuple)):  # pairs, as `EndpointAuth.headers` keeps them
-        value = dict(value)
+    if isinstance(value, tuple) and all(isinstance(p, tuple) and len(p) == 2 for p in value):
+        value = dict(value)  # pairs, as `EndpointAuth.headers` keeps them
     if not isinstance(value, dict):
-        raise ValueError(f"headers: expected a table of name = value, got {type(value).__name__}")
+        raise ValueError(f"headers: expected a table of name = value, got {value!r}")
     pairs = []
     for name, raw in value.items():
         if not isinstance(name, str) or not _TOKEN.fullmatch(name):
