@@ -274,6 +274,21 @@ class Trainer:
     # ---- the loop -----------------------------------------------------------------------------
 
     def run(self) -> TrainResult:
+        """Train as the config says: set up (or resume), step to the end — logging, evaluating,
+        saving and, with `stop_after`, stopping early on the way — then the final evaluation and the
+        finished judge in OUTPUT/final."""
+        loop = self._setup()
+        resume_from = self.config.resume_from
+        start = self._resume(loop, resume_from) if resume_from else self._begin(loop)
+        clock = time.time()
+        for step in range(start, loop.total):
+            stopped = self._step(loop, step, clock)
+            if stopped is not None:
+                return stopped
+        return self._finish(loop)
+
+    def _setup(self) -> _Loop:
+        """Seed, the run's config file, the model, the data, the optimizer and its schedule."""
         cfg = self.config
         from accelerate.utils import set_seed
 
@@ -283,18 +298,7 @@ class Trainer:
             (self.output_dir / "train_config.json").write_text(
                 json.dumps(cfg.to_dict(), ensure_ascii=False, indent=1), encoding="utf-8")
         model, tokenizer, kind = self._load_model()
-        regression = kind == "regression"
-        template = self._template()
-        opts = dict(template=template, kind=kind, max_length=cfg.max_length, skip_bad_rows=cfg.skip_bad_rows)
-        train, train_report = load_examples(cfg.train_file, tokenizer, **opts)
-        valid: list[Example] = []
-        reports: dict[str, DataReport] = {"train": train_report}
-        if cfg.valid_file:
-            valid, reports["valid"] = load_examples(cfg.valid_file, tokenizer, **opts)
-        data = {k: r.to_dict() for k, r in reports.items()}
-        self._say({"kind": "data", "world_size": self.world, "distributed": self.acc.distributed_type.value,
-                   "precision": "bf16" if self.bf16 else "fp32", "device": str(self.acc.device), **data})
-
+        train, valid, data = self._load_data(tokenizer, kind)
         steps_per_epoch = len(train) // cfg.batch_size
         if steps_per_epoch < 1:
             raise TrainError(f"{len(train)} usable training rows is fewer than batch_size {cfg.batch_size}")
@@ -309,80 +313,145 @@ class Trainer:
         # Not passed to accelerate: its scheduler wrapper steps N times per call under N processes.
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(total, cfg.warmup_steps))
         model, optimizer = self.acc.prepare(model, optimizer)
-        pad_id = tokenizer.pad_token_id
+        return _Loop(model=model, tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler, train=train,
+                     valid=valid, data=data, pad_id=tokenizer.pad_token_id, regression=kind == "regression",
+                     total=total, steps_per_epoch=steps_per_epoch, world=self.world)
 
-        start = 0
-        if cfg.resume_from:
-            ckpt = find_checkpoint(self.output_dir, cfg.resume_from)
-            state = json.loads((ckpt / STATE_FILE).read_text(encoding="utf-8"))
-            if state.get("total_steps") != total:
-                raise TrainError(f"{ckpt}: checkpoint was made for {state.get('total_steps')} total steps, "
-                                 f"this config gives {total}: resume with the same data, batch and epochs")
-            self.acc.load_state(str(ckpt / TRAINING_STATE_DIR))
-            scheduler.load_state_dict(state["scheduler"])
-            start = int(state["step"])
-            self.history = [*state.get("history", []), self.history[-1]]  # old records + this data report
-            self._say({"kind": "resume", "from": str(ckpt), "step": start})
-        elif valid and cfg.eval_every:
-            self._say({"kind": "eval", "step": 0, **self.evaluate(model, valid, pad_id, regression)})
+    def _load_data(self, tokenizer: Any, kind: str) -> tuple[list[Example], list[Example], dict[str, Any]]:
+        """The training and validation examples, and their data reports (also said to the log)."""
+        cfg = self.config
+        opts: dict[str, Any] = dict(template=self._template(), kind=kind, max_length=cfg.max_length,
+                                    skip_bad_rows=cfg.skip_bad_rows)
+        train, train_report = load_examples(cfg.train_file, tokenizer, **opts)
+        valid: list[Example] = []
+        reports: dict[str, DataReport] = {"train": train_report}
+        if cfg.valid_file:
+            valid, reports["valid"] = load_examples(cfg.valid_file, tokenizer, **opts)
+        data = {k: r.to_dict() for k, r in reports.items()}
+        self._say({"kind": "data", "world_size": self.world, "distributed": self.acc.distributed_type.value,
+                   "precision": "bf16" if self.bf16 else "fp32", "device": str(self.acc.device), **data})
+        return train, valid, data
 
-        info = {"total_steps": total, "steps_per_epoch": steps_per_epoch, "world_size": self.world}
-        clock = time.time()
-        for step in range(start, total):
-            micro = self._my_micro_batches(train, step, steps_per_epoch)
-            local_tokens = sum(e.n_target for mb in micro for e in mb)
-            n_tokens = self._sum_all([local_tokens])[0]
-            ce_total = se_total = 0.0
-            for k, mb in enumerate(micro):
-                sync = k == len(micro) - 1
-                with contextlib.nullcontext() if sync else self.acc.no_sync(model):
-                    terms = step_terms(model, self._to_device(collate(mb, pad_id)), regression=regression)
-                    loss = terms.ce_sum / n_tokens + cfg.regr_weight * terms.se_sum / cfg.batch_size
-                    # Gradients are averaged over processes; scale so that they sum instead.
-                    self.acc.backward(loss * self.world)
-                ce_total += float(terms.ce_sum.detach())
-                se_total += float(terms.se_sum.detach())
-            grad_norm = None
-            if cfg.max_grad_norm:
-                grad_norm = float(self.acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
-            lr = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            done = step + 1
-            if done % cfg.log_every == 0 or done == total:
-                ce_all, se_all = self._sum_all([ce_total, se_total])
-                lm, mse = ce_all / n_tokens, se_all / cfg.batch_size
-                record = {"kind": "train", "step": done, "epoch": round(done / steps_per_epoch, 4),
-                          "loss": lm + cfg.regr_weight * mse if regression else lm, "lm_loss": lm,
-                          "lr": lr, "grad_norm": grad_norm, "elapsed_s": round(time.time() - clock, 2)}
-                if regression:
-                    record["regr_loss"] = mse
-                self._say(record)
-            if valid and cfg.eval_every and done % cfg.eval_every == 0 and done != total:
-                self._say({"kind": "eval", "step": done, **self.evaluate(model, valid, pad_id, regression)})
-            saved = cfg.save_every and done % cfg.save_every == 0
-            if saved and done != total:
-                self._save_checkpoint(model, tokenizer, scheduler, done, {**info, "epoch": done / steps_per_epoch})
-            if cfg.stop_after and done >= cfg.stop_after and done != total:
-                path = self.output_dir / f"checkpoint-{done}"
-                if not saved:
-                    self._save_checkpoint(model, tokenizer, scheduler, done, {**info, "epoch": done / steps_per_epoch})
-                self._say({"kind": "stopped", "step": done, "checkpoint": str(path)})
-                return TrainResult(output_dir=str(self.output_dir), final_dir="", steps=done,
-                                   history=self.history, data=data, stopped_at=str(path))
+    def _begin(self, loop: _Loop) -> int:
+        """A fresh run: the validation loss before any step (when evaluating at all); starts at step 0."""
+        if loop.valid and self.config.eval_every:
+            self._say({"kind": "eval", "step": 0, **self._evaluate(loop)})
+        return 0
 
+    def _resume(self, loop: _Loop, resume_from: str) -> int:
+        """A resumed run: model, optimizer, schedule and history from the checkpoint; its step."""
+        ckpt = find_checkpoint(self.output_dir, resume_from)
+        state = json.loads((ckpt / STATE_FILE).read_text(encoding="utf-8"))
+        if state.get("total_steps") != loop.total:
+            raise TrainError(f"{ckpt}: checkpoint was made for {state.get('total_steps')} total steps, "
+                             f"this config gives {loop.total}: resume with the same data, batch and epochs")
+        self.acc.load_state(str(ckpt / TRAINING_STATE_DIR))
+        loop.scheduler.load_state_dict(state["scheduler"])
+        start = int(state["step"])
+        self.history = [*state.get("history", []), self.history[-1]]  # old records + this data report
+        self._say({"kind": "resume", "from": str(ckpt), "step": start})
+        return start
+
+    def _step(self, loop: _Loop, step: int, clock: float) -> TrainResult | None:
+        """One optimizer step over the global batch, then what is due after it; a result if the
+        run stops here (`stop_after`)."""
+        cfg = self.config
+        ce_total, se_total, n_tokens = self._accumulate(loop, step)
+        grad_norm = None
+        if cfg.max_grad_norm:
+            grad_norm = float(self.acc.clip_grad_norm_(loop.model.parameters(), cfg.max_grad_norm))
+        lr = loop.scheduler.get_last_lr()[0]
+        loop.optimizer.step()
+        loop.scheduler.step()
+        loop.optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        if done % cfg.log_every == 0 or done == loop.total:
+            ce_all, se_all = self._sum_all([ce_total, se_total])
+            lm, mse = ce_all / n_tokens, se_all / cfg.batch_size
+            record = {"kind": "train", "step": done, "epoch": round(done / loop.steps_per_epoch, 4),
+                      "loss": lm + cfg.regr_weight * mse if loop.regression else lm, "lm_loss": lm,
+                      "lr": lr, "grad_norm": grad_norm, "elapsed_s": round(time.time() - clock, 2)}
+            if loop.regression:
+                record["regr_loss"] = mse
+            self._say(record)
+        return self._after_step(loop, done)
+
+    def _accumulate(self, loop: _Loop, step: int) -> tuple[float, float, float]:
+        """This process's share of the step's batch, micro-batch by micro-batch, gradients summed
+        (synchronised on the last one only); its CE and SE sums and the global target-token count."""
+        cfg = self.config
+        micro = self._my_micro_batches(loop.train, step, loop.steps_per_epoch)
+        local_tokens = sum(e.n_target for mb in micro for e in mb)
+        n_tokens = self._sum_all([local_tokens])[0]
+        ce_total = se_total = 0.0
+        for k, mb in enumerate(micro):
+            sync = k == len(micro) - 1
+            with contextlib.nullcontext() if sync else self.acc.no_sync(loop.model):
+                terms = step_terms(loop.model, self._to_device(collate(mb, loop.pad_id)), regression=loop.regression)
+                loss = terms.ce_sum / n_tokens + cfg.regr_weight * terms.se_sum / cfg.batch_size
+                # Gradients are averaged over processes; scale so that they sum instead.
+                self.acc.backward(loss * self.world)
+            ce_total += float(terms.ce_sum.detach())
+            se_total += float(terms.se_sum.detach())
+        return ce_total, se_total, n_tokens
+
+    def _after_step(self, loop: _Loop, done: int) -> TrainResult | None:
+        """Evaluation, a checkpoint and an early stop, each when due after step `done` (the last
+        step's evaluation and checkpoint are `_finish`'s)."""
+        cfg = self.config
+        if loop.valid and cfg.eval_every and done % cfg.eval_every == 0 and done != loop.total:
+            self._say({"kind": "eval", "step": done, **self._evaluate(loop)})
+        saved = cfg.save_every and done % cfg.save_every == 0
+        if saved and done != loop.total:
+            self._save_checkpoint(loop.model, loop.tokenizer, loop.scheduler, done, loop.info(done))
+        if cfg.stop_after and done >= cfg.stop_after and done != loop.total:
+            path = self.output_dir / f"checkpoint-{done}"
+            if not saved:
+                self._save_checkpoint(loop.model, loop.tokenizer, loop.scheduler, done, loop.info(done))
+            self._say({"kind": "stopped", "step": done, "checkpoint": str(path)})
+            return TrainResult(output_dir=str(self.output_dir), final_dir="", steps=done,
+                               history=self.history, data=loop.data, stopped_at=str(path))
+        return None
+
+    def _finish(self, loop: _Loop) -> TrainResult:
+        """The final evaluation, the last checkpoint (when saving at all) and the finished judge."""
         final_eval = None
-        if valid:
-            final_eval = {"kind": "eval", "step": total, **self.evaluate(model, valid, pad_id, regression)}
+        if loop.valid:
+            final_eval = {"kind": "eval", "step": loop.total, **self._evaluate(loop)}
             self._say(final_eval)
-        if cfg.save_every:
-            self._save_checkpoint(model, tokenizer, scheduler, total, {**info, "epoch": total / steps_per_epoch})
+        if self.config.save_every:
+            self._save_checkpoint(loop.model, loop.tokenizer, loop.scheduler, loop.total, loop.info(loop.total))
         final_dir = self.output_dir / "final"
-        self._export_judge(model, tokenizer, final_dir)
+        self._export_judge(loop.model, loop.tokenizer, final_dir)
         self.acc.wait_for_everyone()
-        return TrainResult(output_dir=str(self.output_dir), final_dir=str(final_dir), steps=total,
-                           history=self.history, data=data, final_eval=final_eval)
+        return TrainResult(output_dir=str(self.output_dir), final_dir=str(final_dir), steps=loop.total,
+                           history=self.history, data=loop.data, final_eval=final_eval)
+
+    def _evaluate(self, loop: _Loop) -> dict[str, Any]:
+        return self.evaluate(loop.model, loop.valid, loop.pad_id, loop.regression)
+
+
+@dataclass
+class _Loop:
+    """What the steps of one training run share (`Trainer._setup` builds it)."""
+
+    model: Any
+    tokenizer: Any
+    optimizer: Any
+    scheduler: Any
+    train: list[Example]
+    valid: list[Example]
+    data: dict[str, Any]  # the data reports
+    pad_id: int
+    regression: bool
+    total: int  # steps
+    steps_per_epoch: int
+    world: int
+
+    def info(self, done: int) -> dict[str, Any]:
+        """What a checkpoint after step `done` records about the run."""
+        return {"total_steps": self.total, "steps_per_epoch": self.steps_per_epoch, "world_size": self.world,
+                "epoch": done / self.steps_per_epoch}
 
 
 def train(config: TrainConfig) -> TrainResult:
