@@ -87,7 +87,10 @@ def uvicorn_config(app: Any, *, host: str, port: int, log_level: str = "info", g
                    header_timeout_s: float = HEADER_TIMEOUT_S, max_header_bytes: int = MAX_HEADER_BYTES) -> Any:
     """The uvicorn settings of `pollux serve`, in one place so tests run the server as users do:
     the h11 protocol with a header read timeout and 431 for headers over `max_header_bytes`
-    (`pollux.server.protocol`)."""
+    (`pollux.server.protocol`). `proxy_headers=False`: uvicorn would otherwise take the client's
+    address from X-Forwarded-For whenever the peer is loopback, so any local client could pose as
+    any address (the web UI's sign-in throttle keys on it); behind a real proxy, the proxy's
+    address is the client's."""
     import uvicorn
 
     from pollux.server.protocol import protocol_class
@@ -96,6 +99,7 @@ def uvicorn_config(app: Any, *, host: str, port: int, log_level: str = "info", g
         app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
         timeout_graceful_shutdown=graceful_timeout,  # type: ignore[arg-type]  # seconds, a float is fine
         http=protocol_class(header_timeout_s), h11_max_incomplete_event_size=max_header_bytes,
+        proxy_headers=False,
     )
 
 
