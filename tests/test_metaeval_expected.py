@@ -173,8 +173,8 @@ def test_expected_scores_through_the_run_store(tmp_path: Path, scoring_judge_pat
         for (instruction, answer), e in zip(items, scores, strict=True):
             rows.append({"instruction": instruction, "answer": answer, "reference_answer": "", "model_id": m,
                          "task_type": DEFAULT_OOD_TASKS[0], "criteria_name": "Правильность ответа",
-                         "rubrics": SCORING_RUBRICS, "criteria_score": e,
-                         "annotations": [{"comment": "", "score": e}]})
+                         "rubrics": SCORING_RUBRICS, "criteria_score": e,  # 1.5: the mean of two experts
+                         "annotations": [{"comment": "", "score": s} for s in ((1, 2) if e == 1.5 else (e,))]})
     (tmp_path / "data").mkdir()
     pd.DataFrame(rows).to_parquet(tmp_path / "data" / "test-00000-of-00001.parquet")
     db = tmp_path / "runs.db"

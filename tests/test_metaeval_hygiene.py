@@ -50,16 +50,18 @@ def test_out_of_scale_expert_scores_are_excluded_and_named(tmp_path: Path):
     data = rows()
     data[2]["criteria_score"] = 7  # the aggregate off a 0–2 scale
     data[4]["annotations"][0]["score"] = 7  # one expert off the scale
-    data[5]["annotations"][1]["score"] = -2  # below the scale (-1 alone means "not applicable")
+    data[5]["annotations"][1]["score"] = 1.5  # one expert's score between levels: no rating of this rubric
+    data[7]["annotations"][1]["score"] = -2  # below the scale (-1 alone means "not applicable")
     data[6]["criteria_score"] = 1.5  # an aggregate between levels is legitimate
     experts, messages = load_quietly(write_jsonl(tmp_path / "e.jsonl", data))
     text = " | ".join(messages)
     assert "e.jsonl:3: 'criteria_score' 7 is outside the rubric's scale [0, 2]" in text
-    assert "e.jsonl:5: expert score 7 in 'annotations' is outside the rubric's scale [0, 2]" in text
-    assert "e.jsonl:6: expert score -2 in 'annotations' is outside the rubric's scale [0, 2]" in text
-    assert experts.excluded == {"out of scale": ["e.jsonl:3", "e.jsonl:5", "e.jsonl:6"]}
-    assert experts.frame["answer"].tolist() == [f"Ответ {i}" for i in (0, 1, 3, 6, 7)]
-    assert "excluded 3 expert row(s) of" in text and "3 out of scale" in text
+    assert "e.jsonl:5: 'annotations': an expert's score 7 outside the rubric's scale [0, 2]" in text
+    assert "e.jsonl:6: 'annotations': an expert's score 1.5 is not one of the rubric's levels 0, 1, 2" in text
+    assert "e.jsonl:8: 'annotations': an expert's score -2 outside the rubric's scale [0, 2]" in text
+    assert experts.excluded == {"out of scale": ["e.jsonl:3", "e.jsonl:5", "e.jsonl:6", "e.jsonl:8"]}
+    assert experts.frame["answer"].tolist() == [f"Ответ {i}" for i in (0, 1, 3, 6)]
+    assert "excluded 4 expert row(s) of" in text and "4 out of scale" in text
     # a judge that agrees with the good rows is not pulled off by the bad ones
     scores = scores_from_frame(pd.DataFrame({"key": [JudgeItem.from_dict(r).key for r in data],
                                              "score": [r["criteria_score"] for r in rows()]}), judge="J")
@@ -67,8 +69,8 @@ def test_out_of_scale_expert_scores_are_excluded_and_named(tmp_path: Path):
         warnings.simplefilter("ignore", MetaEvalWarning)
         result = meta_evaluate(experts, scores, n_bootstrap=0, by_group=False)
     mae = result.table("mae").loc["a", "J"]
-    assert mae == pytest.approx(abs(1.5 - rows()[6]["criteria_score"]) / 5)
-    assert result.settings["expert_rows_excluded"] == {"out of scale": 3}
+    assert mae == pytest.approx(abs(1.5 - rows()[6]["criteria_score"]) / 4)
+    assert result.settings["expert_rows_excluded"] == {"out of scale": 4}
 
 
 def test_non_finite_scores_are_excluded_not_read_as_not_applicable(tmp_path: Path):

@@ -36,7 +36,7 @@ from pollux.inputs import InputError, bad_text, detect_format, input_files, read
 from pollux.metaeval.domains import DEFAULT_OOD_TASKS
 from pollux.metaeval.groups import UNKNOWN, canonical_group, criterion_groups
 from pollux.records import JudgeItem, RecordError
-from pollux.scales import Scale, parse_scale
+from pollux.scales import Scale, check_level, parse_scale
 
 REQUIRED = ("instruction", "answer", "criteria_name", "rubrics", "model_id")
 NOT_APPLICABLE = -1.0
@@ -356,17 +356,19 @@ def _row_scores(col: dict[str, list[Any]], i: int, where: str, has_aggregate: bo
 
 
 def _check_scale(aggregate: float, scores: list[float], scale: Scale) -> None:
-    """The aggregate and each expert's score must lie within the rubric's scale [min, max]. The
-    aggregate is a mean over experts, so a value between two levels (1.5 on 0/1/2) is legitimate
-    for it; whether one expert's score must be a level is issue 23's item 18 (one rule for synth,
-    train and meta-eval, in `pollux.scales`), so it is checked against the range here."""
+    """The aggregate must lie within the rubric's scale [min, max] — it is a mean over experts, so
+    a value between two levels (1.5 on 0/1/2) is legitimate for it — and each expert's score must
+    be one of the rubric's levels, the rule for a score one rater wrote (`pollux.scales.check_level`,
+    the same in synth, train and meta-eval)."""
     if not math.isnan(aggregate) and not scale.min <= aggregate <= scale.max:
         raise _Unusable(OUT_OF_SCALE, f"'criteria_score' {aggregate:g} is outside the rubric's scale "
                                       f"[{scale.min:g}, {scale.max:g}]")
     for s in scores:
-        if not scale.min <= s <= scale.max:
-            raise _Unusable(OUT_OF_SCALE, f"expert score {s:g} in 'annotations' is outside the rubric's scale "
-                                          f"[{scale.min:g}, {scale.max:g}]")
+        if s in scale.levels:  # the common case, without a call per score
+            continue
+        valid, reason = check_level(s, scale)
+        if not valid:
+            raise _Unusable(OUT_OF_SCALE, f"'annotations': an expert's {reason}")
 
 
 def _exclude_duplicates(rows: _Rows, models: list[Any], row_names: list[str]) -> None:
