@@ -19,8 +19,7 @@ RUBRIC = "0: неверно.\n\n1: частично.\n\n2: верно."
 # Every verb that judges; meta-eval is converted to the generated engine flags by the lead (H5 owns
 # cli/meta_eval.py while this test is written): strict xfail, so the conversion makes it fail until
 # the mark is removed.
-MECHANISM_PENDING = pytest.mark.xfail(strict=True, reason="cli/meta_eval.py not yet on with_engine_options")
-JUDGING_VERBS = ["judge", "evaluate", "serve", "ui", pytest.param("meta-eval", marks=MECHANISM_PENDING)]
+JUDGING_VERBS = ["judge", "evaluate", "serve", "ui", "meta-eval"]
 HEAVY = ("scipy", "pandas", "torch", "transformers", "pyarrow")
 
 

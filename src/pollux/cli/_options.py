@@ -82,23 +82,6 @@ def _decls(flag: OptionFlag, name: str) -> str:
     return f"{name}/--no-{name.removeprefix('--')}" if flag.type is bool else name
 
 
-def _legacy(name: str) -> Any:
-    """A registry option as the old per-flag `Annotated` alias. Only cli/meta_eval.py still uses
-    these: delete them when it declares `engine_options` (see `with_engine_options`)."""
-    flag = next(f for f in option_flags() if f.name == name)
-    return Annotated[flag.type | None, typer.Option(_decls(flag, flag.flag), help=flag.help, show_default=False)]
-
-
-Template = _legacy("template")
-Option = Annotated[list[str] | None, typer.Option("--option", "-o", help=OPTION_HELP)]
-MaxNewTokens, MinNewTokens = _legacy("max_new_tokens"), _legacy("min_new_tokens")
-Temperature, TopP, TopK = _legacy("temperature"), _legacy("top_p"), _legacy("top_k")
-RepetitionPenalty = _legacy("repetition_penalty")
-DType, Device, BatchSize = _legacy("dtype"), _legacy("device"), _legacy("batch_size")
-MaxBatchTokens, SharePrefix, Threads = _legacy("max_batch_tokens"), _legacy("share_prefix"), _legacy("threads")
-BaseUrl, ApiKeyEnv, Concurrency = _legacy("base_url"), _legacy("api_key_env"), _legacy("concurrency")
-PromptStyle, ApiTimeout = _legacy("prompt_style"), _legacy("timeout")
-
 # Where and how wide to run: one declaration for every verb that runs on `pollux.executor`
 # (evaluate, meta-eval, synth). None = not given: the verb's own default (or its config's).
 Ray = Annotated[str | None, typer.Option(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -69,27 +70,7 @@ def meta_eval(
                                             "JSONL (reusable with --scores)."),
     strict: bool = typer.Option(False, "--strict", help="An expert row that cannot be read or used (out of the "
                                 "rubric's scale, not finite, duplicated) is an error instead of a counted warning."),
-    template: opt.Template = None,
-    max_new_tokens: opt.MaxNewTokens = None,
-    min_new_tokens: opt.MinNewTokens = None,
-    temperature: opt.Temperature = None,
-    top_p: opt.TopP = None,
-    top_k: opt.TopK = None,
-    repetition_penalty: opt.RepetitionPenalty = None,
-    seed_sampling: int | None = typer.Option(None, "--sampling-seed", help="The judges' sampling seed "
-                                             "(--seed is the bootstrap's)."),
-    dtype: opt.DType = None,
-    device: opt.Device = None,
-    batch_size: opt.BatchSize = None,
-    max_batch_tokens: opt.MaxBatchTokens = None,
-    share_prefix: opt.SharePrefix = None,
-    threads: opt.Threads = None,
-    base_url: opt.BaseUrl = None,
-    api_key_env: opt.ApiKeyEnv = None,
-    concurrency: opt.Concurrency = None,
-    prompt_style: opt.PromptStyle = None,
-    api_timeout: opt.ApiTimeout = None,
-    option: opt.Option = None,
+    engine_options: dict[str, Any] | None = None,
     ray: opt.Ray = None,
     workers: opt.Workers = None,
     cpus_per_worker: opt.CpusPerWorker = None,
@@ -100,15 +81,11 @@ def meta_eval(
     from pollux.metaeval import JudgeRun, MetaEvalWarning, run
     from pollux.metaeval.pipeline import check_format, parse_metrics
 
-    given = opt.engine_options(
-        option=option, template=template, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
-        temperature=temperature, top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty,
-        seed=seed_sampling, dtype=dtype, device=device, batch_size=batch_size,
-        max_batch_tokens=max_batch_tokens, share_prefix=share_prefix, threads=threads, base_url=base_url,
-        api_key_env=api_key_env, concurrency=concurrency, prompt_style=prompt_style, timeout=api_timeout)
+    given = engine_options or {}
     # Every judge gets the same options, each checked against its own engine before anything runs.
     executor = opt.executor_options(ray=ray, workers=workers, cpus_per_worker=cpus_per_worker,
-                                    gpus_per_worker=gpus_per_worker)
+                                    gpus_per_worker=gpus_per_worker,
+                                    tensor_parallel_size=given.get("tensor_parallel_size"))
     judges = [JudgeRun(spec, opt.check_options(spec, given, defaults=opt.worker_defaults(executor)), given)
               for spec in judge]
 
@@ -142,4 +119,5 @@ def _echo_warnings(caught: list[warnings.WarningMessage]) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("meta-eval")(meta_eval)
+    # the engine flags come from the registry, as in every judging verb; --seed is the bootstrap's
+    app.command("meta-eval")(opt.with_engine_options(meta_eval, flags={"seed": "--sampling-seed"}))
