@@ -185,3 +185,30 @@ def test_an_option_has_one_command_line_flag(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setitem(reg._ENGINES, "echo", entry)
     with pytest.raises(ValueError, match="option 'dtype' has two command-line flags"):
         reg.option_flags()
+
+
+# -- chat models: one registry and one spec grammar for every model (issue 24 item 2) -----------------
+
+def test_every_engine_loads_a_chat_model_from_the_same_options_as_its_judges() -> None:
+    """The three built-in entries load judges and chat models; a chat model's options are checked by
+    the same class (an option of another engine is the same clear error, before anything loads)."""
+    from pollux.engine.chat import HttpChat
+
+    assert all(e.chat_loader is not None for e in reg.engines())
+    chat = reg.load_chat("openai:some-model", {"base_url": "http://127.0.0.1:9/v1", "concurrency": 3})
+    try:
+        assert isinstance(chat, HttpChat) and chat.name == "some-model" and chat.client.concurrency == 3
+    finally:
+        chat.close()
+    with pytest.raises(OptionsError, match=r"option 'dtype' does not apply to openai: judges"):
+        reg.load_chat("openai:some-model", {"dtype": "bfloat16"})
+
+
+def test_a_local_chat_model_writes_replies_with_token_counts(tiny_generative_path: Path) -> None:
+    chat = reg.load_chat(str(tiny_generative_path), {"device": "cpu", "dtype": "float32", "batch_size": 2})
+    requests = [{"key": f"k{i}", "messages": [{"role": "user", "content": f"Вопрос {i}"}], "temperature": 0.0,
+                 "max_tokens": 4, "seed": 0} for i in range(3)]
+    replies = chat.generate(requests)
+    assert [r["key"] for r in replies] == ["k0", "k1", "k2"] and all(r["error"] is None for r in replies)
+    assert all(r["prompt_tokens"] > 0 and 0 < r["completion_tokens"] <= 4 for r in replies)
+    assert sorted(r["key"] for r in chat.stream(requests)) == ["k0", "k1", "k2"]

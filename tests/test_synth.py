@@ -407,3 +407,41 @@ def test_when_the_filter_keeps_nothing_the_next_stage_says_so(tmp_path: Path) ->
     with pytest.raises(SynthError, match=r"criteria: no input — the 'filter' stage kept none of its 2 instruction\(s\) "
                                          r"\(rejected: empty 1, invalid_text 1\)"):
         run(config, ["filter", "criteria"])
+
+
+# -- models through the engine registry (issue 24 item 2) -----------------------------------------------
+
+def test_models_use_the_registry_grammar_and_keep_their_row_keys(tmp_path: Path) -> None:
+    """`openai:NAME`, `vllm:PATH` and a checkpoint folder, as `--judge` spells them; the row keys'
+    identity is spelt as before, so a run started with the old config resumes with the same keys."""
+    (tmp_path / "ckpt").mkdir()
+    path = write_config(tmp_path, "[models.loc]\nmodel = \"ckpt\"\n[models.vl]\nmodel = \"vllm:ckpt\"\n")
+    path.write_text(path.read_text().replace('model = "gen"', 'model = "openai:gen"'), encoding="utf-8")
+    models = load_config(path).models
+    folder = str((tmp_path / "ckpt").resolve())
+    assert (models["gen"].kind, models["gen"].model, models["gen"].identity()["model"]) == ("openai", "openai:gen", "gen")
+    assert (models["loc"].kind, models["loc"].model, models["loc"].identity()["model"]) == ("local", folder,
+                                                                                          f"local:{folder}")
+    assert (models["vl"].kind, models["vl"].identity()["model"]) == ("vllm", f"vllm:{folder}")
+
+
+def test_the_old_model_spellings_still_work_with_a_deprecation_note(tmp_path: Path, capsys) -> None:
+    (tmp_path / "ckpt").mkdir()
+    path = write_config(tmp_path, "[models.loc]\nmodel = \"local:ckpt\"\n")  # and `model = "gen"` at base_url
+    with pytest.warns(DeprecationWarning) as caught:
+        models = load_config(path).models
+    messages = sorted(str(w.message) for w in caught)
+    assert "models.gen.model = 'gen' is deprecated: write 'openai:gen'" in messages[0]
+    assert "models.loc.model = 'local:ckpt' is deprecated: write 'ckpt'" in messages[1]
+    assert "warning: models.loc.model = 'local:ckpt' is deprecated" in capsys.readouterr().err
+    folder = str((tmp_path / "ckpt").resolve())
+    assert (models["loc"].kind, models["loc"].model, models["loc"].identity()["model"]) == ("local", folder,
+                                                                                          f"local:{folder}")
+    assert (models["gen"].model, models["gen"].identity()["model"]) == ("openai:gen", "gen")
+
+
+def test_a_model_option_its_engine_does_not_take_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "ckpt").mkdir()
+    path = write_config(tmp_path, "[models.loc]\nmodel = \"ckpt\"\ndtype = \"int3\"\n")
+    with pytest.raises(SynthConfigError, match=r"models\.loc: option 'dtype' of local checkpoint judges"):
+        load_config(path)

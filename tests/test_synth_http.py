@@ -1,7 +1,7 @@
 """`pollux.engine.http_chat.ChatClient` — the transport synth's endpoints use — against the fake server
 in its own process: the concurrency bound holds and is reached with the connections split over pools.
 Endpoints with their own auth (expiring tokens, Api-Key, headers, a CA bundle) use tests/test_http_auth.py's
-token-issuing server through synth's `[models.X]` config and `HttpBackend`."""
+token-issuing server through synth's `[models.X]` config and the registry's chat model (`load_chat`)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from pollux.engine.http_chat import ApiError, ChatClient
+from pollux.engine.registry import load_chat
 from pollux.synth.config import SynthConfigError, load_config
-from pollux.synth.models import HttpBackend
 from synth_fakes import FakeServer
 from test_http_auth import AuthServer, self_signed_cert, token_command
 
@@ -62,8 +62,8 @@ def _config(tmp_path: Path, models: str) -> Path:
 
 
 def test_a_synth_model_outlives_its_tokens_and_sends_its_headers(tmp_path: Path) -> None:
-    """[models.X] api_key_command / api_key_ttl / headers reach the server through HttpBackend: a batch
-    longer than the token lifetime gets every request answered exactly once."""
+    """[models.X] api_key_command / api_key_ttl / headers reach the server through the registry's chat
+    model: a batch longer than the token lifetime gets every request answered exactly once."""
     with AuthServer(lifetime=0.5, delay=0.05) as server:
         command = token_command(tmp_path, server)
         path = _config(tmp_path, f"""[models.teacher]
@@ -76,7 +76,7 @@ headers = {{ x-data-logging-enabled = false }}
 """)
         model = load_config(path).models["teacher"]
         assert model.auth.headers == (("x-data-logging-enabled", "false"),) and model.auth.api_key_ttl == 0.3
-        backend = HttpBackend(model)
+        backend = load_chat(model.model, model.chat_options())
         try:
             rows = backend.generate([{"key": f"k{i}", "messages": [{"role": "user", "content": f"item-{i}"}],
                                       "temperature": 0.0, "max_tokens": 16, "seed": 0} for i in range(40)])
@@ -102,7 +102,8 @@ api_key_env = "YC_KEY"
 auth_scheme = "Api-Key"
 ca_bundle = "{cert.name}"
 """)
-        backend = HttpBackend(load_config(path).models["yandex"])  # ca_bundle: relative to the config's folder
+        model = load_config(path).models["yandex"]
+        backend = load_chat(model.model, model.chat_options())  # ca_bundle: relative to the config's folder
         try:
             rows = backend.generate([{"key": "k", "messages": [{"role": "user", "content": "item-0"}],
                                       "temperature": 0.0, "max_tokens": 16, "seed": 0}])

@@ -24,6 +24,13 @@ Command-line flags are declared here too, once: a field whose `json_schema_extra
 judging verb (`pollux.cli._options.with_engine_options`), with the same help everywhere. A field
 without one is still reachable from the command line as `-o NAME=VALUE`.
 
+Every model pollux talks to goes through this registry, with this one spec grammar: judges
+(`load_engine`) and chat models — synth's instruction writers, answer models and teacher, and
+`pollux answer`'s evaluated model (`load_chat`, `pollux.engine.chat`). An entry's `chat_loader`
+builds its chat model from the same options class as its judges, so `openai:MODEL --base-url …`,
+`vllm:PATH` and a checkpoint folder mean one thing everywhere. (Synth's old `local:PATH` spelling
+is read by its config, with a deprecation note: `pollux.synth.config`.)
+
 Adding an engine (e.g. `ray:`) is one `register_engine(EngineEntry(...))` call.
 """
 
@@ -44,6 +51,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pollux.engine import Engine, SamplingParams, require_local_extra
 from pollux.prompts import PromptTemplate, load_template
+
+if typing.TYPE_CHECKING:
+    from pollux.engine.chat import ChatModel
 
 SAMPLING_FIELDS = tuple(f.name for f in dataclasses.fields(SamplingParams))
 
@@ -222,6 +232,7 @@ class OpenAIOptions(CommonOptions):
 
 
 Loader = Callable[[str, Any], Engine]
+ChatLoader = Callable[[str, Any], "ChatModel"]
 
 
 @dataclass(frozen=True)
@@ -233,6 +244,7 @@ class EngineEntry:
     options: type[CommonOptions]
     loader: Loader
     summary: str
+    chat_loader: ChatLoader | None = None  # messages → text (pollux.engine.chat); None: judges only
 
     @property
     def label(self) -> str:
@@ -261,6 +273,11 @@ class EngineEntry:
 
     def load(self, target: str, options: CommonOptions) -> Engine:
         return self.loader(target, options)
+
+    def load_chat(self, target: str, options: CommonOptions) -> ChatModel:
+        if self.chat_loader is None:
+            raise OptionsError(f"{self.label} cannot write chat replies (no chat loader)")
+        return self.chat_loader(target, options)
 
     def _not_taken(self, name: str, takes: list[str]) -> str:
         elsewhere = any(name in e.options.option_names() for e in _ENGINES.values() if e is not self)
@@ -371,6 +388,14 @@ def load_engine(spec: str, options: Mapping[str, Any] | CommonOptions | None = N
     return entry.load(target, entry.validate(options, defaults=defaults))
 
 
+def load_chat(spec: str, options: Mapping[str, Any] | CommonOptions | None = None, *,
+              defaults: Mapping[str, Any] | None = None) -> ChatModel:
+    """Resolve `spec`, validate `options` against its engine, and load its chat model (messages →
+    text replies with token counts; `pollux.engine.chat`)."""
+    entry, target = resolve(spec)
+    return entry.load_chat(target, entry.validate(options, defaults=defaults))
+
+
 # -- the built-in engines ----------------------------------------------------------------------
 
 
@@ -422,8 +447,29 @@ def _load_openai(model: str, o: OpenAIOptions) -> Engine:
     return OpenAIEngine(model, template=o.template, sampling=o.sampling, **own)
 
 
+def _chat_local(path: str, o: LocalOptions) -> ChatModel:
+    from pollux.engine.chat import LocalChat
+
+    return LocalChat(path, o)
+
+
+def _chat_vllm(path: str, o: VLLMOptions) -> ChatModel:
+    from pollux.engine.chat import VllmChat
+
+    return VllmChat(path, o)
+
+
+def _chat_openai(model: str, o: OpenAIOptions) -> ChatModel:
+    from pollux.engine.chat import HttpChat
+
+    if not model:
+        raise OptionsError("openai engine: the model name is empty (use openai:MODEL)")
+    return HttpChat(model, o)
+
+
 register_engine(EngineEntry("local", None, LocalOptions, _load_local,
-                            "a local checkpoint folder, judged in-process (transformers)"))
-register_engine(EngineEntry("vllm", "vllm:", VLLMOptions, _load_vllm, "a local checkpoint folder on vLLM"))
+                            "a local checkpoint folder, judged in-process (transformers)", _chat_local))
+register_engine(EngineEntry("vllm", "vllm:", VLLMOptions, _load_vllm, "a local checkpoint folder on vLLM",
+                            _chat_vllm))
 register_engine(EngineEntry("openai", "openai:", OpenAIOptions, _load_openai,
-                            "a model behind an OpenAI-compatible chat-completions server"))
+                            "a model behind an OpenAI-compatible chat-completions server", _chat_openai))

@@ -10,8 +10,11 @@ file's folder.
 
     [run]        dir, seed
     [taxonomy]   path (official metainfo folder, optional), tasks (leaves or task types), levels
-    [models.X]   model ("NAME" at base_url | "local:PATH" | "vllm:PATH"), base_url, api_key_env, concurrency, …,
+    [models.X]   model ("openai:NAME" at base_url | "vllm:PATH" | a checkpoint folder: the spec grammar of
+                 `--judge`, resolved by `pollux.engine.registry`), base_url, api_key_env, concurrency, …,
                  and an endpoint's own auth: headers, auth_scheme, api_key_command, api_key_ttl, ca_bundle
+                 (the old spellings "local:PATH" and a bare "NAME" at base_url still work, with a
+                 deprecation note)
     [instructions] generators, per_generator, prompt, temperature, max_tokens
     [filter]     max_foreign_share, near_dup_threshold, num_perm, shingle_size
     [answers]    models, mode ("all" | "equal"), prompt, temperature, max_tokens
@@ -25,13 +28,16 @@ See docs/synth.md for every key and examples/synth.toml for a complete file.
 from __future__ import annotations
 
 import os
+import sys
 import tomllib
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pollux.engine.http_chat import EndpointAuth
+from pollux.engine.registry import OptionsError, get_engine, resolve, validate_options
 from pollux.metaeval.domains import DEFAULT_OOD_TASKS
 from pollux.synth.filter import FilterSettings
 
@@ -46,10 +52,11 @@ class SynthConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """One LLM: an OpenAI-compatible endpoint, a local checkpoint or a vLLM model."""
+    """One LLM: an OpenAI-compatible endpoint, a local checkpoint or a vLLM model, named by the
+    engine registry's spec grammar and loaded by it (`chat_spec`, `chat_options`)."""
 
     name: str
-    model: str  # the endpoint's model name, or "local:PATH" / "vllm:PATH"
+    model: str  # the registry spec: "openai:NAME", "vllm:/abs/path" or "/abs/path" (a local checkpoint)
     base_url: str | None = None
     api_key_env: str | None = None
     concurrency: int = 8
@@ -64,15 +71,31 @@ class ModelConfig:
 
     @property
     def kind(self) -> str:
-        if self.model.startswith("local:"):
-            return "local"
-        if self.model.startswith("vllm:"):
-            return "vllm"
-        return "openai"
+        """The registry's engine: "openai", "local" or "vllm"."""
+        return resolve(self.model)[0].name
 
     @property
     def path(self) -> str:
-        return self.model.split(":", 1)[1]
+        """What follows the spec's prefix: the endpoint's model name or the checkpoint folder."""
+        return resolve(self.model)[1]
+
+    def chat_options(self, *, with_key: bool = True) -> dict[str, Any]:
+        """This model's options for the registry's engine (`pollux.engine.registry.load_chat`).
+        The API key is read here (`with_key`), where the model is loaded — in a Ray actor, from the
+        actor's environment; a config check leaves it out."""
+        kind = self.kind
+        if kind == "local":
+            return {"batch_size": self.batch_size, "device": self.device, "dtype": self.dtype}
+        if kind == "vllm":
+            return {"dtype": self.dtype}
+        a = self.auth
+        options: dict[str, Any] = {
+            "base_url": self.base_url, "concurrency": self.concurrency, "timeout": self.timeout,
+            "max_retries": self.max_retries, "headers": dict(a.headers) or None, "auth_scheme": a.auth_scheme,
+            "api_key_command": list(a.api_key_command) if isinstance(a.api_key_command, tuple) else a.api_key_command,
+            "api_key_ttl": a.api_key_ttl, "ca_bundle": a.ca_bundle}
+        key = self.api_key() if with_key else None
+        return {**options, "api_key": key} if key else options
 
     def api_key(self) -> str | None:
         """The API key from `api_key_env` (None when no variable is named); an unset or empty
@@ -87,8 +110,11 @@ class ModelConfig:
 
     def identity(self) -> dict[str, Any]:
         """What changes the texts this model writes (part of every row key): not the URL, port, key,
-        timeouts or concurrency — a restarted server on another port serves the same model."""
-        return {"name": self.name, "model": self.model}
+        timeouts or concurrency — a restarted server on another port serves the same model. Spelt
+        as before the registry grammar (an endpoint's bare name, "local:PATH", "vllm:PATH"), so a
+        run started before it resumes with the same keys."""
+        kind, target = self.kind, self.path
+        return {"name": self.name, "model": target if kind == "openai" else f"{kind}:{target}"}
 
 
 @dataclass(frozen=True)
@@ -242,20 +268,9 @@ def _models(table: dict[str, Any], base: Path) -> dict[str, ModelConfig]:
         if not isinstance(spec, dict):
             raise SynthConfigError(f"{where}: expected a table ([{where}] model = …), got {type(spec).__name__}")
         _known(spec, where, MODEL_KEYS)
-        model = spec.get("model")
-        if not isinstance(model, str) or not model.strip() or model.strip() in ("local:", "vllm:"):
-            raise SynthConfigError(f"{where}.model: missing: the endpoint's model name, 'local:PATH' or 'vllm:PATH'")
-        if model.startswith(("local:", "vllm:")):
-            kind, local = model.split(":", 1)
-            folder = (base / local).resolve()
-            if not folder.is_dir():
-                raise SynthConfigError(f"{where}.model: {kind} checkpoint folder {str(folder)!r} does not exist")
-            model = f"{kind}:{folder}"
-        elif not spec.get("base_url"):
-            raise SynthConfigError(f"{where}.base_url: missing endpoint for model {model!r} (an OpenAI-compatible "
-                                   "server's URL, e.g. http://127.0.0.1:8000/v1; or use model = 'local:PATH')")
         out[name] = ModelConfig(
-            name=name, model=model, base_url=spec.get("base_url"), api_key_env=spec.get("api_key_env"),
+            name=name, model=_model_spec(spec, where, base), base_url=spec.get("base_url"),
+            api_key_env=spec.get("api_key_env"),
             concurrency=_int(spec, where, "concurrency", 8, minimum=1),
             timeout=_float(spec, where, "timeout", 120.0, minimum=1e-3),
             max_retries=_int(spec, where, "max_retries", 6, minimum=0),
@@ -263,7 +278,66 @@ def _models(table: dict[str, Any], base: Path) -> dict[str, ModelConfig]:
             device=str(spec.get("device", "auto")), dtype=str(spec.get("dtype", "auto")),
             auth=_auth(spec, where, base),
         )
+        try:  # the registry's own check of the options (a dtype vLLM does not take, …), before any run
+            validate_options(out[name].model, out[name].chat_options(with_key=False))
+        except OptionsError as e:
+            raise SynthConfigError(f"{where}: {e}") from None
     return out
+
+
+SPEC_HELP = "'openai:NAME' (with base_url), 'vllm:PATH' or a checkpoint folder"
+
+
+def _model_spec(spec: dict[str, Any], where: str, base: Path) -> str:
+    """`model` as the registry's spec (see `ModelConfig.model`): a folder made absolute (relative
+    to the config's folder), checked to exist. The old spellings — "local:PATH", and a bare endpoint
+    model name beside base_url — are read as before, with a deprecation note naming the new one."""
+    model = spec.get("model")
+    if not isinstance(model, str) or not model.strip() or model.strip() in ("local:", "vllm:", "openai:"):
+        raise SynthConfigError(f"{where}.model: missing: {SPEC_HELP}")
+    model = model.strip()
+    if model.startswith("local:"):
+        model = model.removeprefix("local:")
+        _deprecated(where, f"local:{model}", model)
+        return f"{_folder(model, where, base, 'local')}"
+    try:
+        entry, target = resolve(model)
+    except OptionsError as e:  # `gpt://…` beside a base_url: an endpoint's bare model name (old spelling)
+        if not spec.get("base_url"):
+            raise SynthConfigError(f"{where}.model: {e}") from None
+        entry, target = get_engine("local"), model
+    if entry.name == "vllm":
+        return f"vllm:{_folder(target, where, base, 'vllm')}"
+    if entry.name == "local":
+        if (base / target).is_dir():
+            return str((base / target).resolve())
+        if not spec.get("base_url"):
+            raise SynthConfigError(
+                f"{where}.base_url: missing endpoint for model {model!r} (write model = 'openai:{model}' and an "
+                f"OpenAI-compatible server's URL, e.g. http://127.0.0.1:8000/v1); nor is it a local checkpoint: "
+                f"folder {str((base / target).resolve())!r} does not exist")
+        _deprecated(where, model, f"openai:{model}")
+        return f"openai:{model}"
+    if not spec.get("base_url"):
+        raise SynthConfigError(f"{where}.base_url: missing endpoint for model {model!r} (an OpenAI-compatible "
+                               "server's URL, e.g. http://127.0.0.1:8000/v1)")
+    return model
+
+
+def _folder(path: str, where: str, base: Path, kind: str) -> Path:
+    folder = (base / path).resolve()
+    if not folder.is_dir():
+        raise SynthConfigError(f"{where}.model: {kind} checkpoint folder {str(folder)!r} does not exist")
+    return folder
+
+
+def _deprecated(where: str, old: str, new: str) -> None:
+    """An old `model` spelling: still read, and said so (a DeprecationWarning for code, a note on
+    stderr for the user of the command line, who does not see DeprecationWarnings)."""
+    message = (f"{where}.model = {old!r} is deprecated: write {new!r} (the spec grammar of --judge: "
+               f"{SPEC_HELP})")
+    warnings.warn(message, DeprecationWarning, stacklevel=4)
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def _auth(spec: dict[str, Any], where: str, base: Path) -> EndpointAuth:

@@ -1,23 +1,14 @@
-"""The LLMs synth talks to — endpoints, local checkpoints, vLLM — behind one batch call, and the
-executor workers built on them.
+"""The executor workers that ask synth's LLMs — endpoints, local checkpoints, vLLM — for text.
 
-A *request* is a row with `key`, `messages` (chat), `temperature`, `max_tokens` and `seed`; a
-backend turns a batch of requests into replies (`text`, token counts, or an `error`). Backends:
-
-* `openai` — any OpenAI-compatible `/chat/completions` endpoint, through pollux's own transport
-  (`pollux.engine.http_chat.ChatClient`: bounded concurrency, retries with backoff and jitter,
-  Retry-After, usage counts). One client per model per process, on its own event-loop thread and
-  shared by all worker threads: the model's `concurrency` bounds its in-flight requests in this
-  process, connections are reused from batch to batch, and one thread's batch fills the connections
-  while another's waits for its last replies.
-* `local:PATH` — a checkpoint generating chat replies with plain transformers `generate` (pollux
-  judges and plain causal LMs load alike). Greedy requests are batched (left padding); sampled
-  requests run one by one, seeded by their key, so a row's text does not depend on which rows
-  happened to share its batch (a resumed run gets the same texts).
-* `vllm:PATH` — vLLM's offline `LLM.chat` (imported lazily; needs the `vllm` extra and a GPU).
+A *request* is a row with `key`, `messages` (chat), `temperature`, `max_tokens` and `seed`; a chat
+model turns a batch of requests into replies (`text`, token counts, or an `error`). The chat models
+themselves are not synth's: every model pollux talks to is named by the engine registry's one spec
+grammar and loaded by it (`pollux.engine.registry.load_chat`; the three backends live in
+`pollux.engine.chat`): `openai:NAME` (with base_url), `vllm:PATH` or a checkpoint folder. An
+endpoint model gets one client per process, shared by all worker threads (`shared_chat`).
 
 `ChatWorker` is the executor's worker factory (picklable: a dataclass of plain values): it builds a
-backend once per worker thread / Ray actor. With `validate="verdict"` it checks each reply with
+chat model once per worker thread / Ray actor. With `validate="verdict"` it checks each reply with
 pollux's own parser against the row's rubric scale and asks again (up to `max_attempts`), so the
 teacher's retries happen where the client lives, not in the driver.
 """
@@ -26,162 +17,30 @@ from __future__ import annotations
 
 import asyncio
 import re
-import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
-from pollux.engine.http_chat import ApiError, ChatClient
+from pollux.engine.chat import ChatModel, HttpChat, shared_chat
+from pollux.engine.registry import OpenAIOptions, get_engine, load_chat
 from pollux.records import text_problem
 from pollux.scales import check_level, check_score, parse_feedback, parse_result, parse_scale, result_problem
 from pollux.synth.config import ModelConfig
 
 Row = dict[str, Any]
-T = TypeVar("T")
 
 # Temperature for asking again after a broken reply: at temperature 0 the same prompt gives the same text.
 RETRY_TEMPERATURE = 0.3
 
 
-class HttpBackend:
-    """An OpenAI-compatible endpoint: one `ChatClient` on an event loop in its own thread, shared by
-    every worker thread of this process (`shared_http_backend`). The client's semaphore then bounds the
-    model's in-flight requests across threads, and while one thread's batch waits for its last
-    replies, another thread's batch keeps the connections busy."""
-
-    def __init__(self, model: ModelConfig):
-        api_key = model.api_key()  # checked before the run started; read again here (a Ray actor's environment)
-        self.model = model
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name=f"pollux-synth-{model.name}", daemon=True)
-        self.thread.start()
-        self.client = ChatClient(model.base_url or "", api_key=api_key, auth=model.auth, concurrency=model.concurrency,
-                                 timeout=model.timeout, max_retries=model.max_retries, name=model.name)
-        self.run(self.client.__aenter__())
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run a coroutine on the backend's loop and wait for it (from any thread)."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
-
-    def generate(self, requests: list[Row]) -> list[Row]:
-        return self.run(self._all(requests))
-
-    async def _all(self, requests: list[Row]) -> list[Row]:
-        return list(await asyncio.gather(*(self.one(r) for r in requests)))
-
-    async def one(self, request: Row) -> Row:
-        payload = {"model": self.model.model, "messages": request["messages"],
-                   "max_tokens": request["max_tokens"], "temperature": request["temperature"],
-                   "seed": request["seed"]}
-        try:
-            reply = await self.client.post(payload)
-        except ApiError as e:
-            return {"key": request["key"], "text": None, "error": str(e)}
-        return {"key": request["key"], "text": reply.text, "error": None,
-                "prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens}
-
-    def close(self) -> None:
-        self.run(self.client.__aexit__())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join()
-        self.loop.close()
-
-
-_SHARED: dict[ModelConfig, HttpBackend] = {}
-_SHARED_LOCK = threading.Lock()
-
-
-def shared_http_backend(model: ModelConfig) -> HttpBackend:
-    """This process's one backend for an endpoint model (see `HttpBackend`)."""
-    with _SHARED_LOCK:
-        backend = _SHARED.get(model)
-        if backend is None:
-            backend = _SHARED[model] = HttpBackend(model)
-        return backend
-
-
-class LocalBackend:
-    """A local checkpoint with transformers `generate` (see module doc)."""
-
-    def __init__(self, model: ModelConfig):
-        from pollux.checkpoint import load_judge
-
-        loaded = load_judge(model.path, dtype=model.dtype, device=model.device)
-        self.model, self.tokenizer = loaded.model, loaded.tokenizer
-        self.batch_size = model.batch_size
-        self.name = model.name
-
-    def generate(self, requests: list[Row]) -> list[Row]:
-        greedy = [r for r in requests if r["temperature"] == 0]
-        out: dict[str, Row] = {}
-        for i in range(0, len(greedy), self.batch_size):
-            out.update(self._generate(greedy[i:i + self.batch_size], sample=False))
-        for r in requests:
-            if r["temperature"] > 0:
-                out.update(self._generate([r], sample=True))
-        return [out[r["key"]] for r in requests]
-
-    def _generate(self, requests: list[Row], *, sample: bool) -> dict[str, Row]:
-        import torch
-
-        texts = [self.tokenizer.apply_chat_template(r["messages"], tokenize=False, add_generation_prompt=True)
-                 for r in requests]
-        self.tokenizer.padding_side = "left"
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        enc = {k: v.to(self.model.device) for k, v in enc.items()}
-        kwargs: dict[str, Any] = {"max_new_tokens": max(r["max_tokens"] for r in requests), "do_sample": sample,
-                                  "pad_token_id": self.tokenizer.pad_token_id}
-        if sample:
-            torch.manual_seed(requests[0]["seed"])
-            kwargs.update(temperature=requests[0]["temperature"], top_k=0, top_p=1.0)
-        with torch.no_grad():
-            generated = self.model.generate(**enc, **kwargs)
-        width = enc["input_ids"].shape[1]
-        out = {}
-        for i, (r, ids) in enumerate(zip(requests, generated[:, width:], strict=True)):
-            ids = ids[: r["max_tokens"]]
-            text = self.tokenizer.decode(ids, skip_special_tokens=True)
-            out[r["key"]] = {"key": r["key"], "text": text, "error": None,
-                             "prompt_tokens": int(enc["attention_mask"][i].sum()),
-                             "completion_tokens": int((ids != self.tokenizer.pad_token_id).sum())}
-        return out
-
-    def close(self) -> None:
-        pass
-
-
-class VllmBackend:
-    """vLLM's offline chat API (lazily imported; untested on CPU-only machines)."""
-
-    def __init__(self, model: ModelConfig):
-        try:
-            from vllm import LLM
-        except ImportError as e:
-            raise ValueError(f"models.{model.name}: model = 'vllm:…' needs vLLM installed (pip install vllm): {e}") from None
-        self.llm = LLM(model=model.path, dtype=model.dtype)
-
-    def generate(self, requests: list[Row]) -> list[Row]:
-        from vllm import SamplingParams
-
-        params = [SamplingParams(temperature=r["temperature"], max_tokens=r["max_tokens"], seed=r["seed"])
-                  for r in requests]
-        outputs = self.llm.chat([r["messages"] for r in requests], sampling_params=params, use_tqdm=False)
-        return [{"key": r["key"], "text": o.outputs[0].text, "error": None, "prompt_tokens": len(o.prompt_token_ids),
-                 "completion_tokens": len(o.outputs[0].token_ids)} for r, o in zip(requests, outputs, strict=True)]
-
-    def close(self) -> None:
-        pass
-
-
-Backend = HttpBackend | LocalBackend | VllmBackend
-
-
-def make_backend(model: ModelConfig) -> Backend:
-    if model.kind == "local":
-        return LocalBackend(model)
-    if model.kind == "vllm":
-        return VllmBackend(model)
-    return shared_http_backend(model)
+def make_backend(model: ModelConfig) -> ChatModel:
+    """The model's chat model, through the engine registry; an endpoint model's is this process's
+    shared one (see module doc)."""
+    if model.kind == "openai":
+        options = get_engine("openai").validate(model.chat_options())
+        assert isinstance(options, OpenAIOptions)
+        return shared_chat(model.path, options)
+    return load_chat(model.model, model.chat_options())
 
 
 def check_verdict(text: str, rubrics: str) -> tuple[float | None, str | None]:
@@ -234,11 +93,11 @@ def checked_text(reply: Row) -> Row:
     return {**reply, "text": _SURROGATE.sub("\ufffd", text.replace("\x00", "\ufffd")), "invalid_text": problem}
 
 
-def _verdicts(backend: Backend, batch: list[Row], max_attempts: int) -> list[Row]:
+def _verdicts(backend: ChatModel, batch: list[Row], max_attempts: int) -> list[Row]:
     """Ask the teacher; ask again (new seed, some temperature) while a reply is unparseable or out of
     scale; after `max_attempts`, the row comes back with `drop` = the last reason. Over HTTP each row
     retries on its own (no round waits for the slowest row); local models retry in rounds (batches)."""
-    if isinstance(backend, HttpBackend):
+    if isinstance(backend, HttpChat):
         async def all_rows() -> list[Row]:
             return list(await asyncio.gather(*(_verdict_http(backend, r, max_attempts) for r in batch)))
 
@@ -260,7 +119,7 @@ def _verdicts(backend: Backend, batch: list[Row], max_attempts: int) -> list[Row
     return done
 
 
-async def _verdict_http(backend: HttpBackend, request: Row, max_attempts: int) -> Row:
+async def _verdict_http(backend: HttpChat, request: Row, max_attempts: int) -> Row:
     for attempt in range(max_attempts):
         result = _judged(request, await backend.one(_attempt(request, attempt)), attempt, max_attempts)
         if result is not None:
