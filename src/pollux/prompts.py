@@ -58,6 +58,23 @@ MODEL_CARD_TEMPLATE = (
     "### Шкала оценивания по критерию:\n{criteria_rubrics}\n"
 )
 
+# Pollux-4B-Judge's side-by-side prompt (pollux-facts §9): the criterion folded into the comparison
+# scale, no reference; -1 = answer 1 better, 0 = tie, 1 = answer 2 better. Answer 2 is the item's
+# `reference_answer` slot, which this prompt has no other use for (`{answer_2}`: see `render`).
+SIDE_BY_SIDE_TEMPLATE = (
+    "### Инструкция\n"
+    "Даны два ответа для оценки и шкала их сравнения. Необходимо сравнить ответы по качеству "
+    "выполнения задания и вернуть число в соответствии со шкалой сравнения ответов.\n\n"
+    "### Задание для оценки:\n{instruction}\n\n"
+    "### Ответ 1 для оценки:\n{answer}\n\n"
+    "### Ответ 2 для оценки:\n{answer_2}\n\n"
+    "### Шкала сравнения ответов:\n{criteria_rubrics}"
+)
+
+# How a judge writes its score (`PromptTemplate.reply`): POLLUX's `[RESULT] n [END]`, or a bare
+# integer after optional `<think>` reasoning (the Pollux-4B-Judge family).
+REPLY_FORMATS = ("result", "bare")
+
 SECTION_HEADERS = (
     "Задание для оценки",
     "Эталонный ответ",
@@ -65,6 +82,11 @@ SECTION_HEADERS = (
     "Критерий оценки",
     "Шкала оценивания по критерию",
 )
+# The side-by-side prompt's own sections: an answer must not forge "Ответ 2 для оценки" either. Not
+# its first, "Инструкция": a line "Инструкция:" is common in answers, and nothing precedes that section.
+SIDE_BY_SIDE_HEADERS = ("Ответ 1 для оценки", "Ответ 2 для оценки", "Шкала сравнения ответов")
+# What `neutralise_headers` escapes: every section header of both prompts.
+NEUTRALISED_HEADERS = SECTION_HEADERS + SIDE_BY_SIDE_HEADERS
 
 # Unicode's own data, not a hand list: the confusables table shipped (and kept up to date) by
 # confusable-homoglyphs, and the general categories of unicodedata.
@@ -124,7 +146,7 @@ def _skeleton_table() -> dict[int, str | None]:
     pairs = [(visible(k), visible(g["c"])) for k, glyphs in table_data.items() for g in glyphs]
     classes = _union_find_classes([(a, b) for a, b in pairs if len(a) == 1 and len(b) == 1])
     # letters as the skeleton has them: `й` is `и` plus a combining breve, which is dropped
-    letters = {c for c in unicodedata.normalize("NFKD", "".join(SECTION_HEADERS)) if c.isalpha()}
+    letters = {c for c in unicodedata.normalize("NFKD", "".join(NEUTRALISED_HEADERS)) if c.isalpha()}
     targets = {c for letter in letters for c in (letter.lower(), letter.upper())} | set(_MARKERS)
     by_class = {classes.get(t, t): t for t in sorted(targets)}
     for cls in by_class:  # a confusables table that merged two header letters would be ambiguous
@@ -180,7 +202,7 @@ def _patterns() -> tuple[re.Pattern[str], re.Pattern[str]]:
     """(a header text anywhere, a header line in `\n`-separated lines): regexes over skeletons."""
     blank = r"[^\S\n]"  # a space within one line
     space = blank + "*"
-    names = "|".join(space.join(map(re.escape, _skeleton(h).split())) for h in SECTION_HEADERS)
+    names = "|".join(space.join(map(re.escape, _skeleton(h).split())) for h in NEUTRALISED_HEADERS)
     prefix = rf"(?:(?:[>*+\-]|\w{{1,4}}[.)]){space})*"  # Markdown quote, bullet, numbered list (`1.`, `а)`)
     emphasis = rf"[*_]*{space}"  # `**bold**`, `__bold__` around the header text
     # "#…# name …" in any spacing, or the bare "name:" alone on its line, after Markdown prefixes;
@@ -220,10 +242,19 @@ def neutralise_headers(text: str) -> str:
 @dataclass(frozen=True)
 class PromptTemplate:
     """A judge prompt template with the fields {instruction}, {reference_answer}, {answer},
-    {criteria_name} and {criteria_rubrics}."""
+    {criteria_name} and {criteria_rubrics} ({answer_2}: the side-by-side prompt's second answer,
+    carried in the item's `reference_answer`), and the format the judge replies in (`reply`):
+    `result` (`[RESULT] n [END]`, POLLUX's judges) or `bare` (an integer, Pollux-4B-Judge).
+    The reply format travels with the template because a prompt and the reply it asks for are one
+    choice: every engine reads scores with `parse`."""
 
     text: str = DEFAULT_TEMPLATE
     neutralise: bool = True
+    reply: str = "result"
+
+    def __post_init__(self) -> None:
+        if self.reply not in REPLY_FORMATS:
+            raise ValueError(f"reply format must be one of {', '.join(REPLY_FORMATS)}, got {self.reply!r}")
 
     def render(self, item: JudgeItem) -> str:
         fields = {
@@ -235,21 +266,37 @@ class PromptTemplate:
         }
         if self.neutralise:
             fields = {k: neutralise_headers(v) for k, v in fields.items()}
+        fields["answer_2"] = fields["reference_answer"]
         # format_map substitutes values without re-reading braces inside them.
         return self.text.format_map(fields)
 
+    def parse(self, text: str) -> float | None:
+        """The score in a reply written in this template's reply format (`pollux.scales`)."""
+        from pollux.scales import parse_bare, parse_result
+
+        return parse_bare(text) if self.reply == "bare" else parse_result(text)
+
     def to_dict(self) -> dict[str, Any]:
-        return {"text": self.text, "neutralise": self.neutralise}
+        # `reply` only when not the default: run configurations made before it existed still resume
+        extra = {"reply": self.reply} if self.reply != "result" else {}
+        return {"text": self.text, "neutralise": self.neutralise, **extra}
 
 
 # Templates users can pick by name (`--template model-card`); any other value is a file path.
-NAMED_TEMPLATES = {"default": DEFAULT_TEMPLATE, "model-card": MODEL_CARD_TEMPLATE}
+# `pollux-4b`: the POLLUX sections, read as Pollux-4B-Judge replies (a bare integer after its
+# reasoning); `pollux-4b-sbs`: its side-by-side prompt (`pollux compare`).
+NAMED_TEMPLATES = {"default": DEFAULT_TEMPLATE, "model-card": MODEL_CARD_TEMPLATE,
+                   "pollux-4b": DEFAULT_TEMPLATE, "pollux-4b-sbs": SIDE_BY_SIDE_TEMPLATE}
+BARE_REPLY_TEMPLATES = frozenset({"pollux-4b", "pollux-4b-sbs"})
+SIDE_BY_SIDE_TEMPLATES = frozenset({"pollux-4b-sbs"})
 
 
 def load_template(value: str | None) -> PromptTemplate:
-    """A template by name (`default`, `model-card`) or from a UTF-8 file; None is the default."""
+    """A template by name (`default`, `model-card`, `pollux-4b`, `pollux-4b-sbs`) or from a UTF-8
+    file (`[RESULT]` replies); None is the default."""
     if value is None or value in NAMED_TEMPLATES:
-        return PromptTemplate(text=NAMED_TEMPLATES[value or "default"])
+        name = value or "default"
+        return PromptTemplate(text=NAMED_TEMPLATES[name], reply="bare" if name in BARE_REPLY_TEMPLATES else "result")
     path = Path(value)
     if not path.is_file():
         names = ", ".join(NAMED_TEMPLATES)

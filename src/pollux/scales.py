@@ -218,3 +218,45 @@ def normalise(score: float, scale: Scale) -> float:
     if scale.max == 0:
         raise ValueError("cannot normalise: the scale's maximum is 0")
     return score / scale.max
+
+
+# Pollux-4B-Judge's reply (pollux-facts §9): reasoning in `<think>…</think>` (or in a separate
+# `reasoning` field of the server's reply), then a bare integer.
+_INTEGER = r"[-−]?\d+"
+# A line that is only the score: `2`, `-1`, `**1**`, `2.`, or a short label and the score (`Оценка: 2`).
+_BARE_LINE = re.compile(rf"(?:[^\d\n:]{{1,40}}:)?[ \t]*(?:\*\*)?({_INTEGER})(?:\*\*)?[ \t]*\.?")
+_ANY_NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
+# A line that ends with its only number (a whole number: `… поэтому ставлю 2`, `… оценка: -1.`)
+_TRAILING_INTEGER = re.compile(rf"(?<![\w.,])({_INTEGER})[\s*.)]*$")
+
+
+def parse_bare(text: str) -> float | None:
+    """The score of a bare-integer judge (Pollux-4B-Judge, pointwise or side-by-side), or None.
+
+    The reasoning is removed first (`strip_think`): a draft number inside `<think>…</think>` is
+    never the verdict, and a reply cut inside its reasoning has no score. Then, in order:
+
+    1. the reply's first non-empty line is the integer alone (`2`, `-1`, `−1`, `**1**`, `2.`), or a
+       short label and it (`Оценка: 2`) — text after that line is the judge's comment;
+    2. a reply in the POLLUX format (`[RESULT] n`) is read as such (`parse_result_open`);
+    3. the reply's last non-empty line ends with its only number, a whole one (`… поэтому 2`):
+       the "trailing integer" that Pollux-4B's readers take when `int(text)` fails.
+
+    Anything else is no score: an empty reply, a decimal (`1.5`: this family writes integers;
+    never truncated to `1`), a line with two numbers (`1 или 2`, `ответ 1 лучше ответа 2`:
+    which one is the verdict is a guess). Being within the scale is checked later (`check_score`)."""
+    body = strip_think(text).strip()
+    if not body:
+        return None
+    lines = [line.strip() for line in body.splitlines() if line.strip()]
+    first = _BARE_LINE.fullmatch(lines[0])
+    if first:
+        return to_number(first.group(1))
+    if RESULT_MARK in body:
+        return parse_result_open(body)
+    last = lines[-1]
+    trailing = _TRAILING_INTEGER.search(last)
+    if trailing and len(_ANY_NUMBER.findall(last)) == 1:
+        return to_number(trailing.group(1))
+    return None
+

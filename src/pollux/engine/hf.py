@@ -298,6 +298,7 @@ class TransformersEngine:
             job.item, text, head_score=head_score, prompt_tokens=len(job.ids),
             completion_tokens=len(generated), finish_reason=finish_reason,
             time_s=time.perf_counter() - started, judge=self.name, score_probs=probs,
+            parse=self.template.parse,
         ))
 
     # ---- fallback for other architectures ----------------------------------------------------

@@ -66,7 +66,7 @@ from pollux.engine.http_chat import parse_retry_after as parse_retry_after
 from pollux.engine.tokens import probs_from_top_logprobs
 from pollux.prompts import PromptTemplate
 from pollux.records import JudgeItem
-from pollux.scales import parse_result, parse_result_open, parse_scale
+from pollux.scales import parse_result_open, parse_scale
 from pollux.verdicts import Verdict, error_verdict, make_verdict
 
 log = logging.getLogger("pollux.openai")
@@ -248,7 +248,7 @@ class OpenAIEngine:
     def parse_reply(self, text: str) -> float | None:
         """The text score of a reply: POLLUX judges' strict `[RESULT] n [END]`; baseline styles
         without `[END]` and after removing `<think>…</think>`."""
-        return parse_result(text) if self.prompt_style == "pollux" else parse_result_open(text)
+        return self.template.parse(text) if self.prompt_style == "pollux" else parse_result_open(text)
 
     async def _judge_all(self, items: Sequence[JudgeItem], on_verdict: OnVerdict | None) -> list[Verdict]:
         results: list[Verdict | None] = [None] * len(items)

@@ -342,7 +342,7 @@ class VLLMEngine:
             text = str(self.tokenizer.decode(gen, skip_special_tokens=True))
             done(i, make_verdict(
                 item, text, head_score=score, prompt_tokens=len(ids), completion_tokens=len(gen),
-                finish_reason=reason, time_s=elapsed, judge=self.name,
+                finish_reason=reason, time_s=elapsed, judge=self.name, parse=self.template.parse,
                 score_probs=self._score_probs(item, gen, lps) if self.expected_score else None,
             ))
 
