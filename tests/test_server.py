@@ -94,7 +94,8 @@ def test_health_models_and_key(server: Server) -> None:
     health = httpx.get(server.url + "/healthz").json()  # no key needed
     assert health["status"] == "ok" and health["model"] == "tiny-r"
     models = server.get("/v1/models").json()
-    assert [m["id"] for m in models["data"]] == ["tiny-r"] and models["data"][0]["kind"] == "regression"
+    assert [m["id"] for m in models["data"]] == ["tiny-r", "tiny-r:score", "tiny-r:full"]
+    assert models["data"][0]["kind"] == "regression" and models["data"][0]["reply"] == "full"
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
         r = httpx.post(server.url + "/v1/judge", json=item(1), headers=headers)
         assert r.status_code == 401, r.text
@@ -223,12 +224,31 @@ def test_chunked_oversized_body_is_refused(server: Server) -> None:
     ({"model": "tiny-r", "messages": [{"role": "user", "content": "Привет!"}]}, 400, "not a POLLUX judge prompt"),
     ({"model": "tiny-r", "messages": [{"role": "system", "content": "a"}, {"role": "user", "content": "b"}]},
      400, "exactly one user message"),
-    ({"model": "tiny-r", "stream": True, "messages": [{"role": "user", "content": "x"}]}, 400, "streaming"),
+    ({"model": "tiny-r", "stream": True, "messages": [{"role": "user", "content": "x"}]}, 400,
+     "not a POLLUX judge prompt"),
+    ({"model": "tiny-r:score", "logprobs": True, "messages": [{"role": "user", "content": "x"}]}, 400,
+     "ask the full reply"),
+    ({"model": "tiny-r", "stream": True, "logprobs": True, "messages": [{"role": "user", "content": "x"}]}, 400,
+     "logprobs are not streamed"),
 ])
 def test_bad_chat_requests_get_clear_4xx(server: Server, body: dict[str, Any], status: int, message: str) -> None:
     r = server.post("/v1/chat/completions", json=body)
     assert r.status_code == status, r.text
     assert message in r.json()["error"]["message"]
+
+
+def test_streamed_reply_is_the_whole_reply_token_by_token(server: Server) -> None:
+    """`stream: true` with the real engine (`Judge.astream`): the OpenAI SDK reads the chunks; the
+    deltas make the non-streamed content, the last chunk carries the same scores."""
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0)
+    messages = [{"role": "user", "content": PromptTemplate().render(JudgeItem.from_dict(item(3)))}]
+    whole = client.chat.completions.create(model="tiny-r", messages=messages)
+    chunks = list(client.chat.completions.create(model="tiny-r", messages=messages, stream=True))
+    deltas = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(deltas) > 1 and "".join(deltas) == whole.choices[0].message.content
+    assert chunks[-1].model_extra["pollux"]["head_score"] == whole.model_extra["pollux"]["head_score"]
+    assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
 
 
 def test_unknown_endpoint_and_method(server: Server) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import typer
 
@@ -44,6 +44,9 @@ def serve(
     ui: list[Path] | None = typer.Option(None, "--ui", help="Also serve the web UI on /ui over this run database "
                                          "(repeatable; see docs/ui.md). With a key, the UI needs sign-in."),
     ui_writable: bool = typer.Option(False, "--ui-writable", help="Let signed-in reviewers store expert scores."),
+    reply: Literal["full", "score"] = typer.Option("full", "--reply",
+                              help="Chat reply content: the judge's text (full) or only its score (score, for "
+                              "MERA-style clients); per request: model NAME:score / NAME:full."),
 ) -> None:
     """Serve a judge: POST /v1/judge, OpenAI-compatible /v1/chat/completions and /v1/models,
     GET /healthz and Prometheus /metrics. `--judge openai:MODEL --base-url URL` serves a judge
@@ -59,7 +62,7 @@ def serve(
             max_wait_ms=max_wait_ms, max_queue=max_queue, max_body_bytes=max_body_bytes, max_items=max_items,
             graceful_timeout=graceful_timeout, header_timeout_s=header_timeout, body_timeout_s=body_timeout,
             max_header_bytes=max_header_bytes, log_level=log_level, judge_options=options,
-            ui_dbs=ui or (), ui_writable=ui_writable,
+            ui_dbs=ui or (), ui_writable=ui_writable, reply=reply,
         )
     except (CheckpointError, OSError, ValueError, ImportError, RuntimeError) as e:  # a bad checkpoint or option: no traceback
         typer.echo(f"pollux serve: {type(e).__name__}: {e}", err=True)

@@ -4,6 +4,7 @@
   completions, models, health, Prometheus metrics);
 * `batcher.MicroBatcher` — concurrent requests batched into one engine call;
 * `prompt_parse` — chat messages read back into judge items;
+* `replies` — the chat reply formats (`full`, `score`) and streamed chunks;
 * `run.serve(...)` — load a checkpoint and run uvicorn with graceful shutdown.
 """
 

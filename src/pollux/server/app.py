@@ -4,14 +4,18 @@ Endpoints:
 
 * `POST /v1/judge` — one item (the JSON object itself, or `{"item": {...}}`) or a batch
   (`{"items": [...]}`) with POLLUX field names → `{"verdicts": [...]}` with the head score.
-* `POST /v1/chat/completions` — OpenAI-compatible: the user message is a rendered judge prompt;
-  the reply text is the judge's, and a non-standard `pollux` object carries `head_score` (and
+* `POST /v1/chat/completions` — OpenAI-compatible: the user message is a rendered judge prompt
+  (the POLLUX sections in any of the layouts clients send: `pollux.server.prompt_parse`); the
+  reply text is the judge's (`full`) or its score alone (`score`, for MERA-style clients that read
+  a bare number), by the server's `--reply` or the model name (`NAME:score`, `NAME:full`:
+  `pollux.server.replies`), whole or as server-sent events (`stream: true`); a non-standard
+  `pollux` object carries `head_score`, `score`, the rationale (and
   `expected_score` / `score_probs` when the judge computes them). With `logprobs: true` (and
   `top_logprobs: K`) the choice carries OpenAI-format `logprobs.content` — each generated
   token's raw log-probability (temperature 1), bytes and K most likely alternatives — for
   judges whose engine records them (in-process): a local OpenAI-compatible server that returns
   logprobs, e.g. for `openai:` judges' expected scores.
-* `GET /v1/models` — the served judge; `GET /healthz` (never needs the key); `GET /metrics`.
+* `GET /v1/models` — the served judge, under each of its names; `GET /healthz` (never needs the key); `GET /metrics`.
 
 Every item of every request goes through one `MicroBatcher`, so concurrent requests are judged
 together. Errors are JSON in OpenAI's shape, `{"error": {"message", "type", "code"}}`, with a
@@ -45,7 +49,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pollux.server.batcher import MicroBatcher
 from pollux.server.bodies import ApiError, request_schemas
 from pollux.server.metrics import Metrics
-from pollux.server.prompt_parse import template_pattern
+from pollux.server.prompt_parse import prompt_patterns
 from pollux.server.routes import Served, ServerConfig, router
 
 __all__ = ["ApiError", "ServerConfig", "create_app", "error_response"]
@@ -67,7 +71,8 @@ def error_response(status: int, message: str, type_: str = "invalid_request_erro
 
 def create_app(judge: Any, config: ServerConfig) -> FastAPI:
     """An app serving `judge` (anything with `judge_many`, normally a `pollux.judge.Judge`)."""
-    state = Served(judge=judge, config=config, pattern=template_pattern(config.template), metrics=Metrics(
+    config.models()  # a reply format that does not exist fails here, not at the first request
+    state = Served(judge=judge, config=config, patterns=prompt_patterns(config.template), metrics=Metrics(
         depth=lambda: state.batcher.depth if state.batcher else 0,
         in_flight=lambda: state.batcher.in_flight if state.batcher else 0,
     ))

@@ -11,6 +11,8 @@ others are judged), and errors read as the rest of pollux's (`items[3]: missing 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -72,18 +74,41 @@ class ChatMessage(BaseModel):
     content: Any = None  # a string or text parts; checked by `_message_text` for 400-level messages
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    include_usage: bool | None = None
+
+
 class ChatRequest(BaseModel):
     """A `/v1/chat/completions` body: what the server reads. Sampling fields (`temperature`,
-    `max_tokens`, …) are accepted and ignored: decoding is fixed when the server starts."""
+    `max_tokens`, …) are accepted and ignored: decoding is fixed when the server starts, so a
+    client's `max_tokens` never cuts a judge's text, and never cuts a score (docs/serving.md)."""
 
     model_config = ConfigDict(strict=True, extra="ignore")
 
-    model: str
+    model: str = Field(description="the served name (its reply format), NAME:score or NAME:full; see /v1/models")
     messages: list[ChatMessage]
-    stream: bool | None = None
+    stream: bool | None = Field(None, description="server-sent events of chat.completion.chunk")
+    stream_options: StreamOptions | None = None
     n: int | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
+    temperature: float | None = Field(None, description="ignored: decoding is the server's (--temperature)")
+    max_tokens: int | None = Field(None, description="ignored: the judge writes up to --max-new-tokens; "
+                                                     "a score is never cut")
+
+
+@dataclass(frozen=True)
+class ChatAsk:
+    """What a chat-completion request asks: the prompt, the reply format, streaming, logprobs."""
+
+    prompt: str
+    model: str
+    reply: str  # "full" or "score" (pollux.server.replies)
+    stream: bool = False
+    include_usage: bool = False
+    top_logprobs: int | None = None  # None: no logprobs
 
 
 async def read_json(request: Request, limit: int) -> Any:
@@ -176,27 +201,34 @@ def parse_item(row: Any, where: str) -> JudgeItem:
     return item
 
 
-def chat_prompt(body: Any, model_name: str) -> tuple[str, int | None]:
-    """The judge prompt of a chat-completion request and how many top logprobs it asks per token
-    (None: no logprobs), after checking what we cannot honour."""
+def chat_request(body: Any, models: Mapping[str, str]) -> ChatAsk:
+    """What a chat-completion request asks (`models`: each served name → its reply format), after
+    checking what we cannot honour."""
     if not isinstance(body, dict):
         raise ApiError(422, f"expected a JSON object, got {type(body).__name__}")
     try:
         request = ChatRequest.model_validate(body)
     except ValidationError as e:
         raise ApiError(422, validation_message(e)) from None
-    if request.model != model_name:
-        raise ApiError(404, f"the model {request.model!r} is not served here; this server serves {model_name!r}",
+    if request.model not in models:
+        names = ", ".join(repr(name) for name in models)
+        raise ApiError(404, f"the model {request.model!r} is not served here; this server serves {names}",
                        type_="not_found_error")
-    if request.stream:
-        raise ApiError(400, "streaming is not supported by pollux serve; send 'stream': false")
     if request.n not in (None, 1):
         raise ApiError(400, "only n=1 is supported")
     if not request.messages:
         raise ApiError(422, "field 'messages' is empty (a list with one user message)")
     if len(request.messages) != 1 or request.messages[0].role != "user":
         raise ApiError(400, "a POLLUX judge reads exactly one user message (no system or assistant messages)")
-    return _message_text(request.messages[0].content), _top_logprobs(request)
+    reply, top = models[request.model], _top_logprobs(request)
+    if top is not None and request.stream:
+        raise ApiError(400, "logprobs are not streamed; send 'stream': false with 'logprobs': true")
+    if top is not None and reply == "score":
+        raise ApiError(400, f"logprobs belong to the judge's text, and the model {request.model!r} replies with "
+                            "the score alone; ask the full reply (the model NAME:full) for logprobs")
+    return ChatAsk(prompt=_message_text(request.messages[0].content), model=request.model, reply=reply,
+                   stream=bool(request.stream), top_logprobs=top,
+                   include_usage=bool(request.stream_options and request.stream_options.include_usage))
 
 
 def _top_logprobs(request: ChatRequest) -> int | None:

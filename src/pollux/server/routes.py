@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
-import time
-import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from pollux.prompts import PromptTemplate
 from pollux.records import JudgeItem, RecordError, text_problem
@@ -23,14 +21,15 @@ from pollux.server.batcher import MicroBatcher, QueueFull, Result, ShuttingDown
 from pollux.server.bodies import (
     CLIENT_CLOSED,
     ApiError,
-    chat_prompt,
+    chat_request,
     check_required_text,
     judge_rows,
     parse_item,
     read_json,
 )
 from pollux.server.metrics import CONTENT_TYPE, Metrics
-from pollux.server.prompt_parse import PromptError, item_from_prompt
+from pollux.server.prompt_parse import PromptError, PromptPatterns, item_from_prompt
+from pollux.server.replies import ChunkWriter, clean, completion, model_modes
 from pollux.verdicts import Verdict
 
 
@@ -45,6 +44,11 @@ class ServerConfig:
     max_items: int = 256  # items in one /v1/judge request
     body_timeout_s: float = 60.0  # a request's whole body must arrive within this; else 408
     template: PromptTemplate = field(default_factory=PromptTemplate)
+    reply: str = "full"  # the chat reply's format for the plain model name: "full" or "score"
+
+    def models(self) -> dict[str, str]:
+        """Each model name a chat client may send → the reply format it gets."""
+        return model_modes(self.model_name, self.reply)
 
 
 @dataclass
@@ -55,7 +59,7 @@ class Served:
     judge: Any  # anything with `judge_many`, normally a `pollux.judge.Judge`
     config: ServerConfig
     metrics: Metrics
-    pattern: Any  # the compiled template pattern `item_from_prompt` reads chat prompts with
+    patterns: PromptPatterns  # how `item_from_prompt` reads chat prompts in the server's template
     batcher: MicroBatcher | None = None
 
 
@@ -81,9 +85,12 @@ async def metrics_endpoint(state: State) -> Response:
 
 @router.get("/v1/models")
 async def models(state: State) -> dict[str, Any]:
+    """The served judge under each of its names: NAME (the server's reply format), NAME:score and
+    NAME:full; `reply` says which format the name gets."""
+    kind = getattr(state.judge, "kind", None)
     return {"object": "list", "data": [
-        {"id": state.config.model_name, "object": "model", "created": 0, "owned_by": "pollux",
-         "kind": getattr(state.judge, "kind", None)}
+        {"id": name, "object": "model", "created": 0, "owned_by": "pollux", "kind": kind, "reply": mode}
+        for name, mode in state.config.models().items()
     ]}
 
 
@@ -122,47 +129,56 @@ def _refused(row: Any, problem: str) -> dict[str, Any]:
 
 
 @router.post("/v1/chat/completions")
-async def chat_completions(request: Request, state: State) -> JSONResponse:
+async def chat_completions(request: Request, state: State) -> Response:
     """OpenAI-compatible: the user message is a rendered judge prompt; the reply is the judge's
-    text, and a `pollux` object carries the scores (docs/serving.md)."""
-    prompt, top_logprobs = chat_prompt(await read_json(request, state.config.max_body_bytes),
-                                       state.config.model_name)
-    if top_logprobs is not None and not _accepts(state.judge, "on_logprobs"):
+    text or its score alone (the reply format of the model name), whole or streamed, and a
+    `pollux` object carries the scores (docs/serving.md). Every check comes before a stream opens."""
+    ask = chat_request(await read_json(request, state.config.max_body_bytes), state.config.models())
+    if ask.top_logprobs is not None and not _accepts(state.judge, "on_logprobs"):
         raise ApiError(400, "this judge's engine does not return logprobs (only in-process judges do); "
                             "send 'logprobs': false")
     try:
-        item = item_from_prompt(prompt, state.pattern)
+        item = item_from_prompt(ask.prompt, state.patterns)
         check_required_text(item)
     except PromptError as e:
         raise ApiError(400, str(e)) from None
     except RecordError as e:  # the prompt's sections were found, but a field is unusable
         raise ApiError(422, f"messages[0].content: {e}") from None
-    [(verdict, logprobs)] = await _submit(request, state, [item], top_logprobs)
+    writer = ChunkWriter(ask.model, ask.reply, ask.include_usage)
+    if ask.stream and ask.reply == "full" and callable(getattr(state.judge, "astream", None)):
+        return _event_stream(_stream_text(state, item, writer))
+    [(verdict, logprobs)] = await _submit(request, state, [item], ask.top_logprobs)
     if verdict.error:
         raise ApiError(500, f"the judge failed on this prompt: {verdict.error}", type_="server_error")
-    return JSONResponse(_chat_completion(verdict, logprobs, state.config.model_name))
+    if ask.stream:  # the score comes at the end of judging: nothing to stream before it
+        return _event_stream(writer.whole(verdict))
+    return JSONResponse(completion(verdict, logprobs, ask.model, ask.reply))
 
 
-def _chat_completion(verdict: Verdict, logprobs: list[dict[str, Any]] | None, model_name: str) -> dict[str, Any]:
-    usage = {"prompt_tokens": verdict.prompt_tokens, "completion_tokens": verdict.completion_tokens,
-             "total_tokens": verdict.prompt_tokens + verdict.completion_tokens}
-    return {
-        "id": f"chatcmpl-{uuid.uuid4().hex}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model_name,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": verdict.raw_text},
-                     "finish_reason": verdict.finish_reason or "stop",
-                     "logprobs": None if logprobs is None else {"content": _clean(logprobs), "refusal": None}}],
-        "usage": usage,
-        "pollux": _clean({
-            "head_score": verdict.head_score, "text_score": verdict.text_score, "score": verdict.score,
-            "valid": verdict.valid, "invalid_reason": verdict.invalid_reason,
-            "scale_min": verdict.scale_min, "scale_max": verdict.scale_max,
-            "criteria_name": verdict.criteria_name, "rationale": verdict.rationale,
-            "expected_score": verdict.expected_score, "score_probs": verdict.score_probs,
-        }),
-    }
+def _event_stream(events: AsyncIterator[bytes]) -> StreamingResponse:
+    return StreamingResponse(events, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _stream_text(state: Served, item: JudgeItem, writer: ChunkWriter) -> AsyncIterator[bytes]:
+    """The judge's text as it is generated (`Judge.astream`, as the web UI's judge live), then the
+    end of the reply. A streamed judgement is not micro-batched; a client that goes away stops it
+    at its next token (Starlette cancels this generator, which closes the judge's stream)."""
+    yield writer.delta("", role=True)
+    try:
+        async with contextlib.aclosing(state.judge.astream(item)) as parts:
+            async for part in parts:
+                if isinstance(part, str):
+                    yield writer.delta(part)
+                    continue
+                state.metrics.observe_verdicts([part])
+                if part.error:
+                    yield writer.error(500, f"the judge failed on this prompt: {part.error}")
+                    return
+                for event in writer.end(part):
+                    yield event
+    except Exception as e:  # the status is sent already: the error goes into the stream
+        yield writer.error(500, f"the judge failed on this prompt: {type(e).__name__}: {e}")
 
 
 def _accepts(judge: Any, hook: str) -> bool:
@@ -204,16 +220,5 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-def _clean(value: Any) -> Any:
-    """JSON cannot carry NaN/inf: a non-finite score becomes null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    return value
-
-
 def _verdict_dict(verdict: Verdict) -> dict[str, Any]:
-    return _clean(verdict.to_dict())
+    return clean(verdict.to_dict())

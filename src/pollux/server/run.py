@@ -49,12 +49,14 @@ def serve(
     judge_options: Mapping[str, Any] | CommonOptions | None = None,
     ui_dbs: Sequence[str | Path] = (),
     ui_writable: bool = False,
+    reply: str = "full",
 ) -> None:
     """Serve the judge `model` (any spec: a checkpoint folder, `vllm:PATH`, `openai:MODEL`) with
     `judge_options` (validated by the engine registry). Engines that batch get the server's
     `batch_size` as their batch size unless the options set one. `ui_dbs`: run databases the web
     UI shows under /ui (docs/ui.md), with this judge for judge live and the same key. The
-    timeouts and `max_header_bytes` keep slow or hostile clients from holding connections."""
+    timeouts and `max_header_bytes` keep slow or hostile clients from holding connections. `reply`:
+    the chat reply's format for the plain model name, `full` or `score` (`pollux.server.replies`)."""
     import uvicorn
 
     from pollux.judge import Judge
@@ -71,6 +73,7 @@ def serve(
         max_items=max_items,
         body_timeout_s=body_timeout_s,
         template=options.template,  # chat requests are parsed with the template the judge renders
+        reply=reply,
     )
     app = create_app(judge, config)
     if ui_dbs:
