@@ -15,6 +15,8 @@ today's `[FEEDBACK] …` / rationale text, and the test shows it reads wrong sco
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import math
 import re
 from collections.abc import Iterator
@@ -27,6 +29,8 @@ from pollux.fixtures import SCORING_RUBRICS
 from pollux.server.launch import free_port, start_serve, stop
 
 openai = pytest.importorskip("openai")
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "mera" / "pollux_judge"
 
 KEY = "mera-key"
 # MERA's layout of the POLLUX prompt: one blank line between sections and a trailing newline.
@@ -192,3 +196,35 @@ def test_mera_reader_reads_as_the_spec_says() -> None:
         ("nan", 0.0), ("7", 2.0), ("-1", 0.0), ("хорошо\n2", 0.0),
     ]
     assert [mera_read(text) for text, _ in cases] == [want for _, want in cases]
+
+
+def example_utils() -> Any:
+    """examples/mera/pollux_judge/utils.py, the lm-eval task's judging, loaded as lm-eval loads it."""
+    spec = importlib.util.spec_from_file_location("pollux_mera_example_utils", EXAMPLE / "utils.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_the_example_task_scores_rows_as_the_verdicts_do(generative_server: Running,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The example lm-eval task's `process_results` (its own MERA-style client) against the same
+    server: each row's metric is the verdicts' mean over criteria / 2."""
+    point_mera_at(monkeypatch, generative_server, "tiny-gen:score")
+    _, truth, _ = mera_task("tiny-gen:score")
+    utils = example_utils()
+    got = [utils.process_results(row, [f"<think>считаю</think>{row['answer']}"])["pollux_score"] for row in ROWS]
+    assert got == truth
+
+
+def test_the_example_reads_and_renders_as_mera() -> None:
+    utils = example_utils()
+    for text in ("2", "1,5", "```json\n1\n```", "1.25\n\nrationale 2", "Score: 2", "nan", "7", "хорошо\n2"):
+        assert utils.read_score(text) == mera_read(text)
+    fields = {"instruction": "a", "reference_answer": "", "answer": "b", "criteria_name": "c", "criteria_rubrics": "d"}
+    assert utils.render_prompt("a", "b", "c", "d") == MERA_PROMPT.format(**fields)
+    rows = [json.loads(line) for line in (EXAMPLE / "sample.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert rows and all(r["instruction"] and r["criteria"] and {"criteria_name", "rubrics"} <= set(r["criteria"][0])
+                        for r in rows)
