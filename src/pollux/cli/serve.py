@@ -44,9 +44,9 @@ def serve(
     ui: list[Path] | None = typer.Option(None, "--ui", help="Also serve the web UI on /ui over this run database "
                                          "(repeatable; see docs/ui.md). With a key, the UI needs sign-in."),
     ui_writable: bool = typer.Option(False, "--ui-writable", help="Let signed-in reviewers store expert scores."),
-    reply: Literal["full", "score"] = typer.Option("full", "--reply",
-                              help="Chat reply content: the judge's text (full) or only its score (score, for "
-                              "MERA-style clients); per request: model NAME:score / NAME:full."),
+    reply: Literal["full", "score"] = typer.Option(
+        "full", "--reply", help="Chat reply content: the judge's text (full) or only its score (score, for "
+        "MERA-style clients that read a bare number); per request: the model NAME:score / NAME:full."),
 ) -> None:
     """Serve a judge: POST /v1/judge, OpenAI-compatible /v1/chat/completions and /v1/models,
     GET /healthz and Prometheus /metrics. `--judge openai:MODEL --base-url URL` serves a judge
