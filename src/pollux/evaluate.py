@@ -41,7 +41,7 @@ from pollux.inputs import (
     record_id,
 )
 from pollux.records import JudgeItem, RecordError
-from pollux.store import JobRow, Run, RunStore, StoreError, config_hash
+from pollux.store import JobRow, Run, RunStore, StoreError, config_diff, config_hash, peek_runs
 from pollux.verdicts import Verdict, error_verdict
 
 DEFAULT_CHUNK_SIZE = 256
@@ -337,6 +337,36 @@ def request_key(loader: Any) -> str:
     from pollux import __version__
 
     return config_hash({"request": loader.describe(), "pollux_version": __version__})
+
+
+def refuse_a_known_change(db: str | Path, loader: Any, options: Any, *, new_run: bool) -> None:
+    """Refuse, before the judge loads, a resume whose options the run database already contradicts.
+
+    The store records a run's configuration as the LOADED judge describes it (`run_config`), so
+    `evaluate` can compare it only after loading — minutes for a large judge. What the user set
+    that the record states, though, is known now: the prompt template, and each sampling value
+    given explicitly (unset ones resolve against the checkpoint, unknown until it loads). When
+    every run in the database differs in one of those, no run can resume: the store's own refusal
+    (an `EvaluateError`) comes now. Anything else is still checked after loading, as before. The
+    database is only read (`peek_runs`): a run stopped later (a bad Ray address) leaves it as it was."""
+    if new_run:
+        return
+    runs, resumed = peek_runs(db, request_key(loader))
+    if not runs or resumed is not None:
+        return
+    given = loader.request["options"]
+    wanted = {"template": options.template.to_dict(),
+              "sampling": {k: v for k, v in asdict(options.sampling).items() if k in given}}
+    diffs = []
+    for run in runs:
+        engine = run.config.get("engine") or {}
+        recorded = {"template": engine.get("template", wanted["template"]),
+                    "sampling": {k: (engine.get("sampling") or {}).get(k, v) for k, v in wanted["sampling"].items()}}
+        diffs.append(config_diff(recorded, wanted))
+    if all(diffs):
+        raise EvaluateError(f"{db} holds run {runs[-1].run_id} made with a different configuration:\n  "
+                            + "\n  ".join(diffs[-1]) + "\nResume with the same options, or pass --new-run to start "
+                            "a new run in this database (checked before loading the judge).")
 
 
 class Progress:

@@ -478,6 +478,32 @@ ORDER BY v.run_id, r.source, r.line, r.model_id, j.position
 """
 
 
+def peek_runs(db_path: str | Path, request_hash: str) -> tuple[list[Run], Run | None]:
+    """The runs of a database and the run `request_hash` led to last time, read WITHOUT changing the
+    file (a read-only connection: no schema work, no WAL switch) — for checks made before anything
+    else may touch it. A missing file or one in another schema reads as no runs."""
+    path = Path(db_path)
+    if not path.is_file():
+        return [], None
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+    except sqlite3.Error:
+        return [], None
+    try:
+        conn.row_factory = sqlite3.Row
+        version = conn.execute("SELECT value FROM store_meta WHERE key='schema_version'").fetchone()
+        if version is None or int(version[0]) != SCHEMA_VERSION:
+            return [], None
+        runs = [Run(r["run_id"], r["judge"], json.loads(r["config_json"]), r["config_hash"], r["created_at"])
+                for r in conn.execute("SELECT * FROM runs ORDER BY run_id")]
+        row = conn.execute("SELECT run_id FROM run_requests WHERE request_hash=?", (request_hash,)).fetchone()
+    except sqlite3.Error:
+        return [], None
+    finally:
+        conn.close()
+    return runs, next((r for r in runs if row is not None and r.run_id == row[0]), None)
+
+
 def read_verdicts(db_path: str | Path, *, run: int | None = None, texts: bool = True) -> pd.DataFrame:
     """Every judged job of a run store as a DataFrame, one row per (record × criterion × run).
 

@@ -48,7 +48,14 @@ def evaluate_command(
 ) -> None:
     """Judge every answer × criterion of INPUT into --db; run it again to resume."""
     from pollux.checkpoint import CheckpointError
-    from pollux.evaluate import EvaluateError, JudgeLoader, Progress, RichProgress, evaluate
+    from pollux.evaluate import (
+        EvaluateError,
+        JudgeLoader,
+        Progress,
+        RichProgress,
+        evaluate,
+        refuse_a_known_change,
+    )
     from pollux.executor.judging import JudgeFactory
     from pollux.taxonomy import TaxonomyError, load_catalog, load_user_criteria
 
@@ -66,7 +73,7 @@ def evaluate_command(
     # weights, and a run started locally resumes on Ray and back. The factory is what Ray workers load.
     loader = JudgeLoader({"judge": judge, "options": given}, JudgeFactory(judge, options))
     try:
-        refuse_a_known_change(db, loader, options, new_run=new_run)
+        refuse_a_known_change(db, loader, options, new_run=new_run)  # before the judge loads
         catalog = load_catalog(taxonomy) if taxonomy else load_catalog()
         user_criteria = load_user_criteria(criteria, catalog) if criteria else None
         summary = evaluate(
@@ -88,41 +95,6 @@ def evaluate_command(
     if summary.remaining:
         log(f"{summary.remaining} judgement(s) failed; run the same command again to retry them")
         raise typer.Exit(1)
-
-
-def refuse_a_known_change(db: Path, loader: Any, options: Any, *, new_run: bool) -> None:
-    """Refuse, before the judge loads, a resume whose options the run database already contradicts.
-
-    The store records a run's configuration as the LOADED judge describes it (`run_config`), so
-    `evaluate` can compare it only after loading — minutes for a large judge. What the user set
-    that the record states, though, is known now: the prompt template, and each sampling value
-    given explicitly (unset ones resolve against the checkpoint, unknown until it loads). When
-    every run in the database differs in one of those, no run can resume: the store's own refusal
-    (an `EvaluateError`) comes now. Anything else is still checked after loading, as before."""
-    from dataclasses import asdict
-
-    from pollux.evaluate import EvaluateError, request_key
-    from pollux.store import RunStore, config_diff
-
-    if new_run or not db.is_file():
-        return
-    with RunStore(db) as store:
-        runs = store.runs()
-        if not runs or store.run_for_request(request_key(loader)) is not None:
-            return
-    given = loader.request["options"]
-    wanted = {"template": options.template.to_dict(),
-              "sampling": {k: v for k, v in asdict(options.sampling).items() if k in given}}
-    diffs = []
-    for run in runs:
-        engine = run.config.get("engine") or {}
-        recorded = {"template": engine.get("template", wanted["template"]),
-                    "sampling": {k: (engine.get("sampling") or {}).get(k, v) for k, v in wanted["sampling"].items()}}
-        diffs.append(config_diff(recorded, wanted))
-    if all(diffs):
-        raise EvaluateError(f"{db} holds run {runs[-1].run_id} made with a different configuration:\n  "
-                            + "\n  ".join(diffs[-1]) + "\nResume with the same options, or pass --new-run to start "
-                            "a new run in this database (checked before loading the judge).")
 
 
 def register(app: typer.Typer) -> None:
