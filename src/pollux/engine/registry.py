@@ -72,7 +72,8 @@ def cli(flag: str, help: str) -> dict[str, Any]:
 
 # The flags of the sampling fields (`SamplingParams` is a plain dataclass, shared with the engines).
 SAMPLING_FLAGS: dict[str, dict[str, Any]] = {
-    "max_new_tokens": cli("--max-new-tokens", "Longest rationale, in tokens (default: 1024)."),
+    "max_new_tokens": cli("--max-new-tokens", "Longest generated text (a judge's rationale, a model's answer), in tokens "
+                          "(default: 1024)."),
     "min_new_tokens": cli("--min-new-tokens", "Suppress end-of-turn until this many tokens were generated "
                           "(default: 0)."),
     "temperature": cli("--temperature", "0 = greedy (the official offline setting) (default: 0)."),
@@ -133,12 +134,12 @@ class LocalOptions(CommonOptions):
 
     dtype: DType = Field(
         "auto", description="Weights dtype; auto: bf16 on GPUs that run it well, fp32 on CPUs.",
-        json_schema_extra=cli("--dtype", "Local judges: auto (bf16 on GPUs, fp32 on CPUs), float32, bfloat16, "
+        json_schema_extra=cli("--dtype", "Local models: auto (bf16 on GPUs, fp32 on CPUs), float32, bfloat16, "
                               "float16 (default: auto)."))
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, …",
-                        json_schema_extra=cli("--device", "Local judges: auto, cpu, cuda, cuda:1, … (default: auto)."))
+                        json_schema_extra=cli("--device", "Local models: auto, cpu, cuda, cuda:1, … (default: auto)."))
     batch_size: int = Field(32, ge=1, description="Sequences decoded together.", json_schema_extra=cli(
-        "--batch-size", "Local judges: sequences decoded together (default: 32; vllm: 256)."))
+        "--batch-size", "Local models: sequences decoded together (default: 32; vllm: 256)."))
     max_batch_tokens: int = Field(65_536, ge=1, description="KV positions per batch (bounds memory).",
                                   json_schema_extra=cli("--max-batch-tokens", "In-process judges: KV positions "
                                                         "per batch (memory bound) (default: 65536)."))
@@ -148,7 +149,7 @@ class LocalOptions(CommonOptions):
     threads: int | None = Field(
         None, ge=1, description="CPU threads for torch (torch.set_num_threads, process-wide); unset: left as "
         "they are (the CLI verbs pass `default_threads()`).",
-        json_schema_extra=cli("--threads", "In-process judges: torch CPU threads (default: $OMP_NUM_THREADS, "
+        json_schema_extra=cli("--threads", "In-process models: torch CPU threads (default: $OMP_NUM_THREADS, "
                               "else all usable cores but one)."))
 
 
@@ -162,7 +163,7 @@ class VLLMOptions(CommonOptions):
     tensor_parallel_size: int = Field(
         1, ge=1, description="GPUs one replica spans (vLLM's tensor parallelism); data parallelism = several "
         "replicas, e.g. Ray workers.",
-        json_schema_extra=cli("--tensor-parallel-size", "vllm: GPUs one judge replica spans (default: 1). On "
+        json_schema_extra=cli("--tensor-parallel-size", "vllm: GPUs one model replica spans (default: 1). On "
                               "Ray, each worker gets this many GPUs unless --gpus-per-worker says otherwise."))
     max_model_len: int | None = Field(None, ge=1, description="Context length (default: the checkpoint's).",
                                       json_schema_extra=cli("--max-model-len", "vllm: context length in tokens "
