@@ -9,8 +9,11 @@ process is tests/test_mera_protocol.py's and tests/test_server.py's.
 
 from __future__ import annotations
 
+import asyncio
+import json
+import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -161,6 +164,43 @@ def test_stream_is_server_sent_events_the_sdk_reads(mode: str, want: str) -> Non
     assert len(finals) == 1 and finals[0].choices[0].finish_reason == "stop"
     assert finals[0].model_extra["pollux"]["score"] == 1
     assert chunks[-1].usage is not None and not chunks[-1].choices  # include_usage: a last chunk with usage
+
+
+class StreamingJudge(ScriptedJudge):
+    """Has `astream`, as `pollux.judge.Judge`: one delta, then waits (the judge "generating") until
+    the test lets it go; records whether its stream was closed before it finished."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first_sent, self.closed, self.go = threading.Event(), threading.Event(), asyncio.Event()
+
+    async def astream(self, item: JudgeItem) -> AsyncIterator[str | Verdict]:
+        try:
+            yield "[FEEDBACK] "
+            self.first_sent.set()
+            await self.go.wait()
+            yield make_verdict(item, "[FEEDBACK] [RESULT] 1 [END]")
+        finally:
+            self.closed.set()
+
+
+def test_a_client_that_leaves_a_stream_stops_the_judge() -> None:
+    """A streamed full reply: a client that disconnects after the first delta closes the judge's
+    stream (`Judge.astream` then stops its worker at the next token), the server stays up."""
+    judge = StreamingJudge()
+    app = create_app(judge, ServerConfig(model_name="j", batch_size=1, max_wait_ms=0))
+    body = json.dumps({"model": "j", "stream": True, "messages": [{"role": "user", "content": prompt()}]}).encode()
+    with running(app=app) as (url, _):
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            received = b""
+            while b"[FEEDBACK] " not in received:
+                received += conn.recv(65536)
+            assert judge.first_sent.is_set() and received.startswith(b"HTTP/1.1 200 ")
+        wait_until(judge.closed.is_set, "the judge's stream was closed")
+        assert httpx.get(url + "/healthz").status_code == 200
 
 
 def test_stream_of_a_bad_prompt_is_a_plain_4xx() -> None:
