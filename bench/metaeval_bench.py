@@ -2,6 +2,13 @@
 bootstrap intervals. Prints the time of each phase and the total.
 
     python bench/metaeval_bench.py [--rows 161076] [--bootstrap 1000] [--judges 1] [--groups] [--per-answer 14]
+    python bench/metaeval_bench.py --cli --per-answer 4 --split all   # the whole command, as a user runs it
+
+`--cli` writes the expert rows as a Parquet file (with POLLUX's further, unread columns and an
+`id`) and the judge's scores as JSONL keyed by `id`, then times
+`pollux meta-eval EXPERTS.parquet --scores SCORES.jsonl --on id --split SPLIT` in a subprocess —
+start-up, imports, reading, metrics and rendering, wall and CPU (of the child) — beside the
+in-process `meta_evaluate` figure on the same files, and checks that both give the same metrics.
 
 The data mimic POLLUX's shape: 7 evaluated LLMs, ~11,500 answers of ~14 criteria each, 0–2
 scales, 2–3 experts per row with occasional -1 ("not applicable"), 8 of 35 task types
@@ -15,7 +22,11 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -78,7 +89,12 @@ def main() -> None:
                         "POLLUX's ~11,500 answers; 4 gives the ~40k-answer shape of issue 13")
     parser.add_argument("--parquet", action="store_true", help="load the expert rows from a Parquet file (with "
                         "POLLUX's further columns, unread) as the CLI does, instead of from a DataFrame")
+    parser.add_argument("--cli", action="store_true", help="time the whole `pollux meta-eval` command in a "
+                        "subprocess (Parquet experts, JSONL scores joined --on id) beside the in-process run")
     args = parser.parse_args()
+    if args.cli:
+        cli_bench(args)
+        return
 
     load0 = os.getloadavg()[0]  # the machine is shared: say how busy it was
     raw, judge = synthetic(args.rows, per_answer=args.per_answer)
@@ -117,6 +133,93 @@ def main() -> None:
     if importlib.util.find_spec("threadpoolctl") is None:
         print("note: threadpoolctl is not installed, so BLAS threads were not limited while resampling "
               "(expect more CPU time)")
+
+
+def _write_inputs(tmp: Path, n_rows: int, per_answer: int) -> tuple[Path, Path]:
+    """The CLI's inputs: POLLUX-like Parquet (further columns meta-eval does not read, an `id`)
+    and a JSONL of the judge's scores keyed by `id`, one line per row, as a user's script writes it."""
+    raw, judge = synthetic(n_rows, per_answer=per_answer)
+    for column in ("criteria_description", "rubrics_example", "task_subtype", "domain", "difficulty"):
+        raw[column] = "Текст, который meta-eval не читает. " * 8
+    raw.insert(0, "id", np.arange(len(raw)))
+    experts, scores = tmp / "test-00000-of-00001.parquet", tmp / "judge.jsonl"
+    raw.to_parquet(experts)
+    with scores.open("w", encoding="utf-8") as fh:
+        for i, s in enumerate(judge.tolist()):
+            fh.write(json.dumps({"id": i, "head_score": round(s, 4), "text_score": None}) + "\n")
+    return experts, scores
+
+
+def _child_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _in_process(experts_path: Path, scores_path: Path, args: argparse.Namespace) -> tuple[dict, pd.DataFrame]:
+    """The same meta-evaluation in this process, phase by phase; (the times, the metrics)."""
+    from pollux.metaeval import meta_evaluate, read_score_jsonl
+
+    times: dict[str, tuple[float, float]] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MetaEvalWarning)
+        t, c = time.perf_counter(), time.process_time()
+        experts = load_experts(experts_path, keep=("id",))
+        times["load_experts"] = (time.perf_counter() - t, time.process_time() - c)
+        t, c = time.perf_counter(), time.process_time()
+        scores = read_score_jsonl(scores_path, on=("id",), experts=experts)
+        times["read_score_jsonl"] = (time.perf_counter() - t, time.process_time() - c)
+        t, c = time.perf_counter(), time.process_time()
+        result = meta_evaluate(experts, [scores], split=args.split, n_bootstrap=args.bootstrap,
+                               by_group=args.groups)
+        times["meta_evaluate"] = (time.perf_counter() - t, time.process_time() - c)
+    _check_with_scipy(experts.frame, scores, result.metrics)
+    return times, result.metrics
+
+
+def _check_with_scipy(frame: pd.DataFrame, scores: pd.DataFrame, metrics: pd.DataFrame) -> None:
+    """Each LLM's Spearman and MAE recomputed with scipy / numpy on the joined rows (judge scores
+    outside the rubric's scale dropped, as `--out-of-scale drop`); prints the largest difference."""
+    from scipy.stats import spearmanr
+
+    joined = frame.merge(scores[["key", "score"]], on="key")
+    keep = joined["expert"].notna() & joined["score"].between(joined["scale_min"], joined["scale_max"])
+    joined = joined[keep]
+    ours = metrics[(metrics["group"] == "all")].set_index(["model", "metric"])["value"]
+    worst = 0.0
+    for model, rows in joined.groupby("model_id"):
+        worst = max(worst, abs(spearmanr(rows["expert"], rows["score"]).statistic - ours[(model, "spearman")]),
+                    abs((rows["expert"] - rows["score"]).abs().mean() - ours[(model, "mae")]))
+    print(f"metrics vs scipy/numpy (per-LLM Spearman, MAE): largest difference {worst:.2e}")
+
+
+def cli_bench(args: argparse.Namespace) -> None:
+    """Time `pollux meta-eval EXPERTS.parquet --scores SCORES.jsonl --on id --split SPLIT` as a user
+    runs it, then the same in-process, and check both give the same metrics."""
+    with tempfile.TemporaryDirectory() as tmp:
+        experts, scores = _write_inputs(Path(tmp), args.rows, args.per_answer)
+        command = [sys.executable, "-m", "pollux.cli", "meta-eval", str(experts), "--scores", str(scores),
+                   "--on", "id", "--split", args.split, "--bootstrap", str(args.bootstrap), "--format", "json",
+                   *([] if args.groups else ["--no-groups"])]
+        load0 = os.getloadavg()
+        cpu0, t0 = _child_cpu(), time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        wall, cpu = time.perf_counter() - t0, _child_cpu() - cpu0
+        load1 = os.getloadavg()
+        if done.returncode != 0:
+            sys.exit(f"the command failed ({done.returncode}): {done.stderr[-2000:]}")
+        times, metrics = _in_process(experts, scores, args)
+    print(f"rows: {args.rows:,}  criterion rows per answer: {args.per_answer}  resamples: {args.bootstrap:,}  "
+          f"split: {args.split}  groups: {args.groups}")
+    print(f"command `pollux meta-eval … --on id --split {args.split}`: {wall:.2f} s wall, {cpu:.2f} s CPU "
+          f"(the child process)")
+    for phase, (w, c) in times.items():
+        print(f"  in-process {phase:<17} {w:.2f} s wall, {c:.2f} s CPU")
+    total = sum(w for w, _ in times.values()), sum(c for _, c in times.values())
+    print(f"  in-process total            {total[0]:.2f} s wall, {total[1]:.2f} s CPU")
+    print(f"load average (1, 5, 15 min) before: {load0[0]:.1f} {load0[1]:.1f} {load0[2]:.1f}; after the command: "
+          f"{load1[0]:.1f} {load1[1]:.1f} {load1[2]:.1f}; CPUs: {os.cpu_count()}")
+    cli = json.loads(done.stdout)
+    print(f"the command's JSON: {len(json.dumps(cli)):,} characters; in-process metrics rows: {len(metrics):,}")
 
 
 if __name__ == "__main__":

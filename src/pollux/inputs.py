@@ -239,13 +239,12 @@ def _has_surrogates(text: str) -> bool:
     return any("\udc80" <= ch <= "\udcff" for ch in text)
 
 
-def read_parquet_columns(path: Path, columns: Sequence[str] | None = None) -> tuple[dict[str, list[Any]], int]:
-    """The `columns` of one Parquet file that it has (every column when None) as Python lists, NaN
-    (how pandas writes a missing value) as None, and the file's row count.
+def read_parquet_table(path: Path, columns: Sequence[str] | None = None) -> Any:
+    """The `columns` of one Parquet file that it has (every column when None), as a pyarrow Table.
 
-    pollux's one Parquet reader: `read_rows` reads whole rows through it, and meta-eval asks for
-    only the ~10 of POLLUX's ~20 columns it uses — pyarrow reads just those (column projection),
-    and converting whole rows to Python took longer than meta-eval's metrics."""
+    pollux's one Parquet reader: meta-eval asks for only the ~10 of POLLUX's ~20 columns it uses —
+    pyarrow reads just those (column projection) — and keeps them in Arrow memory; `read_rows`
+    reads whole rows through `read_parquet_columns`."""
     import pyarrow.parquet as pq
 
     try:
@@ -253,11 +252,17 @@ def read_parquet_columns(path: Path, columns: Sequence[str] | None = None) -> tu
         if columns is not None:
             present = set(pq.read_schema(path).names)
             wanted = [c for c in dict.fromkeys(columns) if c in present]
-        table = pq.read_table(path, columns=wanted)
+        return pq.read_table(path, columns=wanted)
     except Exception as e:  # pyarrow raises several types for a corrupt file
         raise InputError(f"{path}: cannot read Parquet: {e}") from None
+
+
+def read_parquet_columns(path: Path, columns: Sequence[str] | None = None) -> tuple[dict[str, list[Any]], int]:
+    """The `columns` of one Parquet file that it has (`read_parquet_table`) as Python lists, NaN
+    (how pandas writes a missing value) as None, and the file's row count."""
     import pyarrow as pa
 
+    table = read_parquet_table(path, columns)
     out: dict[str, list[Any]] = {}
     for c in table.column_names:
         values = table.column(c).to_pylist()

@@ -24,7 +24,7 @@ import hashlib
 import json
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,10 +32,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pollux.inputs import InputError, bad_text, detect_format, input_files, read_dataset, read_parquet_columns
+from pollux.inputs import InputError, bad_text, detect_format, input_files, read_dataset, read_parquet_table
 from pollux.metaeval.domains import DEFAULT_OOD_TASKS
 from pollux.metaeval.groups import UNKNOWN, canonical_group, criterion_groups
-from pollux.records import JudgeItem, RecordError
+from pollux.records import JudgeItem, RecordError, text_problem
 from pollux.scales import Scale, check_level, parse_scale
 
 REQUIRED = ("instruction", "answer", "criteria_name", "rubrics", "model_id")
@@ -78,47 +78,73 @@ class ExpertData:
 
 
 OPTIONAL = ("reference_answer", "task_type", "criteria_score", "annotations", "criteria_group")
+TEXTS = (*REQUIRED, "reference_answer", "task_type")  # the texts checked, in the order bad_text reports them
 
 
-def _read_columns(source: str | Path | pd.DataFrame, keep: Sequence[str] = (),
-                  ) -> tuple[str, dict[str, list[Any]], list[str], list[str], bool]:
-    """(name, columns, where each row is, problems, whether the texts were checked) of an expert
-    file or DataFrame.
+@dataclass
+class _Source:
+    """What was read: every column but `annotations` as a DataFrame (`table`), the `annotations`
+    column apart (an Arrow array from Parquet, else a list of cells; None when absent), where each
+    row is, the unreadable rows' messages, and whether the texts were already checked (`read_rows`)."""
+
+    name: str
+    table: pd.DataFrame
+    annotations: Any
+    where: list[str]
+    problems: list[str]
+    checked: bool
+
+
+def _read_columns(source: str | Path | pd.DataFrame, keep: Sequence[str] = ()) -> _Source:
+    """An expert file or DataFrame, column-wise.
 
     Files are read by `pollux.inputs.read_rows`, so a bad line is skipped and named exactly as
     `pollux evaluate` names it (`file:line: what is wrong`); a DataFrame's rows are `row N`.
     Parquet shards are read column-wise, only the columns meta-eval uses (`_read_parquet`)."""
     if isinstance(source, pd.DataFrame):
-        columns = {str(c): source[c].tolist() for c in source.columns}
-        where = [f"DataFrame: row {i + 1}" for i in range(len(source))]
-        return "DataFrame", columns, where, [], False
+        table = source.reset_index(drop=True)
+        cells = table["annotations"].tolist() if "annotations" in table.columns else None
+        where = [f"DataFrame: row {i + 1}" for i in range(len(table))]
+        return _Source("DataFrame", table, cells, where, [], False)
     try:
         files = input_files(source)
         if all(detect_format(f) == "parquet" for f in files):
-            columns, where = _read_parquet(files, (*REQUIRED, *OPTIONAL, *keep))
-            return str(source), columns, where, [], False
+            return _read_parquet(str(source), files, (*REQUIRED, *OPTIONAL, *keep))
         read = read_dataset(source)
     except InputError as e:
         raise ValueError(str(e)) from None
     names = list(dict.fromkeys(k for row in read.rows for k in row.data))
-    columns = {c: [row.data.get(c) for row in read.rows] for c in names}
-    return str(source), columns, [row.where for row in read.rows], [str(p) for p in read.problems], True
+    table = pd.DataFrame({c: pd.Series([row.data.get(c) for row in read.rows], dtype=object) for c in names})
+    cells = table.pop("annotations").tolist() if "annotations" in table.columns else None
+    return _Source(str(source), table, cells, [row.where for row in read.rows], [str(p) for p in read.problems],
+                   True)
 
 
-def _read_parquet(files: list[Path], wanted: Sequence[str]) -> tuple[dict[str, list[Any]], list[str]]:
-    """The `wanted` columns that the shards have (`pollux.inputs.read_parquet_columns`: only those
-    columns are read), as lists over all shards, and each row's `shard:row`. Texts are checked as
-    `read_rows` checks them, by `load_experts` (`_text_problems`)."""
-    columns: dict[str, list[Any]] = {}
+def _read_parquet(name: str, files: list[Path], wanted: Sequence[str]) -> _Source:
+    """The `wanted` columns that the shards have (`pollux.inputs.read_parquet_table`: only those
+    columns are read), over all shards, and each row's `shard:row`. The texts stay in Arrow memory
+    (pandas' string columns) and `annotations` stays an Arrow array: converting every cell to a
+    Python object took longer than the metrics. Texts are checked by `load_experts`."""
+    import pyarrow as pa
+
+    parts: list[pd.DataFrame] = []
+    notes: list[Any] = []
     where: list[str] = []
     for path in files:
-        part, n_rows = read_parquet_columns(path, wanted)
-        for c in part:  # a column that only some shards have is empty in the others
-            columns.setdefault(c, [None] * len(where))
-        for c, values in columns.items():
-            values.extend(part.get(c, [None] * n_rows))
-        where += [f"{path.name}:{i + 1}" for i in range(n_rows)]
-    return columns, where
+        table = read_parquet_table(path, wanted)
+        notes.append(table.column("annotations") if "annotations" in table.column_names else None)
+        parts.append(table.drop_columns([c for c in table.column_names if c == "annotations"]).to_pandas())
+        where += [f"{path.name}:{i + 1}" for i in range(table.num_rows)]
+    frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+    present = [a for a in notes if a is not None]
+    if not present:
+        return _Source(name, frame, None, where, [], False)
+    if len(present) == len(notes) and len({a.type for a in present}) == 1:
+        annotations: Any = pa.chunked_array([c for a in present for c in a.chunks], type=present[0].type)
+    else:  # a shard without the column, or shards of other types: cell by cell
+        annotations = [v for a, part in zip(notes, parts, strict=True)
+                       for v in (a.to_pylist() if a is not None else [None] * len(part))]
+    return _Source(name, frame, annotations, where, [], False)
 
 
 def _number(value: Any) -> float:
@@ -166,12 +192,7 @@ def _expert_scores(value: Any) -> list[float]:
     out = []
     for a in value:
         cell = a.get("score") if isinstance(a, dict) else a
-        if isinstance(cell, int | float):  # the common case first, without a call
-            s: float | None = float(cell)
-            if s != s:  # NaN: an empty cell
-                continue
-        else:
-            s = _score_cell(cell)
+        s = _score_cell(cell)
         if s is None or s == NOT_APPLICABLE:
             continue
         if not math.isfinite(s):
@@ -185,43 +206,28 @@ def _blank_if_missing(value: Any) -> Any:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
-def _key_function() -> Callable[[str, str, str, str, str], str]:
-    """`JudgeItem.key` of (instruction, reference, answer, criterion, rubrics) without building a
-    JudgeItem per row — a third of the loading time at POLLUX's size. The shortcut is used only
-    when it reproduces `JudgeItem.key` on a probe with quotes, escapes and Cyrillic, so a change
-    to how keys are made falls back to JudgeItem instead of silently breaking the join."""
+def _content_keys(texts: Sequence[pd.Series]) -> list[str]:
+    """`JudgeItem.key` of every row of (instruction, reference, answer, criterion, rubrics) — all
+    strings — without a JudgeItem per row: each distinct text is JSON-encoded once (an
+    instruction repeats on every criterion row) and the payloads are joined column-wise."""
     # json.dumps(ensure_ascii=False)'s string encoder (the C one is missing from typeshed's stubs)
     enc = getattr(json.encoder, "c_encode_basestring", None) or json.encoder.py_encode_basestring
+    payload: Any = "["
+    for n, texts_of_column in enumerate(texts):
+        codes, uniques = pd.factorize(texts_of_column)
+        encoded = np.array([enc(u) for u in uniques.tolist()], dtype=object)
+        payload = payload + (", " if n else "") + encoded[codes]
+    return [hashlib.sha256(p.encode("utf-8")).hexdigest()[:32] for p in payload + "]"]
 
-    def fast(instruction: str, reference: str, answer: str, criterion: str, rubrics: str) -> str:
-        payload = "[" + ", ".join([enc(instruction), enc(reference), enc(answer), enc(criterion), enc(rubrics)]) + "]"
-        return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
 
-    def slow(instruction: str, reference: str, answer: str, criterion: str, rubrics: str) -> str:
-        return JudgeItem(instruction=instruction, answer=answer, criteria_name=criterion, rubrics=rubrics,
-                         reference_answer=reference).key
-
+def _keys_match_judge_item() -> bool:
+    """Whether `_content_keys` reproduces `JudgeItem.key` on a probe with quotes, escapes and
+    Cyrillic: a change to how keys are made then falls back to JudgeItem per row instead of
+    silently breaking the join."""
     probe = ('Задание "1"\n\tс \\ и ё', "", "Ответ\u2028 </script>", "Грамотность", "0: нет\n\n1: да")
-    return fast if fast(*probe) == slow(*probe) else slow
-
-
-def _text_problems(col: dict[str, list[Any]], n: int) -> list[str | None]:
-    """Per row, what `bad_text` says of its text fields, each distinct text checked once: an
-    instruction and an answer repeat on every criterion row (~14 in POLLUX), and checking every
-    row's cells was a third of the loading time."""
-    out: list[str | None] = [None] * n
-    for k in (*REQUIRED, "reference_answer", "task_type"):  # the order bad_text reports them in
-        seen: dict[Any, str | None] = {}
-        for i, v in enumerate(col[k]):
-            if isinstance(v, str) or v is None:
-                if v not in seen:
-                    seen[v] = bad_text({k: v})
-                problem = seen[v]
-            else:
-                problem = bad_text({k: v})
-            if problem is not None and out[i] is None:
-                out[i] = problem
-    return out
+    slow = JudgeItem(instruction=probe[0], reference_answer=probe[1], answer=probe[2], criteria_name=probe[3],
+                     rubrics=probe[4]).key
+    return _content_keys([pd.Series([t], dtype=object) for t in probe]) == [slow]
 
 
 def load_experts(
@@ -235,25 +241,29 @@ def load_experts(
     the module docstring). `keep`: further columns to keep in `frame` (e.g. an `id` that score
     files are joined on). Rows that cannot be read are skipped, rows that must not be used (out of
     the rubric's scale, not finite, duplicated) are excluded — each named with a warning and
-    counted; with `strict` any such row is a ValueError instead."""
-    name, raw, row_names, skipped, checked = _read_columns(source, keep)
-    _require_columns(name, raw, skipped)
-    n = len(row_names)
-    col = {c: raw.get(c, [None] * n) for c in (*REQUIRED, *OPTIONAL)}
-    # Rows read by read_rows were checked there; a DataFrame's and Parquet columns' texts here.
-    problems: list[str | None] = [None] * n if checked else _text_problems(col, n)
-    rows = _parse_rows(col, row_names, problems, has_aggregate="criteria_score" in raw)
-    _exclude_duplicates(rows, col["model_id"], row_names)
-    skipped += rows.skipped
-    _report(name, skipped, rows.excluded, strict)
-    frame = _expert_frame(name, col, raw, rows, keep, ood_tasks)
-    return ExpertData(frame=frame, annotations=_annotation_matrix(rows.per_expert), skipped=skipped, source=name,
+    counted; with `strict` any such row is a ValueError instead.
+
+    The checks run column-wise (`_screen`); only the rows a check flags are read one by one
+    (`_parse_row`), which names what is wrong with them exactly as a row-by-row reader would."""
+    src = _read_columns(source, keep)
+    has_aggregate = "criteria_score" in src.table.columns
+    _require_columns(src.name, [*src.table.columns, *(["annotations"] if src.annotations is not None else [])],
+                     src.problems)
+    n = len(src.where)
+    table = src.table.assign(**{c: None for c in OPTIONAL if c not in src.table.columns and c != "annotations"})
+    rows = _parse_rows(src, table, n, has_aggregate)
+    models = table["model_id"].to_numpy(dtype=object)
+    _exclude_duplicates(rows, models, src.where)
+    skipped = src.problems + rows.skipped
+    _report(src.name, skipped, rows.excluded, strict)
+    frame = _expert_frame(src.name, table, rows, keep, ood_tasks)
+    return ExpertData(frame=frame, annotations=rows.per_expert, skipped=skipped, source=src.name,
                       excluded={reason: [where for _, where, _ in found] for reason, found in rows.excluded.items()})
 
 
-def _require_columns(name: str, raw: dict[str, list[Any]], skipped: list[str]) -> None:
-    missing = [c for c in REQUIRED if c not in raw]
-    if "criteria_score" not in raw and "annotations" not in raw:
+def _require_columns(name: str, columns: Sequence[str], skipped: list[str]) -> None:
+    missing = [c for c in REQUIRED if c not in columns]
+    if "criteria_score" not in columns and "annotations" not in columns:
         missing.append("criteria_score (or annotations)")
     if missing:
         unreadable = f" ({len(skipped)} unreadable row(s), first {skipped[0]})" if skipped else ""
@@ -262,14 +272,14 @@ def _require_columns(name: str, raw: dict[str, list[Any]], skipped: list[str]) -
 
 @dataclass
 class _Rows:
-    """The usable rows as parsed so far: input position, content key, aggregate (NaN: not
-    applicable), per-expert scores; the skipped rows' messages; the excluded rows' (where,
-    message) by reason; each rubric's scale."""
+    """The usable rows: input positions (ascending), content keys, aggregates (NaN: not
+    applicable), per-expert scores (n_kept, k) NaN-padded; the skipped rows' messages; the excluded
+    rows' (position, where, message) by reason; each rubric's scale."""
 
-    kept: list[int] = field(default_factory=list)
-    keys: list[str] = field(default_factory=list)
-    expert: list[float] = field(default_factory=list)
-    per_expert: list[list[float]] = field(default_factory=list)
+    kept: np.ndarray
+    keys: list[str]
+    expert: np.ndarray
+    per_expert: np.ndarray
     skipped: list[str] = field(default_factory=list)
     excluded: dict[str, list[tuple[int, str, str]]] = field(default_factory=dict)
     scales: dict[str, Scale | None] = field(default_factory=dict)
@@ -277,70 +287,112 @@ class _Rows:
     def exclude(self, reason: str, position: int, where: str, message: str) -> None:
         self.excluded.setdefault(reason, []).append((position, where, f"{where}: {message}"))
 
-    def keep_only(self, rows: list[int]) -> None:
+    def keep_only(self, rows: np.ndarray) -> None:
         """Keep these of the usable rows (indices into `kept`)."""
-        self.kept = [self.kept[r] for r in rows]
-        self.keys = [self.keys[r] for r in rows]
-        self.expert = [self.expert[r] for r in rows]
-        self.per_expert = [self.per_expert[r] for r in rows]
+        self.kept, self.expert, self.per_expert = self.kept[rows], self.expert[rows], self.per_expert[rows]
+        self.keys = [self.keys[r] for r in rows.tolist()]
 
 
-def _parse_rows(col: dict[str, list[Any]], row_names: list[str], problems: list[str | None],
-                has_aggregate: bool) -> _Rows:
-    """Every row's key and scores; a row that cannot be read is skipped, one that must not be used
-    (a non-finite or out-of-scale score) is excluded, each with its reason."""
-    rows = _Rows()
-    key_of = _key_function()
-    texts = zip(*(col[k] for k in ("instruction", "answer", "criteria_name", "rubrics", "reference_answer",
-                                   "model_id")), strict=True)
-    for i, (where, problem, row_texts) in enumerate(zip(row_names, problems, texts, strict=True)):
-        try:
-            key = _row_key(*row_texts, where=where, problem=problem, key_of=key_of)
-            rubrics = row_texts[3]
-            scale = rows.scales[rubrics] if rubrics in rows.scales else rows.scales.setdefault(
-                rubrics, parse_scale(rubrics))
-            agg, scores = _row_scores(col, i, where, has_aggregate, scale)
-        except RecordError as e:
-            rows.skipped.append(str(e))
-            continue
-        except _Unusable as e:
-            rows.exclude(e.reason, i, where, str(e))
-            continue
-        rows.kept.append(i)
-        rows.keys.append(key)
-        rows.expert.append(agg)
-        rows.per_expert.append(scores)
+def _parse_rows(src: _Source, table: pd.DataFrame, n: int, has_aggregate: bool) -> _Rows:
+    """Every row's key and scores. Column-wise checks flag the rows that may be unreadable (a bad
+    text, a missing field, a score that is not a number) or unusable (not finite, off the
+    rubric's scale); only those are parsed one by one (`_parse_row`), and skipped or excluded with
+    their reason. The others' keys and scores come from the columns."""
+    scales: dict[str, Scale | None] = {}
+    matrix, suspect = _annotation_scores(src.annotations, n)
+    aggregate, bad_aggregate = _aggregates(table, has_aggregate, matrix)
+    suspect |= bad_aggregate | _key_suspects(table)
+    if not src.checked:
+        suspect |= _text_suspects(table, n)
+    suspect |= _scale_suspects(table["rubrics"], scales, aggregate, matrix)
+    clean = np.flatnonzero(~suspect)
+    keys = _clean_keys(table, clean)
+    positions, extra_keys, extra_expert, extra_scores = [], [], [], []
+    rows = _Rows(kept=clean, keys=keys, expert=aggregate[clean], per_expert=matrix[clean], scales=scales)
+    for i in np.flatnonzero(suspect).tolist():
+        parsed = _parse_row(rows, src, table, i, has_aggregate)
+        if parsed is not None:
+            positions.append(i)
+            extra_keys.append(parsed[0])
+            extra_expert.append(parsed[1])
+            extra_scores.append(parsed[2])
+    if positions:
+        _merge(rows, positions, extra_keys, extra_expert, extra_scores)
     return rows
 
 
+def _merge(rows: _Rows, positions: list[int], keys: list[str], expert: list[float],
+           scores: list[list[float]]) -> None:
+    """Add the usable rows parsed one by one, keeping the input order."""
+    width = max(rows.per_expert.shape[1], *(len(s) for s in scores))
+    extra = np.full((len(scores), width), np.nan)
+    for r, s in enumerate(scores):
+        extra[r, : len(s)] = s
+    wide = np.full((len(rows.kept), width), np.nan)
+    wide[:, : rows.per_expert.shape[1]] = rows.per_expert
+    kept = np.concatenate([rows.kept, np.asarray(positions, dtype=rows.kept.dtype)])
+    order = np.argsort(kept, kind="stable")
+    all_keys = rows.keys + keys
+    rows.kept = kept[order]
+    rows.keys = [all_keys[o] for o in order.tolist()]
+    rows.expert = np.concatenate([rows.expert, np.asarray(expert, dtype=float)])[order]
+    rows.per_expert = np.vstack([wide, extra])[order]
+
+
+def _cell(table: pd.DataFrame, column: str, i: int) -> Any:
+    """One cell as the row-by-row readers see it: a missing value (NaN, pd.NA) is None."""
+    value = table[column].iat[i]
+    return None if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)) else value
+
+
+def _parse_row(rows: _Rows, src: _Source, table: pd.DataFrame, i: int,
+               has_aggregate: bool) -> tuple[str, float, list[float]] | None:
+    """Row i's (key, aggregate, per-expert scores), or None when it is skipped or excluded (recorded
+    in `rows` with what is wrong)."""
+    where = src.where[i]
+    texts = [_cell(table, k, i) for k in ("instruction", "answer", "criteria_name", "rubrics", "reference_answer",
+                                          "model_id")]
+    problem = None if src.checked else next(
+        (p for p in (bad_text({k: _cell(table, k, i)}) for k in TEXTS) if p is not None), None)
+    annotations = src.annotations
+    cell = None if annotations is None else (
+        annotations[i] if isinstance(annotations, list) else annotations[i].as_py())
+    try:
+        key = _row_key(*texts, where=where, problem=problem)
+        rubrics = texts[3]
+        scale = rows.scales[rubrics] if rubrics in rows.scales else rows.scales.setdefault(
+            rubrics, parse_scale(rubrics))
+        aggregate, scores = _row_scores(cell, _cell(table, "criteria_score", i), where, has_aggregate, scale)
+    except RecordError as e:
+        rows.skipped.append(str(e))
+        return None
+    except _Unusable as e:
+        rows.exclude(e.reason, i, where, str(e))
+        return None
+    return key, aggregate, scores
+
+
 def _row_key(instruction: Any, answer: Any, criterion: Any, rubrics: Any, reference: Any, model: Any, *,
-             where: str, problem: str | None, key_of: Callable[[str, str, str, str, str], str]) -> str:
+             where: str, problem: str | None) -> str:
     """A row's content key (`JudgeItem.key`); RecordError when a text or the model id is unusable."""
     if problem is not None:
         raise RecordError(f"{where}: {problem}")
-    reference = _blank_if_missing(reference)
-    if (isinstance(instruction, str) and isinstance(answer, str) and isinstance(criterion, str)
-            and isinstance(rubrics, str) and isinstance(reference, str) and criterion.strip()
-            and rubrics.strip()):  # spelled out: a generator per row was a tenth of the loading time
-        key = key_of(instruction, reference, answer, criterion, rubrics)
-    else:  # let JudgeItem say what is wrong
-        texts = {"instruction": instruction, "answer": answer, "criteria_name": criterion, "rubrics": rubrics}
-        key = JudgeItem.from_dict(texts | {"reference_answer": reference}, where=where).key
+    texts = {"instruction": instruction, "answer": answer, "criteria_name": criterion, "rubrics": rubrics}
+    key = JudgeItem.from_dict(texts | {"reference_answer": _blank_if_missing(reference)}, where=where).key
     if not isinstance(model, str) or not model.strip():
         raise RecordError(f"{where}: field 'model_id' is empty or not a string")
     return key
 
 
-def _row_scores(col: dict[str, list[Any]], i: int, where: str, has_aggregate: bool,
+def _row_scores(annotations: Any, cell: Any, where: str, has_aggregate: bool,
                 scale: Scale | None) -> tuple[float, list[float]]:
-    """Row i's aggregate (NaN when not applicable) and per-expert scores. RecordError: a score is
+    """A row's aggregate (NaN when not applicable) and per-expert scores. RecordError: a score is
     not a number; `_Unusable`: a score is not finite or off the rubric's scale."""
     try:
-        scores = _expert_scores(col["annotations"][i])
+        scores = _expert_scores(annotations)
     except (ValueError, TypeError, AttributeError) as e:
         raise RecordError(f"{where}: cannot read 'annotations' ({e})") from None
     if has_aggregate:
-        cell = col["criteria_score"][i]
         try:
             agg = _score_cell(cell)
         except (ValueError, TypeError):
@@ -364,43 +416,207 @@ def _check_scale(aggregate: float, scores: list[float], scale: Scale) -> None:
         raise _Unusable(OUT_OF_SCALE, f"'criteria_score' {aggregate:g} is outside the rubric's scale "
                                       f"[{scale.min:g}, {scale.max:g}]")
     for s in scores:
-        if s in scale.levels:  # the common case, without a call per score
-            continue
         valid, reason = check_level(s, scale)
         if not valid:
             raise _Unusable(OUT_OF_SCALE, f"'annotations': an expert's {reason}")
 
 
-def _exclude_duplicates(rows: _Rows, models: list[Any], row_names: list[str]) -> None:
+def _is_text(column: pd.Series, *, blank_ok: bool = True) -> np.ndarray:
+    """Which cells are strings (and, with `blank_ok=False`, not blank), without a call per cell
+    when the column holds only strings and missing values."""
+    if pd.api.types.is_string_dtype(column.dtype) and pd.api.types.infer_dtype(column, skipna=True) in (
+            "string", "empty"):
+        text = column.notna().to_numpy().copy()
+    else:
+        text = np.fromiter((isinstance(v, str) for v in column), dtype=bool, count=len(column))
+    if not blank_ok and text.any():
+        stripped = column.where(text, "").astype(str).str.strip()
+        text = text & (stripped != "").to_numpy()
+    return text
+
+
+def _key_suspects(table: pd.DataFrame) -> np.ndarray:
+    """Rows whose key cannot be made from the columns (a text missing or not a string, a blank
+    criterion or rubric, a missing model): `_row_key` names what is wrong."""
+    ok = _is_text(table["instruction"]) & _is_text(table["answer"])
+    for c in ("criteria_name", "rubrics", "model_id"):
+        ok &= _is_text(table[c], blank_ok=False)
+    reference = table["reference_answer"]
+    ok = ok & (_is_text(reference) | reference.isna().to_numpy())
+    return ~ok
+
+
+def _text_suspects(table: pd.DataFrame, n: int) -> np.ndarray:
+    """Rows that may hold a text `bad_text` refuses (NUL, a lone surrogate) or a value that is not
+    text: each distinct text is screened once, all of a column's in one C-speed search."""
+    suspect = np.zeros(n, dtype=bool)
+    for k in TEXTS:
+        column = table[k]
+        try:
+            uniques = pd.unique(column).tolist()
+        except TypeError:  # unhashable cells (lists): look at every row
+            suspect[:] = True
+            continue
+        texts = [u for u in uniques if isinstance(u, str)]
+        odd = [u for u in uniques if not isinstance(u, str) and not pd.isna(u)]
+        if text_problem("".join(texts)) is None and not odd:
+            continue
+        bad = [u for u in texts if text_problem(u) is not None] + odd
+        suspect |= column.isin(bad).to_numpy()
+    return suspect
+
+
+def _clean_keys(table: pd.DataFrame, rows: np.ndarray) -> list[str]:
+    """The content keys of rows whose texts are all strings."""
+    columns = [table[c].iloc[rows] for c in ("instruction", "reference_answer", "answer", "criteria_name", "rubrics")]
+    columns[1] = columns[1].astype(object).where(columns[1].notna(), "")
+    if len(rows) == 0:
+        return []
+    if _keys_match_judge_item():
+        return _content_keys(columns)
+    return [JudgeItem(instruction=i, reference_answer=r, answer=a, criteria_name=c, rubrics=b).key
+            for i, r, a, c, b in zip(*columns, strict=True)]
+
+
+def _annotation_scores(annotations: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n, k) per-expert scores, NaN-padded, without -1s; and the rows to read one by one (a score
+    that is not a number or not finite). Arrow lists of numbers or of `{score}` structs are read
+    column-wise; other cells (JSON text, mixed types) by `_expert_scores`."""
+    suspect = np.zeros(n, dtype=bool)
+    if annotations is None:
+        return np.full((n, 1), np.nan), suspect
+    flat = _arrow_scores(annotations)
+    if flat is None:
+        cells = annotations if isinstance(annotations, list) else annotations.to_pylist()
+        per_row: list[list[float]] = []
+        for i, cell in enumerate(cells):
+            try:
+                per_row.append(_expert_scores(cell))
+            except (ValueError, TypeError, AttributeError, _Unusable):
+                suspect[i] = True
+                per_row.append([])
+        values = np.asarray([s for row in per_row for s in row], dtype=float)
+        parents = np.repeat(np.arange(n), [len(row) for row in per_row])
+    else:
+        values, parents = flat
+    used = ~np.isnan(values) & (values != NOT_APPLICABLE)
+    suspect[parents[used & ~np.isfinite(values)]] = True
+    values, parents = values[used], parents[used]
+    position = np.arange(len(parents)) - np.searchsorted(parents, parents)
+    matrix = np.full((n, max(int(position.max()) + 1 if len(position) else 0, 1)), np.nan)
+    matrix[parents, position] = values
+    return matrix, suspect
+
+
+def _arrow_scores(annotations: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """(every expert score as float, NaN when empty; its row) from an Arrow list column, or None
+    when the column is not a list of numbers or of structs with a numeric `score`."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(annotations, list):
+        try:
+            annotations = pa.array(annotations, from_pandas=True)
+        except (pa.ArrowException, TypeError, ValueError):
+            return None
+    if isinstance(annotations, pa.ChunkedArray):
+        annotations = annotations.combine_chunks()
+    if not (pa.types.is_list(annotations.type) or pa.types.is_large_list(annotations.type)):
+        return None
+    flat = pc.list_flatten(annotations)
+    parents = pc.list_parent_indices(annotations).to_numpy()
+    if pa.types.is_struct(flat.type):
+        if flat.type.get_field_index("score") < 0:
+            return None
+        flat = pc.struct_field(flat, "score")
+    if not (pa.types.is_integer(flat.type) or pa.types.is_floating(flat.type) or pa.types.is_null(flat.type)):
+        return None
+    return pc.cast(flat, pa.float64()).to_numpy(zero_copy_only=False).astype(float), parents.astype(np.int64)
+
+
+def _aggregates(table: pd.DataFrame, has_aggregate: bool, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's aggregate (`criteria_score`, else the experts' mean; NaN: not applicable) and the
+    rows whose aggregate is not a number or not finite."""
+    n = len(matrix)
+    suspect = np.zeros(n, dtype=bool)
+    if not has_aggregate:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a row without experts: NaN
+            values = np.nanmean(matrix, axis=1)
+    elif pd.api.types.is_numeric_dtype(table["criteria_score"].dtype):
+        values = table["criteria_score"].to_numpy(dtype=float, na_value=np.nan)
+        suspect |= np.isinf(values)
+    else:
+        values = np.full(n, np.nan)
+        for i, cell in enumerate(table["criteria_score"].tolist()):
+            try:
+                number = _score_cell(cell)
+            except (ValueError, TypeError):
+                suspect[i] = True
+                continue
+            if number is not None:
+                values[i] = number
+                suspect[i] = not math.isfinite(number)
+    values = values.copy()
+    values[values == NOT_APPLICABLE] = np.nan
+    return values, suspect
+
+
+def _scale_suspects(rubrics: pd.Series, scales: dict[str, Scale | None], aggregate: np.ndarray,
+                    matrix: np.ndarray) -> np.ndarray:
+    """Rows whose aggregate is outside their rubric's scale or whose expert scores are not its
+    levels (an interval scale: not whole numbers), by distinct scale; fills `scales`."""
+    suspect = np.zeros(len(aggregate), dtype=bool)
+    text = np.flatnonzero(_is_text(rubrics))
+    codes, uniques = pd.factorize(rubrics.iloc[text])
+    for r in uniques:
+        scales.setdefault(r, parse_scale(r))
+    distinct: dict[Scale, list[int]] = {}
+    for code, r in enumerate(uniques):
+        scale = scales[r]
+        if scale is not None:
+            distinct.setdefault(scale, []).append(code)
+    for scale, members in distinct.items():
+        rows = text[np.isin(codes, members)]
+        off = (aggregate[rows] < scale.min) | (aggregate[rows] > scale.max)
+        scores = matrix[rows]
+        wrong = ~np.isin(scores, scale.levels) if scale.levels else (
+            (scores < scale.min) | (scores > scale.max) | (scores != np.round(scores)))
+        off |= (wrong & ~np.isnan(scores)).any(axis=1)
+        suspect[rows[off]] = True
+    return suspect
+
+
+def _exclude_duplicates(rows: _Rows, models: np.ndarray, row_names: list[str]) -> None:
     """Rows with the same texts and LLM are one judgement: an exact repeat (same scores) is
     excluded and the first row kept; repeats with other scores are all excluded — which one the
     experts meant cannot be known, and using both would count the judgement twice."""
-    pairs = pd.DataFrame({"key": rows.keys, "model": [models[i] for i in rows.kept]})
+    pairs = pd.DataFrame({"key": rows.keys, "model": models[rows.kept]})
     repeated = np.flatnonzero(pairs.duplicated(keep=False).to_numpy())  # in C: few rows are repeated
     first: dict[tuple[str, str], list[int]] = {}
     for r in repeated.tolist():
         first.setdefault((rows.keys[r], models[rows.kept[r]]), []).append(r)
     drop: set[int] = set()
     for group in (g for g in first.values() if len(g) > 1):
-        signature = {(rows.expert[r] if not math.isnan(rows.expert[r]) else None, tuple(rows.per_expert[r]))
-                     for r in group}
+        signature = {(None if math.isnan(rows.expert[r]) else float(rows.expert[r]),
+                      tuple(s for s in rows.per_expert[r].tolist() if not math.isnan(s))) for r in group}
         head = row_names[rows.kept[group[0]]]
         if len(signature) == 1:
             drop.update(group[1:])
             for r in group[1:]:
-                i = rows.kept[r]
+                i = int(rows.kept[r])
                 rows.exclude(DUPLICATE, i, row_names[i], f"duplicate of {head} (same texts, LLM and scores)")
             continue
         drop.update(group)
         left_out = "both left out" if len(group) == 2 else f"all {len(group)} left out"
-        rows.exclude(CONFLICT, rows.kept[group[0]], head,
+        rows.exclude(CONFLICT, int(rows.kept[group[0]]), head,
                      f"conflicting duplicates (same texts and LLM, other scores); {left_out}")
         for r in group[1:]:
-            i = rows.kept[r]
+            i = int(rows.kept[r])
             rows.exclude(CONFLICT, i, row_names[i],
                          f"conflicting duplicate of {head} (same texts and LLM, other scores); {left_out}")
     if drop:
-        rows.keep_only([r for r in range(len(rows.kept)) if r not in drop])
+        rows.keep_only(np.asarray([r for r in range(len(rows.kept)) if r not in drop], dtype=np.int64))
     for found in rows.excluded.values():
         found.sort()
 
@@ -426,36 +642,38 @@ def _report(name: str, skipped: list[str], excluded: dict[str, list[tuple[int, s
                       "(left out of every metric; strict mode makes them an error)", MetaEvalWarning, stacklevel=3)
 
 
-def _expert_frame(name: str, col: dict[str, list[Any]], raw: dict[str, list[Any]], rows: _Rows,
-                  keep: Sequence[str], ood_tasks: Sequence[str]) -> pd.DataFrame:
+def _expert_frame(name: str, table: pd.DataFrame, rows: _Rows, keep: Sequence[str],
+                  ood_tasks: Sequence[str]) -> pd.DataFrame:
     """`ExpertData.frame` of the usable rows (see `ExpertData`)."""
-    kept = rows.kept
 
-    def pick(c: str, default: Any = "") -> list[Any]:
-        return [col[c][i] if col[c][i] is not None else default for i in kept]
+    def pick(c: str) -> pd.Series:
+        column = table[c].iloc[rows.kept].reset_index(drop=True)
+        return column.astype(object).where(column.notna(), "") if column.isna().any() else column
 
     frame = pd.DataFrame({
         "key": rows.keys,
         "model_id": pick("model_id"),
-        "task_type": [str(_blank_if_missing(t)) for t in pick("task_type")],
+        "task_type": pick("task_type").astype(str),
         "criteria_name": pick("criteria_name"),
         "instruction": pick("instruction"),
-        "reference_answer": [_blank_if_missing(r) for r in pick("reference_answer")],
+        "reference_answer": pick("reference_answer"),
         "answer": pick("answer"),
         "rubrics": pick("rubrics"),
-        "expert": np.asarray(rows.expert, dtype=float),
+        "expert": rows.expert,
     })
     for c in keep:
         if c not in frame.columns:
-            if c not in raw:
-                raise ValueError(f"{name}: no column {c!r} to keep (it has {', '.join(raw)})")
-            frame[c] = [value if value is not None else "" for value in (raw[c][i] for i in kept)]
+            if c not in table.columns:
+                raise ValueError(f"{name}: no column {c!r} to keep (it has {', '.join(map(str, table.columns))})")
+            frame[c] = pick(c)
     frame["ood"] = frame["task_type"].isin(set(ood_tasks)).to_numpy()
     frame["answer_id"] = frame.groupby(["model_id", "instruction", "answer"], sort=False).ngroup().to_numpy()
-    bounds = {r: (math.nan, math.nan) if s is None else (s.min, s.max) for r, s in rows.scales.items()}
-    frame["scale_min"] = frame["rubrics"].map(lambda r: bounds[r][0]).astype(float)
-    frame["scale_max"] = frame["rubrics"].map(lambda r: bounds[r][1]).astype(float)
-    frame["group"] = _groups(pick("criteria_group", None), frame["criteria_name"])
+    codes, rubrics = pd.factorize(frame["rubrics"])
+    scales = [rows.scales.get(r) for r in rubrics.tolist()]
+    frame["scale_min"] = np.array([math.nan if s is None else s.min for s in scales], dtype=float)[codes]
+    frame["scale_max"] = np.array([math.nan if s is None else s.max for s in scales], dtype=float)[codes]
+    groups = table["criteria_group"].iloc[rows.kept]
+    frame["group"] = _groups(groups.astype(object).where(groups.notna(), None).tolist(), frame["criteria_name"])
     return frame
 
 
@@ -465,12 +683,3 @@ def _groups(labels: list[Any], criteria: pd.Series) -> list[str]:
     explicit = [canonical.get(g) if g not in (None, "") else None for g in labels]
     looked_up = criterion_groups(criteria.unique()) if None in explicit else {}
     return [g if g is not None else looked_up.get(c, UNKNOWN) for g, c in zip(explicit, criteria, strict=True)]
-
-
-def _annotation_matrix(per_expert: list[list[float]]) -> np.ndarray:
-    """(n_rows, k) per-expert scores, NaN-padded."""
-    width = max((len(s) for s in per_expert), default=0)
-    annotations = np.full((len(per_expert), max(width, 1)), np.nan)
-    for r, s in enumerate(per_expert):
-        annotations[r, : len(s)] = s
-    return annotations
