@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass
@@ -40,6 +39,7 @@ from pollux.inputs import (
     read_rows,
     record_id,
 )
+from pollux.progress import Progress, RichProgress, Throughput  # noqa: F401  (re-exported: the verbs' progress)
 from pollux.records import JudgeItem, RecordError
 from pollux.store import JobRow, Run, RunStore, StoreError, config_diff, config_hash, peek_runs
 from pollux.verdicts import Verdict, error_verdict
@@ -367,112 +367,6 @@ def refuse_a_known_change(db: str | Path, loader: Any, options: Any, *, new_run:
         raise EvaluateError(f"{db} holds run {runs[-1].run_id} made with a different configuration:\n  "
                             + "\n  ".join(diffs[-1]) + "\nResume with the same options, or pass --new-run to start "
                             "a new run in this database (checked before loading the judge).")
-
-
-class Progress:
-    """Progress reporting hook: `start(total, done)`, `advance(n)`, `stop()`. Silent by default."""
-
-    def start(self, total: int, done: int) -> None: ...
-
-    def advance(self, n: int = 1) -> None: ...
-
-    def stop(self) -> None: ...
-
-
-class Throughput:
-    """Judgements per second and time left, measured on THIS session's judgements only.
-
-    A resumed run starts with judgements already done, and an engine reports a whole batch at
-    once after a long silence; an estimator over all completed items, or over the last burst,
-    then shows a rate far too high (`27/266 … ETA 0:00:01` while ~55 s remain). Here the rate is
-    the judgements made since judging started divided by the time since then, so it only
-    exists once the first verdict has arrived, and it falls while no verdict comes."""
-
-    def __init__(self, total: int, done: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self.total, self.done_before = total, done
-        self.session = 0
-        self.clock = clock
-        self.started = clock()
-
-    def advance(self, n: int = 1) -> None:
-        self.session += n
-
-    def rate(self) -> float | None:
-        """Judgements per second in this session; None before the first one."""
-        elapsed = self.clock() - self.started
-        return self.session / elapsed if self.session and elapsed > 0 else None
-
-    def eta_s(self) -> float | None:
-        rate = self.rate()
-        if rate is None:
-            return None
-        return max(self.total - self.done_before - self.session, 0) / rate
-
-    def text(self) -> str:
-        rate, eta = self.rate(), self.eta_s()
-        if self.session == 0 and self.done_before >= self.total:
-            return "nothing left to judge"
-        if rate is None or eta is None:
-            return "first batch running, ETA ?"
-        return f"{rate:.2f} judgements/s, ETA {_clock_time(eta)}"
-
-
-def _clock_time(seconds: float) -> str:
-    s = round(seconds)
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
-class RichProgress(Progress):
-    """A rich progress bar on stderr: judgements done / total, then `Throughput.text()` — redrawn
-    several times a second, so the ETA moves between batches instead of freezing."""
-
-    def __init__(self, description: str = "judging", *, clock: Callable[[], float] = time.monotonic,
-                 console: Any = None) -> None:
-        self.description = description
-        self.clock = clock
-        self.console = console  # a rich Console; default: stderr
-        self.meter: Throughput | None = None
-        self._progress: Any = None
-        self._task: Any = None
-
-    def start(self, total: int, done: int) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, TextColumn, TimeElapsedColumn
-        from rich.progress import Progress as Bar
-        from rich.text import Text
-
-        meter = self.meter = Throughput(total, done, clock=self.clock)
-
-        class ThroughputColumn(ProgressColumn):
-            def render(self, task: Any) -> Text:
-                return Text(meter.text())
-
-        self._progress = Bar(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(bar_width=20),  # the whole line fits 80 columns
-            MofNCompleteColumn(),
-            ThroughputColumn(),
-            TimeElapsedColumn(),
-            console=self.console or Console(file=sys.stderr),
-            transient=False,
-        )
-        self._progress.start()
-        self._task = self._progress.add_task(self.description, total=total, completed=done)
-
-    def advance(self, n: int = 1) -> None:
-        if self._progress is None or self.meter is None:
-            return
-        self.meter.advance(n)
-        self._progress.update(self._task, advance=n)
-
-    def refresh(self) -> None:
-        if self._progress is not None:
-            self._progress.refresh()
-
-    def stop(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
 
 
 def evaluate(
