@@ -184,3 +184,27 @@ def test_an_option_a_chat_model_does_not_use_is_refused(tmp_path: Path) -> None:
                                       "http://127.0.0.1:9/v1", "--out", str(tmp_path / "a.jsonl"), "-o", "top_p=0.5"])
     assert result.exit_code == 2 and "top_p do not apply to answer generation" in result.output
     assert not (tmp_path / "a.db").exists()
+
+
+def test_bench_chains_answer_evaluate_report_beside_other_models_and_resumes(tiny_judge_path: Path,
+                                                                              tmp_path: Path) -> None:
+    """`pollux bench`: the new model's answers judged and reported beside two other models' answers;
+    run again, it asks the model nothing and judges nothing."""
+    ins = write_instructions(tmp_path / "instructions.jsonl", 2)
+    others = tmp_path / "others.jsonl"
+    others.write_text("".join(json.dumps({"id": f"o{i}", "model_id": m, "instruction": f"Вопрос {i}?", "answer": "Ответ.",
+                                          "criteria": [{"criteria_name": "Полезность", "rubrics": R2}]},
+                                         ensure_ascii=False) + "\n" for i in range(2) for m in ("alpha", "beta")),
+                      encoding="utf-8")
+    args = ["bench", str(ins), "-m", "openai:fake-llm", "-j", str(tiny_judge_path), "--dir", str(tmp_path / "b"),
+            "--beside", str(others), "-J", "device=cpu", "-J", "dtype=float32", "-J", "max_new_tokens=4"]
+    with FakeServer() as server:
+        first = CliRunner().invoke(app, [*args, "-M", f"base_url={server.url}", "-M", "max_new_tokens=32"])
+        asked = served(server)
+        second = CliRunner().invoke(app, [*args, "-M", f"base_url={server.url}", "-M", "max_new_tokens=32"])
+        assert served(server) == asked == 2
+    assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output
+    one, two = json.loads(first.stdout), json.loads(second.stdout)
+    assert {r["model_id"] for r in one["report"]["leaderboard"]} == {"fake-llm", "alpha", "beta"}
+    assert one["evaluate"]["judged"] == one["evaluate"]["items"] > 0
+    assert (two["answer"]["asked"], two["answer"]["stored_before"], two["evaluate"]["judged"]) == (0, 2, 0)
