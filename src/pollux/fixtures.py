@@ -20,6 +20,7 @@ import importlib.util
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 QWEN25_VOCAB = 151_936
 
@@ -72,6 +73,7 @@ def build_tiny_judge(
     path: str | Path,
     *,
     regression: bool = True,
+    family: str = "qwen2",
     hidden: int = 64,
     layers: int = 2,
     heads: int = 4,
@@ -84,16 +86,20 @@ def build_tiny_judge(
     seed: int = 0,
     max_shard_size: str | int = "20MB",
 ) -> Path:
-    """Write a random judge checkpoint to `path` and return the path."""
+    """Write a random judge checkpoint to `path` and return the path. `family="qwen3"`: a plain
+    `Qwen3ForCausalLM` (the Pollux-4B-Judge family's architecture; generative only), same tokenizer."""
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
     from pollux.checkpoint import save_judge
     from pollux.modeling.qwen2_regression import Qwen2WithRegressionHead
 
+    if family not in ("qwen2", "qwen3") or (family == "qwen3" and regression):
+        raise ValueError(f"family {family!r}: qwen2 (regression or generative) or qwen3 (generative)")
     path = Path(path)
     tokenizer = build_tokenizer(path / ".tokenizer-src")
-    config = Qwen2Config(
+    config_cls: Any = Qwen3Config if family == "qwen3" else Qwen2Config
+    config = config_cls(
         vocab_size=QWEN25_VOCAB,
         hidden_size=hidden,
         intermediate_size=intermediate or 2 * hidden,
@@ -104,13 +110,13 @@ def build_tiny_judge(
         initializer_range=initializer_range,
         tie_word_embeddings=False,
         # transformers 4.x takes rope_theta; 5.x still accepts it (into rope_parameters) but no longer declares it
-        rope_theta=1_000_000.0,  # type: ignore[call-arg]
+        rope_theta=1_000_000.0,
         bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(seed)
-    model_cls = Qwen2WithRegressionHead if regression else Qwen2ForCausalLM
+    model_cls = Qwen2WithRegressionHead if regression else Qwen3ForCausalLM if family == "qwen3" else Qwen2ForCausalLM
     model = model_cls(config).float()
     if regression:
         with torch.no_grad():
@@ -143,13 +149,17 @@ def scoring_items() -> list:
             for i, a in seen]
 
 
-def build_scoring_judge(source: str | Path, path: str | Path, *, steps: int = 35, lr: float = 3e-2) -> Path:
+def build_scoring_judge(source: str | Path, path: str | Path, *, steps: int = 35, lr: float = 3e-2,
+                        examples: list | None = None, template: Any = None) -> Path:
     """A tiny *generative* judge that writes `[FEEDBACK] … [RESULT] n [END]`: the random generative
     checkpoint `source` (`build_tiny_judge(regression=False)`) overfitted for a few Adam steps on
     `SCORING_REPLIES` given the default template's prompts (seconds on a CPU). Random judges never
     write `[RESULT]`, so this is what tests of expected scores judge with. Only the decoder layers,
     the final norm and the output rows of the replies' tokens are trained (the rest of the 151k
-    vocabulary's output matrix stays as it was: that keeps a step cheap)."""
+    vocabulary's output matrix stays as it was: that keeps a step cheap).
+
+    `examples` ((JudgeItem, reply) pairs) and `template` (a `PromptTemplate`) train another reply
+    format instead: `build_always_one_judge` makes a Pollux-4B-style side-by-side judge with them."""
     import torch
 
     from pollux.checkpoint import load_judge, save_judge
@@ -157,11 +167,13 @@ def build_scoring_judge(source: str | Path, path: str | Path, *, steps: int = 35
 
     loaded = load_judge(source, dtype="float32", device="cpu")
     model, tokenizer = loaded.model, loaded.tokenizer
-    template = PromptTemplate()
-    items = {(it.instruction, it.answer): it for it in scoring_items()}
+    template = template or PromptTemplate()
+    if examples is None:
+        items = {(it.instruction, it.answer): it for it in scoring_items()}
+        examples = [(items[instruction, answer], reply) for instruction, answer, reply in SCORING_REPLIES]
     seqs, labels = [], []
-    for instruction, answer, reply in SCORING_REPLIES:
-        prompt = tokenizer(chat_text(tokenizer, template.render(items[instruction, answer])))["input_ids"]
+    for item, reply in examples:
+        prompt = tokenizer(chat_text(tokenizer, template.render(item)))["input_ids"]
         target = tokenizer(reply + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
         seqs.append(prompt + target)
         labels.append([-100] * len(prompt) + target)
@@ -194,6 +206,30 @@ def build_scoring_judge(source: str | Path, path: str | Path, *, steps: int = 35
     for p in model.parameters():
         p.requires_grad_(True)
     return save_judge(model, tokenizer, path, max_shard_size="20MB")
+
+
+# Two answer files' worth of side-by-side items (`pollux compare`'s tests): record id → instruction,
+# answer A, answer B; one criterion each.
+COMPARE_RECORDS = (
+    ("q1", "Сколько будет 2+2?", "4", "5"),
+    ("q2", "Назови столицу Франции.", "Париж", "Берлин"),
+    ("q3", "Сколько дней в неделе?", "Семь", "Восемь"),
+)
+COMPARE_CRITERION = "Правильность ответа"
+
+
+def build_always_one_judge(path: str | Path, *, seed: int = 3, steps: int = 20) -> Path:
+    """A tiny Qwen3 judge in the Pollux-4B style that thinks, then answers "1" (answer 2 better) to
+    the side-by-side prompt of every `COMPARE_RECORDS` pair in both orders: the position-biased judge
+    whose flip rate must be 100%. A random Qwen3 overfitted like `build_scoring_judge`."""
+    from pollux.pairwise import Pair
+    from pollux.prompts import load_template
+
+    source = build_tiny_judge(Path(path) / "random", regression=False, family="qwen3", seed=seed)
+    pairs = [Pair(rid, "—", COMPARE_CRITERION, q, a, b) for rid, q, a, b in COMPARE_RECORDS]
+    examples = [(p.item(order), "<think>\nВторой ответ лучше.\n</think>\n\n1") for p in pairs for order in ("ab", "ba")]
+    return build_scoring_judge(source, Path(path) / "judge", steps=steps, examples=examples,
+                               template=load_template("pollux-4b-sbs"))
 
 
 def main(argv: list[str] | None = None) -> None:

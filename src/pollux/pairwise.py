@@ -1,0 +1,328 @@
+"""Side-by-side judging (`pollux compare`): which of two answer files answers better, per criterion.
+
+Two answer files with the same record ids (A and B, e.g. two models' answers to the same
+instructions) are paired by id; each pair is judged once per criterion of the record (its own
+`criteria`, `criteria_name` + `rubrics`, its task type's criteria, or a criteria file — the same
+rules as `pollux evaluate`) and **in both orders**: A as answer 1 and B as answer 2 (`ab`), then
+swapped (`ba`). The prompt is Pollux-4B-Judge's side-by-side prompt (`pollux.prompts`,
+`--template pollux-4b-sbs`): the criterion is folded into the comparison scale −1 (answer 1
+better) / 0 (tie) / 1 (answer 2 better), there is no reference, and the reply is a bare integer.
+
+Reading the two orders (scores as "how much better B is", so `ab` is `s` and `ba` is `−s`):
+
+* a pair is *position-consistent* when both orders give the same preference; otherwise it *flips*.
+  The flip rate is the share of pairs (both orders scored) that flip: a judge that always says
+  "1" (answer 2 better, whatever it is) flips on every pair — 100%;
+* the pair's outcome is the sign of the two preferences' sum: A wins (−), tie (0), B wins (+).
+  A flip between "A better" and "B better" is a tie; a flip between a preference and a tie keeps
+  the preference.
+
+Win / tie / loss rates (A's) and the flip rate get 95% bootstrap intervals that resample records
+(the pairs of one record share its instruction and answers, as `pollux.metaeval.bootstrap` does
+for answers), overall, per criterion and per task type.
+
+Only generative judges compare: a regression head (`-r`) scores one answer on the rubric's scale
+and has no output for "which of two is better" — refused with that reason.
+
+Resumable: every judged (pair, order) is one row of this module's own SQLite table
+(`pairwise_judgements`, in the `--db` file, WAL journal, committed as each verdict arrives), keyed
+by a hash of what decides the verdict — instruction, answer 1, answer 2, criterion, scale and the
+judge's configuration (`describe()`). A rerun after a crash (kill -9 included) judges only the
+missing rows; a changed judge or template gets new keys, so it never mixes with old verdicts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pollux.inputs import InputProblem, InputRow, check_row, read_rows, record_id
+from pollux.records import JudgeItem
+from pollux.verdicts import Verdict
+
+ORDERS = ("ab", "ba")
+OUTCOMES = ("win", "tie", "loss")  # A's outcome against B
+
+
+class CompareError(ValueError):
+    """The comparison cannot run (unreadable input, a judge with no pairwise meaning)."""
+
+
+def comparison_scale(criterion: str) -> str:
+    """The side-by-side scale with the criterion folded in (the 4B prompt has no criterion section).
+    Only the criterion's name, not its rubric's level lines: those would read as more scale levels."""
+    return (f"-1: ответ 1 лучше ответа 2 по критерию «{criterion}»\n"
+            f"0: ответы равноценны по критерию «{criterion}»\n"
+            f"1: ответ 2 лучше ответа 1 по критерию «{criterion}»")
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One record × criterion: the instruction, A's and B's answers."""
+
+    record_id: str
+    task: str
+    criterion: str
+    instruction: str
+    answer_a: str
+    answer_b: str
+
+    def item(self, order: str) -> JudgeItem:
+        """The judge's item for one order; answer 2 rides in `reference_answer` (`{answer_2}`)."""
+        first, second = (self.answer_a, self.answer_b) if order == "ab" else (self.answer_b, self.answer_a)
+        return JudgeItem(instruction=self.instruction, answer=first, reference_answer=second,
+                         criteria_name=self.criterion, rubrics=comparison_scale(self.criterion),
+                         meta={"id": self.record_id, "order": order, "task": self.task})
+
+
+@dataclass
+class PairInputs:
+    pairs: list[Pair] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def read_pairs(path_a: str | Path, path_b: str | Path, *, catalog: Any = None,
+               user_criteria: list[Any] | None = None) -> PairInputs:
+    """The pairs of two answer files joined by record id; each unusable record is a problem naming
+    its file and line (a missing partner, a duplicated id, different instructions, no criteria)."""
+    from pollux.taxonomy import TaxonomyError, load_catalog, resolve_criteria
+
+    catalog = catalog if catalog is not None else load_catalog()
+    out = PairInputs()
+    rows_a, rows_b = _rows_by_id(path_a, out.problems), _rows_by_id(path_b, out.problems)
+    for rid, row_a in rows_a.items():
+        row_b = rows_b.get(rid)
+        if row_b is None:
+            out.problems.append(f"{row_a.where}: record {rid!r} has no answer in {path_b}")
+            continue
+        if row_a.data["instruction"] != row_b.data["instruction"]:
+            out.problems.append(f"{row_b.where}: record {rid!r}: its instruction differs from {row_a.where}'s")
+            continue
+        try:
+            specs = resolve_criteria(row_a.data, catalog, user_criteria=user_criteria)
+        except (TaxonomyError, ValueError, TypeError) as e:
+            out.problems.append(f"{row_a.where}: {e}")
+            continue
+        task = str(row_a.data.get("task_type") or "—")
+        out.pairs += [Pair(rid, task, spec.name, row_a.data["instruction"], row_a.data["answer"],
+                           row_b.data["answer"]) for spec in specs]
+    out.problems += [f"{row.where}: record {rid!r} has no answer in {path_a}" for rid, row in rows_b.items()
+                     if rid not in rows_a]
+    return out
+
+
+def _rows_by_id(path: str | Path, problems: list[str]) -> dict[str, InputRow]:
+    read = read_rows(path)
+    problems += [str(p) for p in read.problems]
+    rows: dict[str, InputRow] = {}
+    for row in read.rows:
+        bad = check_row(row)
+        rid = record_id(row)
+        if bad is None and rid in rows:
+            bad = f"record id {rid!r} repeats {rows[rid].where}"
+        if bad is not None:
+            problems.append(str(InputProblem(row.source, row.line, bad)))
+            continue
+        rows[rid] = row
+    return rows
+
+
+# -- the store ---------------------------------------------------------------------------------
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS pairwise_judgements (
+    key TEXT PRIMARY KEY,         -- judgement_key(): what decides the verdict
+    record_id TEXT NOT NULL,
+    task TEXT NOT NULL,
+    criterion TEXT NOT NULL,
+    pair_order TEXT NOT NULL,     -- 'ab': A is answer 1; 'ba': B is answer 1
+    score REAL,                   -- the judge's number (-1, 0, 1), NULL when it gave none
+    valid INTEGER NOT NULL,
+    verdict TEXT NOT NULL,        -- the whole Verdict as JSON (raw text with its reasoning)
+    judge_config TEXT NOT NULL,
+    created_at REAL NOT NULL
+)"""
+
+
+def judgement_key(item: JudgeItem, order: str, config_hash: str) -> str:
+    """A content address: the same texts, order and judge give the same key in any run."""
+    payload = json.dumps([item.instruction, item.answer, item.reference_answer, item.criteria_name, item.rubrics,
+                          order, config_hash], ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+class PairStore:
+    """The side-by-side verdicts in SQLite (WAL: a killed writer loses nothing it committed)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.conn = sqlite3.connect(str(self.path), timeout=30)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.execute(_SCHEMA)
+        self.conn.commit()
+
+    def __enter__(self) -> PairStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.conn.close()
+
+    def known(self, keys: Iterable[str]) -> dict[str, tuple[float | None, bool]]:
+        """(score, valid) of the keys already judged."""
+        found: dict[str, tuple[float | None, bool]] = {}
+        keys = list(keys)
+        for start in range(0, len(keys), 500):
+            chunk = keys[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for key, score, valid in self.conn.execute(
+                    f"SELECT key, score, valid FROM pairwise_judgements WHERE key IN ({marks})", chunk):
+                found[key] = (score, bool(valid))
+        return found
+
+    def put(self, key: str, pair: Pair, order: str, verdict: Verdict, config: str) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO pairwise_judgements VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (key, pair.record_id, pair.task, pair.criterion, order, verdict.text_score, int(verdict.valid),
+             verdict.to_json(), config, time.time()))
+        self.conn.commit()
+
+
+# -- judging -----------------------------------------------------------------------------------
+
+def check_generative(judge: Any) -> None:
+    """Refuse a regression judge: its head scores one answer; "which is better" is no output of it."""
+    if getattr(judge, "kind", None) == "regression":
+        raise CompareError(f"{judge.name} is a regression judge (-r): its head scores one answer on the rubric's "
+                           "scale and has no pairwise meaning; compare with a generative judge")
+
+
+def judge_missing(judge: Any, pairs: Sequence[Pair], store: PairStore, *, chunk_size: int = 64,
+                  log: Callable[[str], None] = lambda m: None) -> dict[str, int]:
+    """Judge every (pair, order) not in `store` yet, storing each verdict as it arrives. A verdict
+    that is an error (the item could not be judged) is not stored: the next run retries it. A judge
+    that returns a regression head's score is refused (a `pollux serve -r` behind `openai:`)."""
+    config = json.dumps(judge.describe(), sort_keys=True, ensure_ascii=False)
+    digest = config_hash(judge.describe())
+    todo = [(p, o, p.item(o)) for p in pairs for o in ORDERS]
+    keys = [judgement_key(item, o, digest) for _, o, item in todo]
+    done = store.known(keys)
+    missing = [(k, t) for k, t in zip(keys, todo, strict=True) if k not in done]
+    log(f"{len(todo)} judgements: {len(done)} already in {store.path}, {len(missing)} to judge")
+    counts = {"judged": 0, "errors": 0, "reused": len(done)}
+    for start in range(0, len(missing), chunk_size):
+        chunk = missing[start:start + chunk_size]
+
+        def on_verdict(i: int, verdict: Verdict, chunk: list[Any] = chunk) -> None:
+            key, (pair, order, _) = chunk[i]
+            if verdict.head_score is not None:
+                raise CompareError(f"{judge.name} answered with a regression head's score: no pairwise meaning")
+            if verdict.error is not None:
+                counts["errors"] += 1
+                return
+            store.put(key, pair, order, verdict, config)
+            counts["judged"] += 1
+
+        judge.judge_many([item for _, (_, _, item) in chunk], on_verdict=on_verdict)
+    return counts
+
+
+# -- statistics --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Outcome:
+    """One pair's reading of its two orders (scores as "B better" preferences)."""
+
+    record_id: str
+    task: str
+    criterion: str
+    pref_ab: float
+    pref_ba: float
+
+    @property
+    def flipped(self) -> bool:
+        return self.pref_ab != self.pref_ba
+
+    @property
+    def result(self) -> str:
+        total = self.pref_ab + self.pref_ba
+        return "win" if total < 0 else "loss" if total > 0 else "tie"
+
+
+def outcomes(pairs: Sequence[Pair], scores: dict[tuple[Pair, str], float | None]) -> tuple[list[Outcome], int]:
+    """The pairs whose both orders have a valid score, and how many lack one."""
+    out, incomplete = [], 0
+    for pair in pairs:
+        ab, ba = scores.get((pair, "ab")), scores.get((pair, "ba"))
+        if ab is None or ba is None:
+            incomplete += 1
+            continue
+        out.append(Outcome(pair.record_id, pair.task, pair.criterion, float(np.sign(ab)), -float(np.sign(ba))))
+    return out, incomplete
+
+
+def summarise(rows: Sequence[Outcome], *, n_resamples: int = 1000, seed: int = 0,
+              confidence: float = 0.95) -> dict[str, Any]:
+    """Win / tie / loss (A's) and flip rates with bootstrap intervals over records."""
+    from pollux.metaeval.bootstrap import percentile_ci, resample_counts
+
+    summary: dict[str, Any] = {"pairs": len(rows)}
+    if not rows:
+        return summary | {name: {"rate": None, "ci": [None, None]} for name in (*OUTCOMES, "flip")}
+    records = sorted({r.record_id for r in rows})
+    index = {rid: i for i, rid in enumerate(records)}
+    where = np.array([index[r.record_id] for r in rows])
+    n = np.bincount(where, minlength=len(records)).astype(float)
+    counts = resample_counts(len(records), n_resamples, np.random.default_rng(seed))
+    drawn = counts @ n
+    for name in (*OUTCOMES, "flip"):
+        hit = np.array([(r.flipped if name == "flip" else r.result == name) for r in rows], dtype=float)
+        per_record = np.bincount(where, weights=hit, minlength=len(records))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            samples = (counts @ per_record) / drawn
+        lo, hi = percentile_ci(samples, confidence)
+        summary[name] = {"rate": float(hit.mean()), "count": int(hit.sum()), "ci": [lo, hi]}
+    return summary
+
+
+def tables(rows: Sequence[Outcome], **bootstrap: Any) -> dict[str, Any]:
+    """The overall summary and one per criterion and per task type."""
+    by_criterion = sorted({r.criterion for r in rows})
+    by_task = sorted({r.task for r in rows})
+    return {
+        "overall": summarise(rows, **bootstrap),
+        "per_criterion": {c: summarise([r for r in rows if r.criterion == c], **bootstrap) for c in by_criterion},
+        "per_task": {t: summarise([r for r in rows if r.task == t], **bootstrap) for t in by_task},
+    }
+
+
+def stored_scores(judge: Any, pairs: Sequence[Pair], store: PairStore) -> dict[tuple[Pair, str], float | None]:
+    """The stored valid scores of this judge's (pair, order)s; None where invalid or missing."""
+    digest = config_hash(judge.describe())
+    keyed = {judgement_key(p.item(o), o, digest): (p, o) for p in pairs for o in ORDERS}
+    known = store.known(keyed)
+    return {keyed[k]: (score if valid else None) for k, (score, valid) in known.items()}
+
+
+def compare(judge: Any, pairs: Sequence[Pair], db: str | Path, *, chunk_size: int = 64, n_resamples: int = 1000,
+            seed: int = 0, log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+    """Judge what is missing, then the tables (see the module doc). The judge must be generative and
+    use a side-by-side prompt (`pollux-4b-sbs`)."""
+    check_generative(judge)
+    with PairStore(db) as store:
+        counts = judge_missing(judge, pairs, store, chunk_size=chunk_size, log=log)
+        rows, incomplete = outcomes(pairs, stored_scores(judge, pairs, store))
+    return {"judge": judge.name, "db": str(db), "judgements": 2 * len(pairs), **counts,
+            "pairs_without_two_scores": incomplete, **tables(rows, n_resamples=n_resamples, seed=seed)}
