@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,69 @@ def _frame(rows: dict[str, list[Any]]) -> pd.DataFrame:
     return f
 
 
+@dataclass
+class _ScoreLines:
+    """A score file column-wise: `table` (one row per readable line), each row's `where`
+    (`file:line`), the unreadable lines' messages, the file's line count, and `row(i)`: row i as
+    the object its line holds (for the few rows read one by one)."""
+
+    table: pd.DataFrame
+    where: list[str]
+    problems: list[str]
+    total: int
+    row: Callable[[int], dict[str, Any]]
+
+
+def _score_lines(path: Path, by_content: bool) -> _ScoreLines:
+    """The file's lines: a plain JSONL file by pyarrow's JSON reader (`_arrow_lines`), anything
+    else — or a JSONL file that reader would read differently from `read_rows` — by `read_rows`."""
+    fast = _arrow_lines(path, by_content)
+    if fast is not None:
+        return fast
+    try:
+        read = read_rows(path)
+    except InputError as e:
+        raise ValueError(str(e)) from None
+    names = list(dict.fromkeys(k for row in read.rows for k in row.data))
+    table = pd.DataFrame({c: pd.Series([row.data.get(c) for row in read.rows], dtype=object) for c in names},
+                         index=pd.RangeIndex(len(read.rows)))
+    return _ScoreLines(table, [row.where for row in read.rows], [str(p) for p in read.problems],
+                       len(read.rows) + len(read.problems), lambda i: read.rows[i].data)
+
+
+_ESCAPED_BAD_TEXT = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
+
+
+def _arrow_lines(path: Path, by_content: bool) -> _ScoreLines | None:
+    """A JSONL file read by `pyarrow.json` (in C, column-wise), or None when `read_rows` must read
+    it because the result could differ: not `.jsonl`, a byte order mark, CR line ends, blank or
+    broken lines, bytes that are not UTF-8, text `bad_text` refuses (NUL, lone surrogates, also as
+    `\\u` escapes), values pyarrow would read as dates, lines without a `key` when joining by
+    content. Any of these costs only the speed, never a message."""
+    import pyarrow as pa
+    import pyarrow.json as pj
+
+    if path.suffix.lower() not in (".jsonl", ".ndjson") or not path.is_file():
+        return None
+    raw = path.read_bytes()
+    lines = raw.count(b"\n") + (0 if raw.endswith(b"\n") else 1)
+    if (not raw.strip() or raw.startswith(b"\xef\xbb\xbf") or b"\r" in raw or b"\x00" in raw
+            or _ESCAPED_BAD_TEXT.search(raw) is not None or b"\n\n" in raw):
+        return None
+    try:
+        raw.decode("utf-8")
+        table = pj.read_json(pa.py_buffer(raw))
+    except (UnicodeDecodeError, pa.ArrowException):
+        return None
+    if table.num_rows != lines or any(pa.types.is_temporal(f.type) for f in table.schema):
+        return None
+    frame = table.to_pandas()
+    if by_content and ("key" not in frame.columns or frame["key"].isna().any()):
+        return None
+    where = [f"{path.name}:{i + 1}" for i in range(lines)]
+    return _ScoreLines(frame, where, [], lines, lambda i: table.slice(i, 1).to_pylist()[0])
+
+
 def read_score_jsonl(path: str | Path, judge: str | None = None, *, on: Sequence[str] = (),
                      experts: ExpertData | None = None) -> pd.DataFrame:
     """Read a file of judge scores (JSONL; CSV and Parquet too, by `pollux.inputs.read_rows`).
@@ -68,53 +132,103 @@ def read_score_jsonl(path: str | Path, judge: str | None = None, *, on: Sequence
     (e.g. `("id",)` or `("instruction_id", "model_id", "criteria_name")`), by those columns'
     values, looked up in `experts` (loaded with `keep=on`). With `experts`, lines that cannot be
     joined are ONE error with the counts of each reason — not a warning per line, and not a
-    table silently computed on part of the file."""
+    table silently computed on part of the file.
+
+    The lines are read and checked column-wise (a JSONL file by pyarrow); only lines that fail a
+    check are looked at one by one, to name what is wrong."""
     p = Path(path)
-    try:
-        read = read_rows(p)
-    except InputError as e:
-        raise ValueError(str(e)) from None
     if on and experts is None:
         raise ValueError("joining scores on columns needs the expert data (experts=...)")
-    lookup = _key_lookup(experts, on) if on and experts is not None else None
-    rows: dict[str, list[Any]] = {c: [] for c in COLUMNS}
-    bad = [str(problem) for problem in read.problems]
-    unjoined: dict[str, list[str]] = {}
-    for row in read.rows:
-        obj = row.data
-        try:
-            if lookup is not None:
-                key, reason = _key_on(obj, on, lookup)
-                if key is None:
-                    unjoined.setdefault(reason, []).append(row.where)
-                    continue
-            else:
-                key = obj.get("key") or obj.get("item_key")
-            if not key:
-                key = JudgeItem.from_dict(obj, where=row.where).key
-            values = {c: _number(obj.get(c)) for c in NUMBERS}
-        except (ValueError, TypeError) as e:  # RecordError is a ValueError
-            bad.append(str(e) if str(e).startswith(row.where) else f"{row.where}: {e}")
-            continue
-        if math.isnan(values["score"]):  # a file with head/text only: score = head else text
-            h, t = values["head_score"], values["text_score"]
-            values["score"] = h if not math.isnan(h) else t
-        rows["key"].append(str(key))
-        rows["judge"].append(judge or obj.get("judge") or p.stem)
-        rows["error"].append(obj.get("error") or None)
-        for c, v in values.items():
-            rows[c].append(v)
-    if experts is not None and lookup is None and rows["key"]:
-        known = set(experts.frame["key"])
-        misses = [k for k in rows["key"] if k not in known]
-        if len(misses) == len(rows["key"]):
-            unjoined["its content (instruction, reference answer, answer, criterion, rubric) matches no expert "
-                     "row"] = misses
+    lines = _score_lines(p, by_content=not on)
+    errors: dict[int, str] = {}
+    if on and experts is not None:
+        keys, unjoined = _join_on(lines, on, experts)
+    else:
+        keys, unjoined = _content_keys(lines, errors), {}
+    values = {c: _numbers(lines, c, errors) for c in NUMBERS}
+    good = pd.notna(keys)
+    good[list(errors)] = False
+    joined = keys[good].tolist()
+    if experts is not None and not on and joined and not experts.frame["key"].isin(set(joined)).any():
+        unjoined["its content (instruction, reference answer, answer, criterion, rubric) matches no expert row"] = joined
     if unjoined:
-        raise ValueError(_unjoined_message(p, unjoined, len(read.rows) + len(read.problems), on))
-    for msg in bad:
+        raise ValueError(_unjoined_message(p, unjoined, lines.total, on))
+    for msg in lines.problems + [errors[i] for i in sorted(errors)]:
         warnings.warn(f"skipped {msg}", MetaEvalWarning, stacklevel=2)
-    return _frame(rows)
+    return _score_frame(lines, keys, values, good, judge or p.stem, named=judge is not None)
+
+
+def _present(value: Any) -> bool:
+    """Whether a cell holds something: not None / NaN / "" / 0 (how `obj.get(c) or default` reads)."""
+    return value is not None and value is not pd.NA and not (isinstance(value, float) and math.isnan(value)) \
+        and bool(value)
+
+
+def _content_keys(lines: _ScoreLines, errors: dict[int, str]) -> np.ndarray:
+    """Each line's `key` (else `item_key`, else the key of its POLLUX texts); a line whose texts
+    make no key gets an error in `errors`."""
+    table = lines.table
+    n = len(lines.where)
+    keys = table["key"].tolist() if "key" in table.columns else [None] * n
+    items = table["item_key"].tolist() if "item_key" in table.columns else [None] * n
+    out = np.empty(n, dtype=object)
+    for i, (key, item) in enumerate(zip(keys, items, strict=True)):
+        key = key if _present(key) else item
+        if not _present(key):
+            try:
+                key = JudgeItem.from_dict(lines.row(i), where=lines.where[i]).key
+            except (ValueError, TypeError) as e:
+                errors[i] = _where(lines.where[i], e)
+                continue
+        out[i] = str(key)
+    return out
+
+
+def _where(where: str, error: Exception) -> str:
+    return str(error) if str(error).startswith(where) else f"{where}: {error}"
+
+
+def _numbers(lines: _ScoreLines, column: str, errors: dict[int, str]) -> np.ndarray:
+    """A score column as floats (NaN when empty), column-wise when it holds numbers; a cell that
+    is not a number is an error of its line (the line's first, as a row-by-row reader names it)."""
+    table = lines.table
+    n = len(lines.where)
+    if column not in table.columns:
+        return np.full(n, np.nan)
+    cells = table[column]
+    if pd.api.types.is_numeric_dtype(cells.dtype):
+        return cells.to_numpy(dtype=float, na_value=np.nan)
+    out = np.full(n, np.nan)
+    for i, cell in enumerate(cells.tolist()):
+        try:
+            out[i] = _number(None if cell is pd.NA else cell)
+        except (ValueError, TypeError) as e:
+            errors.setdefault(i, _where(lines.where[i], e))
+    return out
+
+
+def _score_frame(lines: _ScoreLines, keys: np.ndarray, values: dict[str, np.ndarray], good: np.ndarray,
+                 default_judge: str, named: bool) -> pd.DataFrame:
+    """The score frame of the good lines (`COLUMNS`); a missing `score` is head else text."""
+    table = lines.table
+    rows = np.flatnonzero(good)
+
+    def cells(column: str) -> list[Any]:
+        return table[column].iloc[rows].tolist() if column in table.columns else [None] * len(rows)
+
+    score = values["score"][rows]
+    score = np.where(np.isnan(score), values["head_score"][rows], score)
+    score = np.where(np.isnan(score), values["text_score"][rows], score)
+    judges = [default_judge] * len(rows) if named else [j if _present(j) else default_judge for j in cells("judge")]
+    return _frame({
+        "judge": judges,
+        "key": [str(k) for k in keys[rows].tolist()],
+        "score": score.tolist(),
+        "head_score": values["head_score"][rows].tolist(),
+        "text_score": values["text_score"][rows].tolist(),
+        "expected_score": values["expected_score"][rows].tolist(),
+        "error": [e if _present(e) else None for e in cells("error")],
+    })
 
 
 def _unjoined_message(path: Path, unjoined: dict[str, list[str]], total: int, on: Sequence[str]) -> str:
@@ -127,7 +241,7 @@ def _unjoined_message(path: Path, unjoined: dict[str, list[str]], total: int, on
 
 def _cell_text(value: Any) -> str | None:
     """A join cell as text (1 and "1" meet, as do 1.0 and 1); None when empty."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return None
     if isinstance(value, float) and value.is_integer():
         value = int(value)
@@ -135,31 +249,40 @@ def _cell_text(value: Any) -> str | None:
     return text or None
 
 
-def _key_lookup(experts: ExpertData, on: Sequence[str]) -> dict[tuple[str | None, ...], set[str]]:
-    """(values of the `on` columns) → the content keys of the expert rows that have them."""
+def _cell_texts(column: pd.Series) -> pd.Series:
+    """`_cell_text` of a whole column: in C for a column of integers (the usual `id`)."""
+    if pd.api.types.is_integer_dtype(column.dtype) and not column.isna().any():
+        return pd.Series(column.astype(str).to_numpy(dtype=object), dtype=object)
+    return pd.Series([_cell_text(v) for v in column.tolist()], dtype=object)
+
+
+def _join_on(lines: _ScoreLines, on: Sequence[str], experts: ExpertData) -> tuple[np.ndarray, dict[str, list[str]]]:
+    """Each line's content key, looked up by the values of its `on` columns (None where it cannot
+    be joined), and the lines that cannot be joined by reason, in the file's order."""
     missing = [c for c in on if c not in experts.frame.columns]
     if missing:
         raise ValueError(f"the expert data has no column {', '.join(missing)} to join scores on "
                          f"(it has {', '.join(experts.frame.columns)})")
-    out: dict[tuple[str | None, ...], set[str]] = {}
-    values = zip(*(experts.frame[c].tolist() for c in on), strict=True)
-    for cells, key in zip(values, experts.frame["key"], strict=True):
-        out.setdefault(tuple(_cell_text(v) for v in cells), set()).add(key)
-    return out
-
-
-def _key_on(obj: dict[str, Any], on: Sequence[str],
-            lookup: dict[tuple[str | None, ...], set[str]]) -> tuple[str | None, str]:
-    """(content key, "") for a score line, or (None, why it cannot be joined)."""
-    cells = tuple(_cell_text(obj.get(c)) for c in on)
-    if any(v is None for v in cells):
-        return None, f"have no value in {', '.join(c for c, v in zip(on, cells, strict=True) if v is None)}"
-    keys = lookup.get(cells)
-    if not keys:
-        return None, "match no expert row"
-    if len(keys) > 1:
-        return None, f"match {len(keys)} different judgements (the columns do not identify one row)"
-    return next(iter(keys)), ""
+    n = len(lines.where)
+    cells = pd.DataFrame({c: _cell_texts(lines.table[c]) if c in lines.table.columns else
+                          pd.Series([None] * n, dtype=object) for c in on})
+    known = pd.DataFrame({c: _cell_texts(experts.frame[c]) for c in on}).assign(key=experts.frame["key"].to_numpy())
+    lookup = known.dropna(subset=list(on)).groupby(list(on), sort=False)["key"].agg(["first", "nunique"])
+    found = cells.merge(lookup, left_on=list(on), right_index=True, how="left")
+    empty = cells.isna().any(axis=1).to_numpy()
+    matches = found["nunique"].fillna(0).to_numpy()
+    keys = found["first"].to_numpy(dtype=object).copy()
+    keys[empty | (matches != 1)] = None
+    unjoined: dict[str, list[str]] = {}
+    for i in np.flatnonzero(pd.isna(keys)).tolist():
+        if empty[i]:
+            reason = f"have no value in {', '.join(c for c in on if cells[c].iat[i] is None)}"
+        elif matches[i] == 0:
+            reason = "match no expert row"
+        else:
+            reason = f"match {int(matches[i])} different judgements (the columns do not identify one row)"
+        unjoined.setdefault(reason, []).append(lines.where[i])
+    return keys, unjoined
 
 
 def scores_from_frame(df: pd.DataFrame, judge: str | None = None) -> pd.DataFrame:
