@@ -78,3 +78,12 @@ def scoring_judge_path(tiny_generative_path: Path, tmp_path_factory: pytest.Temp
     from pollux.fixtures import build_scoring_judge
 
     return build_scoring_judge(tiny_generative_path, tmp_path_factory.mktemp("scoring-judge"))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random plain Qwen3ForCausalLM (the Pollux-4B-Judge family's architecture; in-process it
+    runs on the `generate` fallback, as every non-Qwen2 judge does)."""
+    from pollux.fixtures import build_tiny_judge
+
+    return build_tiny_judge(tmp_path_factory.mktemp("tiny-qwen3"), regression=False, family="qwen3", seed=2)

@@ -96,3 +96,22 @@ def test_template_names_choose_the_reply_format():
     assert load_template("pollux-4b").to_dict()["reply"] == "bare"
     with pytest.raises(ValueError, match="reply format"):
         PromptTemplate(reply="json")
+
+
+def test_a_tiny_qwen3_judge_runs_the_4b_prompts_in_process(tiny_qwen3_path):
+    """The in-process engine (the `generate` fallback: Qwen3 is not Qwen2) with both 4B templates:
+    every verdict's score is what the bare parser reads in its raw text, and the run configuration
+    records the reply format."""
+    from pollux.judge import Judge
+
+    for name, item in (("pollux-4b", JudgeItem(instruction="Сколько будет 2+2?", answer="4", criteria_name="c",
+                                                 rubrics="0: нет\n1: частично\n2: да")),
+                       ("pollux-4b-sbs", _sbs_item())):
+        judge = Judge.from_spec(str(tiny_qwen3_path), template=name, dtype="float32", device="cpu",
+                                max_new_tokens=12)
+        assert judge.kind == "generative" and judge.describe()["template"]["reply"] == "bare"
+        verdicts = judge.judge_many([item, item])
+        assert verdicts[0].raw_text == verdicts[1].raw_text and verdicts[0].raw_text
+        for v in verdicts:
+            assert v.text_score == parse_bare(v.raw_text) and v.error is None
+            assert v.valid is (v.text_score is not None and v.invalid_reason is None)
