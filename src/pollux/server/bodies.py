@@ -94,9 +94,9 @@ class ChatRequest(BaseModel):
     n: int | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
-    temperature: float | None = Field(None, description="ignored: decoding is the server's (--temperature)")
-    max_tokens: int | None = Field(None, description="ignored: the judge writes up to --max-new-tokens; "
-                                                     "a score is never cut")
+    # Any: fields the server ignores must never be what refuses a request
+    temperature: Any = Field(None, description="ignored: decoding is the server's (--temperature)")
+    max_tokens: Any = Field(None, description="ignored: the judge writes up to --max-new-tokens; a score is never cut")
 
 
 @dataclass(frozen=True)
