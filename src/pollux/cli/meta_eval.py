@@ -40,8 +40,9 @@ def meta_eval(
                               "head, text, head-rounded (half away from zero) or expected (a generative judge's "
                               "probability-weighted score at [RESULT]). Several as a comma list, or both "
                               "(= auto,expected): one column per judge and score, side by side."),
-    split: str = typer.Option("ood", "--split", help="ood (held-out task types, as the model card), id or all; "
-                              "several as a comma list (all,ood,id): the data is read and keyed once."),
+    split: str | None = typer.Option(None, "--split", help="ood (held-out task types, as the model card; the "
+                                     "default), id or all; several as a comma list (all,ood,id): the data is read "
+                                     "and keyed once. Ignored, with a warning, by --compare model-card."),
     on: str | None = typer.Option(None, "--on", help="Join --scores files to expert rows on these columns "
                                   "(comma list, e.g. id) instead of by text content."),
     compare: str | None = typer.Option(None, "--compare", help="model-card: print ours, the model card's value, "
@@ -68,6 +69,14 @@ def meta_eval(
     kendall_ci: bool = typer.Option(False, "--kendall-ci", help="Also bootstrap Kendall's tau (slow)."),
     save_scores: Path | None = typer.Option(None, "--save-scores", help="Save the scores of --judge runs as "
                                             "JSONL (reusable with --scores)."),
+    alpha_ci: bool = typer.Option(False, "--alpha-ci", help="Also bootstrap Krippendorff's alpha (as costly as "
+                                  "Spearman's intervals); its point value is always computed."),
+    jury: list[str] = typer.Option([], "--jury", help="Add a jury of all judge sources: mean, median or majority "
+                                   "(of the rounded scores). Repeatable; the 'juries' table compares each jury with "
+                                   "each member on the same resamples."),
+    repeats: int = typer.Option(1, "--repeats", min=1, help="Repeat consistency: each --judge runs N times with "
+                                "sampling seeds 0..N-1 (set --temperature > 0; with --db through the run store), "
+                                "and --scores files are taken N at a time as runs of one judge."),
     strict: bool = typer.Option(False, "--strict", help="An expert row that cannot be read or used (out of the "
                                 "rubric's scale, not finite, duplicated) is an error instead of a counted warning."),
     engine_options: dict[str, Any] | None = None,
@@ -78,7 +87,7 @@ def meta_eval(
 ) -> None:
     """Judges against expert scores: Spearman, MAE, Verdict Confidence (and more) per evaluated LLM and
     their average, with bootstrap confidence intervals, in the model card's table shape."""
-    from pollux.metaeval import JudgeRun, MetaEvalWarning, run
+    from pollux.metaeval import MetaEvalWarning, run
     from pollux.metaeval.pipeline import check_format, parse_metrics
 
     given = engine_options or {}
@@ -86,19 +95,19 @@ def meta_eval(
     executor = opt.executor_options(ray=ray, workers=workers, cpus_per_worker=cpus_per_worker,
                                     gpus_per_worker=gpus_per_worker,
                                     tensor_parallel_size=given.get("tensor_parallel_size"))
-    judges = [JudgeRun(spec, opt.check_options(spec, given, defaults=opt.worker_defaults(executor)), given)
-              for spec in judge]
+    judges, names = _expand_repeats(judge, judge_name, len(scores), repeats, given, executor)
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MetaEvalWarning)
         try:
             check_format(fmt)
-            done = run(expert_file, scores=scores, judges=judges, names=judge_name, splits=split, score=score,
+            done = run(expert_file, scores=scores, judges=judges, names=names, splits=split, score=score,
                        on=[c.strip() for c in (on or "").split(",") if c.strip()], ood_tasks=ood_tasks,
                        strict=strict, compare=compare, card_judges=card_judge, db=db, executor=executor,
                        save_scores=save_scores, log=lambda message: typer.echo(message, err=True),
                        n_bootstrap=bootstrap, confidence=confidence, seed=seed, by_group=not no_groups,
-                       out_of_scale=out_of_scale, kendall_ci=kendall_ci, common_rows=common_rows)
+                       out_of_scale=out_of_scale, kendall_ci=kendall_ci, common_rows=common_rows,
+                       alpha_ci=alpha_ci, juries=jury, repeats=repeats)
             text = done.render(fmt, parse_metrics(metrics))
         except (ValueError, OSError, ImportError, RuntimeError) as e:  # RuntimeError: pollux.store
             _echo_warnings(caught)
@@ -109,6 +118,31 @@ def meta_eval(
         typer.echo(f"wrote {out}", err=True)
     else:
         sys.stdout.write(text)
+
+
+def _expand_repeats(specs: list[str], names: list[str], n_scores: int, repeats: int, given: dict[str, Any],
+                    executor: Any) -> tuple[list[Any], list[str]]:
+    """Each --judge once, or `repeats` times with sampling seeds 0..N-1 (each seed its own run in
+    a run store: the options are the run's configuration), named "NAME seed=i"."""
+    from pollux.metaeval import JudgeRun
+
+    if repeats == 1 or not specs:
+        judges = [JudgeRun(spec, opt.check_options(spec, given, defaults=opt.worker_defaults(executor)), given)
+                  for spec in specs]
+        return judges, list(names)
+    if names and len(names) != n_scores + len(specs):
+        _fail(f"{len(names)} --judge-name for {n_scores + len(specs)} judge sources")
+    seeds = list(range(repeats))
+    judges, judge_names = [], []
+    own: list[str | None] = list(names[n_scores:]) if names else [None] * len(specs)
+    for spec, name in zip(specs, own, strict=False):
+        for s in seeds:
+            options = {**given, "seed": s}
+            judges.append(JudgeRun(spec, opt.check_options(spec, options, defaults=opt.worker_defaults(executor)),
+                                   options))
+            judge_names.append(f"{name or spec} seed={s}")
+    # "" = the source's own name (a score file's judge field or its stem)
+    return judges, [*(names[:n_scores] if names else [""] * n_scores), *judge_names]
 
 
 def _echo_warnings(caught: list[warnings.WarningMessage]) -> None:

@@ -296,3 +296,21 @@ def percentile_ci(samples: np.ndarray, confidence: float = 0.95) -> tuple[float,
     tail = (1 - confidence) / 2 * 100
     lo, hi = np.percentile(ok, [tail, 100 - tail])
     return float(lo), float(hi)
+
+
+def alpha_resampled(x: np.ndarray, y: np.ndarray, answer: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Ordinal Krippendorff's alpha per resample: each resample's coincidence matrix is the count
+    matrix times a sparse (answer × coincidence cell) matrix, so no resampled rows are made. Costs
+    about as much as Spearman: computed only on request (`--alpha-ci`)."""
+    from scipy import sparse
+
+    from pollux.metaeval.metrics import alpha_codes, alpha_from_pairs
+
+    cells, n_levels = alpha_codes(x, y)
+    used, cell = np.unique(cells, return_inverse=True)
+    per_answer = sparse.csr_matrix((np.ones(cells.size), (answer, cell)), shape=(counts.shape[1], used.size))
+    totals = np.asarray(per_answer.T @ counts.T).T  # (resamples, cells used)
+    flat = np.zeros((counts.shape[0], n_levels * n_levels))
+    flat[:, used] = totals
+    pairs = flat.reshape(-1, n_levels, n_levels)
+    return alpha_from_pairs(pairs + pairs.transpose(0, 2, 1))

@@ -1,10 +1,14 @@
 """The model card's tables as data (`pollux/data/model_card/tables.json`) and our numbers beside them.
 
 The card reports, per judge, Spearman, MAE and Verdict Confidence per evaluated LLM and their
-mean ("Avg."). The file holds what this project has of it — the averages — with every per-LLM
-cell `null` until someone fills it in from the card; a null cell is shown as missing and never
-compared. It also says on which split each metric is computed (`splits`) and how the card's LLM
-names map to the dataset's `model_id`s.
+mean ("Avg."). The file holds the card's three tables verbatim (LLM names as the card prints
+them); a cell the card does not have (pollux-judge-32b's per-LLM cells) is shown as missing and
+never compared. It also says on which split each metric is computed (`splits`) and how the card's
+LLM names map to the dataset's `model_id`s (`ModelCard.card_name`).
+
+The card's printed "Avg." is not always the plain mean of its seven cells (it was presumably
+averaged before rounding, or over other rows); ours is the plain mean over LLMs, so the
+comparison carries both the card's printed Avg. and the mean of the card's cells.
 
 `compare_with_card` lines up, for one of our judges and one card judge, each card cell with our
 value, the difference (ours − card), our bootstrap interval and whether the card's value lies
@@ -29,9 +33,10 @@ from pollux.metaeval.evaluate import ALL_GROUPS, AVG, MetaEvalResult, split_rows
 
 CARD_METRICS = ("spearman", "mae", "vc")
 COMPARE_COLUMNS = ("judge", "score", "card_judge", "metric", "split", "model", "model_id", "ours", "ci_low",
-                   "ci_high", "card", "card_note", "delta", "card_in_ci", "n_rows")
-# What a null cell of tables.json means: the card's per-LLM values were not available offline.
-CARD_NA = "n/a (not published offline)"
+                   "ci_high", "card", "card_note", "delta", "card_in_ci", "n_rows", "card_cells_mean")
+# What a missing cell means: the card has no such number (pollux-judge-32b's per-LLM cells).
+CARD_NA = "n/a (not in the card)"
+_DATE = re.compile(r"[-_ ]?(?:20\d\d[-_.]?\d\d[-_.]?\d\d)$")
 
 
 @dataclass(frozen=True)
@@ -50,22 +55,45 @@ class ModelCard:
         return None if v is None else float(v)
 
     def card_name(self, model_id: str) -> str | None:
-        """The card's name of a dataset `model_id` (by the mapping, then by normalised spelling)."""
+        """The card's name of a dataset `model_id`: equal, after `_norm`, to a row's model_id, its
+        card name with or without the parenthesised version ("GigaChat-Max (1.0.26.20)"), or an
+        alias ("YandexGPT 4 Pro" for "YaGPT-4-Pro (2024-10-23)") — also once a trailing date is
+        dropped from the id ("gpt-4o-2024-08-06"). None: the card has no row for it."""
+        wanted = {_norm(model_id), _norm(_DATE.sub("", str(model_id).strip()))}
         for m in self.models:
-            if model_id == m["model_id"] or _norm(model_id) in (_norm(m["model_id"]), _norm(m["card_name"])):
+            names = [m["model_id"], m["card_name"], _bare(m["card_name"]), *m.get("aliases", [])]
+            if wanted & {_norm(n) for n in names}:
                 return str(m["card_name"])
         return None
 
+    def cells_mean(self, judge: str, metric: str) -> float | None:
+        """The plain mean of the card's per-LLM cells (None unless the card has all of them)."""
+        cells = self.judges[judge].get(metric, {}).get("per_model", {})
+        values = [cells.get(m["card_name"]) for m in self.models]
+        return None if not values or None in values else float(np.mean(values))
+
     def judge(self, name: str) -> str:
-        """The card judge called `name` (spelling-insensitive); an error listing them otherwise."""
+        """The card judge called `name` (spelling-insensitive, "GPT-4o (2024-11-20)" = "GPT-4o");
+        an error listing them otherwise."""
         for j in self.judges:
-            if _norm(j) == _norm(name):
+            if _norm(j) in (_norm(name), _norm(_bare(name))):
                 return j
         raise ValueError(f"the model card has no judge {name!r}: it lists {', '.join(self.judges)}")
 
 
 def _norm(text: str) -> str:
     return re.sub(r"[^0-9a-zа-яё]", "", str(text).lower())
+
+
+def _bare(name: str) -> str:
+    """A card name without its parenthesised version or date: "o1 (2024-12-17)" → "o1"."""
+    return re.sub(r"\s*\([^)]*\)\s*$", "", str(name))
+
+
+def unplaced_models(models: Sequence[str]) -> list[str]:
+    """The dataset `model_id`s that match no row of the card (shown under their own id)."""
+    card = load_model_card()
+    return [m for m in models if card.card_name(m) is None]
 
 
 @cache
@@ -97,6 +125,7 @@ def compare_with_card(results: dict[str, MetaEvalResult], judge: str, card_judge
         score = result.sources.get(judge, (judge, result.settings.get("score", "")))[1]
         m = result.metrics
         mine = m[(m["judge"] == judge) & (m["metric"] == metric) & (m["group"] == ALL_GROUPS)].set_index("model")
+        cells_mean = card.cells_mean(card_judge, metric)
         for model in [*result.models, AVG]:
             name = AVG if model == AVG else (card.card_name(model) or model)
             ours = mine.loc[model] if model in mine.index else None
@@ -110,7 +139,8 @@ def compare_with_card(results: dict[str, MetaEvalResult], judge: str, card_judge
                          "ci_high": hi, "card": np.nan if theirs is None else theirs,
                          "card_note": CARD_NA if theirs is None else "",
                          "delta": np.nan if theirs is None else value - theirs, "card_in_ci": inside,
-                         "n_rows": int(ours["n_rows"]) if ours is not None else 0})
+                         "n_rows": int(ours["n_rows"]) if ours is not None else 0,
+                         "card_cells_mean": _differs(cells_mean, theirs) if model == AVG else np.nan})
     return pd.DataFrame(rows, columns=list(COMPARE_COLUMNS))
 
 
@@ -135,28 +165,38 @@ def compare_judges(results: dict[str, MetaEvalResult], card_judges: Sequence[str
     return table.reset_index(drop=True)
 
 
+def _differs(cells_mean: float | None, printed: float | None) -> float:
+    """The mean of the card's cells where it differs from the card's printed Avg. at the card's
+    precision (three decimals); NaN where they agree or either is missing."""
+    if cells_mean is None or printed is None or round(cells_mean, 3) == round(printed, 3):
+        return np.nan
+    return cells_mean
+
+
 def _num(v: float, digits: int = 3) -> str:
     return "—" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{digits}f}"
 
 
 def comparison_text(table: pd.DataFrame) -> str:
     """The comparison as an aligned plain-text table (terminal)."""
-    header = ("judge", "score", "card judge", "metric", "split", "LLM", "ours", "95% CI", "card", "Δ", "card in CI")
+    header = ("judge", "score", "card judge", "metric", "split", "LLM", "ours", "95% CI", "card", "Δ", "card in CI",
+              "card cells' mean")
     lines = [header]
     for r in table.itertuples(index=False):
         ci = "—" if np.isnan(r.ci_low) else f"[{r.ci_low:.3f}, {r.ci_high:.3f}]"
         inside = "—" if r.card_in_ci is None else ("inside" if r.card_in_ci else "OUTSIDE")
         delta = "—" if np.isnan(r.delta) else f"{r.delta:+.3f}"
         lines.append((r.judge, r.score, r.card_judge, r.metric, r.split, r.model, _num(r.ours), ci, _card(r.card),
-                      delta, inside))
+                      delta, inside, "" if np.isnan(r.card_cells_mean) else f"{r.card_cells_mean:.3f}"))
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
     out = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines]
     return "\n".join([*out, "", NOTE]) + "\n"
 
 
-NOTE = (f"card: the model card's value; card {CARD_NA}: the card's per-LLM cells are not in this package "
-        "(pollux/data/model_card/tables.json has the card's averages only; docs/meta-eval.md says how to fill them "
-        "in). Δ = ours − card; 'card in CI': whether the card's value lies in our bootstrap interval.")
+NOTE = (f"card: the model card's value; card {CARD_NA}: the card has no such cell. Δ = ours − card; 'card in CI': "
+        "whether the card's value lies in our bootstrap interval. Our average is the plain mean over the LLMs; the "
+        "card's printed average is not always the mean of its own cells: where they differ (at three decimals) "
+        "'card cells' mean' gives the mean of the card's cells, the number comparable with ours.")
 
 
 def _card(v: float) -> str:
@@ -205,7 +245,8 @@ def comparison_html(table: pd.DataFrame, results: dict[str, MetaEvalResult],
                     confusion: dict[str, pd.DataFrame] | None = None, reliability: pd.DataFrame | None = None) -> str:
     """A standalone page: the comparison table, per-LLM bars with CIs (card values as red ticks)
     and, when given, judge-vs-expert confusion tables per criterion and the calibration table."""
-    head = ["judge", "score", "card judge", "metric", "split", "LLM", "ours", "95% CI", "card", "Δ", "card in CI"]
+    head = ["judge", "score", "card judge", "metric", "split", "LLM", "ours", "95% CI", "card", "Δ", "card in CI",
+            "card cells' mean"]
     body = []
     for r in table.itertuples(index=False):
         ci = "—" if np.isnan(r.ci_low) else f"[{r.ci_low:.3f}, {r.ci_high:.3f}]"
@@ -213,7 +254,8 @@ def comparison_html(table: pd.DataFrame, results: dict[str, MetaEvalResult],
         delta = "—" if np.isnan(r.delta) else f"{r.delta:+.3f}"
         cells = [escape(str(c)) for c in (r.judge, r.score, r.card_judge, r.metric, r.split, r.model)]
         body.append("<tr>" + "".join(f"<td>{c}</td>" for c in
-                                     [*cells, _num(r.ours), ci, escape(_card(r.card)), delta, inside]) + "</tr>")
+                                     [*cells, _num(r.ours), ci, escape(_card(r.card)), delta, inside,
+                                      "" if np.isnan(r.card_cells_mean) else _num(r.card_cells_mean)]) + "</tr>")
     charts = [_bars_svg(g, f"{j} — {m} ({s})") for (j, m, s), g in table.groupby(["judge", "metric", "split"],
                                                                                   sort=False)]
     blocks = []
@@ -297,17 +339,51 @@ def render_comparison(results: dict[str, MetaEvalResult], card_judges: Sequence[
                       scores: Sequence[pd.DataFrame], score: tuple[str, ...]) -> str:
     """`pollux meta-eval --compare model-card` in `fmt`: each judge beside the card's numbers; JSON
     and HTML add the calibration (and HTML the confusion tables) of the out-of-domain rows."""
+    first = next(iter(results.values()))
+    unplaced = unplaced_models(first.models)
+    if unplaced:
+        import warnings
+
+        from pollux.metaeval.experts import MetaEvalWarning
+
+        names = ", ".join(m["card_name"] for m in load_model_card().models)
+        warnings.warn(f"the model card has no row for dataset model(s) {', '.join(unplaced)}: shown under their own "
+                      f"id, without card values (the card's LLMs: {names})", MetaEvalWarning, stacklevel=2)
     table = compare_judges(results, card_judges)
+    system = system_levels(results)
     if fmt == "csv":
         return str(table.to_csv(index=False))
     if fmt not in ("json", "html"):
-        return comparison_text(table)
+        return comparison_text(table) + ("\n" + SYSTEM_TITLE + "\n" + system_text(system) if not system.empty else "")
     ood = split_rows(experts, "ood")[0]
     all_scores = pd.concat(list(scores), ignore_index=True)
     reliability = calibration(experts, all_scores, score=score, rows=ood)
     if fmt == "json":
         return json.dumps({"comparison": comparison_json(table), "calibration": comparison_json(reliability),
+                           "system": comparison_json(system),
                            "results": {x: r.to_dict() for x, r in results.items()}},
                           ensure_ascii=False, indent=2, default=str) + "\n"
     confusion = confusion_by_criterion(experts, all_scores, score=score, rows=ood)
-    return comparison_html(table, results, confusion, reliability)
+    page = comparison_html(table, results, confusion, reliability)
+    extra = f"<h2>{escape(SYSTEM_TITLE)}</h2><pre>{escape(system_text(system))}</pre>" if not system.empty else ""
+    return page.replace("</body></html>", extra + "</body></html>", 1)
+
+
+SYSTEM_TITLE = ("System-level agreement: the evaluated LLMs ranked by the judge's mean score vs by the experts' "
+                "(Spearman and Kendall over LLMs; 95% bootstrap intervals over answers), per split and criterion group")
+
+
+def system_levels(results: dict[str, MetaEvalResult]) -> pd.DataFrame:
+    """Every split's system-level agreement table, with the split named."""
+    parts = [r.diagnostics["system"].assign(split=x) for x, r in results.items() if "system" in r.diagnostics]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def system_text(system: pd.DataFrame) -> str:
+    """The system-level table as aligned text."""
+    lines = [("judge", "split", "group", "statistic", "value", "95% CI")]
+    for r in system.itertuples(index=False):
+        ci = "—" if np.isnan(r.ci_low) else f"[{r.ci_low:.3f}, {r.ci_high:.3f}]"
+        lines.append((str(r.judge), str(r.split), str(r.group), str(r.statistic), _num(r.value), ci))
+    widths = [max(len(line[i]) for line in lines) for i in range(6)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines) + "\n"

@@ -25,8 +25,25 @@ from pollux.metaeval import bootstrap as bs
 from pollux.metaeval.domains import check_split
 from pollux.metaeval.experts import ExpertData, MetaEvalWarning
 from pollux.metaeval.groups import UNKNOWN
-from pollux.metaeval.metrics import CORRELATIONS, METRICS, correlation_problem, point_metrics, row_values
-from pollux.metaeval.scores import NUMBERS, parse_score_choices, select_scores
+from pollux.metaeval.metrics import (
+    CORRELATIONS,
+    METRICS,
+    correlation_problem,
+    kappa_from_means,
+    point_metrics,
+    row_values,
+)
+from pollux.metaeval.scores import NUMBERS, parse_score_choices, round_half_away, select_scores
+from pollux.metaeval.trust import (
+    Jury,
+    SystemInputs,
+    combine,
+    jury_reasons,
+    length_bias,
+    paired_differences,
+    repeat_consistency,
+    system_agreement,
+)
 
 AVG = "Avg."
 ALL_GROUPS = "all"
@@ -50,6 +67,7 @@ class MetaEvalResult:
     settings: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
     sources: dict[str, tuple[str, str]] = field(default_factory=dict)
+    diagnostics: dict[str, pd.DataFrame] = field(default_factory=dict)
 
     def table(self, metric: str, group: str = ALL_GROUPS, what: str = "value") -> pd.DataFrame:
         """Model-card shape: rows = evaluated LLMs then "Avg.", columns = judges."""
@@ -72,7 +90,8 @@ class MetaEvalResult:
         return {"settings": self.settings, "judges": self.judges, "models": self.models,
                 "sources": {k: {"judge": j, "score": c} for k, (j, c) in self.sources.items()},
                 "groups": self.groups, "metrics": records(self.metrics),
-                "coverage": records(self.coverage), "warnings": self.warnings}
+                "coverage": records(self.coverage), "warnings": self.warnings,
+                "diagnostics": {k: records(v) for k, v in self.diagnostics.items()}}
 
 
 def _seed(seed: int, *parts: str) -> np.random.Generator:
@@ -185,6 +204,9 @@ def meta_evaluate(
     out_of_scale: str = "drop",
     kendall_ci: bool = False,
     common_rows: bool = False,
+    alpha_ci: bool = False,
+    juries: Sequence[Jury] = (),
+    repeats: Sequence[Sequence[str]] = (),
 ) -> MetaEvalResult:
     """Compare judges with experts. `scores`: score frame(s) from `pollux.metaeval.scores`.
 
@@ -194,6 +216,11 @@ def meta_evaluate(
     `split`: "ood" (held-out task types), "id" or "all" (`split_rows`). `n_bootstrap=0` skips
     intervals. `out_of_scale`: "drop" (the official metrics' rule; counted) or "clip" to the scale.
     `common_rows`: compare every judge on the rows all judges scored.
+    `alpha_ci`: also bootstrap Krippendorff's alpha (as costly as Spearman's resamples).
+    `juries`: judges combined row by row (`trust.Jury`), added as judge columns; the
+    "juries" diagnostic has each jury minus each member with paired intervals. `repeats`: groups
+    of judge columns that are runs of one judge: each gets a median and a mean column and the
+    "repeats" diagnostic (spread, share of rows whose score changes).
     """
     check_split(split)
     if out_of_scale not in OUT_OF_SCALE:
@@ -201,6 +228,7 @@ def meta_evaluate(
     notes: list[str] = []
     sources: dict[str, tuple[str, str]] = {}
     values, reasons = _join(experts, _one_frame(scores), score, out_of_scale, notes, sources)
+    pairs = _add_juries(values, reasons, sources, juries, repeats)
     judges = list(values)
     in_split, applied, split_note = split_rows(experts, split)
     if not in_split.any():
@@ -218,16 +246,60 @@ def meta_evaluate(
     subsets = _subsets(frame, in_split, by_group, notes)
     scored = _Scored(values=values, expert=frame["expert"].to_numpy(), annotations=experts.annotations,
                      answer=frame["answer_id"].to_numpy(), confidence=confidence, n_bootstrap=n_bootstrap)
-    records = _metric_records(scored, frame, models, subsets, in_split & applicable, seed, kendall_ci, notes)
+    slow = frozenset({"kendall"} if kendall_ci else set()) | frozenset({"alpha"} if alpha_ci else set())
+    records = _metric_records(scored, frame, models, subsets, in_split & applicable, seed, slow, notes)
+    diagnostics = _diagnostics(scored, frame, models, subsets, in_split & applicable, pd.DataFrame(records), pairs,
+                               repeats)
     for note in notes:
         warnings.warn(note, MetaEvalWarning, stacklevel=2)
     settings = {"score": ",".join(parse_score_choices(score)), "split": applied, "split_requested": split,
                 "n_bootstrap": n_bootstrap, "confidence": confidence, "seed": seed, "out_of_scale": out_of_scale,
-                "common_rows": common_rows, "kendall_ci": kendall_ci, "expert_source": experts.source,
+                "common_rows": common_rows, "kendall_ci": kendall_ci, "alpha_ci": alpha_ci,
+                "expert_source": experts.source,
                 "expert_rows_skipped": len(experts.skipped),
                 "expert_rows_excluded": {reason: len(w) for reason, w in experts.excluded.items()}}
     return MetaEvalResult(metrics=pd.DataFrame(records), coverage=pd.DataFrame(coverage), judges=judges,
-                          models=models, groups=subsets[1:], settings=settings, warnings=notes, sources=sources)
+                          models=models, groups=subsets[1:], settings=settings, warnings=notes, sources=sources,
+                          diagnostics=diagnostics)
+
+
+def _add_juries(values: dict[str, np.ndarray], reasons: dict[str, dict[str, np.ndarray]],
+                sources: dict[str, tuple[str, str]], juries: Sequence[Jury],
+                repeats: Sequence[Sequence[str]]) -> list[tuple[str, str]]:
+    """Each jury's (and each group of repeats' median and mean) column added to `values`; the
+    (combined, member) pairs to compare."""
+    given = list(values)
+    wanted = [(j, list(j.members) or given) for j in juries]
+    for group in repeats:
+        wanted += [(Jury(how, tuple(group), f"{group[0]} {how} of {len(group)} runs"), list(group))
+                   for how in ("median", "mean")]
+    pairs = []
+    for jury, members in wanted:
+        unknown = [m for m in members if m not in given]
+        if unknown:
+            raise ValueError(f"jury {jury.how}: no judge {', '.join(map(repr, unknown))} (judges: {', '.join(given)})")
+        label = jury.label(members)
+        values[label] = combine([values[m] for m in members], jury.how)
+        reasons[label] = jury_reasons([reasons[m] for m in members], values[label])
+        sources[label] = (label, jury.how)
+        pairs += [(label, m) for m in members]
+    return pairs
+
+
+def _diagnostics(scored: _Scored, frame: pd.DataFrame, models: list[str], subsets: list[str], usable: np.ndarray,
+                 records: pd.DataFrame, pairs: list[tuple[str, str]],
+                 repeats: Sequence[Sequence[str]]) -> dict[str, pd.DataFrame]:
+    """The trust diagnostics (`pollux.metaeval.trust`) on the split's rows and resamples."""
+    lengths = frame["answer"].astype(str).str.len().to_numpy(dtype=float)
+    out = {"system": system_agreement(SystemInputs(scored.values, scored.expert, scored.rows_of, scored.samples),
+                                      models, subsets, scored.confidence),
+           "length_bias": length_bias(scored.values, scored.expert, lengths, usable)}
+    if pairs:
+        out["juries"] = paired_differences(records, scored.samples, pairs, models, ALL_GROUPS, AVG,
+                                           scored.confidence)
+    if repeats:
+        out["repeats"] = repeat_consistency(scored.values, repeats, usable)
+    return out
 
 
 def _one_frame(scores: pd.DataFrame | Sequence[pd.DataFrame]) -> pd.DataFrame:
@@ -303,10 +375,11 @@ class _Scored:
     confidence: float
     n_bootstrap: int
     samples: dict[tuple[str, str, str], dict[str, np.ndarray]] = field(default_factory=dict)
+    rows_of: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
 
 
 def _metric_records(scored: _Scored, frame: pd.DataFrame, models: list[str], subsets: list[str],
-                    usable: np.ndarray, seed: int, kendall_ci: bool, notes: list[str]) -> list[dict[str, Any]]:
+                    usable: np.ndarray, seed: int, slow: frozenset[str], notes: list[str]) -> list[dict[str, Any]]:
     """Every metric's point value and interval per (judge, subset, LLM) and "Avg."; the warnings
     raised on the way (NaN correlations, empty cells) are appended to `notes`."""
     model_col, group_col = frame["model_id"].to_numpy(), frame["group"].to_numpy()
@@ -315,8 +388,9 @@ def _metric_records(scored: _Scored, frame: pd.DataFrame, models: list[str], sub
                                            & ((group_col == subset) if subset != ALL_GROUPS else True))
                for subset in subsets for m in models}
     answers = {m: np.unique(scored.answer[usable & (model_col == m)]) for m in models}
+    scored.rows_of = rows_of
     scored.samples = _bootstrap(scored.values, scored.expert, scored.annotations, scored.answer, rows_of, answers,
-                                judges, scored.n_bootstrap, seed, kendall_ci)
+                                judges, scored.n_bootstrap, seed, slow)
     records: list[dict[str, Any]] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MetaEvalWarning)
@@ -363,7 +437,7 @@ def _cells(scored: _Scored, subset: str, m: str, rows: np.ndarray, answer_ids: n
 
 def _bootstrap(values: dict[str, np.ndarray], expert: np.ndarray, annotations: np.ndarray, answer: np.ndarray,
                rows_of: dict[tuple[str, str], np.ndarray], answers: dict[str, np.ndarray], judges: list[str],
-               n_bootstrap: int, seed: int, kendall_ci: bool) -> dict[tuple[str, str, str], dict[str, np.ndarray]]:
+               n_bootstrap: int, seed: int, slow: frozenset[str]) -> dict[tuple[str, str, str], dict[str, np.ndarray]]:
     """Every (subset, LLM, judge)'s resampled metrics, one LLM at a time.
 
     One resample set per LLM, shared by every criterion group: a group's rows are some rows of
@@ -379,14 +453,14 @@ def _bootstrap(values: dict[str, np.ndarray], expert: np.ndarray, annotations: n
         for m, ans_ids in answers.items():
             if ans_ids.size:
                 _bootstrap_llm(out, m, ans_ids, values, expert, annotations, answer, rows_of, judges, n_bootstrap,
-                               seed, kendall_ci)
+                               seed, slow)
     return out
 
 
 def _bootstrap_llm(out: dict[tuple[str, str, str], dict[str, np.ndarray]], m: str, ans_ids: np.ndarray,
                    values: dict[str, np.ndarray], expert: np.ndarray, annotations: np.ndarray, answer: np.ndarray,
                    rows_of: dict[tuple[str, str], np.ndarray], judges: list[str], n_bootstrap: int, seed: int,
-                   kendall_ci: bool) -> None:
+                   slow: frozenset[str]) -> None:
     """One LLM's resamples, drawn once, for every subset and judge (into `out`)."""
     counts = bs.resample_counts(ans_ids.size, n_bootstrap, _seed(seed, ALL_GROUPS, m))
     for (subset, model), rows in rows_of.items():
@@ -398,22 +472,29 @@ def _bootstrap_llm(out: dict[tuple[str, str, str], dict[str, np.ndarray]], m: st
             if use.any():
                 idx = rows[use]
                 out[subset, m, j] = _resampled(values[j][idx], expert[idx], annotations[idx], local[use], counts,
-                                               kendall_ci)
+                                               slow)
 
 
 def _resampled(x: np.ndarray, y: np.ndarray, ann: np.ndarray, a: np.ndarray, counts: np.ndarray,
-               kendall_ci: bool) -> dict[str, np.ndarray]:
+               slow: frozenset[str]) -> dict[str, np.ndarray]:
+    """Every metric per resample. Besides the metrics, "_x" and "_y" (the resampled mean judge
+    and expert scores: the system-level ranking's input); kappa comes from the same product
+    (the means of r, y, r², y², r·y); Kendall and alpha only when in `slow`."""
     n_answers = counts.shape[1]
-    values = row_values(x, y, ann)
+    r = round_half_away(x)
+    values = {**row_values(x, y, ann), "_x": x, "_y": y, "_r": r, "_rr": r * r, "_yy": y * y, "_ry": r * y}
     defined = correlation_problem(x, y) is None
     # The mean-type metrics and Pearson from one product with the count matrix (one pass over it).
     sums = bs.mean_sums(values, a, n_answers)
     totals = counts @ (np.hstack([sums, bs.pearson_sums(x, y, a, n_answers)]) if defined else sums)
     out = bs.means_from(list(values), totals[:, : sums.shape[1]])
+    out["kappa"] = kappa_from_means(out.pop("_r"), out["_y"], out.pop("_rr"), out.pop("_yy"), out.pop("_ry"))
+    if "alpha" in slow:
+        out["alpha"] = bs.alpha_resampled(x, y, a, counts)
     if defined:
         out["pearson"] = bs.pearson_from(totals[:, sums.shape[1]:])
         out["spearman"] = bs.spearman_resampled(x, y, a, counts)
-        if kendall_ci:
+        if "kendall" in slow:
             out["kendall"] = bs.kendall_resampled(x, y, a, counts)
     else:
         nan = np.full(counts.shape[0], np.nan)

@@ -16,6 +16,7 @@ through a `pollux evaluate` run store (`db`: resumable, reused by later runs).
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ import pandas as pd
 
 from pollux.metaeval.domains import check_split, parse_ood_tasks
 from pollux.metaeval.evaluate import MetaEvalResult, meta_evaluate, split_rows
-from pollux.metaeval.experts import ExpertData, load_experts
+from pollux.metaeval.experts import ExpertData, MetaEvalWarning, load_experts
 from pollux.metaeval.metrics import METRICS
 from pollux.metaeval.scores import (
     parse_score_choices,
@@ -35,6 +36,7 @@ from pollux.metaeval.scores import (
     write_score_jsonl,
 )
 from pollux.metaeval.tables import FORMATS, render
+from pollux.metaeval.trust import Jury, check_jury_rule
 
 DB_SUFFIXES = (".db", ".sqlite", ".sqlite3")  # a score source with these is a pollux run database
 COMPARISONS = ("model-card",)
@@ -111,7 +113,7 @@ def run(
     scores: Sequence[str | Path] = (),
     judges: Sequence[JudgeRun] = (),
     names: Sequence[str] = (),
-    splits: str | Sequence[str] = "ood",
+    splits: str | Sequence[str] | None = None,
     score: str | Sequence[str] = "auto",
     on: Sequence[str] = (),
     ood_tasks: str | Sequence[str] | None = None,
@@ -122,6 +124,8 @@ def run(
     executor: Any = None,
     save_scores: str | Path | None = None,
     log: Callable[[str], None] | None = None,
+    repeats: int = 1,
+    juries: Sequence[str] = (),
     **evaluate: Any,
 ) -> MetaEvalRun:
     """A meta-evaluation from its inputs (see the module docstring).
@@ -131,10 +135,25 @@ def run(
     in that order (all `scores`, then all `judges`), or none. `on`: join score files on these
     columns instead of by content. `strict`: an expert row that cannot be read or used is an
     error (`load_experts`). `compare="model-card"`: compute the splits the card's tables use,
-    for `MetaEvalRun.render`. `save_scores`: write the judges' scores as JSONL. `log`: progress
-    lines. `evaluate`: `meta_evaluate`'s settings (n_bootstrap, confidence, seed, by_group,
-    out_of_scale, kendall_ci, common_rows)."""
-    wanted, choices = _check_request(splits, score, compare, scores, judges, names)
+    for `MetaEvalRun.render` (`splits` is then ignored, with a warning). `save_scores`: write the
+    judges' scores as JSONL. `log`: progress lines. `repeats`: the sources, in order, are runs of
+    one judge N at a time (`--repeats N`: the CLI runs each `--judge` N times with sampling seeds
+    0..N-1): each block gets a median and a mean column and a consistency table. `juries`: rules
+    (`trust.JURY_RULES`) combining every source into a jury column each. `evaluate`:
+    `meta_evaluate`'s settings (n_bootstrap, confidence, seed, by_group, out_of_scale,
+    kendall_ci, alpha_ci, common_rows)."""
+    if compare is not None and splits is not None:
+        warnings.warn(f"--split {splits if isinstance(splits, str) else ','.join(splits)} is ignored with --compare "
+                      "model-card: each metric is computed on the card's own split (Spearman and MAE out-of-domain, "
+                      "Verdict Confidence on all rows)", MetaEvalWarning, stacklevel=2)
+    wanted, choices = _check_request("ood" if splits is None else splits, score, compare, scores, judges, names)
+    n_sources = len(scores) + len(judges)
+    if repeats < 1 or n_sources % repeats:
+        raise ValueError(f"--repeats {repeats}: the {n_sources} judge source(s) must be whole blocks of {repeats} "
+                         "runs of one judge")
+    rules = [Jury(check_jury_rule(how)) for how in juries]
+    if repeats > 1 and len(choices) > 1:
+        raise ValueError("--repeats compares one score per judge: give a single --score")
     say = log or (lambda _message: None)
     source_names: list[str | None] = list(names) or [None] * (len(scores) + len(judges))
     data = experts if isinstance(experts, ExpertData) else load_experts(
@@ -150,9 +169,30 @@ def run(
     if save_scores is not None and ran:
         write_score_jsonl(pd.concat(ran, ignore_index=True), save_scores)
         say(f"saved judge scores to {save_scores}")
-    results = {x: meta_evaluate(data, frames + ran, score=choices, split=x, **evaluate) for x in wanted}
+    sources, blocks = _repeat_blocks(frames + ran, repeats)
+    results = {x: meta_evaluate(data, sources, score=choices, split=x, juries=rules, repeats=blocks, **evaluate)
+               for x in wanted}
     return MetaEvalRun(experts=data, scores=frames + ran, results=results, score=choices, compare=compare,
                        card_judges=list(card_judges))
+
+
+def _repeat_blocks(frames: list[pd.DataFrame], repeats: int) -> tuple[list[pd.DataFrame], list[list[str]]]:
+    """The score frames, and with `repeats` > 1 the judge names of each block of `repeats` runs.
+    Runs of one block that share a name (the same judge's score files) are told apart as
+    "NAME run i"."""
+    if repeats == 1:
+        return frames, []
+    out: list[pd.DataFrame] = []
+    blocks: list[list[str]] = []
+    for start in range(0, len(frames), repeats):
+        block = frames[start:start + repeats]
+        names = [str(f["judge"].iloc[0]) if len(f) else "" for f in block]
+        if len(set(names)) < len(names):
+            names = [f"{names[0]} run {i + 1}" for i in range(len(block))]
+            block = [f.assign(judge=n) for f, n in zip(block, names, strict=True)]
+        out += block
+        blocks.append(names)
+    return out, blocks
 
 
 def _check_request(splits: str | Sequence[str], score: str | Sequence[str], compare: str | None,

@@ -7,7 +7,9 @@ of each row is marked (bold in Markdown and HTML).
 
 Formats: `table` (terminal, rich), `markdown`, `csv` (one line per table row, numbers in
 separate value / ci_low / ci_high columns per judge), `html` (a standalone page) and `json`
-(everything, tidy).
+(everything, tidy). The trust diagnostics (`pollux.metaeval.trust`: system-level agreement,
+length bias, juries, repeats) follow the coverage in `table`, `markdown` and `html`, and are
+under "diagnostics" in `json`; `csv` keeps one rectangular table of the metrics.
 """
 
 from __future__ import annotations
@@ -74,6 +76,36 @@ def _blocks(result: MetaEvalResult, metrics: tuple[str, ...]) -> list[tuple[str,
     return out
 
 
+DIAGNOSTIC_TITLES = {
+    "system": "System-level agreement: the LLMs ranked by the judge's mean score vs by the experts' (Spearman, "
+              "Kendall over LLMs)",
+    "length_bias": "Length bias: Spearman with the answer's length; partial = with the experts' score held fixed "
+                   "(flagged from 0.3)",
+    "juries": "Combined judges (juries, median/mean of repeats) minus each member: Avg. over LLMs, paired "
+              "intervals",
+    "repeats": "Repeat consistency: per-row spread over runs of one judge, share of rows whose rounded score changes",
+}
+
+
+def _diagnostics(result: MetaEvalResult) -> list[tuple[str, pd.DataFrame]]:
+    """(title, table as text cells) of each trust diagnostic; a value with an interval is one cell."""
+    out = []
+    for name, frame in result.diagnostics.items():
+        if frame.empty:
+            continue
+        shown = frame.copy()
+        value = "value" if "value" in shown.columns else "difference"
+        if "ci_low" in shown.columns:
+            shown[value] = [_cell(v, lo, hi, 3) for v, lo, hi in
+                            zip(shown[value], shown["ci_low"], shown["ci_high"], strict=True)]
+            shown = shown.drop(columns=["ci_low", "ci_high"])
+        for c in shown.columns:
+            if shown[c].dtype.kind == "f":
+                shown[c] = [_cell(v, math.nan, math.nan, 3) for v in shown[c]]
+        out.append((DIAGNOSTIC_TITLES.get(name, name), shown.astype(str)))
+    return out
+
+
 def _coverage(result: MetaEvalResult) -> pd.DataFrame:
     return result.coverage.rename(columns={"n_rows": "expert rows", "not_applicable": "not applicable (-1)",
                                            "no_score": "no score", "out_of_scale": "out of scale"})
@@ -98,6 +130,9 @@ def to_markdown(result: MetaEvalResult, metrics: tuple[str, ...] = DEFAULT_SHOWN
     cov = _coverage(result)
     lines += ["### Coverage", "", "| " + " | ".join(cov.columns) + " |", "|" + "---|" * len(cov.columns)]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in cov.itertuples(index=False)]
+    for title, frame in _diagnostics(result):
+        lines += ["", f"### {title}", "", "| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+        lines += ["| " + " | ".join(row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join(lines) + "\n"
 
 
@@ -125,6 +160,13 @@ def to_terminal(result: MetaEvalResult, metrics: tuple[str, ...] = DEFAULT_SHOWN
     for row in cov.itertuples(index=False):
         t.add_row(*[str(v) for v in row])
     console.print(t)
+    for title, frame in _diagnostics(result):
+        t = Table(title=title, title_justify="left")
+        for c in frame.columns:
+            t.add_column(str(c))
+        for row in frame.itertuples(index=False):
+            t.add_row(*row)
+        console.print(t)
     return buf.getvalue()
 
 
@@ -154,6 +196,8 @@ def to_html(result: MetaEvalResult, metrics: tuple[str, ...] = DEFAULT_SHOWN) ->
         body.append(f"<h3>{html.escape(title)}</h3><table><thead><tr><th>{html.escape(first)}</th>{head}</tr>"
                     f"</thead><tbody>{''.join(rows)}</tbody></table>")
     body.append("<h3>Coverage</h3>" + _coverage(result).to_html(index=False, border=0))
+    body += [f"<h3>{html.escape(title)}</h3>" + frame.to_html(index=False, border=0) for title, frame in
+             _diagnostics(result)]
     if result.warnings:
         body.append("<h3>Warnings</h3><ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in result.warnings)
                     + "</ul>")
