@@ -88,6 +88,8 @@ class ModelConfig:
             return {"batch_size": self.batch_size, "device": self.device, "dtype": self.dtype}
         if kind == "vllm":
             return {"dtype": self.dtype}
+        if kind != "openai":  # another engine's file (gguf:PATH, …): its own defaults
+            return {}
         a = self.auth
         options: dict[str, Any] = {
             "base_url": self.base_url, "concurrency": self.concurrency, "timeout": self.timeout,
@@ -306,8 +308,8 @@ def _model_spec(spec: dict[str, Any], where: str, base: Path) -> str:
         if not spec.get("base_url"):
             raise SynthConfigError(f"{where}.model: {e}") from None
         entry, target = get_engine("local"), model
-    if entry.name == "vllm":
-        return f"vllm:{_folder(target, where, base, 'vllm')}"
+    if entry.name not in ("openai", "local"):  # vllm:PATH, and any file-based engine registered later
+        return f"{entry.prefix}{_folder(target, where, base, entry.name, folder=entry.name == 'vllm')}"
     if entry.name == "local":
         if (base / target).is_dir():
             return str((base / target).resolve())
@@ -324,11 +326,13 @@ def _model_spec(spec: dict[str, Any], where: str, base: Path) -> str:
     return model
 
 
-def _folder(path: str, where: str, base: Path, kind: str) -> Path:
-    folder = (base / path).resolve()
-    if not folder.is_dir():
-        raise SynthConfigError(f"{where}.model: {kind} checkpoint folder {str(folder)!r} does not exist")
-    return folder
+def _folder(path: str, where: str, base: Path, kind: str, *, folder: bool = True) -> Path:
+    """A checkpoint's path made absolute (relative to the config's folder); it must exist."""
+    found = (base / path).resolve()
+    if not (found.is_dir() if folder else found.exists()):
+        what = "checkpoint folder" if folder else "model file"
+        raise SynthConfigError(f"{where}.model: {kind} {what} {str(found)!r} does not exist")
+    return found
 
 
 def _deprecated(where: str, old: str, new: str) -> None:
