@@ -36,7 +36,7 @@ class JudgeServer:
     """A side-by-side judge on 127.0.0.1: `fair` prefers the correct answer (with a misleading
     number in its reasoning); otherwise it answers "1" (answer 2 better) whatever it reads."""
 
-    def __init__(self, *, fair: bool, delay: float = 0.0):
+    def __init__(self, *, fair: bool, delay: float = 0.0, reasoning: str | None = None):
         self.fair, self.delay, self.requests = fair, delay, 0
         outer = self
 
@@ -45,9 +45,10 @@ class JudgeServer:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 time.sleep(outer.delay)
                 outer.requests += 1
-                text = outer.reply(body["messages"][-1]["content"])
-                data = json.dumps({"choices": [{"index": 0, "finish_reason": "stop",
-                                                "message": {"role": "assistant", "content": text}}],
+                message = {"role": "assistant", "content": outer.reply(body["messages"][-1]["content"])}
+                if reasoning is not None:  # vLLM's reasoning parser: the thinking beside the content
+                    message["reasoning_content"] = reasoning
+                data = json.dumps({"choices": [{"index": 0, "finish_reason": "stop", "message": message}],
                                    "usage": {"prompt_tokens": 10, "completion_tokens": 3}}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -130,6 +131,16 @@ def test_a_judge_that_always_answers_1_flips_on_every_pair(files: tuple[Path, Pa
     assert code == 0, out
     assert out["overall"]["flip"]["rate"] == 1.0 and out["overall"]["flip"]["ci"] == [1.0, 1.0]
     assert out["overall"]["tie"]["rate"] == 1.0 and out["overall"]["win"]["count"] == 0
+
+
+def test_a_reasoning_field_is_stored_with_the_verdict_and_never_scored(files: tuple[Path, Path, Path]):
+    a, b, db = files
+    with JudgeServer(fair=False, reasoning="Ответ 1 лучше, значит -1.") as server:
+        code, out = compare(str(a), str(b), "--judge", "openai:r", "--base-url", server.url, "--db", str(db))
+    assert code == 0, out
+    verdicts = [json.loads(v) for (v,) in sqlite3.connect(db).execute("SELECT verdict FROM pairwise_judgements")]
+    assert len(verdicts) == 10
+    assert all(v["meta"]["reasoning"] == "Ответ 1 лучше, значит -1." and v["text_score"] == 1.0 for v in verdicts)
 
 
 def test_statistics_read_both_orders_from_a_s_side():

@@ -60,6 +60,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pollux.engine import OnVerdict, SamplingParams
+from pollux.engine.chat import reasoning_of
 from pollux.engine.http_chat import RETRY_STATUSES as RETRY_STATUSES  # re-exported: the transport moved there
 from pollux.engine.http_chat import ApiError, ChatClient, EndpointAuth, KeySource, run_coroutine
 from pollux.engine.http_chat import parse_retry_after as parse_retry_after
@@ -307,6 +308,9 @@ class OpenAIEngine:
                 parse=self.parse_reply,
                 score_probs=self._score_probs(reply.data, item) if self.expected_score else None,
             )
+            reasoning = reasoning_of(reply)  # a reasoning parser's field (Qwen3, R1): stored, never scored
+            if reasoning is not None:
+                verdict.meta["reasoning"] = reasoning
             if verdict.score is not None:
                 break
             if self.prompt_style == "general":  # a conversational model can be told what was wrong
