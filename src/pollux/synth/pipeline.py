@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from pollux.executor import ExecutorOptions
+from pollux.progress import StageProgress
 from pollux.synth import stages
 from pollux.synth.config import SynthConfig, check_stages
 from pollux.synth.export import run_export
-from pollux.synth.progress import StageProgress
 from pollux.synth.store import TABLES, Store
 from pollux.taxonomy import load_catalog
 

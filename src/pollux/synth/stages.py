@@ -27,9 +27,9 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from pollux.executor import ExecutorOptions, map_batches
+from pollux.progress import StageProgress
 from pollux.synth.config import SynthConfig, required
 from pollux.synth.models import ChatWorker
-from pollux.synth.progress import StageProgress
 from pollux.synth.prompts import read_prompt
 from pollux.synth.store import Store
 from pollux.taxonomy import Catalog, TaskNode, TaxonomyError, resolve_criteria
