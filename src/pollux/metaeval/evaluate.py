@@ -481,18 +481,25 @@ def _resampled(x: np.ndarray, y: np.ndarray, ann: np.ndarray, a: np.ndarray, cou
     and expert scores: the system-level ranking's input); kappa comes from the same product
     (the means of r, y, r², y², r·y); Kendall and alpha only when in `slow`."""
     n_answers = counts.shape[1]
-    r = round_half_away(x)
-    values = {**row_values(x, y, ann), "_x": x, "_y": y, "_r": r, "_rr": r * r, "_yy": y * y, "_ry": r * y}
+    values = row_values(x, y, ann)
     defined = correlation_problem(x, y) is None
-    # The mean-type metrics and Pearson from one product with the count matrix (one pass over it).
+    r = round_half_away(x)
+    # The mean-type metrics, Pearson, and the plain sums kappa and the LLM means need — all from
+    # one product with the count matrix (one pass over it).
     sums = bs.mean_sums(values, a, n_answers)
-    totals = counts @ (np.hstack([sums, bs.pearson_sums(x, y, a, n_answers)]) if defined else sums)
-    out = bs.means_from(list(values), totals[:, : sums.shape[1]])
-    out["kappa"] = kappa_from_means(out.pop("_r"), out["_y"], out.pop("_rr"), out.pop("_yy"), out.pop("_ry"))
+    plain = np.stack([np.bincount(a, weights=w, minlength=n_answers)
+                      for w in (np.ones_like(x), x, y, r, r * r, y * y, r * y)], axis=1)
+    k = sums.shape[1]
+    totals = counts @ np.hstack([sums, plain, *([bs.pearson_sums(x, y, a, n_answers)] if defined else [])])
+    out = bs.means_from(list(values), totals[:, :k])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mx, my, mr, mrr, myy, mry = (totals[:, k + i] / totals[:, k] for i in range(1, 7))
+    out["_x"], out["_y"] = mx, my
+    out["kappa"] = kappa_from_means(mr, my, mrr, myy, mry)
     if "alpha" in slow:
         out["alpha"] = bs.alpha_resampled(x, y, a, counts)
     if defined:
-        out["pearson"] = bs.pearson_from(totals[:, sums.shape[1]:])
+        out["pearson"] = bs.pearson_from(totals[:, k + 7:])
         out["spearman"] = bs.spearman_resampled(x, y, a, counts)
         if "kendall" in slow:
             out["kendall"] = bs.kendall_resampled(x, y, a, counts)
