@@ -58,7 +58,8 @@ def meta_eval(
     confidence: float = typer.Option(0.95, "--confidence", min=0.5, max=0.999, help="Interval coverage."),
     seed: int = typer.Option(0, "--seed", help="Seed of the resampling."),
     metrics: str = typer.Option("spearman,mae,vc", "--metrics", help="Tables to show (comma list or 'all'): "
-                                "spearman, mae, vc, kendall, pearson, exact, within1. JSON has all."),
+                                "spearman, mae, vc, kendall, pearson, exact, within1, kappa (quadratic Cohen's), alpha (ordinal "
+                                "Krippendorff's). JSON has all."),
     fmt: str = typer.Option("table", "--format", help="table, markdown, csv, html or json."),
     out: Path | None = typer.Option(None, "--out", help="Write the result here instead of stdout."),
     no_groups: bool = typer.Option(False, "--no-groups", help="Skip the breakdown by criterion group."),
