@@ -87,3 +87,12 @@ def tiny_qwen3_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from pollux.fixtures import build_tiny_judge
 
     return build_tiny_judge(tmp_path_factory.mktemp("tiny-qwen3"), regression=False, family="qwen3", seed=2)
+
+
+@pytest.fixture(scope="session")
+def always_one_judge_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Qwen3 in the Pollux-4B style that thinks, then answers "1" to the side-by-side prompts
+    of `pollux.fixtures.COMPARE_RECORDS` (~15 s of CPU to overfit: slow tests only)."""
+    from pollux.fixtures import build_always_one_judge
+
+    return build_always_one_judge(tmp_path_factory.mktemp("always-one"))

@@ -211,12 +211,10 @@ def test_a_regression_judge_is_refused_with_the_reason(files: tuple[Path, Path, 
 
 
 @pytest.mark.slow
-def test_a_tiny_qwen3_judge_in_process_always_1_flips_every_pair(tmp_path: Path):
+def test_a_tiny_qwen3_judge_in_process_always_1_flips_every_pair(tmp_path: Path, always_one_judge_path: Path):
     """The in-process engine with the Pollux-4B-style tiny Qwen3 (`build_always_one_judge`, ~15 s
     of CPU to overfit): it thinks, then writes "1" — both orders judged, 100% flips."""
-    from pollux.fixtures import build_always_one_judge
-
-    judge = build_always_one_judge(tmp_path / "q3")
+    judge = always_one_judge_path
     a, b = write_files(tmp_path, list(COMPARE_RECORDS))
     code, out = compare(str(a), str(b), "--judge", str(judge), "--db", str(tmp_path / "c.db"),
                         "--dtype", "float32", "--device", "cpu", "--max-new-tokens", "24")

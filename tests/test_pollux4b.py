@@ -115,3 +115,63 @@ def test_a_tiny_qwen3_judge_runs_the_4b_prompts_in_process(tiny_qwen3_path):
         for v in verdicts:
             assert v.text_score == parse_bare(v.raw_text) and v.error is None
             assert v.valid is (v.text_score is not None and v.invalid_reason is None)
+
+
+@pytest.mark.parametrize(("text", "reply", "expected"), [
+    ("", "bare", True),
+    ("\n", "bare", True),
+    ("<think>", "bare", False),
+    ("<think>поставлю 2", "bare", False),
+    ("<think>поставлю 2</think>", "bare", True),
+    ("<think>x</think>\n\n", "bare", True),
+    ("<think>x</think>\n\n2", "bare", False),
+    ("", "result", False),
+    ("[FEEDBACK] ok [RESULT] ", "result", True),
+])
+def test_the_score_position_of_a_bare_reply(text: str, reply: str, expected: bool):
+    from pollux.engine.tokens import at_score_position
+
+    assert at_score_position(text, reply) is expected
+
+
+def _entry(token: str, top: dict[str, float]) -> dict:
+    return {"token": token, "logprob": -0.1, "top_logprobs": [{"token": t, "logprob": lp} for t, lp in top.items()]}
+
+
+def test_expected_scores_of_a_bare_reply_from_top_logprobs():
+    """The score position is the first scale value after the reasoning, never a digit inside it."""
+    import math
+
+    from pollux.engine.tokens import probs_from_top_logprobs
+
+    scale = parse_scale("0: нет\n1: частично\n2: да")
+    content = [_entry("<think>", {"<think>": -0.01, "2": -6.0}), _entry("Поставлю", {}),
+               _entry("0", {"0": math.log(0.9), "1": math.log(0.1)}), _entry("</think>", {}), _entry("\n\n", {}),
+               _entry("2", {"2": math.log(0.6), "1": math.log(0.3), "0": math.log(0.1)})]
+    probs = probs_from_top_logprobs(content, scale, "bare")
+    assert isinstance(probs, dict) and probs == pytest.approx({"0": 0.1, "1": 0.3, "2": 0.6})
+    assert "no score position" in str(probs_from_top_logprobs(content, scale))  # [RESULT] judges: none
+    assert "not all single digits" in str(probs_from_top_logprobs(content, parse_scale(SBS_SCALE), "bare"))
+
+
+@pytest.mark.slow
+def test_expected_scores_in_process_for_a_bare_reply(always_one_judge_path):
+    """The in-process engine (Qwen3: the `generate` fallback) reads the scale's probabilities at the
+    integer after `</think>`: the overfitted judge writes "1" with near certainty."""
+    from pollux.fixtures import COMPARE_CRITERION, COMPARE_RECORDS
+    from pollux.judge import Judge
+    from pollux.pairwise import Pair
+
+    judge = Judge.from_spec(str(always_one_judge_path), template="pollux-4b-sbs", dtype="float32", device="cpu",
+                            max_new_tokens=24, expected_score=True)
+    rid, question, a, b = COMPARE_RECORDS[0]
+    item = Pair(rid, "—", COMPARE_CRITERION, question, a, b).item("ab")
+    binary = JudgeItem(instruction=item.instruction, answer=item.answer, reference_answer=item.reference_answer,
+                       criteria_name=item.criteria_name, rubrics="0: ответ 1 не хуже\n1: ответ 2 лучше")
+    verdict = judge.judge(binary)
+    assert verdict.raw_text.startswith("<think>") and verdict.text_score == 1.0
+    assert verdict.score_probs is not None and set(verdict.score_probs) == {"0", "1"}
+    assert verdict.expected_score == pytest.approx(1.0, abs=0.05)
+    # the side-by-side scale's -1 is two tokens: no expected score, and the verdict says why
+    sbs = judge.judge(item)
+    assert sbs.expected_score is None and "not single tokens" in sbs.meta["expected_score_note"]

@@ -251,7 +251,7 @@ class TransformersEngine:
         if scale is None and done.on_text is None and done.top_logprobs is None:
             return None, note
         return TokenTrace(self.tokenizer, scale=scale, top_logprobs=done.top_logprobs,
-                          formatter=self._formatter), note
+                          formatter=self._formatter, reply=self.template.reply), note
 
     def _observe(self, r: _Row, token: int, logprobs: torch.Tensor | None, done: Delivery) -> None:
         """Feed a row's chosen token to its trace; stream its text when whole characters came."""

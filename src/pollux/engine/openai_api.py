@@ -338,8 +338,7 @@ class OpenAIEngine:
             payload["top_logprobs"] = self.top_logprobs
         return payload
 
-    @staticmethod
-    def _score_probs(data: dict[str, Any], item: JudgeItem) -> dict[str, float] | str:
+    def _score_probs(self, data: dict[str, Any], item: JudgeItem) -> dict[str, float] | str:
         """The scale distribution at the score position from the reply's `logprobs.content`, or
         why there is none (a server that returns no logprobs is not an error)."""
         try:
@@ -348,7 +347,8 @@ class OpenAIEngine:
             content = None
         if not isinstance(content, list):
             return "the server returned no logprobs"
-        return probs_from_top_logprobs(content, parse_scale(item.rubrics))
+        reply = self.template.reply if self.prompt_style == "pollux" else "result"
+        return probs_from_top_logprobs(content, parse_scale(item.rubrics), reply)
 
 
 def prometheus_messages(item: JudgeItem) -> list[dict[str, str]]:

@@ -32,10 +32,18 @@ _AFTER_RESULT = re.compile(r"\[RESULT\]\s*$")
 _TAIL = 64
 
 
-def at_score_position(text: str) -> bool:
-    """Whether the next non-whitespace token of `text` is the score (the text ends in `[RESULT]`
-    and optional whitespace)."""
-    return _AFTER_RESULT.search(text[-_TAIL:]) is not None
+def at_score_position(text: str, reply: str = "result") -> bool:
+    """Whether the next non-whitespace token of `text` is the score: the text ends in `[RESULT]`
+    and optional whitespace; for a bare-integer judge (`reply="bare"`, Pollux-4B: see
+    `pollux.scales.parse_bare`), nothing but whitespace since the reply's start or since its
+    reasoning's `</think>`. (A bare reply's first token may be `<think>` instead: callers keep a
+    bare position only when the chosen token is a scale value.)"""
+    tail = text[-_TAIL:]
+    if reply != "bare":
+        return _AFTER_RESULT.search(tail) is not None
+    if "</think>" in tail:
+        return not tail.rsplit("</think>", 1)[-1].strip()
+    return not text or text.isspace()
 
 
 class IncrementalText:
@@ -109,7 +117,8 @@ def scale_tokens(tokenizer: Any, scale: Scale | None) -> ScaleTokens | str:
     return ScaleTokens(tuple(keys), tuple(ids))
 
 
-def probs_from_top_logprobs(content: Sequence[Mapping[str, Any]], scale: Scale | None) -> dict[str, float] | str:
+def probs_from_top_logprobs(content: Sequence[Mapping[str, Any]], scale: Scale | None,
+                            reply: str = "result") -> dict[str, float] | str:
     """The scale distribution at the score position of OpenAI-format `logprobs.content`, or why there
     is none. Used by engines that only see the top-K logprobs of each token (OpenAI-compatible
     servers, vLLM): the position is found as in-process (the last score position in the text), the
@@ -125,7 +134,7 @@ def probs_from_top_logprobs(content: Sequence[Mapping[str, Any]], scale: Scale |
     position: Mapping[str, Any] | None = None
     for entry in content:
         token = str(entry.get("token", ""))
-        if at_score_position(text) and token.strip():
+        if at_score_position(text, reply) and token.strip() and (reply != "bare" or token.strip() in keys):
             position = entry
         text += token
     if position is None:
@@ -197,21 +206,23 @@ class TokenTrace:
     token (and that log-softmax, or None) and returns the row's new text."""
 
     def __init__(self, tokenizer: Any, *, scale: ScaleTokens | None, top_logprobs: int | None,
-                 formatter: LogprobFormatter | None = None):
+                 formatter: LogprobFormatter | None = None, reply: str = "result"):
         self.text = IncrementalText(tokenizer)
         self.scale = scale
+        self.reply = reply  # the judge's reply format (`PromptTemplate.reply`): where its score position is
         self.top_logprobs = top_logprobs
         self.formatter = formatter or LogprobFormatter(tokenizer)
         self.logprobs: list[dict[str, Any]] | None = [] if top_logprobs is not None else None
         self.score_probs: dict[str, float] | None = None
 
     def wants_logprobs(self) -> bool:
-        return self.logprobs is not None or (self.scale is not None and at_score_position(self.text.text))
+        return self.logprobs is not None or (self.scale is not None and at_score_position(self.text.text, self.reply))
 
     def step(self, token: int, logprobs: Any | None) -> str:
         pending = None
         if logprobs is not None:
-            if self.scale is not None and at_score_position(self.text.text):
+            if self.scale is not None and at_score_position(self.text.text, self.reply) and (
+                    self.reply != "bare" or any(token in ids for ids in self.scale.ids)):
                 pending = self.scale.probs(logprobs)
             if self.logprobs is not None and token not in self.formatter.special:
                 assert self.top_logprobs is not None

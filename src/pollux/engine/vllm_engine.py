@@ -359,7 +359,7 @@ class VLLMEngine:
             chosen = alternatives.get(token)
             content.append({**self.formatter.item(token, float(chosen.logprob) if chosen else float("nan")),
                             "top_logprobs": top})
-        return probs_from_top_logprobs(content, parse_scale(item.rubrics))
+        return probs_from_top_logprobs(content, parse_scale(item.rubrics), self.template.reply)
 
     def _head_scores(self, sequences: list[list[int]]) -> list[float]:
         """Pass 2: the last token's final hidden state of each sequence, through the head."""
