@@ -92,8 +92,11 @@ class CommonOptions(BaseModel):
 
     template: PromptTemplate = Field(
         default_factory=PromptTemplate,
-        description="Prompt template: a name (default, model-card), a UTF-8 file, or a PromptTemplate.",
-        json_schema_extra=cli("--template", "Prompt template: default, model-card, or a template file "
+        description="Prompt template: a name (default, model-card, pollux-4b, pollux-4b-sbs), a UTF-8 file, or a "
+        "PromptTemplate (its `reply` says how scores are read: [RESULT] n [END] or a bare integer).",
+        json_schema_extra=cli("--template", "Prompt template: default, model-card, pollux-4b (Pollux-4B-Judge: "
+                              "a bare integer after its reasoning), pollux-4b-sbs (its side-by-side prompt), or a "
+                              "template file "
                               "(default: default)."))
     sampling: SamplingParams = Field(
         default_factory=SamplingParams,
