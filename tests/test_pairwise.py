@@ -202,6 +202,14 @@ def test_unpaired_and_inconsistent_records_are_named_and_skipped(tmp_path: Path)
     assert out["records_skipped"] == 2 and out["judgements"] == 8 and server.requests == 8
 
 
+def test_a_pointwise_template_is_refused(files: tuple[Path, Path, Path]):
+    a, b, db = files
+    with JudgeServer(fair=True) as server:
+        result = CliRunner().invoke(app, ["compare", str(a), str(b), "--judge", "openai:sbs", "--base-url", server.url,
+                                          "--db", str(db), "--template", "default"])
+    assert result.exit_code == 2 and "not a side-by-side prompt" in result.stderr and server.requests == 0
+
+
 def test_a_regression_judge_is_refused_with_the_reason(files: tuple[Path, Path, Path], tiny_judge_path: Path):
     a, b, db = files
     result = CliRunner().invoke(app, ["compare", str(a), str(b), "--judge", str(tiny_judge_path), "--db", str(db),

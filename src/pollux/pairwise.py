@@ -112,8 +112,8 @@ def read_pairs(path_a: str | Path, path_b: str | Path, *, catalog: Any = None,
             out.problems.append(f"{row_a.where}: {e}")
             continue
         task = str(row_a.data.get("task_type") or "—")
-        out.pairs += [Pair(rid, task, spec.name, row_a.data["instruction"], row_a.data["answer"],
-                           row_b.data["answer"]) for spec in specs]
+        out.pairs += dict.fromkeys(Pair(rid, task, spec.name, row_a.data["instruction"], row_a.data["answer"],
+                                        row_b.data["answer"]) for spec in specs)  # a criterion listed twice: once
     out.problems += [f"{row.where}: record {rid!r} has no answer in {path_a}" for rid, row in rows_b.items()
                      if rid not in rows_a]
     return out
@@ -203,10 +203,15 @@ class PairStore:
 # -- judging -----------------------------------------------------------------------------------
 
 def check_generative(judge: Any) -> None:
-    """Refuse a regression judge: its head scores one answer; "which is better" is no output of it."""
+    """Refuse a regression judge: its head scores one answer; "which is better" is no output of it.
+    And a pointwise template (`--template default`): it would show answer 2 as a reference answer."""
     if getattr(judge, "kind", None) == "regression":
         raise CompareError(f"{judge.name} is a regression judge (-r): its head scores one answer on the rubric's "
                            "scale and has no pairwise meaning; compare with a generative judge")
+    template = judge.describe().get("template") or {}
+    if "{answer_2}" not in str(template.get("text", "{answer_2}")):
+        raise CompareError("the prompt template has no {answer_2} field: it is not a side-by-side prompt "
+                           "(use --template pollux-4b-sbs, the default here, or a template file with {answer_2})")
 
 
 def judge_missing(judge: Any, pairs: Sequence[Pair], store: PairStore, *, chunk_size: int = 64,
