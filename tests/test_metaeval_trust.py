@@ -255,3 +255,22 @@ def test_card_cells_every_llm_spelling_and_warnings(tmp_path: Path):
         [-0.006, -0.033, 0.027, 0.022, -0.044, 0.099, -0.022]))
     assert rows["spearman", "YaGPT-4-Pro (2024-10-23)"]["card"] == 0.099
     assert rows["mae", "Llama-3.1-405B"]["card"] == 1.912
+
+
+@pytest.mark.slow
+def test_repeats_of_a_judge_through_the_run_store_with_seeds(tmp_path: Path, tiny_judge_path: Path):
+    """`--judge … --db --repeats 2 --temperature 1`: one run per sampling seed, each in its own store
+    beside --db; a rerun judges nothing and gives the same consistency table."""
+    official_layout(tmp_path, n_instructions=2, per_answer=1)
+    args = ("meta-eval", str(tmp_path / "data"), "--judge", str(tiny_judge_path), "--db", str(tmp_path / "runs.db"),
+            "--repeats", "2", "--temperature", "1.0", "--max-new-tokens", "8", "--threads", "1", "--bootstrap", "0",
+            "--format", "json")
+    first = pollux(*args)
+    assert first.returncode == 0, first.stderr
+    assert (tmp_path / "runs.seed0.db").exists() and (tmp_path / "runs.seed1.db").exists()
+    table = json.loads(first.stdout)["diagnostics"]["repeats"]
+    assert len(table) == 1 and table[0]["runs"] == 2 and table[0]["n_rows"] == 14
+    again = pollux(*args)
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.count("already holds every judgement") == 2
+    assert json.loads(again.stdout)["diagnostics"]["repeats"] == table

@@ -76,7 +76,8 @@ def meta_eval(
                                    "(of the rounded scores). Repeatable; the 'juries' table compares each jury with "
                                    "each member on the same resamples."),
     repeats: int = typer.Option(1, "--repeats", min=1, help="Repeat consistency: each --judge runs N times with "
-                                "sampling seeds 0..N-1 (set --temperature > 0; with --db through the run store), "
+                                "sampling seeds 0..N-1 (set --temperature > 0; with --db each seed in its own run store "
+                                "beside it, DB.seed0.db, DB.seed1.db, …), "
                                 "and --scores files are taken N at a time as runs of one judge."),
     strict: bool = typer.Option(False, "--strict", help="An expert row that cannot be read or used (out of the "
                                 "rubric's scale, not finite, duplicated) is an error instead of a counted warning."),
@@ -140,7 +141,7 @@ def _expand_repeats(specs: list[str], names: list[str], n_scores: int, repeats: 
         for s in seeds:
             options = {**given, "seed": s}
             judges.append(JudgeRun(spec, opt.check_options(spec, options, defaults=opt.worker_defaults(executor)),
-                                   options))
+                                   options, store_tag=f"seed{s}"))
             judge_names.append(f"{name or spec} seed={s}")
     # "" = the source's own name (a score file's judge field or its stem)
     return judges, [*(names[:n_scores] if names else [""] * n_scores), *judge_names]

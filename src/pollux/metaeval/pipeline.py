@@ -48,11 +48,14 @@ class JudgeRun:
     """A judge to run on the expert data. `spec`: a checkpoint folder, `vllm:PATH` or
     `openai:MODEL`; `options`: its engine options, already checked against its engine (None: the
     engine's defaults); `given`: the options as the user gave them — a run store (`db`) records
-    them as the run's configuration, so the same options resume the same run."""
+    them as the run's configuration, so the same options resume the same run. `store_tag`: a run
+    store holds one configuration, so a repeat with another sampling seed is judged in a store of
+    its own beside `db` ("runs.db" → "runs.seed1.db"), resumable like any other."""
 
     spec: str
     options: Any = None
     given: Mapping[str, Any] = field(default_factory=dict)
+    store_tag: str = ""
 
 
 @dataclass
@@ -236,6 +239,10 @@ def _judge(judge: JudgeRun, name: str | None, experts: ExpertData, db: str | Pat
     n = experts.frame["key"].nunique()
     if db is not None:
         from pollux.evaluate import JudgeLoader
+
+        db = Path(db)
+        if judge.store_tag:
+            db = db.with_name(f"{db.stem}.{judge.store_tag}{db.suffix}")
         from pollux.executor.judging import JudgeFactory
         from pollux.metaeval.runstore import judge_through_store
 
