@@ -42,7 +42,16 @@ _NUMBER = r"[-−]?\d+(?:[.,]\d+)?"
 _LEVEL_LINE = re.compile(rf"^[ \t]*(?:\*\*)?({_NUMBER})(?:\*\*)?(?:[ \t]*:|[ \t]*[—–−-][ \t])", re.MULTILINE)
 _RANGE_PHRASE = re.compile(rf"\bот\s+({_NUMBER})\s+до\s+({_NUMBER})\b", re.IGNORECASE)
 _RESULT = re.compile(rf"\[RESULT\]\s*({_NUMBER})\s*\[END\]")
-_RESULT_OPEN = re.compile(rf"\[RESULT\]\s*\(?({_NUMBER})(?!\d)")
+# Baseline judges' `[RESULT]` with what general LLMs put around it: `[RESULT] 4`, `[RESULT]: 4`,
+# `[RESULT] **4**`, `**[RESULT]** 2 **[END]**`, `[RESULT] (4)`.
+_RESULT_OPEN = re.compile(rf"\[RESULT\][\s*:(\[]*({_NUMBER})(?!\d)")
+# A reply without `[RESULT]`: a score label (`Score: 4`, `**Score:** 4/5`, `Оценка: 3`).
+_SCORE_LABEL = re.compile(rf"(?<!\w)(?:score|result|оценка|балл)(?:\*\*)?[ \t]*:[\s*]*({_NUMBER})(?!\d)",
+                          re.IGNORECASE)
+# The reply's rationale starts after `[FEEDBACK]`, or after a leading `Feedback:` (Prometheus' format),
+# and ends at `[RESULT]` / `[END]` (with the bold markup some judges put around them).
+_FEEDBACK_LABEL = re.compile(r"^\s*(?:\*\*)?feedback(?:\*\*)?[ \t]*:[ \t]*(?:\*\*)?", re.IGNORECASE)
+_FEEDBACK_END = re.compile(r"(?:\*\*)?\[(?:RESULT|END)\]")
 _THINK = re.compile(r"<think>.*?</think>", re.DOTALL)
 # The language whose rubric is used when a rubric is given per language (POLLUX is Russian).
 RUBRIC_LANGUAGES = ("ru", "en")
@@ -146,23 +155,35 @@ def strip_think(text: str) -> str:
 
 
 def parse_result_open(text: str) -> float | None:
-    """The score after the last `[RESULT]`, with or without `[END]` (baseline judges: M-Prometheus
-    writes `[RESULT] n` and stops), read after `strip_think`. Not for POLLUX judges: their
-    format requires `[END]` (`parse_result`). Several `[RESULT]`s after the reasoning: None."""
+    """The score of a baseline judge's reply (read after `strip_think`), or None. Not for POLLUX
+    judges: their format requires `[RESULT] n [END]` (`parse_result`).
+
+    * The reply's one `[RESULT]` block, with or without `[END]` (M-Prometheus writes `[RESULT] n`
+      and stops), and with what general LLMs put around it: `[RESULT]: 4`, `[RESULT] **4**`,
+      `**[RESULT]** 2 **[END]**`, `[RESULT] (4)`.
+    * Several `[RESULT]` blocks: None — prometheus-eval's own parser takes the first match, an
+      earlier pollux took the last; either pairs one block's rationale with another's score, so
+      which is the verdict is not guessed (`result_problem` names it on the verdict).
+    * No `[RESULT]` at all: a score label, `Score: 4` (prometheus-eval accepts it too),
+      `Оценка: 3`, `**Score:** 4/5` — when the reply has exactly one; several: None."""
     body = strip_think(text)
-    found = _RESULT_OPEN.findall(body)
-    return to_number(found[0]) if found and body.count(RESULT_MARK) == 1 else None
+    blocks = body.count(RESULT_MARK)
+    if blocks > 1:
+        return None
+    found = _RESULT_OPEN.findall(body) if blocks else _SCORE_LABEL.findall(body)
+    return to_number(found[0]) if len(found) == 1 else None
 
 
 def parse_feedback(text: str) -> str:
-    """The rationale: text after `[FEEDBACK]` up to `[RESULT]` / `[END]`, markup removed."""
-    body = text
+    """The rationale: the reply without a reasoning model's `<think>` block (`strip_think`: its
+    drafts are not the rationale), from `[FEEDBACK]` (else a leading `Feedback:`) up to `[RESULT]`
+    / `[END]`, markup removed."""
+    body = strip_think(text)
     start = body.find("[FEEDBACK]")
-    if start != -1:
-        body = body[start + len("[FEEDBACK]") :]
-    cut = [i for i in (body.find("[RESULT]"), body.find("[END]")) if i != -1]
-    if cut:
-        body = body[: min(cut)]
+    body = body[start + len("[FEEDBACK]"):] if start != -1 else _FEEDBACK_LABEL.sub("", body, count=1)
+    end = _FEEDBACK_END.search(body)
+    if end:
+        body = body[: end.start()]
     return body.strip()
 
 
