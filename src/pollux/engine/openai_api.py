@@ -8,7 +8,10 @@ keeps going through all of that:
 * at most `concurrency` requests in flight (an asyncio semaphore over one httpx client);
 * retries with exponential backoff and jitter on 408/429/5xx, timeouts and connection errors,
   waiting at least what the server's `Retry-After` asks for;
-* a bounded re-ask (`max_reasks`) when the reply has no score in `[RESULT] n [END]`;
+* a bounded re-ask (`max_reasks`) when the reply has no score in `[RESULT] n [END]`; a re-ask
+  always changes the request (an identical temperature-0 request gets the identical reply): the
+  "general" style adds a follow-up message, the one-turn "pollux" and "prometheus" styles
+  sample at temperature ≥ `POLLUX_REASK_TEMPERATURE`;
 * token accounting from each response's `usage`, summed over retries and re-asks;
 * an item that still fails becomes an `error_verdict` — the other items are unaffected, and an
   evaluation run re-judges it on resume.
@@ -88,7 +91,8 @@ REASK_PROMPT = (
     "[FEEDBACK] <обоснование> [RESULT] <балл числом> [END]"
 )
 
-# Temperature for re-asking a POLLUX judge: at temperature 0 the same prompt gives the same text.
+# Temperature for re-asking a one-turn judge ("pollux" and "prometheus" styles, whose prompt stays
+# as it is): at temperature 0 the same request gives the same text, so a re-ask must sample.
 POLLUX_REASK_TEMPERATURE = 0.3
 
 # Our wording modelled on the Prometheus 2 absolute-grading prompt (see the module docstring).
@@ -322,7 +326,7 @@ class OpenAIEngine:
     def _payload(self, messages: list[dict[str, str]], *, reask: bool) -> dict[str, Any]:
         # `self.sampling` was resolved in __init__, so its fields are set; the `or`s only say so to mypy.
         temperature = self.sampling.temperature or 0.0
-        if reask and self.prompt_style == "pollux":
+        if reask and self.prompt_style != "general":  # "general" re-asks with a follow-up message instead
             temperature = max(temperature, POLLUX_REASK_TEMPERATURE)
         payload: dict[str, Any] = {
             "model": self.model,
