@@ -13,6 +13,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+# The note each verdict of a regression (`-r`) judge carries when expected scores were asked for
+# (`-o expected_score=true`): engines leave them off for such judges, and saying so on the verdict
+# keeps a user from reading the missing `expected_score` as a failure (`meta["expected_score_note"]`).
+EXPECTED_SCORE_ON_REGRESSION = ("expected_score is not computed for a regression (-r) judge: its score is its "
+                                "regression head's output, not a distribution over the scale at [RESULT]")
+
 
 @dataclass
 class Verdict:

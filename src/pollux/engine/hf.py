@@ -44,7 +44,7 @@ from pollux.engine.tokens import LogprobFormatter, ScaleTokens, TokenTrace, scal
 from pollux.prompts import PromptTemplate
 from pollux.records import JudgeItem
 from pollux.scales import Scale, parse_scale
-from pollux.verdicts import Verdict, make_verdict
+from pollux.verdicts import EXPECTED_SCORE_ON_REGRESSION, Verdict, make_verdict
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,7 @@ class TransformersEngine:
         self.prefill_chunk = prefill_chunk
         # G-Eval-style expected scores for generative judges (`pollux.engine.tokens`)
         self.expected_score = expected_score and kind != "regression"
+        self.expected_score_note = EXPECTED_SCORE_ON_REGRESSION if expected_score and kind == "regression" else None
         self._scale_tokens: dict[Scale | None, ScaleTokens | str] = {}
         self._formatter = LogprobFormatter(tokenizer)
         self.device = next(model.parameters()).device
@@ -288,7 +289,7 @@ class TransformersEngine:
                  note: str | None, done: Delivery, started: float, head_score: float | None = None) -> None:
         """A finished row's verdict (with its logprobs first, when asked)."""
         text = self.tokenizer.decode(generated, skip_special_tokens=True)
-        probs: dict[str, float] | str | None = None
+        probs: dict[str, float] | str | None = self.expected_score_note  # asked of a -r judge: say why none
         if self.expected_score:
             probs = note or (trace.score_probs if trace is not None else None) or \
                 "the reply has no score position ([RESULT] followed by a token)"

@@ -50,7 +50,7 @@ from pollux.engine.tokens import LogprobFormatter, probs_from_top_logprobs
 from pollux.prompts import PromptTemplate
 from pollux.records import JudgeItem
 from pollux.scales import parse_scale
-from pollux.verdicts import Verdict, make_verdict
+from pollux.verdicts import EXPECTED_SCORE_ON_REGRESSION, Verdict, make_verdict
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +204,7 @@ class VLLMEngine:
         self.chunk_size = chunk_size
         # G-Eval-style expected scores from vLLM's per-token top logprobs (`pollux.engine.tokens`)
         self.expected_score = expected_score and self.kind != "regression"
+        self.expected_score_note = EXPECTED_SCORE_ON_REGRESSION if expected_score and self.kind == "regression" else None
         self.top_logprobs = top_logprobs
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         if self.tokenizer.chat_template is None:
@@ -343,7 +344,7 @@ class VLLMEngine:
             done(i, make_verdict(
                 item, text, head_score=score, prompt_tokens=len(ids), completion_tokens=len(gen),
                 finish_reason=reason, time_s=elapsed, judge=self.name, parse=self.template.parse,
-                score_probs=self._score_probs(item, gen, lps) if self.expected_score else None,
+                score_probs=self._score_probs(item, gen, lps) if self.expected_score else self.expected_score_note,
             ))
 
     def _score_probs(self, item: JudgeItem, generated: list[int], logprobs: Any) -> dict[str, float] | str:
