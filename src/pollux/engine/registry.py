@@ -477,3 +477,35 @@ register_engine(EngineEntry("vllm", "vllm:", VLLMOptions, _load_vllm, "a local c
                             _chat_vllm))
 register_engine(EngineEntry("openai", "openai:", OpenAIOptions, _load_openai,
                             "a model behind an OpenAI-compatible chat-completions server", _chat_openai))
+
+
+# -- llama.cpp (gguf:PATH) ---------------------------------------------------------------------
+
+
+class GGUFOptions(CommonOptions):
+    """The llama.cpp engine (`gguf:PATH`, a GGUF made by `pollux convert`; `pollux.engine.gguf`)."""
+
+    n_ctx: int | None = Field(
+        None, ge=1, description="Context length in tokens (default: the model's training context).",
+        json_schema_extra=cli("--n-ctx", "gguf: context length in tokens; smaller saves memory (default: the "
+                              "model's)."))
+    threads: int | None = Field(None, ge=1, description="llama.cpp CPU threads (the CLI passes default_threads()).")
+    n_batch: int = Field(512, ge=1, description="Prompt tokens llama.cpp evaluates per call.")
+    share_prefix: bool = Field(True, description="Reuse the KV cache of the previous prompt's common prefix.")
+
+
+def _load_gguf(path: str, o: GGUFOptions) -> Engine:
+    from pollux.engine.gguf import GGUFEngine
+
+    return GGUFEngine(path, template=o.template, sampling=o.sampling, n_ctx=o.n_ctx, threads=o.threads,
+                      n_batch=o.n_batch, share_prefix=o.share_prefix, expected_score=o.expected_score)
+
+
+def _chat_gguf(path: str, o: GGUFOptions) -> ChatModel:
+    from pollux.engine.gguf import GGUFChat
+
+    return GGUFChat(path, n_ctx=o.n_ctx, threads=o.threads, n_batch=o.n_batch)
+
+
+register_engine(EngineEntry("gguf", "gguf:", GGUFOptions, _load_gguf,
+                            "a GGUF judge on llama.cpp (pollux convert makes one; laptop CPUs)", _chat_gguf))
