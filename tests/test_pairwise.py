@@ -127,8 +127,11 @@ def test_a_fair_judge_both_orders_no_flips_and_wins_with_intervals(files: tuple[
 def test_a_judge_that_always_answers_1_flips_on_every_pair(files: tuple[Path, Path, Path]):
     a, b, db = files
     with JudgeServer(fair=False) as server:
-        code, out = compare(str(a), str(b), "--judge", "openai:always-1", "--base-url", server.url, "--db", str(db))
-    assert code == 0, out
+        result = CliRunner().invoke(app, ["compare", str(a), str(b), "--judge", "openai:always-1", "--base-url",
+                                          server.url, "--db", str(db)])
+    assert result.exit_code == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert all(word in result.stderr for word in ("overall", "flip", "100%"))  # the table for people
     assert out["overall"]["flip"]["rate"] == 1.0 and out["overall"]["flip"]["ci"] == [1.0, 1.0]
     assert out["overall"]["tie"]["rate"] == 1.0 and out["overall"]["win"]["count"] == 0
 

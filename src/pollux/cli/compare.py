@@ -32,7 +32,8 @@ def compare_command(
     seed: int = typer.Option(0, "--seed", help="The bootstrap's seed."),
     engine_options: dict[str, Any] | None = None,
 ) -> None:
-    """Judge A against B (both orders) into --db; print win/tie/loss and the flip rate."""
+    """Judge A against B (both orders; --template pollux-4b-sbs unless given) into --db; print
+    win/tie/loss of A and the flip rate with bootstrap intervals."""
     from pollux.checkpoint import CheckpointError
     from pollux.judge import Judge
     from pollux.pairwise import CompareError, compare, read_pairs
@@ -60,10 +61,34 @@ def compare_command(
         log("interrupted: run the same command again to resume")
         raise typer.Exit(130) from None
     summary["records_skipped"] = len(inputs.problems)
+    print_table(summary)
     print(json.dumps(summary, ensure_ascii=False, indent=2))
     if summary["errors"]:
         log(f"{summary['errors']} judgement(s) failed; run the same command again to retry them")
         raise typer.Exit(1)
+
+
+def print_table(summary: dict[str, Any]) -> None:
+    """The rates for people, on stderr: overall, then per criterion and per task type."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"A vs B — {summary['judge']} (95% bootstrap intervals)")
+    for col in ("group", "pairs", "win (A)", "tie", "loss (A)", "flip"):
+        table.add_column(col, justify="left" if col == "group" else "right")
+    groups = [("overall", summary["overall"]),
+              *((f"criterion: {k}", v) for k, v in summary["per_criterion"].items()),
+              *((f"task: {k}", v) for k, v in summary["per_task"].items())]
+    for name, row in groups:
+        table.add_row(name, str(row["pairs"]), *(_rate(row[k]) for k in ("win", "tie", "loss", "flip")))
+    Console(file=sys.stderr).print(table)
+
+
+def _rate(cell: dict[str, Any]) -> str:
+    if cell.get("rate") is None:
+        return "–"
+    lo, hi = cell["ci"]
+    return f"{cell['rate']:.0%} [{lo:.0%}, {hi:.0%}]"
 
 
 def register(app: typer.Typer) -> None:
