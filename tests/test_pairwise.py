@@ -37,14 +37,25 @@ class JudgeServer:
     number in its reasoning); otherwise it answers "1" (answer 2 better) whatever it reads."""
 
     def __init__(self, *, fair: bool, delay: float = 0.0, reasoning: str | None = None):
-        self.fair, self.delay, self.requests = fair, delay, 0
+        self.fair, self.delay, self.requests, self.active = fair, delay, 0, 0
+        self.lock = threading.Lock()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
+                with outer.lock:
+                    outer.active += 1
+                try:
+                    self.answer()
+                finally:
+                    with outer.lock:
+                        outer.active -= 1
+
+            def answer(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with outer.lock:
+                    outer.requests += 1  # counted when received: a killed client's last request too
                 time.sleep(outer.delay)
-                outer.requests += 1
                 message = {"role": "assistant", "content": outer.reply(body["messages"][-1]["content"])}
                 if reasoning is not None:  # vLLM's reasoning parser: the thinking beside the content
                     message["reasoning_content"] = reasoning
@@ -69,6 +80,14 @@ class JudgeServer:
         assert match, prompt
         first_correct = match.group(1).strip() in CORRECT
         return f"<think>Может быть, 0? Нет.</think>\n\n{-1 if first_correct else 1}"
+
+    def settle(self) -> None:
+        """Wait until no request is being answered (a killed client's last one finishes first)."""
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < 0.5:
+            time.sleep(0.05)
+            if self.active:
+                quiet_since = time.monotonic()
 
     def __enter__(self) -> JudgeServer:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
@@ -181,6 +200,7 @@ def test_kill_9_then_rerun_judges_only_what_is_missing(files: tuple[Path, Path, 
         assert proc.returncode == -signal.SIGKILL, proc.stderr.read() if proc.stderr else ""
         kept = sqlite3.connect(db).execute("SELECT COUNT(*) FROM pairwise_judgements").fetchone()[0]
         assert 3 <= kept < 10
+        server.settle()
         server.requests = 0
         code, out = compare(str(a), str(b), "--judge", "openai:sbs", "--base-url", server.url, "--db", str(db))
     assert code == 0, out
