@@ -24,7 +24,7 @@ import pandas as pd
 from pollux.metaeval import bootstrap as bs
 from pollux.metaeval.domains import check_split
 from pollux.metaeval.experts import ExpertData, MetaEvalWarning
-from pollux.metaeval.groups import UNKNOWN
+from pollux.metaeval.groups import UNKNOWN, task_groups
 from pollux.metaeval.metrics import (
     CORRELATIONS,
     METRICS,
@@ -245,7 +245,8 @@ def meta_evaluate(
     notes += _coverage_notes(coverage, out_of_scale)
     subsets = _subsets(frame, in_split, by_group, notes)
     scored = _Scored(values=values, expert=frame["expert"].to_numpy(), annotations=experts.annotations,
-                     answer=frame["answer_id"].to_numpy(), confidence=confidence, n_bootstrap=n_bootstrap)
+                     answer=frame["answer_id"].to_numpy(), confidence=confidence, n_bootstrap=n_bootstrap,
+                     task_rows_of=_task_rows(frame, models, in_split & applicable))
     slow = frozenset({"kendall"} if kendall_ci else set()) | frozenset({"alpha"} if alpha_ci else set())
     records = _metric_records(scored, frame, models, subsets, in_split & applicable, seed, slow, notes)
     diagnostics = _diagnostics(scored, frame, models, subsets, in_split & applicable, pd.DataFrame(records), pairs,
@@ -286,13 +287,31 @@ def _add_juries(values: dict[str, np.ndarray], reasons: dict[str, dict[str, np.n
     return pairs
 
 
+TASK = "task: "  # the system-level table's label of a task group ("task: Преобразование заданного текста")
+
+
+def _task_rows(frame: pd.DataFrame, models: list[str], usable: np.ndarray) -> dict[tuple[str, str], np.ndarray]:
+    """The rows of each (task group, LLM), task groups from the taxonomy (`groups.task_groups`);
+    none when the split has a single task group (the overall table says it all)."""
+    tasks = frame["task_type"].to_numpy()
+    mapping = task_groups(pd.unique(tasks[usable]))
+    names = sorted(set(mapping.values()) - {UNKNOWN}) + ([UNKNOWN] if UNKNOWN in mapping.values() else [])
+    if len(names) < 2:
+        return {}
+    group = pd.Series(tasks, dtype=object).map(mapping).fillna(UNKNOWN).to_numpy()
+    model_col = frame["model_id"].to_numpy()
+    return {(TASK + g, m): np.flatnonzero(usable & (model_col == m) & (group == g)) for g in names for m in models}
+
+
 def _diagnostics(scored: _Scored, frame: pd.DataFrame, models: list[str], subsets: list[str], usable: np.ndarray,
                  records: pd.DataFrame, pairs: list[tuple[str, str]],
                  repeats: Sequence[Sequence[str]]) -> dict[str, pd.DataFrame]:
     """The trust diagnostics (`pollux.metaeval.trust`) on the split's rows and resamples."""
     lengths = frame["answer"].astype(str).str.len().to_numpy(dtype=float)
-    out = {"system": system_agreement(SystemInputs(scored.values, scored.expert, scored.rows_of, scored.samples),
-                                      models, subsets, scored.confidence),
+    tasks = list(dict.fromkeys(t for t, _m in scored.task_rows_of))
+    out = {"system": system_agreement(SystemInputs(scored.values, scored.expert,
+                                                   {**scored.rows_of, **scored.task_rows_of}, scored.samples),
+                                      models, [*subsets, *tasks], scored.confidence),
            "length_bias": length_bias(scored.values, scored.expert, lengths, usable)}
     if pairs:
         out["juries"] = paired_differences(records, scored.samples, pairs, models, ALL_GROUPS, AVG,
@@ -376,6 +395,7 @@ class _Scored:
     n_bootstrap: int
     samples: dict[tuple[str, str, str], dict[str, np.ndarray]] = field(default_factory=dict)
     rows_of: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    task_rows_of: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
 
 
 def _metric_records(scored: _Scored, frame: pd.DataFrame, models: list[str], subsets: list[str],
@@ -390,7 +410,7 @@ def _metric_records(scored: _Scored, frame: pd.DataFrame, models: list[str], sub
     answers = {m: np.unique(scored.answer[usable & (model_col == m)]) for m in models}
     scored.rows_of = rows_of
     scored.samples = _bootstrap(scored.values, scored.expert, scored.annotations, scored.answer, rows_of, answers,
-                                judges, scored.n_bootstrap, seed, slow)
+                                judges, scored.n_bootstrap, seed, slow, scored.task_rows_of)
     records: list[dict[str, Any]] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MetaEvalWarning)
@@ -437,7 +457,9 @@ def _cells(scored: _Scored, subset: str, m: str, rows: np.ndarray, answer_ids: n
 
 def _bootstrap(values: dict[str, np.ndarray], expert: np.ndarray, annotations: np.ndarray, answer: np.ndarray,
                rows_of: dict[tuple[str, str], np.ndarray], answers: dict[str, np.ndarray], judges: list[str],
-               n_bootstrap: int, seed: int, slow: frozenset[str]) -> dict[tuple[str, str, str], dict[str, np.ndarray]]:
+               n_bootstrap: int, seed: int, slow: frozenset[str],
+               task_rows_of: dict[tuple[str, str], np.ndarray] | None = None,
+               ) -> dict[tuple[str, str, str], dict[str, np.ndarray]]:
     """Every (subset, LLM, judge)'s resampled metrics, one LLM at a time.
 
     One resample set per LLM, shared by every criterion group: a group's rows are some rows of
@@ -452,16 +474,17 @@ def _bootstrap(values: dict[str, np.ndarray], expert: np.ndarray, annotations: n
     with bs.one_blas_thread():
         for m, ans_ids in answers.items():
             if ans_ids.size:
-                _bootstrap_llm(out, m, ans_ids, values, expert, annotations, answer, rows_of, judges, n_bootstrap,
-                               seed, slow)
+                counts = _bootstrap_llm(out, m, ans_ids, values, expert, annotations, answer, rows_of, judges,
+                                        n_bootstrap, seed, slow)
+                _task_group_means(out, m, ans_ids, values, expert, answer, task_rows_of or {}, counts)
     return out
 
 
 def _bootstrap_llm(out: dict[tuple[str, str, str], dict[str, np.ndarray]], m: str, ans_ids: np.ndarray,
                    values: dict[str, np.ndarray], expert: np.ndarray, annotations: np.ndarray, answer: np.ndarray,
                    rows_of: dict[tuple[str, str], np.ndarray], judges: list[str], n_bootstrap: int, seed: int,
-                   slow: frozenset[str]) -> None:
-    """One LLM's resamples, drawn once, for every subset and judge (into `out`)."""
+                   slow: frozenset[str]) -> np.ndarray:
+    """One LLM's resamples, drawn once, for every subset and judge (into `out`); the counts."""
     counts = bs.resample_counts(ans_ids.size, n_bootstrap, _seed(seed, ALL_GROUPS, m))
     for (subset, model), rows in rows_of.items():
         if model != m:
@@ -473,6 +496,25 @@ def _bootstrap_llm(out: dict[tuple[str, str, str], dict[str, np.ndarray]], m: st
                 idx = rows[use]
                 out[subset, m, j] = _resampled(values[j][idx], expert[idx], annotations[idx], local[use], counts,
                                                slow)
+    return counts
+
+
+def _task_group_means(out: dict[tuple[str, str, str], dict[str, np.ndarray]], m: str, ans_ids: np.ndarray,
+                      values: dict[str, np.ndarray], expert: np.ndarray, answer: np.ndarray,
+                      task_rows_of: dict[tuple[str, str], np.ndarray], counts: np.ndarray) -> None:
+    """Per task group, one LLM's resampled mean judge and expert scores ("_x", "_y": the
+    system-level ranking per task group), on the LLM's resamples: three sums per answer."""
+    for (task, model), rows in task_rows_of.items():
+        if model != m:
+            continue
+        local = np.searchsorted(ans_ids, answer[rows])
+        for j, v in values.items():
+            use = np.isfinite(v[rows])
+            sums = np.stack([np.bincount(local[use], weights=w, minlength=ans_ids.size)
+                             for w in (np.ones(int(use.sum())), v[rows][use], expert[rows][use])], axis=1)
+            totals = counts @ sums
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[task, m, j] = {"_x": totals[:, 1] / totals[:, 0], "_y": totals[:, 2] / totals[:, 0]}
 
 
 def _resampled(x: np.ndarray, y: np.ndarray, ann: np.ndarray, a: np.ndarray, counts: np.ndarray,

@@ -65,3 +65,21 @@ def criterion_groups(names: Iterable[str]) -> dict[str, str]:
                 group = canonical_group(getattr(criterion, "group", None))
         out[name] = group
     return out
+
+
+def task_groups(task_types: Iterable[str]) -> dict[str, str]:
+    """Map each distinct task type to its task group's (Russian) name in the taxonomy (the 8 task
+    groups); "unknown" for a task type the catalogue does not know — never an error."""
+    try:
+        from pollux.taxonomy import load_catalog
+
+        catalog = load_catalog()
+    except Exception:  # no catalogue: every task type is "unknown"
+        return dict.fromkeys(set(task_types), UNKNOWN)
+    out: dict[str, str] = {}
+    for task in set(task_types):
+        try:
+            out[task] = str(catalog.task_group(task)) if task else UNKNOWN
+        except Exception:  # an unknown task type
+            out[task] = UNKNOWN
+    return out
