@@ -304,3 +304,31 @@ def test_system_level_agreement_per_task_group_against_scipy(tmp_path: Path):
         assert rows.loc[("noisy", "kendall"), "value"] == pytest.approx(stats.kendalltau(jm, em).statistic, abs=1e-12)
         lo, hi = rows.loc[("noisy", "spearman"), ["ci_low", "ci_high"]]
         assert -1 <= lo <= hi <= 1
+
+
+def test_jury_from_the_command_line_and_not_with_the_card(tmp_path: Path):
+    """`--jury mean --jury majority` over two identical score files: each jury equals the judge,
+    differences 0 with a [0, 0] interval; with --compare model-card it is a clear error."""
+    frame = official_layout(tmp_path, n_instructions=6, per_answer=2)
+    score = round_half_away(known_judge(frame, tmp_path / "a.jsonl"))
+    (tmp_path / "b.jsonl").write_text("".join(json.dumps({"id": int(k), "score": float(s)}) + "\n"
+                                              for k, s in zip(frame["id"], score, strict=True)), encoding="utf-8")
+    (tmp_path / "a.jsonl").write_text((tmp_path / "b.jsonl").read_text(encoding="utf-8"), encoding="utf-8")
+    done = pollux("meta-eval", str(tmp_path / "data"), "--scores", str(tmp_path / "a.jsonl"), "--scores",
+                  str(tmp_path / "b.jsonl"), "--on", "id", "--jury", "mean", "--jury", "majority", "--format", "json",
+                  "--bootstrap", "30", "--no-groups")
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["judges"] == ["a", "b", "jury mean (a, b)", "jury majority (a, b)"]
+    values = {(r["judge"], r["model"], r["metric"]): (r["value"], r["ci_low"], r["ci_high"]) for r in data["metrics"]}
+    for (judge, model, metric), v in values.items():
+        if judge.startswith("jury"):
+            assert v == values["a", model, metric]
+    spearman = [r for r in data["diagnostics"]["juries"] if r["metric"] == "spearman"]
+    assert len(spearman) == 4 and all(r["difference"] == 0 and r["ci_low"] == r["ci_high"] == 0 for r in spearman)
+    card = pollux("meta-eval", str(tmp_path / "data"), "--scores", str(tmp_path / "a.jsonl"), "--on", "id",
+                  "--jury", "mean", "--compare", "model-card")
+    assert card.returncode == 2 and "--jury and --repeats are not in the model card" in card.stderr
+    bad = pollux("meta-eval", str(tmp_path / "data"), "--scores", str(tmp_path / "a.jsonl"), "--on", "id",
+                 "--jury", "average")
+    assert bad.returncode == 2 and "unknown jury rule 'average'" in bad.stderr

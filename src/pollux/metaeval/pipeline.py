@@ -155,6 +155,8 @@ def run(
         raise ValueError(f"--repeats {repeats}: the {n_sources} judge source(s) must be whole blocks of {repeats} "
                          "runs of one judge")
     rules = [Jury(check_jury_rule(how)) for how in juries]
+    if compare is not None and (repeats > 1 or juries):
+        raise ValueError("--jury and --repeats are not in the model card: run them without --compare")
     if repeats > 1 and len(choices) > 1:
         raise ValueError("--repeats compares one score per judge: give a single --score")
     say = log or (lambda _message: None)
