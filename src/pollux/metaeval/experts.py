@@ -340,8 +340,10 @@ def _merge(rows: _Rows, positions: list[int], keys: list[str], expert: list[floa
 
 
 def _cell(table: pd.DataFrame, column: str, i: int) -> Any:
-    """One cell as the row-by-row readers see it: a missing value (NaN, pd.NA) is None."""
+    """One cell as the row-by-row readers see it: a Python value, a missing one (NaN, pd.NA) None."""
     value = table[column].iat[i]
+    if isinstance(value, np.generic):  # as the row readers give it: a Python number (named as `inf`, not `np.float64(inf)`)
+        value = value.item()
     return None if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)) else value
 
 
