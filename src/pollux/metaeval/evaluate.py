@@ -255,13 +255,16 @@ def meta_evaluate(
         warnings.warn(note, MetaEvalWarning, stacklevel=2)
     settings = {"score": ",".join(parse_score_choices(score)), "split": applied, "split_requested": split,
                 "n_bootstrap": n_bootstrap, "confidence": confidence, "seed": seed, "out_of_scale": out_of_scale,
-                "common_rows": common_rows, "kendall_ci": kendall_ci, "alpha_ci": alpha_ci,
-                "expert_source": experts.source,
-                "expert_rows_skipped": len(experts.skipped),
-                "expert_rows_excluded": {reason: len(w) for reason, w in experts.excluded.items()}}
+                "common_rows": common_rows, "kendall_ci": kendall_ci, "alpha_ci": alpha_ci, **_source(experts)}
     return MetaEvalResult(metrics=pd.DataFrame(records), coverage=pd.DataFrame(coverage), judges=judges,
                           models=models, groups=subsets[1:], settings=settings, warnings=notes, sources=sources,
                           diagnostics=diagnostics)
+
+
+def _source(experts: ExpertData) -> dict[str, Any]:
+    """The settings that describe the expert data read."""
+    return {"expert_source": experts.source, "expert_rows_skipped": len(experts.skipped),
+            "expert_rows_excluded": {reason: len(w) for reason, w in experts.excluded.items()}}
 
 
 def _add_juries(values: dict[str, np.ndarray], reasons: dict[str, dict[str, np.ndarray]],

@@ -145,20 +145,7 @@ def run(
     (`trust.JURY_RULES`) combining every source into a jury column each. `evaluate`:
     `meta_evaluate`'s settings (n_bootstrap, confidence, seed, by_group, out_of_scale,
     kendall_ci, alpha_ci, common_rows)."""
-    if compare is not None and splits is not None:
-        warnings.warn(f"--split {splits if isinstance(splits, str) else ','.join(splits)} is ignored with --compare "
-                      "model-card: each metric is computed on the card's own split (Spearman and MAE out-of-domain, "
-                      "Verdict Confidence on all rows)", MetaEvalWarning, stacklevel=2)
-    wanted, choices = _check_request("ood" if splits is None else splits, score, compare, scores, judges, names)
-    n_sources = len(scores) + len(judges)
-    if repeats < 1 or n_sources % repeats:
-        raise ValueError(f"--repeats {repeats}: the {n_sources} judge source(s) must be whole blocks of {repeats} "
-                         "runs of one judge")
-    rules = [Jury(check_jury_rule(how)) for how in juries]
-    if compare is not None and (repeats > 1 or juries):
-        raise ValueError("--jury and --repeats are not in the model card: run them without --compare")
-    if repeats > 1 and len(choices) > 1:
-        raise ValueError("--repeats compares one score per judge: give a single --score")
+    wanted, choices, rules = _check_request(splits, score, compare, scores, judges, names, repeats, juries)
     say = log or (lambda _message: None)
     source_names: list[str | None] = list(names) or [None] * (len(scores) + len(judges))
     data = experts if isinstance(experts, ExpertData) else load_experts(
@@ -200,19 +187,32 @@ def _repeat_blocks(frames: list[pd.DataFrame], repeats: int) -> tuple[list[pd.Da
     return out, blocks
 
 
-def _check_request(splits: str | Sequence[str], score: str | Sequence[str], compare: str | None,
-                   scores: Sequence[str | Path], judges: Sequence[JudgeRun],
-                   names: Sequence[str]) -> tuple[list[str], tuple[str, ...]]:
-    """What can be checked before reading anything: (the splits, the score choices)."""
+def _check_request(splits: str | Sequence[str] | None, score: str | Sequence[str], compare: str | None,
+                   scores: Sequence[str | Path], judges: Sequence[JudgeRun], names: Sequence[str], repeats: int,
+                   juries: Sequence[str]) -> tuple[list[str], tuple[str, ...], list[Jury]]:
+    """What can be checked before reading anything: (the splits, the score choices, the juries)."""
     if compare is not None and compare not in COMPARISONS:
         raise ValueError(f"unknown --compare {compare!r}: expected {', '.join(COMPARISONS)}")
-    wanted = parse_splits(splits)
+    if compare is not None and splits is not None:
+        warnings.warn(f"--split {splits if isinstance(splits, str) else ','.join(splits)} is ignored with --compare "
+                      "model-card: each metric is computed on the card's own split (Spearman and MAE out-of-domain, "
+                      "Verdict Confidence on all rows)", MetaEvalWarning, stacklevel=3)
+    wanted = parse_splits("ood" if splits is None else splits)
     choices = parse_score_choices(score)
+    n_sources = len(scores) + len(judges)
+    if repeats < 1 or n_sources % repeats:
+        raise ValueError(f"--repeats {repeats}: the {n_sources} judge source(s) must be whole blocks of {repeats} "
+                         "runs of one judge")
+    rules = [Jury(check_jury_rule(how)) for how in juries]
+    if compare is not None and (repeats > 1 or juries):
+        raise ValueError("--jury and --repeats are not in the model card: run them without --compare")
+    if repeats > 1 and len(choices) > 1:
+        raise ValueError("--repeats compares one score per judge: give a single --score")
     if not scores and not judges:
         raise ValueError("give at least one judge: --scores FILE or --judge SPEC")
     if names and len(names) != len(scores) + len(judges):
         raise ValueError(f"{len(names)} --judge-name for {len(scores) + len(judges)} judge sources")
-    return wanted, choices
+    return wanted, choices, rules
 
 
 def _read_scores(path: Path, name: str | None, on: tuple[str, ...], experts: ExpertData) -> pd.DataFrame:
