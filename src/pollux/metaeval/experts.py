@@ -134,7 +134,8 @@ def _read_parquet(name: str, files: list[Path], wanted: Sequence[str]) -> _Sourc
         table = read_parquet_table(path, wanted)
         notes.append(table.column("annotations") if "annotations" in table.column_names else None)
         parts.append(table.drop_columns([c for c in table.column_names if c == "annotations"]).to_pandas())
-        where += [f"{path.name}:{i + 1}" for i in range(table.num_rows)]
+        shard = path.name
+        where += [f"{shard}:{i + 1}" for i in range(table.num_rows)]
     frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
     present = [a for a in notes if a is not None]
     if not present:

@@ -118,7 +118,8 @@ def _arrow_lines(path: Path, by_content: bool) -> _ScoreLines | None:
     frame = table.to_pandas()
     if by_content and ("key" not in frame.columns or frame["key"].isna().any()):
         return None
-    where = [f"{path.name}:{i + 1}" for i in range(lines)]
+    name = path.name
+    where = [f"{name}:{i + 1}" for i in range(lines)]
     return _ScoreLines(frame, where, [], lines, lambda i: table.slice(i, 1).to_pylist()[0])
 
 
