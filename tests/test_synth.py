@@ -12,10 +12,11 @@ import pytest
 from typer.testing import CliRunner
 
 from pollux.cli import app
+from pollux.engine.chat import checked_text
 from pollux.records import text_problem
 from pollux.synth import SynthConfigError, SynthError, load_config, run, status
 from pollux.synth.export import SCHEMA, TRAIN_COLUMNS, write_parquet
-from pollux.synth.models import check_verdict, checked_text
+from pollux.synth.models import check_verdict
 from pollux.synth.pipeline import executor_options
 from pollux.synth.stages import (
     StageContext,

@@ -273,8 +273,8 @@ def generate_answers(instructions: str | Path, spec: str, options: CommonOptions
 def _ask(spec: str, options: CommonOptions, todo: list[Instruction], generation: Generation, store: AnswerStore,
          summary: AnswerSummary, log: Callable[[str], None]) -> None:
     """Ask the model for the missing answers, storing each as it arrives."""
+    from pollux.engine.chat import checked_text  # an LLM's NUL / lone surrogate repaired, as synth does
     from pollux.engine.registry import load_chat
-    from pollux.synth.models import checked_text  # an LLM's NUL / lone surrogate repaired, as synth does
 
     log(f"answering {len(todo)} instruction(s) with {spec}")
     chat = load_chat(spec, options)

@@ -34,17 +34,34 @@ from __future__ import annotations
 import asyncio
 import os
 import queue
+import re
 import threading
 import time
 from collections.abc import Coroutine, Iterator
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from pollux.engine.http_chat import ApiError, ChatClient, ChatReply, EndpointAuth
+from pollux.records import text_problem
 
 if TYPE_CHECKING:
     from pollux.engine.registry import LocalOptions, OpenAIOptions, VLLMOptions
 
 Row = dict[str, Any]
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def checked_text(reply: Row) -> Row:
+    """An LLM's text is untrusted: one with a NUL or a lone surrogate (which SQLite, tokenizers, Arrow
+    and `pollux train` refuse) is repaired (U+FFFD in their place) and marked `invalid_text`, and later
+    stages leave it out. Done in the worker, so that a reply like that crosses no process boundary
+    (a Ray actor's results are UTF-8 Arrow strings) before it is repaired."""
+    text = reply.get("text")
+    problem = text_problem(text) if isinstance(text, str) else None
+    if text is None or problem is None:
+        return {**reply, "invalid_text": None}
+    return {**reply, "text": _SURROGATE.sub("\ufffd", text.replace("\x00", "\ufffd")), "invalid_text": problem}
 T = TypeVar("T")
 
 

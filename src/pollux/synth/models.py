@@ -16,12 +16,11 @@ teacher's retries happen where the client lives, not in the driver.
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pollux.engine.chat import ChatModel, HttpChat, shared_chat
+from pollux.engine.chat import ChatModel, HttpChat, checked_text, shared_chat
 from pollux.engine.registry import OpenAIOptions, get_engine, load_chat
 from pollux.records import text_problem
 from pollux.scales import check_level, check_score, parse_feedback, parse_result, parse_scale, result_problem
@@ -76,21 +75,6 @@ class ChatWorker:
         if self.validate == "verdict":
             return lambda batch: [checked_text(r) for r in _verdicts(backend, batch, self.max_attempts)]
         return lambda batch: [checked_text({**r, "attempts": 1}) for r in backend.generate(batch)]
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def checked_text(reply: Row) -> Row:
-    """An LLM's text is untrusted: one with a NUL or a lone surrogate (which SQLite, tokenizers, Arrow
-    and `pollux train` refuse) is repaired (U+FFFD in their place) and marked `invalid_text`, and later
-    stages leave it out. Done in the worker, so that a reply like that crosses no process boundary
-    (a Ray actor's results are UTF-8 Arrow strings) before it is repaired."""
-    text = reply.get("text")
-    problem = text_problem(text) if isinstance(text, str) else None
-    if text is None or problem is None:
-        return {**reply, "invalid_text": None}
-    return {**reply, "text": _SURROGATE.sub("\ufffd", text.replace("\x00", "\ufffd")), "invalid_text": problem}
 
 
 def _verdicts(backend: ChatModel, batch: list[Row], max_attempts: int) -> list[Row]:
