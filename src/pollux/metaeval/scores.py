@@ -5,8 +5,9 @@ Every source ends as a "score frame": one row per judgement with `judge`, `key` 
 `head_score`, `text_score`, `expected_score` (a generative judge's probability-weighted score at
 `[RESULT]`, when its engine gave token probabilities) and `error`. Sources:
 
-* a JSONL file of scores (`read_score_jsonl`, through `pollux.inputs.read_rows` like every input
-  file): one object per line with `key` or the POLLUX text columns, plus `score` and optionally
+* a JSONL file of scores (`read_score_jsonl`: a plain JSONL file column-wise by `pyarrow.json`,
+  anything else through `pollux.inputs.read_rows` like every input file, with the same rules and
+  messages): one object per line with `key` or the POLLUX text columns, plus `score` and optionally
   `head_score`, `text_score`, `expected_score`, `judge`, `error`;
 * a pollux run database written by `pollux evaluate` (`scores_from_db`, via
   `pollux.store.read_verdicts`);
