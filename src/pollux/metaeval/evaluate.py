@@ -301,9 +301,14 @@ def _task_rows(frame: pd.DataFrame, models: list[str], usable: np.ndarray) -> di
     names = sorted(set(mapping.values()) - {UNKNOWN}) + ([UNKNOWN] if UNKNOWN in mapping.values() else [])
     if len(names) < 2:
         return {}
-    group = pd.Series(tasks, dtype=object).map(mapping).fillna(UNKNOWN).to_numpy()
-    model_col = frame["model_id"].to_numpy()
-    return {(TASK + g, m): np.flatnonzero(usable & (model_col == m) & (group == g)) for g in names for m in models}
+    code = pd.Series(tasks, dtype=object).map({t: names.index(g) for t, g in mapping.items()}).fillna(-1)
+    code = code.to_numpy(dtype=np.int64) + 1  # 0: not in the split's usable rows
+    model_code = pd.Categorical(frame["model_id"], categories=models).codes.astype(np.int64)
+    key = np.where(usable, model_code * (len(names) + 1) + code, -1)  # one integer per (LLM, task group)
+    order = np.argsort(key, kind="stable")
+    bounds = np.searchsorted(key[order], np.arange(len(models) * (len(names) + 1) + 1))
+    return {(TASK + g, m): order[bounds[i * (len(names) + 1) + k + 1]:bounds[i * (len(names) + 1) + k + 2]]
+            for k, g in enumerate(names) for i, m in enumerate(models)}
 
 
 def _diagnostics(scored: _Scored, frame: pd.DataFrame, models: list[str], subsets: list[str], usable: np.ndarray,
@@ -506,18 +511,25 @@ def _task_group_means(out: dict[tuple[str, str, str], dict[str, np.ndarray]], m:
                       values: dict[str, np.ndarray], expert: np.ndarray, answer: np.ndarray,
                       task_rows_of: dict[tuple[str, str], np.ndarray], counts: np.ndarray) -> None:
     """Per task group, one LLM's resampled mean judge and expert scores ("_x", "_y": the
-    system-level ranking per task group), on the LLM's resamples: three sums per answer."""
+    system-level ranking per task group), on the LLM's resamples. An answer has one task type,
+    so a group's sums need only its own answers' columns of the counts: all groups together cost
+    one pass over the count matrix (three sums per answer and judge)."""
     for (task, model), rows in task_rows_of.items():
-        if model != m:
+        if model != m or not rows.size:
             continue
         local = np.searchsorted(ans_ids, answer[rows])
-        for j, v in values.items():
+        mine = np.unique(local)
+        pos = np.searchsorted(mine, local)
+        columns = []
+        for v in values.values():
             use = np.isfinite(v[rows])
-            sums = np.stack([np.bincount(local[use], weights=w, minlength=ans_ids.size)
-                             for w in (np.ones(int(use.sum())), v[rows][use], expert[rows][use])], axis=1)
-            totals = counts @ sums
-            with np.errstate(invalid="ignore", divide="ignore"):
-                out[task, m, j] = {"_x": totals[:, 1] / totals[:, 0], "_y": totals[:, 2] / totals[:, 0]}
+            columns += [np.bincount(pos[use], weights=w, minlength=mine.size)
+                        for w in (np.ones(int(use.sum())), v[rows][use], expert[rows][use])]
+        totals = counts[:, mine] @ np.stack(columns, axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            for k, j in enumerate(values):
+                n = totals[:, 3 * k]
+                out[task, m, j] = {"_x": totals[:, 3 * k + 1] / n, "_y": totals[:, 3 * k + 2] / n}
 
 
 def _resampled(x: np.ndarray, y: np.ndarray, ann: np.ndarray, a: np.ndarray, counts: np.ndarray,
