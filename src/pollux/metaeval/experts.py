@@ -212,13 +212,16 @@ def _content_keys(texts: Sequence[pd.Series]) -> list[str]:
     strings — without a JudgeItem per row: each distinct text is JSON-encoded once (an
     instruction repeats on every criterion row) and the payloads are joined column-wise."""
     # json.dumps(ensure_ascii=False)'s string encoder (the C one is missing from typeshed's stubs)
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     enc = getattr(json.encoder, "c_encode_basestring", None) or json.encoder.py_encode_basestring
-    payload: Any = "["
-    for n, texts_of_column in enumerate(texts):
+    columns = []
+    for texts_of_column in texts:
         codes, uniques = pd.factorize(texts_of_column)
-        encoded = np.array([enc(u) for u in uniques.tolist()], dtype=object)
-        payload = payload + (", " if n else "") + encoded[codes]
-    return [hashlib.sha256(p.encode("utf-8")).hexdigest()[:32] for p in payload + "]"]
+        columns.append(pa.array([enc(u) for u in uniques.tolist()], type=pa.large_string()).take(codes))
+    payload = pc.binary_join_element_wise(*columns, pa.scalar(", ", pa.large_string()))  # in Arrow, not per row
+    return [hashlib.sha256(f"[{p}]".encode()).hexdigest()[:32] for p in payload.to_pylist()]
 
 
 def _keys_match_judge_item() -> bool:
