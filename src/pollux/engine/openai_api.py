@@ -11,7 +11,7 @@ keeps going through all of that:
 * a bounded re-ask (`max_reasks`) when the reply has no score in `[RESULT] n [END]`; a re-ask
   always changes the request (an identical temperature-0 request gets the identical reply): the
   "general" style adds a follow-up message, the one-turn "pollux" and "prometheus" styles
-  sample at temperature ≥ `POLLUX_REASK_TEMPERATURE`;
+  sample (`pollux.engine.reask`: the one re-ask policy, shared with synth's teacher);
 * token accounting from each response's `usage`, summed over retries and re-asks;
 * an item that still fails becomes an `error_verdict` — the other items are unaffected, and an
   evaluation run re-judges it on resume.
@@ -67,6 +67,7 @@ from pollux.engine.chat import reasoning_of
 from pollux.engine.http_chat import RETRY_STATUSES as RETRY_STATUSES  # re-exported: the transport moved there
 from pollux.engine.http_chat import ApiError, ChatClient, EndpointAuth, KeySource, run_coroutine
 from pollux.engine.http_chat import parse_retry_after as parse_retry_after
+from pollux.engine.reask import reask_sampling
 from pollux.engine.tokens import probs_from_top_logprobs
 from pollux.prompts import PromptTemplate
 from pollux.records import JudgeItem
@@ -90,10 +91,6 @@ REASK_PROMPT = (
     "В твоём ответе нет оценки в требуемом формате. Повтори оценку строго в формате:\n"
     "[FEEDBACK] <обоснование> [RESULT] <балл числом> [END]"
 )
-
-# Temperature for re-asking a one-turn judge ("pollux" and "prometheus" styles, whose prompt stays
-# as it is): at temperature 0 the same request gives the same text, so a re-ask must sample.
-POLLUX_REASK_TEMPERATURE = 0.3
 
 # Our wording modelled on the Prometheus 2 absolute-grading prompt (see the module docstring).
 PROMETHEUS_SYSTEM = (
@@ -327,7 +324,7 @@ class OpenAIEngine:
         # `self.sampling` was resolved in __init__, so its fields are set; the `or`s only say so to mypy.
         temperature = self.sampling.temperature or 0.0
         if reask and self.prompt_style != "general":  # "general" re-asks with a follow-up message instead
-            temperature = max(temperature, POLLUX_REASK_TEMPERATURE)
+            temperature, _ = reask_sampling(temperature, None, attempt=1)
         payload: dict[str, Any] = {
             "model": self.model,
             "messages": messages,

@@ -21,15 +21,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from pollux.engine.chat import ChatModel, HttpChat, checked_text, shared_chat
+from pollux.engine.reask import reask_sampling
 from pollux.engine.registry import OpenAIOptions, get_engine, load_chat
 from pollux.records import text_problem
 from pollux.scales import check_level, check_score, parse_feedback, parse_result, parse_scale, result_problem
 from pollux.synth.config import ModelConfig
 
 Row = dict[str, Any]
-
-# Temperature for asking again after a broken reply: at temperature 0 the same prompt gives the same text.
-RETRY_TEMPERATURE = 0.3
 
 
 def make_backend(model: ModelConfig) -> ChatModel:
@@ -112,10 +110,9 @@ async def _verdict_http(backend: HttpChat, request: Row, max_attempts: int) -> R
 
 
 def _attempt(request: Row, attempt: int) -> Row:
-    """The request for attempt n: after the first, a new seed and some temperature."""
-    if attempt == 0:
-        return request
-    return {**request, "seed": request["seed"] + attempt, "temperature": max(request["temperature"], RETRY_TEMPERATURE)}
+    """The request for attempt n (`pollux.engine.reask`: after the first, a new seed and some temperature)."""
+    temperature, seed = reask_sampling(request["temperature"], request["seed"], attempt)
+    return {**request, "seed": seed, "temperature": temperature}
 
 
 def _judged(request: Row, reply: Row, attempt: int, max_attempts: int) -> Row | None:
