@@ -17,6 +17,7 @@ so CPU time is printed too).
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import tempfile
 import time
@@ -46,10 +47,41 @@ def cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def timed(engine: Any, work: list[Any]) -> tuple[list[Any], float, float]:
+def run_method(method: str, path: str, answers: int, repeat: int, new_tokens: int, threads: int,
+               share_prefix: bool = True) -> dict[str, Any]:
+    """One engine over the workload, in its own process (see `main`): texts, scores, wall and CPU
+    seconds, prompt tokens evaluated."""
+    from pollux.engine import SamplingParams
+
+    sampling = SamplingParams(max_new_tokens=new_tokens, temperature=0)
+    if method == "in-process":
+        import torch
+
+        from pollux.engine.hf import TransformersEngine
+
+        torch.set_num_threads(threads)
+        engine: Any = TransformersEngine.from_pretrained(path, dtype="float32", device="cpu", sampling=sampling)
+    else:
+        from pollux.engine.gguf import GGUFEngine
+
+        engine = GGUFEngine(path, sampling=sampling, threads=threads, share_prefix=share_prefix)
+    work = items(answers, repeat)
     wall, c = time.perf_counter(), cpu()
     verdicts = engine.judge_many(work)
-    return verdicts, time.perf_counter() - wall, cpu() - c
+    wall, c = time.perf_counter() - wall, cpu() - c
+    stats = getattr(engine, "stats", {})
+    return {"texts": [v.raw_text for v in verdicts], "scores": [v.head_score for v in verdicts], "wall": wall,
+            "cpu": c, "evaluated": stats.get("prompt_tokens_evaluated"), "prompt": stats.get("prompt_tokens"),
+            "errors": [v.error for v in verdicts if v.error]}
+
+
+def isolated(*args: Any, **kw: Any) -> dict[str, Any]:
+    """`run_method` in a fresh process: each engine's time and memory are its own, and torch's and
+    llama.cpp's thread pools never share a process."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(run_method, args, kw)
 
 
 def build_judge(root: Path, hidden: int, layers: int) -> Path:
@@ -60,18 +92,21 @@ def build_judge(root: Path, hidden: int, layers: int) -> Path:
     return build_scoring_judge(random, root / "peaked")
 
 
-def drift(ref: list[Any], got: list[Any]) -> str:
+def drift(ref: dict[str, Any], got: dict[str, Any]) -> str:
+    """Texts identical, and the head scores' MAE, max |Δ| and Spearman (all items)."""
     from scipy.stats import spearmanr
 
-    a = [v.head_score for v in ref]
-    b = [v.head_score for v in got]
-    mae = sum(abs(x - y) for x, y in zip(a, b, strict=True)) / len(a)
-    rho = spearmanr(a, b).statistic
-    same = sum(x.raw_text == y.raw_text for x, y in zip(ref, got, strict=True))
-    return f"texts identical {same}/{len(a)}, MAE {mae:.2e}, max |Δ| {max(abs(x - y) for x, y in zip(a, b, strict=True)):.2e}, Spearman {rho:.4f}"
+    a, b = ref["scores"], got["scores"]
+    diffs = [abs(x - y) for x, y in zip(a, b, strict=True)]
+    same = [d for d, x, y in zip(diffs, ref["texts"], got["texts"], strict=True) if x == y]
+    return (f"texts identical {len(same)}/{len(a)}, MAE {sum(diffs) / len(a):.2e}, max |Δ| {max(diffs):.2e} "
+            f"(identical texts only: {max(same, default=float('nan')):.2e}), Spearman {spearmanr(a, b).statistic:.4f}")
 
 
 def main() -> None:
+    # llama.cpp's AMX kernels die with SIGILL on VMs that do not enable AMX (this project's machines):
+    # without its extra weight buffers unless told otherwise (pollux.engine.gguf._model_params)
+    os.environ.setdefault("POLLUX_GGUF_EXTRA_BUFFERS", "0")
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", type=Path, help="A -r judge folder (default: build a peaked tiny one).")
     p.add_argument("--hidden", type=int, default=256)
@@ -82,47 +117,36 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
 
-    import torch
-
     from pollux.convert import convert_checkpoint
-    from pollux.engine import SamplingParams
-    from pollux.engine.gguf import GGUFEngine
-    from pollux.engine.hf import TransformersEngine
 
-    torch.set_num_threads(a.threads)
-    sampling = SamplingParams(max_new_tokens=a.new_tokens, temperature=0)
-    work = items(a.answers, a.repeat)
+    work = (a.answers, a.repeat, a.new_tokens, a.threads)
     with tempfile.TemporaryDirectory(prefix="bench-gguf-") as tmp:
         root = Path(tmp)
         ckpt = a.checkpoint or build_judge(root, a.hidden, a.layers)
         files = {q: root / f"judge-{q}.gguf" for q in ("f16", "q8_0", "q4_k_m")}
         for q, f in files.items():
             convert_checkpoint(ckpt, f, q)
+        n = a.answers * len(CRITERIA)
         print(f"judge: {ckpt if a.checkpoint else f'peaked tiny -r, hidden {a.hidden}, {a.layers} layers'}; "
-              f"{len(work)} judgements ({a.answers} answers × {len(CRITERIA)} criteria), ≤ {a.new_tokens} new tokens, "
-              f"greedy, {a.threads} threads")
+              f"{n} judgements ({a.answers} answers × {len(CRITERIA)} criteria), ≤ {a.new_tokens} new tokens, "
+              f"greedy, {a.threads} threads, each engine in its own process")
         print("GGUF sizes: " + ", ".join(f"{q} {f.stat().st_size / 2**20:.1f} MiB" for q, f in files.items()))
-        ref, ref_wall, ref_cpu = timed(TransformersEngine.from_pretrained(
-            str(ckpt), dtype="float32", device="cpu", sampling=sampling), work)
-        runs: dict[str, Any] = {}
+        runs = {"in-process float32": isolated("in-process", str(ckpt), *work)}
         for q, f in files.items():
-            engine = GGUFEngine(f, sampling=sampling, threads=a.threads)
-            runs[q] = (*timed(engine, work), engine.stats)
-        plain = GGUFEngine(files["q4_k_m"], sampling=sampling, threads=a.threads, share_prefix=False)
-        plain_run = (*timed(plain, work), plain.stats)
+            runs[f"gguf {q}"] = isolated("gguf", str(f), *work)
+        runs["gguf q4_k_m, no prefix"] = isolated("gguf", str(files["q4_k_m"]), *work, share_prefix=False)
 
     print(f"{'method':<26}{'judgements/s':>13}{'wall s':>9}{'CPU s':>9}{'prompt tokens evaluated':>26}")
-    print(f"{'in-process float32':<26}{len(work) / ref_wall:>13.2f}{ref_wall:>9.2f}{ref_cpu:>9.2f}{'':>26}")
-    for name, (_, wall, c, stats) in [*((f"gguf {q}", r) for q, r in runs.items()),
-                                      ("gguf q4_k_m, no prefix", plain_run)]:
-        evaluated = f"{stats['prompt_tokens_evaluated']} of {stats['prompt_tokens']}"
-        print(f"{name:<26}{len(work) / wall:>13.2f}{wall:>9.2f}{c:>9.2f}{evaluated:>26}")
-    print(f"gguf f16 vs in-process float32: {drift(ref, runs['f16'][0])}")
+    for name, r in runs.items():
+        evaluated = f"{r['evaluated']} of {r['prompt']}" if r["evaluated"] is not None else ""
+        print(f"{name:<26}{n / r['wall']:>13.2f}{r['wall']:>9.2f}{r['cpu']:>9.2f}{evaluated:>26}"
+              + (f"  errors: {r['errors'][:1]}" if r["errors"] else ""))
+    print(f"gguf f16 vs in-process float32: {drift(runs['in-process float32'], runs['gguf f16'])}")
     for q in ("q8_0", "q4_k_m"):
-        print(f"gguf {q} vs gguf f16: {drift(runs['f16'][0], runs[q][0])}")
-    wall_ratio = ref_wall / runs["q4_k_m"][1]
-    cpu_ratio = ref_cpu / runs["q4_k_m"][2]
-    print(f"gguf q4_k_m vs in-process float32: {wall_ratio:.2f}× judgements/s (CPU time: {cpu_ratio:.2f}×)")
+        print(f"gguf {q} vs gguf f16: {drift(runs['gguf f16'], runs[f'gguf {q}'])}")
+    ref, q4 = runs["in-process float32"], runs["gguf q4_k_m"]
+    print(f"gguf q4_k_m vs in-process float32: {ref['wall'] / q4['wall']:.2f}× judgements/s "
+          f"(CPU time: {ref['cpu'] / q4['cpu']:.2f}×)")
 
 
 if __name__ == "__main__":

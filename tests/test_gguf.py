@@ -8,6 +8,7 @@ they are missing, every test here is skipped with the reason.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,11 @@ try:
 except ConvertError as exc:
     pytest.skip(f"llama.cpp's converter is not available: {exc}", allow_module_level=True)
 
+# llama.cpp's AMX kernels (quantised weights) die with SIGILL on VMs whose hypervisor does not enable
+# AMX though the CPU reports it, as on this project's machines: the tests (and their subprocesses)
+# run without llama.cpp's extra weight buffers (`extra_buffers`, pollux.engine.gguf._model_params).
+os.environ.setdefault("POLLUX_GGUF_EXTRA_BUFFERS", "0")
+
 RUBRICS = "0: ответ неверный.\n\n1: ответ частично верный.\n\n2: ответ полностью верный."
 QUESTIONS = [
     ("Сколько будет 2+2?", "4"),
@@ -43,11 +49,14 @@ def items() -> list[JudgeItem]:
 
 @pytest.fixture(scope="module")
 def peaked_judge(tiny_judge_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny `-r` judge overfitted for 35 Adam steps to write `[FEEDBACK] … [RESULT] n [END]`
-    (`pollux.fixtures.build_scoring_judge`; its head is kept): peaked, so greedy text is stable."""
+    """The tiny `-r` judge overfitted for 35 Adam steps to write `[FEEDBACK] … [RESULT] n [END]` on
+    this file's items (`pollux.fixtures.build_scoring_judge`; its head is kept): peaked, so greedy
+    text is stable under f16 rounding."""
     from pollux.fixtures import build_scoring_judge
 
-    return build_scoring_judge(tiny_judge_path, tmp_path_factory.mktemp("peaked-r"))
+    examples = [(it, f"[FEEDBACK] {('ok', 'нет', 'частично')[k % 3]} [RESULT] {k % 3} [END]")
+                for k, it in enumerate(items())]
+    return build_scoring_judge(tiny_judge_path, tmp_path_factory.mktemp("peaked-r"), examples=examples)
 
 
 @pytest.fixture(scope="module")
@@ -171,3 +180,31 @@ def test_registry_and_cli_judge_with_gguf(f16: Path, tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr[-2000:]
     rows = [json.loads(line) for line in run.stdout.splitlines() if line.strip()]
     assert len(rows) == 2 and all(r["head_score"] is not None for r in rows)
+
+
+def test_cli_convert_quantises_and_the_quantised_judge_scores(peaked_judge: Path, f16: Path, tmp_path: Path) -> None:
+    """`pollux convert --quant q4_k_m`: one JSON object on stdout; llama.cpp's quantiser falls back
+    to q5_0 / q8_0 for this tiny judge's 64-wide rows (k-quants need multiples of 256)."""
+    out = tmp_path / "judge-q4_k_m.gguf"
+    run = subprocess.run([sys.executable, "-m", "pollux.cli", "convert", str(peaked_judge), str(out), "--quant",
+                          "q4_k_m", "--threads", "1"], capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-2000:]
+    wrote = json.loads(run.stdout)
+    assert wrote["quant"] == "q4_k_m" and wrote["bytes"] < f16.stat().st_size and Path(wrote["head"]).is_file()
+    quantised, full = gguf_engine(out).judge_many(items()), gguf_engine(f16).judge_many(items())
+    same = [(a, b) for a, b in zip(full, quantised, strict=True) if a.raw_text == b.raw_text]
+    drift = max(abs(a.head_score - b.head_score) for a, b in same)
+    print(f"gguf q4_k_m vs f16 (tiny judge): texts identical {len(same)}/{len(full)}, max |Δscore| {drift:.2e}")
+    assert all(v.error is None and v.head_score is not None for v in quantised)
+
+
+def test_convert_errors_name_the_problem(peaked_judge: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConvertError, match="unknown quantisation 'q3'"):
+        convert_checkpoint(peaked_judge, tmp_path / "x.gguf", "q3")
+    run = subprocess.run([sys.executable, "-m", "pollux.cli", "convert", str(tmp_path), str(tmp_path / "x.gguf")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "no config.json" in run.stderr
+    monkeypatch.delenv("POLLUX_LLAMA_CPP", raising=False)
+    monkeypatch.setattr(sys, "prefix", str(tmp_path))
+    with pytest.raises(ConvertError, match=r"converter \(convert_hf_to_gguf.py\) was not found.*--llama-cpp"):
+        find_converter(tmp_path)

@@ -28,8 +28,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -155,12 +158,50 @@ def choose_token(logits: np.ndarray, sampling: SamplingParams, rng: np.random.Ge
     return int(rng.choice(probs.size, p=probs))
 
 
+_PARAMS_LOCK = threading.Lock()
+
+
+def extra_buffers_default() -> bool:
+    """`$POLLUX_GGUF_EXTRA_BUFFERS` (0/false: off), else on (llama.cpp's default)."""
+    return os.environ.get("POLLUX_GGUF_EXTRA_BUFFERS", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+@contextmanager
+def _model_params(extra_buffers: bool | None) -> Iterator[None]:
+    """While a `Llama` is built: llama.cpp's model parameter `use_extra_bufts` (its extra weight
+    buffer types: AMX tiles, repacked weights) as asked. Why: on a VM whose hypervisor does not
+    enable AMX although the CPU and kernel report it (this project's Firecracker machines), llama.cpp's
+    AMX matmul of quantised weights dies with SIGILL (`tileloadd`); f16 weights never use it.
+    `Llama` takes no such argument, so its default-parameters function is wrapped for the call."""
+    if extra_buffers is None:
+        extra_buffers = extra_buffers_default()
+    if extra_buffers:
+        yield
+        return
+    import llama_cpp.llama_cpp as lib  # the module `Llama` calls
+
+    with _PARAMS_LOCK:
+        original = lib.llama_model_default_params
+
+        def without_extra() -> Any:
+            params = original()
+            params.use_extra_bufts = False
+            return params
+
+        lib.llama_model_default_params = without_extra
+        try:
+            yield
+        finally:
+            lib.llama_model_default_params = original
+
+
 class GGUFEngine:
     """Judges items with llama.cpp (see the module docstring)."""
 
     def __init__(self, path: str | Path, *, template: PromptTemplate | None = None,
                  sampling: SamplingParams | None = None, n_ctx: int | None = None, threads: int | None = None,
-                 n_batch: int = 512, share_prefix: bool = True, expected_score: bool = False):
+                 n_batch: int = 512, share_prefix: bool = True, expected_score: bool = False,
+                 extra_buffers: bool | None = None):
         llama_cpp = import_llama_cpp()
         self.path = Path(path)
         if not self.path.is_file():
@@ -174,10 +215,11 @@ class GGUFEngine:
         self.sampling = (sampling or SamplingParams()).resolve(sidecar.get("generation_config"))
         self.share_prefix = share_prefix
         self.expected_score = expected_score and self.kind != REGRESSION_MARK
-        self.llm = llama_cpp.Llama(
-            model_path=str(self.path), n_ctx=n_ctx or 0, n_batch=n_batch, n_ubatch=n_batch,
-            n_threads=threads, n_threads_batch=threads, embeddings=False, logits_all=False,
-            verbose=False)  # pooling: the model's (none for a causal LM): per-token hidden states
+        with _model_params(extra_buffers):
+            self.llm = llama_cpp.Llama(
+                model_path=str(self.path), n_ctx=n_ctx or 0, n_batch=n_batch, n_ubatch=n_batch,
+                n_threads=threads, n_threads_batch=threads, embeddings=False, logits_all=False,
+                verbose=False)  # pooling: the model's (none for a causal LM): per-token hidden states
         # llama.cpp may pad the context it allocates; llama-cpp-python's token buffer is what was asked
         self.context = min(int(self.llm.n_ctx()), len(self.llm.input_ids))
         template_text = self.llm.metadata.get("tokenizer.chat_template")
@@ -317,8 +359,9 @@ class GGUFChat:
     one by one on one llama.cpp context, greedy or sampled with the request's seed; consecutive
     requests reuse their common prompt prefix's KV."""
 
-    def __init__(self, path: str, *, n_ctx: int | None = None, threads: int | None = None, n_batch: int = 512):
-        self.engine = GGUFEngine(path, n_ctx=n_ctx, threads=threads, n_batch=n_batch)
+    def __init__(self, path: str, *, n_ctx: int | None = None, threads: int | None = None, n_batch: int = 512,
+                 extra_buffers: bool | None = None):
+        self.engine = GGUFEngine(path, n_ctx=n_ctx, threads=threads, n_batch=n_batch, extra_buffers=extra_buffers)
         self.engine.head = None  # replies need no score
         self.name = path
 

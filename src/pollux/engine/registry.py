@@ -492,19 +492,23 @@ class GGUFOptions(CommonOptions):
     threads: int | None = Field(None, ge=1, description="llama.cpp CPU threads (the CLI passes default_threads()).")
     n_batch: int = Field(512, ge=1, description="Prompt tokens llama.cpp evaluates per call.")
     share_prefix: bool = Field(True, description="Reuse the KV cache of the previous prompt's common prefix.")
+    extra_buffers: bool | None = Field(
+        None, description="llama.cpp's extra weight buffers (AMX, repacking); false where AMX faults (some VMs) "
+        "(default: $POLLUX_GGUF_EXTRA_BUFFERS, else on).")
 
 
 def _load_gguf(path: str, o: GGUFOptions) -> Engine:
     from pollux.engine.gguf import GGUFEngine
 
     return GGUFEngine(path, template=o.template, sampling=o.sampling, n_ctx=o.n_ctx, threads=o.threads,
-                      n_batch=o.n_batch, share_prefix=o.share_prefix, expected_score=o.expected_score)
+                      n_batch=o.n_batch, share_prefix=o.share_prefix, expected_score=o.expected_score,
+                      extra_buffers=o.extra_buffers)
 
 
 def _chat_gguf(path: str, o: GGUFOptions) -> ChatModel:
     from pollux.engine.gguf import GGUFChat
 
-    return GGUFChat(path, n_ctx=o.n_ctx, threads=o.threads, n_batch=o.n_batch)
+    return GGUFChat(path, n_ctx=o.n_ctx, threads=o.threads, n_batch=o.n_batch, extra_buffers=o.extra_buffers)
 
 
 register_engine(EngineEntry("gguf", "gguf:", GGUFOptions, _load_gguf,
