@@ -84,12 +84,19 @@ def isolated(*args: Any, **kw: Any) -> dict[str, Any]:
         return pool.apply(run_method, args, kw)
 
 
-def build_judge(root: Path, hidden: int, layers: int) -> Path:
+def build_judge(root: Path, hidden: int, layers: int, work: list[Any] | None) -> Path:
+    """A random -r judge overfitted (35 Adam steps, `build_scoring_judge`) to write a short
+    `[FEEDBACK] … [RESULT] n [END]` on the benchmark's own items: peaked, so that the engines'
+    texts agree and the score drift is the head input's numerical drift, not a different text."""
     from pollux.fixtures import build_scoring_judge, build_tiny_judge
 
     random = build_tiny_judge(root / "random", hidden=hidden, layers=layers, heads=hidden // 64, kv_heads=1,
                               intermediate=3 * hidden, initializer_range=0.1, head_std=0.05)
-    return build_scoring_judge(random, root / "peaked")
+    if work is None:
+        return random
+    examples = [(it, f"[FEEDBACK] {('ok', 'нет', 'частично')[k % 3]} [RESULT] {k % 3} [END]")
+                for k, it in enumerate(work)]
+    return build_scoring_judge(random, root / "peaked", examples=examples)
 
 
 def drift(ref: dict[str, Any], got: dict[str, Any]) -> str:
@@ -115,6 +122,8 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=6, help="Sentences per instruction (prompt length).")
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--random", action="store_true", help="Do not overfit the built judge (for speed only: a "
+                   "random judge's texts part between engines, so its drift figures mean little).")
     a = p.parse_args()
 
     from pollux.convert import convert_checkpoint
@@ -122,12 +131,13 @@ def main() -> None:
     work = (a.answers, a.repeat, a.new_tokens, a.threads)
     with tempfile.TemporaryDirectory(prefix="bench-gguf-") as tmp:
         root = Path(tmp)
-        ckpt = a.checkpoint or build_judge(root, a.hidden, a.layers)
+        ckpt = a.checkpoint or build_judge(root, a.hidden, a.layers, None if a.random else items(a.answers, a.repeat))
         files = {q: root / f"judge-{q}.gguf" for q in ("f16", "q8_0", "q4_k_m")}
         for q, f in files.items():
             convert_checkpoint(ckpt, f, q)
         n = a.answers * len(CRITERIA)
-        print(f"judge: {ckpt if a.checkpoint else f'peaked tiny -r, hidden {a.hidden}, {a.layers} layers'}; "
+        built = f"{'random' if a.random else 'peaked'} tiny -r, hidden {a.hidden}, {a.layers} layers"
+        print(f"judge: {ckpt if a.checkpoint else built}; "
               f"{n} judgements ({a.answers} answers × {len(CRITERIA)} criteria), ≤ {a.new_tokens} new tokens, "
               f"greedy, {a.threads} threads, each engine in its own process")
         print("GGUF sizes: " + ", ".join(f"{q} {f.stat().st_size / 2**20:.1f} MiB" for q, f in files.items()))

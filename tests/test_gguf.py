@@ -208,3 +208,19 @@ def test_convert_errors_name_the_problem(peaked_judge: Path, tmp_path: Path, mon
     monkeypatch.setattr(sys, "prefix", str(tmp_path))
     with pytest.raises(ConvertError, match=r"converter \(convert_hf_to_gguf.py\) was not found.*--llama-cpp"):
         find_converter(tmp_path)
+
+
+def test_a_gguf_chat_model_writes_replies(f16: Path) -> None:
+    """`gguf:PATH` as a chat model (`pollux answer`, synth): replies with token counts, in order."""
+    from pollux.engine.registry import load_chat
+
+    chat = load_chat(f"gguf:{f16}", {"threads": 1, "n_ctx": 1024})
+    requests = [{"key": f"k{i}", "messages": [{"role": "user", "content": f"Вопрос {i}"}], "temperature": t,
+                 "max_tokens": 4, "seed": 0} for i, t in enumerate((0.0, 0.7, 0.0))]
+    try:
+        replies = chat.generate(requests)
+        assert [r["key"] for r in replies] == ["k0", "k1", "k2"] and all(r["error"] is None for r in replies)
+        assert all(r["prompt_tokens"] > 0 and 0 < r["completion_tokens"] <= 4 for r in replies)
+        assert chat.generate(requests[:1])[0]["text"] == replies[0]["text"]  # greedy: the same reply again
+    finally:
+        chat.close()
