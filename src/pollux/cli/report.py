@@ -14,18 +14,26 @@ import typer
 
 
 def report_command(
-    db: Path = typer.Argument(..., metavar="RUN.DB", help="A run database written by `pollux evaluate`."),
+    dbs: list[Path] = typer.Argument(..., metavar="RUN.DB [MORE.DB ...]",
+                                     help="Run databases written by `pollux evaluate`; the first is the report's "
+                                          "run, the others (latest run each) are shown beside it."),
     out: Path = typer.Option(Path("report"), "--out", help="Folder for report.html, CSV and JSON exports."),
     run: int | None = typer.Option(None, "--run", help="Which run of the database (default: the latest)."),
     taxonomy: Path | None = typer.Option(None, "--taxonomy", help="Official criteria.json + tasks.json folder."),
     gates: str = typer.Option("binary", "--gates", help="Which 0/1 criteria gate an answer: binary (official) or critical."),
     out_of_scale: str = typer.Option("drop", "--out-of-scale", help="Scores outside their scale: drop (official) or clip."),
     title: str | None = typer.Option(None, "--title", help="The report's title."),
+    beside_experts: Path | None = typer.Option(None, "--beside-experts", help="An expert-scored file (POLLUX "
+                                               "format, .jsonl / .parquet): its LLMs join the leaderboard."),
+    prices: Path | None = typer.Option(None, "--prices", help='Judge price table {"JUDGE": {"input": USD/1M, '
+                                       '"output": USD/1M}} (as `pollux answer --prices`): cost per 1k judgements.'),
+    resamples: int = typer.Option(1000, "--resamples", min=1, help="Bootstrap resamples for the CIs beside."),
 ) -> None:
     """Aggregate a run (official POLLUX rules) and write its report."""
     from rich.console import Console
     from rich.table import Table
 
+    from pollux.answer import AnswerError
     from pollux.report import build_report
     from pollux.store import StoreError
     from pollux.taxonomy import TaxonomyError, load_catalog
@@ -35,9 +43,10 @@ def report_command(
         raise typer.Exit(2)
     try:
         catalog = load_catalog(taxonomy) if taxonomy else load_catalog()
-        files = build_report(db, out, run=run, catalog=catalog, gates=gates,  # type: ignore[arg-type]
-                             out_of_scale=out_of_scale, title=title)  # type: ignore[arg-type]
-    except (StoreError, TaxonomyError, OSError, ValueError) as e:
+        files = build_report(dbs[0], out, run=run, catalog=catalog, gates=gates,  # type: ignore[arg-type]
+                             out_of_scale=out_of_scale, title=title,  # type: ignore[arg-type]
+                             beside=dbs[1:], experts=beside_experts, prices=prices, n_resamples=resamples)
+    except (StoreError, TaxonomyError, AnswerError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise typer.Exit(2) from None
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +22,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from pollux.aggregate import Aggregation, GateMode, OutOfScale, aggregate
 from pollux.report import svg
+from pollux.report.beside import beside_tables, load_entries, per_1k
 from pollux.store import StoreError, read_runs, read_verdicts
 
 TEMPLATE_DIR = Path(__file__).parent
@@ -33,9 +35,11 @@ class ReportFiles:
     files: list[Path] = field(default_factory=list)
     run_id: int = 0
     leaderboard: list[dict[str, Any]] = field(default_factory=list)
+    beside: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            **({"beside": self.beside} if self.beside is not None else {}),
             "out_dir": str(self.out_dir),
             "html": str(self.html),
             "files": [str(p) for p in self.files],
@@ -74,8 +78,16 @@ def build_report(
     gates: GateMode = "binary",
     out_of_scale: OutOfScale = "drop",
     title: str | None = None,
+    beside: Sequence[str | Path] = (),
+    experts: str | Path | None = None,
+    prices: str | Path | None = None,
+    n_resamples: int = 1000,
 ) -> ReportFiles:
-    """Aggregate one run of `db` (default: the latest) and write report.html, CSVs and report.json."""
+    """Aggregate one run of `db` (default: the latest) and write report.html, CSVs and report.json.
+
+    With `beside` (more run stores, latest run each) and/or `experts` (an expert-scored file in
+    POLLUX format), the report also places this run's models beside theirs, with bootstrap CIs
+    (`pollux.report.beside`); `prices` adds USD to the per-1k-judgements table."""
     runs = read_runs(db)
     if not runs:
         raise StoreError(f"{db}: the database holds no run yet")
@@ -94,13 +106,40 @@ def build_report(
     out.mkdir(parents=True, exist_ok=True)
     files = _write_exports(out, agg)
     summary = _summary(db, info, agg, gates, out_of_scale)
+    if beside or experts is not None or prices is not None:
+        summary["beside"] = _beside(out, files, [db, *beside], experts, prices, catalog=catalog, gates=gates,
+                                    out_of_scale=out_of_scale, n_resamples=n_resamples, run=run)
     (out / "report.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2, default=str), encoding="utf-8")
     files.append(out / "report.json")
 
     html = out / "report.html"
     html.write_text(_render_html(agg, summary, title or f"POLLUX report — run {run}"), encoding="utf-8")
     files.insert(0, html)
-    return ReportFiles(out, html, files, run, summary["leaderboard"])
+    return ReportFiles(out, html, files, run, summary["leaderboard"], summary.get("beside"))
+
+
+def _beside(out: Path, files: list[Path], dbs: list[str | Path], experts: str | Path | None,
+            prices: str | Path | None, *, catalog: Any, gates: GateMode, out_of_scale: OutOfScale,
+            n_resamples: int, run: int) -> dict[str, Any]:
+    """The beside-reference tables (CSV files + the JSON summary's `beside` part)."""
+    entries = load_entries(dbs, experts, catalog=catalog, gates=gates, out_of_scale=out_of_scale,
+                           first_run=run)
+    table = beside_tables(entries, n_resamples=n_resamples)
+    cost = per_1k(dbs, prices, first_run=run)
+    parts = {
+        "leaderboard": table[table["scope"] == "overall"].sort_values("rank"),
+        "by_task_group": table[table["scope"] == "task_group"].drop(columns=["rank"]),
+        "by_criterion_group": table[table["scope"] == "criterion_group"].drop(columns=["rank"]),
+        "per_1k": cost,
+    }
+    for name, frame in parts.items():
+        path = out / f"beside_{name}.csv"
+        frame.to_csv(path, index=False)
+        files.append(path)
+    summary: dict[str, Any] = {name: _records(frame) for name, frame in parts.items()}
+    summary["rules"] = {"ci": f"95% percentile bootstrap over answers, {n_resamples} resamples",
+                        "experts": None if experts is None else str(experts)}
+    return summary
 
 
 def _write_exports(out: Path, agg: Aggregation) -> list[Path]:
@@ -208,4 +247,5 @@ def _render_html(agg: Aggregation, summary: dict[str, Any], title: str) -> str:
         models=models,
         criteria=sorted(agg.scores["criteria_name"].unique().tolist()),
         per_model=per_model,
+        beside=summary.get("beside"),
     )
