@@ -210,14 +210,14 @@ def _cross_few_y(tx: _Ties, gy_row: np.ndarray, n_gy: int, answer: np.ndarray,
 
     def cross(sl: slice) -> None:
         c = counts[sl]
-        ties_x[sl] = ((c * c - 1) * c * single).sum(axis=1)  # a row drawn k times: a tie of size k
+        ties_x[sl] = ((c * c - 1) * c) @ single  # a row drawn k times: a tie of size k
         w = np.take(c, ans_sorted, axis=1)
         rank = np.cumsum(w, axis=1)
         if tied_rows.size:
             end = rank[:, t_end]
             before = rank[:, t_start] - w[:, t_start]  # weight before the group
             wg = end - before
-            ties_x[sl] += (wg**3 - wg).sum(axis=1)
+            ties_x[sl] += ((wg * wg - 1) * wg).sum(axis=1)  # (not wg**3: a float power is a pow() call)
         rank -= (w - 1) / 2  # untied rows' average rank
         if tied_rows.size:
             rank[:, tied_rows] = ((before + end + 1) / 2)[:, tied_local]
