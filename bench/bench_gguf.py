@@ -84,19 +84,16 @@ def isolated(*args: Any, **kw: Any) -> dict[str, Any]:
         return pool.apply(run_method, args, kw)
 
 
-def build_judge(root: Path, hidden: int, layers: int, work: list[Any] | None) -> Path:
-    """A random -r judge overfitted (35 Adam steps, `build_scoring_judge`) to write a short
-    `[FEEDBACK] … [RESULT] n [END]` on the benchmark's own items: peaked, so that the engines'
-    texts agree and the score drift is the head input's numerical drift, not a different text."""
+def build_judge(root: Path, hidden: int, layers: int, peaked: bool) -> Path:
+    """A random -r judge; `peaked`: overfitted for 35 Adam steps to write `[FEEDBACK] … [RESULT] n
+    [END]` (`build_scoring_judge`, the tests' recipe), so that greedy text is stable and the
+    engines' texts mostly agree. (Overfitting it on the benchmark's own 32 long prompts took over
+    10 minutes on the shared 2 cores: not done.)"""
     from pollux.fixtures import build_scoring_judge, build_tiny_judge
 
     random = build_tiny_judge(root / "random", hidden=hidden, layers=layers, heads=hidden // 64, kv_heads=1,
                               intermediate=3 * hidden, initializer_range=0.1, head_std=0.05)
-    if work is None:
-        return random
-    examples = [(it, f"[FEEDBACK] {('ok', 'нет', 'частично')[k % 3]} [RESULT] {k % 3} [END]")
-                for k, it in enumerate(work)]
-    return build_scoring_judge(random, root / "peaked", examples=examples)
+    return build_scoring_judge(random, root / "peaked") if peaked else random
 
 
 def drift(ref: dict[str, Any], got: dict[str, Any]) -> str:
@@ -131,7 +128,7 @@ def main() -> None:
     work = (a.answers, a.repeat, a.new_tokens, a.threads)
     with tempfile.TemporaryDirectory(prefix="bench-gguf-") as tmp:
         root = Path(tmp)
-        ckpt = a.checkpoint or build_judge(root, a.hidden, a.layers, None if a.random else items(a.answers, a.repeat))
+        ckpt = a.checkpoint or build_judge(root, a.hidden, a.layers, peaked=not a.random)
         files = {q: root / f"judge-{q}.gguf" for q in ("f16", "q8_0", "q4_k_m")}
         for q, f in files.items():
             convert_checkpoint(ckpt, f, q)
