@@ -99,7 +99,7 @@ def test_per_1k_table_equals_a_hand_computation(tmp_path: Path) -> None:
     completion = sum(10 + i % 4 for i in range(n))
     seconds = sum(0.25 + 0.01 * i for i in range(n))
     assert row["judgements"] == n
-    assert row["seconds_per_1k"] == pytest.approx(seconds / n * 1000)
+    assert row["latency_s_per_1k"] == pytest.approx(seconds / n * 1000)
     assert row["prompt_tokens_per_1k"] == pytest.approx(prompt / n * 1000)
     assert row["completion_tokens_per_1k"] == pytest.approx(completion / n * 1000)
     assert row["cost_per_1k_usd"] == pytest.approx((prompt * 3.0 + completion * 15.0) / 1e6 / n * 1000)

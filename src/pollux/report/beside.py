@@ -170,7 +170,9 @@ def beside_tables(entries: Sequence[Entry], *, n_resamples: int = 1000, seed: in
 
 def per_1k(dbs: Sequence[str | Path], prices: str | Path | None = None, *,
            first_run: int | None = None) -> pd.DataFrame:
-    """Seconds, tokens and (with a price table) USD per 1000 judgements, per run (as `load_entries`)."""
+    """Latency seconds, tokens and (with a price table) USD per 1000 judgements, per run (as
+    `load_entries`). `time_s` is each verdict's own latency: overlapping verdicts (a batch, concurrent
+    requests) make the sum an upper bound on wall time."""
     rows = []
     for i, db in enumerate(dbs):
         info, df = _run_verdicts(db, first_run if i == 0 else None)
@@ -180,7 +182,7 @@ def per_1k(dbs: Sequence[str | Path], prices: str | Path | None = None, *,
                                        for c in ("time_s", "prompt_tokens", "completion_tokens"))
         row: dict[str, Any] = {
             "judge": info.judge, "source": f"{db}#run{info.run_id}", "judgements": n,
-            "seconds_per_1k": seconds / n * 1000 if n else None,
+            "latency_s_per_1k": seconds / n * 1000 if n else None,
             "prompt_tokens_per_1k": prompt / n * 1000 if n else None,
             "completion_tokens_per_1k": completion / n * 1000 if n else None,
             "cost_per_1k_usd": None,
