@@ -131,3 +131,31 @@ def test_cli_names_a_judge_missing_from_the_price_table(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["report", str(a), "--prices", str(prices), "--out", str(tmp_path / "r")])
     assert result.exit_code == 2
     assert "tiny-judge" in result.output
+
+
+def test_report_of_a_real_evaluate_run_beside_the_experts(tmp_path: Path, tiny_judge) -> None:
+    """A run store written by `pollux evaluate` (tiny judge), placed beside the expert file: its
+    rows equal its own leaderboard, and the per-1k table equals the store's sums by hand."""
+    import sqlite3
+
+    from pollux.evaluate import evaluate
+
+    rows = (Path(__file__).resolve().parents[1] / "examples" / "answers.jsonl").read_text(encoding="utf-8")
+    src = tmp_path / "answers.jsonl"
+    src.write_text("".join(rows.splitlines(keepends=True)[:4]), encoding="utf-8")
+    db = tmp_path / "run.db"
+    evaluate(src, db, tiny_judge)
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({tiny_judge.name: {"input": 2.0, "output": 8.0}}), encoding="utf-8")
+    files = build_report(db, tmp_path / "out", experts=EXPERTS, prices=prices, n_resamples=100)
+    assert files.beside is not None
+    judged = {r["model_id"]: r["mean"] for r in files.beside["leaderboard"] if r["kind"] == "judged"}
+    assert judged == pytest.approx({r["model_id"]: r["grand_mean"] for r in files.leaderboard})
+    with sqlite3.connect(db) as conn:
+        n, seconds, prompt, completion = conn.execute(
+            "SELECT COUNT(*), SUM(time_s), SUM(prompt_tokens), SUM(completion_tokens) FROM verdicts").fetchone()
+    row = files.beside["per_1k"][0]
+    assert row["judgements"] == n > 0
+    assert row["latency_s_per_1k"] == pytest.approx(seconds / n * 1000)
+    assert row["prompt_tokens_per_1k"] == pytest.approx(prompt / n * 1000)
+    assert row["cost_per_1k_usd"] == pytest.approx((prompt * 2.0 + completion * 8.0) / 1e6 / n * 1000)
