@@ -159,3 +159,21 @@ def test_report_of_a_real_evaluate_run_beside_the_experts(tmp_path: Path, tiny_j
     assert row["latency_s_per_1k"] == pytest.approx(seconds / n * 1000)
     assert row["prompt_tokens_per_1k"] == pytest.approx(prompt / n * 1000)
     assert row["cost_per_1k_usd"] == pytest.approx((prompt * 2.0 + completion * 8.0) / 1e6 / n * 1000)
+
+
+def test_a_model_without_one_usable_score_is_a_row_without_numbers(tmp_path: Path) -> None:
+    """A judge whose every verdict is invalid (a random tiny judge does that) must not stop the report."""
+    with RunStore(tmp_path / "bad.db") as store:
+        run, _ = store.open_run("j", {"judge": "j"})
+        pk = store.upsert_record({
+            "source": "a.jsonl", "record_id": "q0", "model_id": "m", "line": 1, "answer_key": "m-0",
+            "instruction": "В", "answer": "О", "reference_answer": "", "task_type": "Объяснить концепт",
+            "task_subtype": None, "task_subsubtype": None, "task_group": "Поиск информации", "extra_json": "{}"})
+        job = JobRow(pk, "Полезность", "value", "subjective", R2, "k0", 0)
+        store.add_jobs(run.run_id, [job])
+        store.write_verdict(run.run_id, "k0", Verdict("Полезность", valid=False, invalid_reason="no score", judge="j"))
+    files = build_report(tmp_path / "bad.db", tmp_path / "out", experts=EXPERTS, n_resamples=20)
+    assert files.beside is not None
+    row = next(r for r in files.beside["leaderboard"] if r["model_id"] == "m")
+    assert row["mean"] is None and row["ci_low"] is None and row["answers"] == 0
+    assert row["rank"] == len(files.beside["leaderboard"])  # last, after every scored model

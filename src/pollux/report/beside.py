@@ -20,6 +20,7 @@ error verdicts included: they cost time and tokens too), and prices them with th
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -132,6 +133,9 @@ def model_cis(scores: pd.DataFrame, *, n_resamples: int, rng: np.random.Generato
     Answers are resampled with replacement; a resample weighs each answer's verdicts by how often
     it was drawn, so a cell mean is `counts @ sums / counts @ n` (one matrix product)."""
     counted = scores[scores["counted"] & scores["norm_score"].notna()]
+    if counted.empty:  # every verdict failed or was invalid: the model is listed, without numbers
+        return [{"scope": "overall", "group": "", "mean": math.nan, "ci_low": math.nan, "ci_high": math.nan,
+                 "answers": 0}]
     answer, answers = pd.factorize(counted["answer_key"])
     keys = counted[["task_group", "criteria_name", "criterion_group"]].astype(str)
     cell, cell_keys = pd.factorize(keys["task_group"] + "\x00" + keys["criteria_name"])
