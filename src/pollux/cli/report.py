@@ -60,8 +60,26 @@ def report_command(
                       str(row["invalid"]), str(row["errors"]))
     console = Console(file=sys.stderr)
     console.print(table)
+    if files.beside is not None:
+        console.print(_beside_table(files.beside["leaderboard"]))
     console.print(f"report: {files.html}")
     print(json.dumps(files.to_dict(), ensure_ascii=False, indent=2))
+
+
+def _beside_table(rows: list[dict]) -> object:
+    """The leaderboard beside other runs and the experts, with its CIs, for the terminal."""
+    from rich.table import Table
+
+    def num(v: float | None) -> str:
+        return "–" if v is None else f"{v:.3f}"
+
+    table = Table(title="Beside reference models (95% bootstrap CI over answers)")
+    for col in ("#", "model", "kind", "judge", "grand mean", "CI", "answers"):
+        table.add_column(col, justify="right" if col in ("#", "grand mean", "answers") else "left")
+    for r in rows:
+        table.add_row(str(r["rank"]), str(r["model_id"]), str(r["kind"]), str(r["judge"]), num(r["mean"]),
+                      f"[{num(r['ci_low'])}, {num(r['ci_high'])}]", str(r["answers"]))
+    return table
 
 
 def register(app: typer.Typer) -> None:
