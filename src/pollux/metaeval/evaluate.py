@@ -511,25 +511,29 @@ def _task_group_means(out: dict[tuple[str, str, str], dict[str, np.ndarray]], m:
                       values: dict[str, np.ndarray], expert: np.ndarray, answer: np.ndarray,
                       task_rows_of: dict[tuple[str, str], np.ndarray], counts: np.ndarray) -> None:
     """Per task group, one LLM's resampled mean judge and expert scores ("_x", "_y": the
-    system-level ranking per task group), on the LLM's resamples. An answer has one task type,
-    so a group's sums need only its own answers' columns of the counts: all groups together cost
-    one pass over the count matrix (three sums per answer and judge)."""
-    for (task, model), rows in task_rows_of.items():
-        if model != m or not rows.size:
-            continue
+    system-level ranking per task group), on the LLM's resamples: three per-answer sums per group
+    and judge (zero outside the group's answers: an answer has one task type), all groups and
+    judges in one product with the count matrix — one pass over it, no copies of its columns."""
+    mine = [(task, rows) for (task, model), rows in task_rows_of.items() if model == m and rows.size]
+    if not mine:
+        return
+    sums = np.zeros((ans_ids.size, 3 * len(values) * len(mine)))
+    col = 0
+    for _task, rows in mine:
         local = np.searchsorted(ans_ids, answer[rows])
-        mine = np.unique(local)
-        pos = np.searchsorted(mine, local)
-        columns = []
         for v in values.values():
             use = np.isfinite(v[rows])
-            columns += [np.bincount(pos[use], weights=w, minlength=mine.size)
-                        for w in (np.ones(int(use.sum())), v[rows][use], expert[rows][use])]
-        totals = counts[:, mine] @ np.stack(columns, axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            for k, j in enumerate(values):
-                n = totals[:, 3 * k]
-                out[task, m, j] = {"_x": totals[:, 3 * k + 1] / n, "_y": totals[:, 3 * k + 2] / n}
+            for w in (np.ones(int(use.sum())), v[rows][use], expert[rows][use]):
+                sums[:, col] = np.bincount(local[use], weights=w, minlength=ans_ids.size)
+                col += 1
+    totals = counts @ sums
+    with np.errstate(invalid="ignore", divide="ignore"):
+        col = 0
+        for task, _rows in mine:
+            for j in values:
+                n = totals[:, col]
+                out[task, m, j] = {"_x": totals[:, col + 1] / n, "_y": totals[:, col + 2] / n}
+                col += 3
 
 
 def _resampled(x: np.ndarray, y: np.ndarray, ann: np.ndarray, a: np.ndarray, counts: np.ndarray,
