@@ -379,7 +379,7 @@ def _coverage_notes(coverage: list[dict[str, Any]], out_of_scale: str) -> list[s
 def _subsets(frame: pd.DataFrame, in_split: np.ndarray, by_group: bool, notes: list[str]) -> list[str]:
     """ALL_GROUPS, then the criterion groups of the split in `GROUP_ORDER` (others sorted, unknown
     last) when a breakdown is asked for and the groups are known."""
-    present = set(frame.loc[in_split, "group"])
+    present = set(frame.loc[in_split, "group"].unique())  # (unique first: no Python loop over the rows)
     groups = [g for g in GROUP_ORDER if g in present] + sorted(present - {*GROUP_ORDER, UNKNOWN})
     groups += [UNKNOWN] if UNKNOWN in present else []
     if by_group and groups and groups != [UNKNOWN]:
@@ -410,12 +410,14 @@ def _metric_records(scored: _Scored, frame: pd.DataFrame, models: list[str], sub
                     usable: np.ndarray, seed: int, slow: frozenset[str], notes: list[str]) -> list[dict[str, Any]]:
     """Every metric's point value and interval per (judge, subset, LLM) and "Avg."; the warnings
     raised on the way (NaN correlations, empty cells) are appended to `notes`."""
-    model_col, group_col = frame["model_id"].to_numpy(), frame["group"].to_numpy()
+    # Integer codes: comparing them is ~20x cheaper than comparing the text columns 40 times.
+    model_code = pd.Index(models).get_indexer(frame["model_id"])  # -1: not one of them
+    group_code = pd.Index(subsets[1:]).get_indexer(frame["group"])
     judges = list(scored.values)
-    rows_of = {(subset, m): np.flatnonzero(usable & (model_col == m)
-                                           & ((group_col == subset) if subset != ALL_GROUPS else True))
-               for subset in subsets for m in models}
-    answers = {m: np.unique(scored.answer[usable & (model_col == m)]) for m in models}
+    of_model = {m: usable & (model_code == i) for i, m in enumerate(models)}
+    rows_of = {(subset, m): np.flatnonzero(of_model[m] & ((group_code == k - 1) if k else True))
+               for k, subset in enumerate(subsets) for m in models}
+    answers = {m: np.unique(scored.answer[of_model[m]]) for m in models}
     scored.rows_of = rows_of
     scored.samples = _bootstrap(scored.values, scored.expert, scored.annotations, scored.answer, rows_of, answers,
                                 judges, scored.n_bootstrap, seed, slow, scored.task_rows_of)
