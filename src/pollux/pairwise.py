@@ -74,6 +74,8 @@ class Pair:
     instruction: str
     answer_a: str
     answer_b: str
+    side_a: str = "A"  # which file (or model) A and B are: the report and the UI group by them
+    side_b: str = "B"
 
     def item(self, order: str) -> JudgeItem:
         """The judge's item for one order; answer 2 rides in `reference_answer` (`{answer_2}`)."""
@@ -113,7 +115,8 @@ def read_pairs(path_a: str | Path, path_b: str | Path, *, catalog: Any = None,
             continue
         task = str(row_a.data.get("task_type") or "—")
         out.pairs += dict.fromkeys(Pair(rid, task, spec.name, row_a.data["instruction"], row_a.data["answer"],
-                                        row_b.data["answer"]) for spec in specs)  # a criterion listed twice: once
+                                        row_b.data["answer"], str(path_a), str(path_b))
+                                   for spec in specs)  # a criterion listed twice: once
     out.problems += [f"{row.where}: record {rid!r} has no answer in {path_a}" for rid, row in rows_b.items()
                      if rid not in rows_a]
     return out
@@ -150,6 +153,9 @@ CREATE TABLE IF NOT EXISTS pairwise_judgements (
     judge_config TEXT NOT NULL,
     created_at REAL NOT NULL
 )"""
+# Added later (NULL in older stores): which files were compared and the texts, for `pollux report`
+# and the UI's side-by-side page (a flipped pair is shown with its instruction and both answers).
+_LATER_COLUMNS = ("side_a", "side_b", "instruction", "answer_a", "answer_b")
 
 
 def judgement_key(item: JudgeItem, order: str, config_hash: str) -> str:
@@ -172,6 +178,10 @@ class PairStore:
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.execute(_SCHEMA)
+        have = {row[1] for row in self.conn.execute("PRAGMA table_info(pairwise_judgements)")}
+        for column in _LATER_COLUMNS:
+            if column not in have:
+                self.conn.execute(f"ALTER TABLE pairwise_judgements ADD COLUMN {column} TEXT")
         self.conn.commit()
 
     def __enter__(self) -> PairStore:
@@ -194,9 +204,12 @@ class PairStore:
 
     def put(self, key: str, pair: Pair, order: str, verdict: Verdict, config: str) -> None:
         self.conn.execute(
-            "INSERT OR REPLACE INTO pairwise_judgements VALUES (?,?,?,?,?,?,?,?,?,?)",
+            "INSERT OR REPLACE INTO pairwise_judgements (key, record_id, task, criterion, pair_order, score, valid, "
+            "verdict, judge_config, created_at, side_a, side_b, instruction, answer_a, answer_b) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (key, pair.record_id, pair.task, pair.criterion, order, verdict.text_score, int(verdict.valid),
-             verdict.to_json(), config, time.time()))
+             verdict.to_json(), config, time.time(), pair.side_a, pair.side_b, pair.instruction, pair.answer_a,
+             pair.answer_b))
         self.conn.commit()
 
 
@@ -331,3 +344,92 @@ def compare(judge: Any, pairs: Sequence[Pair], db: str | Path, *, chunk_size: in
         rows, incomplete = outcomes(pairs, stored_scores(judge, pairs, store))
     return {"judge": judge.name, "db": str(db), "judgements": 2 * len(pairs), **counts,
             "pairs_without_two_scores": incomplete, **tables(rows, n_resamples=n_resamples, seed=seed)}
+
+
+# -- reading a store back (`pollux report`, the UI's side-by-side page) ------------------------
+
+def has_judgements(db: str | Path) -> bool:
+    """Whether `db` holds side-by-side verdicts (read-only: never creates the table)."""
+    conn = sqlite3.connect(f"file:{Path(db)}?mode=ro", uri=True)
+    try:
+        found = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='pairwise_judgements'").fetchone()
+        return found is not None and conn.execute("SELECT 1 FROM pairwise_judgements LIMIT 1").fetchone() is not None
+    finally:
+        conn.close()
+
+
+@dataclass
+class StoredComparison:
+    """One comparison read back from a store: A's and B's files under one judge configuration, its
+    pairs and each (pair, order)'s latest stored row (score, valid, verdict JSON)."""
+
+    side_a: str
+    side_b: str
+    judge_config: dict[str, Any]
+    rows: dict[tuple[Pair, str], tuple[float | None, bool, str]] = field(default_factory=dict)
+
+    @property
+    def pairs(self) -> list[Pair]:
+        return list(dict.fromkeys(pair for pair, _ in self.rows))
+
+    def scores(self) -> dict[tuple[Pair, str], float | None]:
+        return {k: (score if valid else None) for k, (score, valid, _) in self.rows.items()}
+
+
+def stored_comparisons(db: str | Path) -> list[StoredComparison]:
+    """Every comparison in `db`, grouped by (A's file, B's file, judge configuration); rows written
+    before the files were stored are "A" / "B". A later row of the same pair and order wins."""
+    conn = sqlite3.connect(f"file:{Path(db)}?mode=ro", uri=True)
+    try:
+        have = {row[1] for row in conn.execute("PRAGMA table_info(pairwise_judgements)")}
+        later = ", ".join(c if c in have else "NULL" for c in _LATER_COLUMNS)
+        rows = conn.execute(f"SELECT record_id, task, criterion, pair_order, score, valid, verdict, judge_config, "
+                            f"{later} FROM pairwise_judgements ORDER BY created_at, rowid").fetchall()
+    finally:
+        conn.close()
+    found: dict[tuple[str, str, str], StoredComparison] = {}
+    for rid, task, criterion, order, score, valid, verdict, config, side_a, side_b, instr, ans_a, ans_b in rows:
+        side_a, side_b = side_a or "A", side_b or "B"
+        group = found.get((side_a, side_b, config))
+        if group is None:
+            group = found[(side_a, side_b, config)] = StoredComparison(side_a, side_b, json.loads(config))
+        pair = Pair(rid, task, criterion, instr or "", ans_a or "", ans_b or "", side_a, side_b)
+        group.rows[(pair, order)] = (score, bool(valid), verdict)
+    return list(found.values())
+
+
+def stored_tables(comparison: StoredComparison, **bootstrap: Any) -> dict[str, Any]:
+    """A stored comparison's numbers, by the same `outcomes` and `tables` as `compare`'s JSON."""
+    pairs = comparison.pairs
+    rows, incomplete = outcomes(pairs, comparison.scores())
+    return {"a": comparison.side_a, "b": comparison.side_b, "judge": judge_label(comparison.judge_config),
+            "judgements": len(comparison.rows), "pairs_without_two_scores": incomplete, **tables(rows, **bootstrap)}
+
+
+def judge_label(config: dict[str, Any]) -> str:
+    """A short name for a judge configuration (its model / engine, as `describe()` writes them)."""
+    for key in ("model", "name", "engine"):
+        if config.get(key):
+            return str(config[key])
+    return "judge"
+
+
+def flipped_pairs(comparison: StoredComparison) -> list[dict[str, Any]]:
+    """The pairs whose preference changes with position: the texts and both orders' verdicts."""
+    pairs = comparison.pairs
+    rows, _ = outcomes(pairs, comparison.scores())
+    flipped = {(r.record_id, r.criterion, r.task) for r in rows if r.flipped}
+    out = []
+    for pair in pairs:
+        if (pair.record_id, pair.criterion, pair.task) not in flipped:
+            continue
+        verdicts = {}
+        for order in ORDERS:
+            score, _, text = comparison.rows[(pair, order)]
+            data = json.loads(text)
+            verdicts[order] = {"score": score, "raw_text": data.get("raw_text", ""),
+                               "rationale": data.get("rationale", "")}
+        out.append({"record_id": pair.record_id, "task": pair.task, "criterion": pair.criterion,
+                    "instruction": pair.instruction, "answer_a": pair.answer_a, "answer_b": pair.answer_b,
+                    **verdicts})
+    return out

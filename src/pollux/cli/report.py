@@ -27,11 +27,11 @@ def report_command(
                                                "format, .jsonl / .parquet): its LLMs join the leaderboard."),
     prices: Path | None = typer.Option(None, "--prices", help='Judge price table {"JUDGE": {"input": USD/1M, '
                                        '"output": USD/1M}} (as `pollux answer --prices`): cost per 1k judgements.'),
-    resamples: int = typer.Option(1000, "--resamples", min=1, help="Bootstrap resamples for the CIs beside."),
+    resamples: int = typer.Option(1000, "--resamples", min=1, help="Bootstrap resamples for the CIs (beside, side by side)."),
 ) -> None:
-    """Aggregate a run (official POLLUX rules) and write its report."""
+    """Aggregate a run (official POLLUX rules) and write its report; with `pollux compare`
+    verdicts in the database, a "Side by side" section too (alone when there is no run)."""
     from rich.console import Console
-    from rich.table import Table
 
     from pollux.answer import AnswerError
     from pollux.report import build_report
@@ -50,20 +50,32 @@ def report_command(
         print(f"error: {e}", file=sys.stderr)
         raise typer.Exit(2) from None
 
-    table = Table(title=f"Leaderboard — run {files.run_id}")
+    console = Console(file=sys.stderr)
+    if files.leaderboard:  # none in a database of `pollux compare` alone
+        console.print(_leaderboard_table(files.run_id, files.leaderboard))
+    if files.beside is not None:
+        console.print(_beside_table(files.beside["leaderboard"]))
+    if files.pairwise is not None:
+        from pollux.cli.compare import print_table
+
+        for comparison in files.pairwise:  # the same table `pollux compare` prints
+            print_table(comparison)
+    console.print(f"report: {files.html}")
+    print(json.dumps(files.to_dict(), ensure_ascii=False, indent=2))
+
+
+def _leaderboard_table(run_id: int, rows: list[dict]) -> object:
+    from rich.table import Table
+
+    table = Table(title=f"Leaderboard — run {run_id}")
     for col in ("#", "model", "grand mean", "answers", "judgements", "gated", "invalid", "errors"):
         table.add_column(col, justify="left" if col == "model" else "right")
-    for row in files.leaderboard:
+    for row in rows:
         grand = row.get("grand_mean")
         table.add_row(str(row["rank"]), str(row["model_id"]), "–" if grand is None else f"{grand:.3f}",
                       str(row["answers"]), str(row["judgements"]), str(row["gated_answers"]),
                       str(row["invalid"]), str(row["errors"]))
-    console = Console(file=sys.stderr)
-    console.print(table)
-    if files.beside is not None:
-        console.print(_beside_table(files.beside["leaderboard"]))
-    console.print(f"report: {files.html}")
-    print(json.dumps(files.to_dict(), ensure_ascii=False, indent=2))
+    return table
 
 
 def _beside_table(rows: list[dict]) -> object:

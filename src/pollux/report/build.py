@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from typing import Any
 import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
+from pollux import pairwise as pw
 from pollux.aggregate import Aggregation, GateMode, OutOfScale, aggregate
 from pollux.report import svg
 from pollux.report.beside import beside_tables, load_entries, per_1k
@@ -36,10 +38,12 @@ class ReportFiles:
     run_id: int = 0
     leaderboard: list[dict[str, Any]] = field(default_factory=list)
     beside: dict[str, Any] | None = None
+    pairwise: list[dict[str, Any]] | None = None  # the side-by-side comparisons in the database, if any
 
     def to_dict(self) -> dict[str, Any]:
         return {
             **({"beside": self.beside} if self.beside is not None else {}),
+            **({"pairwise": self.pairwise} if self.pairwise is not None else {}),
             "out_dir": str(self.out_dir),
             "html": str(self.html),
             "files": [str(p) for p in self.files],
@@ -88,9 +92,12 @@ def build_report(
     With `beside` (more run stores, latest run each) and/or `experts` (an expert-scored file in
     POLLUX format), the report also places this run's models beside theirs, with bootstrap CIs
     (`pollux.report.beside`); `prices` adds USD to the per-1k-judgements table."""
-    runs = read_runs(db)
+    runs, pairwise = _runs_or_pairwise(db, n_resamples)
     if not runs:
-        raise StoreError(f"{db}: the database holds no run yet")
+        if run is not None:
+            raise StoreError(f"{db}: no run {run}: the database holds side-by-side judgements only")
+        assert pairwise is not None
+        return _pairwise_only(db, Path(out_dir), pairwise, title, n_resamples)
     by_id = {r.run_id: r for r in runs}
     if run is None:
         run = runs[-1].run_id
@@ -109,13 +116,106 @@ def build_report(
     if beside or experts is not None or prices is not None:
         summary["beside"] = _beside(out, files, [db, *beside], experts, prices, catalog=catalog, gates=gates,
                                     out_of_scale=out_of_scale, n_resamples=n_resamples, run=run)
+    if pairwise is not None:
+        summary["pairwise"] = pairwise
+        files.append(_write_pairwise_csv(out, pairwise))
     (out / "report.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2, default=str), encoding="utf-8")
     files.append(out / "report.json")
 
     html = out / "report.html"
-    html.write_text(_render_html(agg, summary, title or f"POLLUX report — run {run}"), encoding="utf-8")
+    html.write_text(_render_html(agg, summary, title or f"POLLUX report — run {run}", n_resamples), encoding="utf-8")
     files.insert(0, html)
-    return ReportFiles(out, html, files, run, summary["leaderboard"], summary.get("beside"))
+    return ReportFiles(out, html, files, run, summary["leaderboard"], summary.get("beside"), pairwise)
+
+
+def _runs_or_pairwise(db: str | Path, n_resamples: int) -> tuple[list[Any], list[dict[str, Any]] | None]:
+    """The database's runs and its side-by-side tables (None when it has no `pairwise_judgements`).
+    A database written by `pollux compare` alone has no run tables: that is no error when it has
+    side-by-side verdicts (the report is then that section alone)."""
+    pairwise = pairwise_section(db, n_resamples=n_resamples)
+    try:
+        runs = read_runs(db)
+    except StoreError as e:
+        if pairwise is None:
+            raise StoreError(f"{e}, nor side-by-side judgements of pollux compare") from None
+        runs = []
+    if not runs and pairwise is None:
+        raise StoreError(f"{db}: the database holds no run yet (nor side-by-side judgements of pollux compare)")
+    return runs, pairwise
+
+
+def pairwise_section(db: str | Path, *, n_resamples: int = 1000, seed: int = 0) -> list[dict[str, Any]] | None:
+    """Every side-by-side comparison stored in `db` with its tables, by `pollux.pairwise`'s own
+    statistics (the numbers `pollux compare` printed); None when the database has none."""
+    try:
+        if not pw.has_judgements(db):
+            return None
+    except sqlite3.Error:  # not a SQLite file, or none there: read_runs names the problem
+        return None
+    return [pw.stored_tables(c, n_resamples=n_resamples, seed=seed) for c in pw.stored_comparisons(db)]
+
+
+def pairwise_groups(cmp: dict[str, Any]) -> list[tuple[str, str | None, dict[str, Any]]]:
+    """The table rows of one comparison: overall, then per criterion and per task type."""
+    return [("overall", None, cmp["overall"]),
+            *(("criterion", k, v) for k, v in cmp["per_criterion"].items()),
+            *(("task", k, v) for k, v in cmp["per_task"].items())]
+
+
+def _write_pairwise_csv(out: Path, comparisons: list[dict[str, Any]]) -> Path:
+    """pairwise.csv: one row per comparison × group, each rate with its interval."""
+    rows = []
+    for cmp in comparisons:
+        for scope, group, row in pairwise_groups(cmp):
+            flat: dict[str, Any] = {"a": cmp["a"], "b": cmp["b"], "judge": cmp["judge"], "scope": scope,
+                                    "group": group or "", "pairs": row["pairs"]}
+            for key in ("win", "tie", "loss", "flip"):
+                cell = row[key]
+                flat |= {f"{key}_rate": cell["rate"], f"{key}_count": cell.get("count"),
+                         f"{key}_ci_low": cell["ci"][0], f"{key}_ci_high": cell["ci"][1]}
+            rows.append(flat)
+    path = out / "pairwise.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def _pairwise_only(db: str | Path, out: Path, comparisons: list[dict[str, Any]], title: str | None,
+                   n_resamples: int) -> ReportFiles:
+    """The report of a database with side-by-side judgements and no run: that section alone."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = [_write_pairwise_csv(out, comparisons)]
+    summary = {"database": str(db), "run_id": None, "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+               "leaderboard": [], "pairwise": comparisons}
+    (out / "report.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2, default=str), encoding="utf-8")
+    files.append(out / "report.json")
+    html = out / "report.html"
+    html.write_text(_environment().get_template("pairwise_page.html").render(
+        title=title or "POLLUX report — side by side", summary=summary, **_pairwise_context(comparisons, n_resamples)),
+        encoding="utf-8")
+    files.insert(0, html)
+    return ReportFiles(out, html, files, 0, [], None, comparisons)
+
+
+def _pairwise_context(comparisons: list[dict[str, Any]] | None, n_resamples: int) -> dict[str, Any]:
+    shown = None if comparisons is None else [{**c, "groups": pairwise_groups(c)} for c in comparisons]
+    return {"pairwise": shown, "pairwise_rules": {"resamples": n_resamples}}
+
+
+def _environment() -> Environment:
+    env = Environment(loader=FileSystemLoader(str(TEMPLATE_DIR)), autoescape=select_autoescape(["html"]))
+    env.filters["score"] = lambda v: "–" if v is None else f"{v:.3f}"
+    env.filters["rate"] = _fmt_rate
+    return env
+
+
+def _fmt_rate(cell: dict[str, Any]) -> str:
+    """A rate with its interval, as `pollux compare` prints it: 80% [40%, 100%]."""
+    if cell.get("rate") is None:
+        return "–"
+    lo, hi = cell["ci"]
+    low = "–" if lo is None else f"{lo:.0%}"
+    high = "–" if hi is None else f"{hi:.0%}"
+    return f"{cell['rate']:.0%} [{low}, {high}]"
 
 
 def _beside(out: Path, files: list[Path], dbs: list[str | Path], experts: str | Path | None,
@@ -184,7 +284,7 @@ def _summary(db: str | Path, info: Any, agg: Aggregation, gates: str, out_of_sca
     }
 
 
-def _render_html(agg: Aggregation, summary: dict[str, Any], title: str) -> str:
+def _render_html(agg: Aggregation, summary: dict[str, Any], title: str, n_resamples: int = 1000) -> str:
     board = agg.leaderboard
     models = board["model_id"].tolist()
     groups = sorted(agg.by_group["task_group"].unique().tolist())
@@ -233,9 +333,7 @@ def _render_html(agg: Aggregation, summary: dict[str, Any], title: str) -> str:
             "columns": [str(c) for c in table.columns],
             "rows": [(str(idx), [_clean(v) for v in table.loc[idx].tolist()]) for idx in table.index],
         })
-    env = Environment(loader=FileSystemLoader(str(TEMPLATE_DIR)), autoescape=select_autoescape(["html"]))
-    env.filters["score"] = lambda v: "–" if v is None else f"{v:.3f}"
-    template = env.get_template("template.html")
+    template = _environment().get_template("template.html")
     return template.render(
         title=title,
         summary=summary,
@@ -248,4 +346,5 @@ def _render_html(agg: Aggregation, summary: dict[str, Any], title: str) -> str:
         criteria=sorted(agg.scores["criteria_name"].unique().tolist()),
         per_model=per_model,
         beside=summary.get("beside"),
+        **_pairwise_context(summary.get("pairwise"), n_resamples),
     )
