@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_pairwise import JudgeServer, compare, write_files
-from test_report import make_run_db
 from typer.testing import CliRunner
 
 from pollux.cli import app
 from pollux.report import build_report
 from pollux.store import StoreError
+from test_pairwise import JudgeServer, compare, write_files
+from test_report import make_run_db
 
 HOSTILE = "<script>alert(1)</script>\u202e"
 
@@ -82,7 +82,7 @@ def test_a_run_database_without_comparisons_has_no_section(tmp_path: Path):
 def test_an_empty_database_is_a_clear_error(tmp_path: Path):
     db = tmp_path / "empty.db"
     sqlite3.connect(db).execute("CREATE TABLE pairwise_judgements (key TEXT)").connection.close()
-    with pytest.raises(StoreError, match="not a pollux run database.*nor side-by-side"):
+    with pytest.raises(StoreError, match=r"not a pollux run database.*nor side-by-side"):
         build_report(db, tmp_path / "out")
 
 
