@@ -133,6 +133,26 @@ ENV_DEFAULTS: dict[str, tuple[str, Any]] = {
 }
 
 
+def _limits(concurrency: int | None, timeout: float | None, max_retries: int | None, max_reasks: int | None,
+            prompt_style: str | None) -> tuple[int, float, int, int, str]:
+    """The engine's limits and prompt style: unset ones from POLLUX_API_* variables (see
+    ENV_DEFAULTS), then the defaults; each checked, so a bad value fails before any request."""
+    concurrency = _option(concurrency, "concurrency", int)
+    timeout = _option(timeout, "timeout", float)
+    max_retries = _option(max_retries, "max_retries", int)
+    max_reasks = _option(max_reasks, "max_reasks", int)
+    prompt_style = _option(prompt_style, "prompt_style", str)
+    if prompt_style not in PROMPT_STYLES:
+        raise ValueError(f"prompt_style must be one of {PROMPT_STYLES}, got {prompt_style!r}")
+    if concurrency < 1:
+        raise ValueError("concurrency must be ≥ 1")
+    if timeout <= 0:
+        raise ValueError("timeout must be > 0")
+    if max_retries < 0 or max_reasks < 0:
+        raise ValueError("max_retries and max_reasks must be ≥ 0")
+    return concurrency, float(timeout), max_retries, max_reasks, prompt_style
+
+
 class OpenAIEngine:
     """Judge items through an OpenAI-compatible `/chat/completions` endpoint (see module doc)."""
 
@@ -165,20 +185,8 @@ class OpenAIEngine:
     ):
         if not model:
             raise ValueError("openai engine: the model name is empty (use openai:MODEL)")
-        # Unset options come from POLLUX_API_* variables (see ENV_DEFAULTS), then the defaults.
-        concurrency = _option(concurrency, "concurrency", int)
-        timeout = _option(timeout, "timeout", float)
-        max_retries = _option(max_retries, "max_retries", int)
-        max_reasks = _option(max_reasks, "max_reasks", int)
-        prompt_style = _option(prompt_style, "prompt_style", str)
-        if prompt_style not in PROMPT_STYLES:
-            raise ValueError(f"prompt_style must be one of {PROMPT_STYLES}, got {prompt_style!r}")
-        if concurrency < 1:
-            raise ValueError("concurrency must be ≥ 1")
-        if timeout <= 0:
-            raise ValueError("timeout must be > 0")
-        if max_retries < 0 or max_reasks < 0:
-            raise ValueError("max_retries and max_reasks must be ≥ 0")
+        concurrency, timeout, max_retries, max_reasks, prompt_style = _limits(
+            concurrency, timeout, max_retries, max_reasks, prompt_style)
         self.model = model
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip("/")
         # The endpoint's auth (see http_chat.EndpointAuth): a key command wins over a static key.

@@ -157,7 +157,10 @@ def _pooling_params() -> Any:
 
 class VLLMEngine:
     """Judges items with vLLM (see the module docstring): generation, then — for `-r` judges — a
-    last-token pooling pass whose hidden state the regression head reads."""
+    last-token pooling pass whose hidden state the regression head reads.
+
+    The constructor is long on purpose: it checks the checkpoint, then builds vLLM's two `LLM`
+    objects from the same dozen values; split, those values would only be passed along."""
 
     def __init__(
         self,
