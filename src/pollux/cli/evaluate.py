@@ -46,7 +46,11 @@ def evaluate_command(
     gpus_per_worker: opt.GpusPerWorker = None,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr."),
 ) -> None:
-    """Judge every answer × criterion of INPUT into --db; run it again to resume."""
+    """Judge every answer × criterion of INPUT into --db; run it again to resume.
+
+    \f
+    Long only in its option declarations (one typer parameter each); the work is one API call.
+    """
     from pollux.checkpoint import CheckpointError
     from pollux.evaluate import (
         EvaluateError,

@@ -88,7 +88,11 @@ def meta_eval(
     gpus_per_worker: opt.GpusPerWorker = None,
 ) -> None:
     """Judges against expert scores: Spearman, MAE, Verdict Confidence (and more) per evaluated LLM and
-    their average, with bootstrap confidence intervals, in the model card's table shape."""
+    their average, with bootstrap confidence intervals, in the model card's table shape.
+
+    \f
+    Long only in its option declarations (one typer parameter each); the work is one API call.
+    """
     from pollux.metaeval import MetaEvalWarning, run
     from pollux.metaeval.pipeline import check_format, parse_metrics
 
