@@ -204,11 +204,11 @@ def _pairwise_context(comparisons: list[dict[str, Any]] | None, n_resamples: int
 def _environment() -> Environment:
     env = Environment(loader=FileSystemLoader(str(TEMPLATE_DIR)), autoescape=select_autoescape(["html"]))
     env.filters["score"] = lambda v: "–" if v is None else f"{v:.3f}"
-    env.filters["rate"] = _fmt_rate
+    env.filters["rate"] = fmt_rate
     return env
 
 
-def _fmt_rate(cell: dict[str, Any]) -> str:
+def fmt_rate(cell: dict[str, Any]) -> str:
     """A rate with its interval, as `pollux compare` prints it: 80% [40%, 100%]."""
     if cell.get("rate") is None:
         return "–"

@@ -38,7 +38,9 @@ from fastapi.routing import APIRoute
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+from pollux import pairwise as pw
 from pollux.records import JudgeItem, RecordError
+from pollux.report.build import fmt_rate, pairwise_groups
 from pollux.taxonomy import Catalog, load_catalog
 from pollux.ui import params as P
 from pollux.ui.auth import COOKIE, SESSION_SECONDS, Auth, AuthError, Session, check_origin, safe_next
@@ -120,6 +122,7 @@ def _environment() -> Environment:
     env.filters["count"] = _fmt_count
     env.filters["heat"] = _heat_class
     env.filters["pretty"] = _pretty_json
+    env.filters["rate"] = fmt_rate
     env.globals["qs"] = P.query_string
     return env
 
@@ -229,6 +232,7 @@ def create_ui_router(explorer: Explorer, *, judge: Judge | None = None, key: str
     _add_verdict_routes(router, state)
     _add_review_routes(router, state)
     _add_live_routes(router, state)
+    _add_pairwise_routes(router, state)
     return router
 
 
@@ -265,6 +269,7 @@ def render(state: UIState, request: Request, name: str, session: Session | None,
     html = state.env.get_template(name).render(
         request=request, session=session, auth=state.auth, has_judge=state.judge is not None,
         writable=bool(getattr(state.explorer, "reviews_writable", False)), page=name.removesuffix(".html"),
+        has_pairwise=bool(_pairwise_dbs(state)),
         status=status, **context)
     return HTMLResponse(html, status_code=status)
 
@@ -472,6 +477,37 @@ def _add_review_routes(router: APIRouter, state: UIState) -> None:
         name = f"pollux-reviews-{run}.jsonl"
         return Response(body, media_type="application/x-ndjson; charset=utf-8",
                         headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
+# --- side by side (pollux compare) -----------------------------------------------------------
+
+FLIPS_SHOWN = 50  # flipped pairs listed per comparison unless ?flips= asks for more
+
+
+def _pairwise_dbs(state: UIState) -> list[Path]:
+    """The run databases that also hold `pollux compare` verdicts (the nav links the page then)."""
+    return [db for db in state.explorer.run_databases() if pw.has_judgements(db)]
+
+
+def _add_pairwise_routes(router: APIRouter, state: UIState) -> None:
+    @router.get("/side-by-side")
+    def side_by_side_page(request: Request) -> HTMLResponse:
+        session = state.auth.require_read(request)
+        shown = P.integer(dict(request.query_params), "flips", FLIPS_SHOWN, lo=0, hi=P.MAX_PAGE_SIZE)
+        dbs = _pairwise_dbs(state)
+        if not dbs:
+            raise UIError(404, "no side-by-side judgements here: run pollux compare with --db on one of the "
+                               "UI's run databases")
+        comparisons = [_comparison(db, c, shown) for db in dbs for c in pw.stored_comparisons(db)]
+        return render(state, request, "side_by_side.html", session, comparisons=comparisons)
+
+
+def _comparison(db: Path, comparison: pw.StoredComparison, shown: int) -> dict[str, Any]:
+    """One comparison for the page: `pw.stored_tables` (the report's and `pollux compare`'s
+    numbers, the same defaults) and its flipped pairs."""
+    tables = pw.stored_tables(comparison)
+    flips = pw.flipped_pairs(comparison)
+    return {**tables, "db": str(db), "groups": pairwise_groups(tables), "flips": flips, "shown": flips[:shown]}
 
 
 # --- judge live ------------------------------------------------------------------------------

@@ -350,6 +350,10 @@ class Explorer:
         reviews_writable (bool). Fresh on each call (live progress); cached while nothing changes."""
         return [dict(self._entry(src, row)) for src in self._sources for row in self._run_rows(src)]
 
+    def run_databases(self) -> list[Path]:
+        """The run databases' paths (the side-by-side page reads `pollux compare`'s table there)."""
+        return [src.path for src in self._sources if src.kind == "run"]
+
     def run(self, ref: RunRef | str) -> dict[str, Any]:
         """The `runs()` entry of one run. ValueError for an unknown ref."""
         return dict(self._resolve(ref)[1])
