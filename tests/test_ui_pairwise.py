@@ -83,3 +83,16 @@ def test_flips_parameter_is_validated_and_limits_the_list(site: tuple[TestClient
     assert one.status_code == 200 and one.text.count('<details class="flip">') == 1 and "the first 1 shown" in one.text
     bad = c.get("/ui/side-by-side?flips=lots")
     assert bad.status_code == 400 and "flips" in bad.text
+
+
+def test_a_database_of_compare_alone_opens_for_this_page(tmp_path: Path) -> None:
+    db = tmp_path / "cmp.db"
+    a, b = write_files(tmp_path, RECORDS)
+    with JudgeServer(fair=False) as server:
+        code, out = compare(str(a), str(b), "--judge", "openai:always-1", "--base-url", server.url, "--db", str(db))
+    assert code == 0, out
+    with Explorer([db], cache_dir=tmp_path / "cache") as ex, TestClient(create_ui_app(ex)) as c:
+        runs = c.get("/ui/")
+        assert runs.status_code == 200 and 'href="/ui/side-by-side"' in runs.text
+        page = c.get("/ui/side-by-side")
+        assert page.status_code == 200 and page.text.count('<details class="flip">') == 2

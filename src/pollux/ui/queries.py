@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sqlite3
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -52,6 +53,7 @@ from pollux.metaeval.metrics import point_metrics
 from pollux.metaeval.scores import round_half_away
 from pollux.records import text_problem
 from pollux.scales import parse_scale
+from pollux.store import RUN_TABLES, table_names
 from pollux.ui import reviews as rv
 from pollux.ui import textindex
 from pollux.ui.sources import Source, default_cache_dir, open_experts, open_run_db
@@ -293,6 +295,20 @@ def _pages(total: int, page_size: int) -> int:
     return max(1, -(-total // page_size))
 
 
+def compare_only(path: str | Path) -> bool:
+    """Whether `path` is a database of `pollux compare` alone (its table, no run tables): no runs
+    to show, but the UI opens it for the side-by-side page."""
+    try:
+        conn = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True)
+        try:
+            tables = table_names(conn)
+        finally:
+            conn.close()
+    except sqlite3.Error:  # missing or not SQLite: open_run_db says so
+        return False
+    return "pairwise_judgements" in tables and not set(RUN_TABLES) & tables
+
+
 class Explorer:
     """Queries over run databases and expert files for the web UI. Thread-safe (one lock per database).
 
@@ -309,8 +325,12 @@ class Explorer:
         self._sources: list[Source] = []
         self._compare_cache: OrderedDict[Any, tuple[pd.DataFrame, dict[str, Any]]] = OrderedDict()
         self._compare_lock = threading.Lock()
+        self._compare_only: list[Path] = []  # `pollux compare` databases: the side-by-side page alone
         try:
             for path in dbs:
+                if compare_only(path):
+                    self._compare_only.append(Path(path))
+                    continue
                 self._sources.append(open_run_db(len(self._sources), path, writable=reviews_writable, cache_dir=cache))
             for path in experts:
                 self._sources.append(open_experts(len(self._sources), path))
@@ -351,8 +371,8 @@ class Explorer:
         return [dict(self._entry(src, row)) for src in self._sources for row in self._run_rows(src)]
 
     def run_databases(self) -> list[Path]:
-        """The run databases' paths (the side-by-side page reads `pollux compare`'s table there)."""
-        return [src.path for src in self._sources if src.kind == "run"]
+        """The run databases' paths and the `pollux compare`-only ones (the side-by-side page reads them)."""
+        return [src.path for src in self._sources if src.kind == "run"] + self._compare_only
 
     def run(self, ref: RunRef | str) -> dict[str, Any]:
         """The `runs()` entry of one run. ValueError for an unknown ref."""
