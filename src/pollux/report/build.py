@@ -5,6 +5,10 @@ The HTML file must open anywhere, offline, years later: charts are inline SVG dr
 verdicts) are inlined from the package's `template.html`, and the verdicts travel as JSON inside
 the page. Answers and rationales are untrusted text: the page never puts them into `innerHTML`,
 and the embedded JSON is escaped so that no `</script>` inside an answer can end the data block.
+
+When the database also holds `pollux compare` verdicts (`pairwise_judgements`), the report gets a
+"Side by side" section computed by `pollux.pairwise.stored_tables` (the numbers `pollux compare`
+printed); a database of `pollux compare` alone gets that section alone.
 """
 
 from __future__ import annotations
