@@ -86,8 +86,10 @@ def test_flips_parameter_is_validated_and_limits_the_list(site: tuple[TestClient
 
 
 def test_a_database_of_compare_alone_opens_for_this_page(tmp_path: Path) -> None:
-    db = tmp_path / "cmp.db"
-    a, b = write_files(tmp_path, RECORDS)
+    folder = tmp_path / "odd?name#here"  # read-only URIs must quote the path
+    folder.mkdir()
+    db = folder / "cmp.db"
+    a, b = write_files(folder, RECORDS)
     with JudgeServer(fair=False) as server:
         code, out = compare(str(a), str(b), "--judge", "openai:always-1", "--base-url", server.url, "--db", str(db))
     assert code == 0, out

@@ -348,9 +348,15 @@ def compare(judge: Any, pairs: Sequence[Pair], db: str | Path, *, chunk_size: in
 
 # -- reading a store back (`pollux report`, the UI's side-by-side page) ------------------------
 
+def _read_only(db: str | Path) -> sqlite3.Connection:
+    """A read-only connection (a reader never creates the file nor the table); the path is quoted as
+    a URI, so `?` or `#` in a folder name stays part of it."""
+    return sqlite3.connect(f"{Path(db).resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+
+
 def has_judgements(db: str | Path) -> bool:
     """Whether `db` holds side-by-side verdicts (read-only: never creates the table)."""
-    conn = sqlite3.connect(f"file:{Path(db)}?mode=ro", uri=True)
+    conn = _read_only(db)
     try:
         found = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='pairwise_judgements'").fetchone()
         return found is not None and conn.execute("SELECT 1 FROM pairwise_judgements LIMIT 1").fetchone() is not None
@@ -379,7 +385,7 @@ class StoredComparison:
 def stored_comparisons(db: str | Path) -> list[StoredComparison]:
     """Every comparison in `db`, grouped by (A's file, B's file, judge configuration); rows written
     before the files were stored are "A" / "B". A later row of the same pair and order wins."""
-    conn = sqlite3.connect(f"file:{Path(db)}?mode=ro", uri=True)
+    conn = _read_only(db)
     try:
         have = {row[1] for row in conn.execute("PRAGMA table_info(pairwise_judgements)")}
         later = ", ".join(c if c in have else "NULL" for c in _LATER_COLUMNS)

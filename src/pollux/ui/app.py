@@ -485,8 +485,17 @@ FLIPS_SHOWN = 50  # flipped pairs listed per comparison unless ?flips= asks for 
 
 
 def _pairwise_dbs(state: UIState) -> list[Path]:
-    """The run databases that also hold `pollux compare` verdicts (the nav links the page then)."""
-    return [db for db in state.explorer.run_databases() if pw.has_judgements(db)]
+    """The run databases that also hold `pollux compare` verdicts (the nav links the page then).
+    Every page (error pages too) asks: a database that cannot be read here is left out, and the
+    page that reads its runs names the problem."""
+    found = []
+    for db in state.explorer.run_databases():
+        try:
+            if pw.has_judgements(db):
+                found.append(db)
+        except sqlite3.Error:
+            continue
+    return found
 
 
 def _add_pairwise_routes(router: APIRouter, state: UIState) -> None:

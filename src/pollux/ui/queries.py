@@ -299,7 +299,7 @@ def compare_only(path: str | Path) -> bool:
     """Whether `path` is a database of `pollux compare` alone (its table, no run tables): no runs
     to show, but the UI opens it for the side-by-side page."""
     try:
-        conn = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True)
+        conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
         try:
             tables = table_names(conn)
         finally:
