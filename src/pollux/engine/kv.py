@@ -20,6 +20,7 @@ would produce hidden states nobody reads.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -169,10 +170,11 @@ def prefill_prefix(model: Any, prefix: list[int], chunk: int) -> list[KV]:
         cos, sin = m.rotary_emb(x, torch.arange(a, b, device=device)[None])
         mask = torch.ones(b - a, b, dtype=torch.bool, device=device).tril(diagonal=a)
         for layer in inner:
-            x = layer(x, attention_mask=mask, position_embeddings=(cos, sin), cache=cache)
+            x = layer(x, attention_mask=mask, position_embeddings=(cos, sin), **{_cache_kwarg(layer): cache})
         k, v = _kv_only(last, x, cos, sin)
         cache.update(k, v, len(inner))
-    return [(keys[0], values[0]) for keys, values, _ in cache]
+    layers: list[Any] = list(cache.layers)  # DynamicLayer: .keys/.values [1, kv_heads, P, head_dim]
+    return [(layer.keys[0], layer.values[0]) for layer in layers]
 
 
 def forward_rows(model: Any, tokens: torch.Tensor, cache: PrefixSharedCache, start: list[int]) -> torch.Tensor:
@@ -184,8 +186,26 @@ def forward_rows(model: Any, tokens: torch.Tensor, cache: PrefixSharedCache, sta
     x = m.embed_tokens(tokens)
     cos, sin = m.rotary_emb(x, positions)
     for layer in m.layers:
-        x = layer(x, attention_mask=visible, position_embeddings=(cos, sin), cache=cache, prefix_cache=cache)
+        x = layer(x, attention_mask=visible, position_embeddings=(cos, sin), prefix_cache=cache,
+                  **{_cache_kwarg(layer): cache})
     return m.norm(x)
+
+
+_CACHE_KWARG: dict[type, str] = {}
+
+
+def _cache_kwarg(layer: Any) -> str:
+    """The name a decoder layer takes its cache by: transformers renamed it (`past_key_value` →
+    `past_key_values` → `cache`), and a name the layer does not know is swallowed by its
+    `**kwargs` — the cache then silently stays empty. So it is read off the signature, once per class."""
+    cls = type(layer)
+    if cls not in _CACHE_KWARG:
+        params = inspect.signature(cls.forward).parameters
+        names = [n for n in ("cache", "past_key_values", "past_key_value") if n in params]
+        if not names:
+            raise RuntimeError(f"{cls.__name__}.forward takes no cache argument this engine knows")
+        _CACHE_KWARG[cls] = names[0]
+    return _CACHE_KWARG[cls]
 
 
 def _kv_only(layer: Any, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> KV:
