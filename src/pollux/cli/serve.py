@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import logging
 import sys
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import typer
 
 from pollux.cli import _options as opt
+
+
+class Reply(StrEnum):
+    """`--reply`: an Enum, not a Literal (typer 0.16, the declared minimum, cannot take Literal)."""
+
+    full = "full"
+    score = "score"
 
 
 def register(app: typer.Typer) -> None:
@@ -44,8 +52,8 @@ def serve(
     ui: list[Path] | None = typer.Option(None, "--ui", help="Also serve the web UI on /ui over this run database "
                                          "(repeatable; see docs/ui.md). With a key, the UI needs sign-in."),
     ui_writable: bool = typer.Option(False, "--ui-writable", help="Let signed-in reviewers store expert scores."),
-    reply: Literal["full", "score"] = typer.Option(
-        "full", "--reply", help="Chat reply content: the judge's text (full) or only its score (score, for "
+    reply: Reply = typer.Option(
+        Reply.full, "--reply", help="Chat reply content: the judge's text (full) or only its score (score, for "
         "MERA-style clients that read a bare number); per request: the model NAME:score / NAME:full."),
 ) -> None:
     """Serve a judge: POST /v1/judge, OpenAI-compatible /v1/chat/completions and /v1/models,
@@ -62,7 +70,7 @@ def serve(
             max_wait_ms=max_wait_ms, max_queue=max_queue, max_body_bytes=max_body_bytes, max_items=max_items,
             graceful_timeout=graceful_timeout, header_timeout_s=header_timeout, body_timeout_s=body_timeout,
             max_header_bytes=max_header_bytes, log_level=log_level, judge_options=options,
-            ui_dbs=ui or (), ui_writable=ui_writable, reply=reply,
+            ui_dbs=ui or (), ui_writable=ui_writable, reply=Reply(reply).value,
         )
     except (CheckpointError, OSError, ValueError, ImportError, RuntimeError) as e:  # a bad checkpoint or option: no traceback
         typer.echo(f"pollux serve: {type(e).__name__}: {e}", err=True)
