@@ -142,3 +142,16 @@ def require_local_extra(purpose: str = "loading a local checkpoint") -> Any:
                            "not installed: install pollux's `local` extra: pip install 'pollux[local]' "
                            "(openai: judges need none of it)", name=missing[0])
     return importlib.import_module("torch")
+
+
+def end_of_turn_ids(*sources: Any) -> list[int]:
+    """The ids that end a reply, from each source given (a generation config's `eos_token_id`, the
+    tokenizer's): an id, a list of ids, or None. Every engine stops on the same set
+    (torch-free: the gguf engine needs no `local` extra)."""
+    ids: set[int] = set()
+    for source in sources:
+        if isinstance(source, int):
+            ids.add(source)
+        elif source:
+            ids.update(int(i) for i in source)
+    return sorted(ids)

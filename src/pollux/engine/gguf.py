@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from pollux.engine import OnVerdict, SamplingParams
+from pollux.engine import OnVerdict, SamplingParams, end_of_turn_ids
 from pollux.engine.jobs import Delivery, Job, caller_errors_unwrapped, prepare_jobs, run_isolating_failures
 from pollux.prompts import PromptTemplate
 from pollux.records import JudgeItem
@@ -227,20 +227,12 @@ class GGUFEngine:
             raise GGUFError(f"{self.path}: the GGUF has no chat template (tokenizer.chat_template); POLLUX judges "
                             "read ChatML — convert the checkpoint with `pollux convert`")
         self.tokenizer = GGUFTokenizer(self.llm, template_text)
-        self.eos_ids = self._eos_ids(sidecar.get("generation_config"))
+        self.eos_ids = end_of_turn_ids((sidecar.get("generation_config") or {}).get("eos_token_id"),
+                                       self.tokenizer.eos_token_id)
         self.threads = threads
         self._lib = llama_cpp
         # prompt tokens evaluated (after prefix reuse) and in total, decode steps, head reads
         self.stats = {"prompt_tokens": 0, "prompt_tokens_evaluated": 0, "decode_steps": 0, "head_reads": 0}
-
-    def _eos_ids(self, generation_config: dict[str, Any] | None) -> list[int]:
-        ids = {self.tokenizer.eos_token_id}
-        source = (generation_config or {}).get("eos_token_id")
-        if isinstance(source, int):
-            ids.add(source)
-        elif source:
-            ids.update(int(i) for i in source)
-        return sorted(ids)
 
     def describe(self) -> dict[str, Any]:
         return {

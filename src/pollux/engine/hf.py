@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from pollux.engine import OnLogprobs, OnText, OnVerdict, SamplingParams
+from pollux.engine import OnLogprobs, OnText, OnVerdict, SamplingParams, end_of_turn_ids
 from pollux.engine.fallback import generate
 from pollux.engine.jobs import Delivery, Job, caller_errors_unwrapped, prepare_jobs, run_isolating_failures
 from pollux.engine.kv import PrefixSharedCache, forward_rows, prefill_prefix, shared_attention
@@ -105,7 +105,8 @@ class TransformersEngine:
         self.device = next(model.parameters()).device
         cfg = model.config
         self.context = int(getattr(cfg, "max_position_embeddings", 32768))
-        self.eos_ids = self._eos_ids()
+        self.eos_ids = end_of_turn_ids(getattr(getattr(self.model, "generation_config", None), "eos_token_id", None),
+                                       self.tokenizer.eos_token_id)
         self.custom_forward = getattr(cfg, "model_type", "") == "qwen2" and not getattr(
             cfg, "use_sliding_window", False
         )
@@ -119,16 +120,6 @@ class TransformersEngine:
 
         loaded = load_judge(path, dtype=dtype, device=device)
         return cls(loaded.model, loaded.tokenizer, kind=loaded.kind, name=str(path), **kwargs)
-
-    def _eos_ids(self) -> list[int]:
-        ids: set[int] = set()
-        gen_cfg = getattr(self.model, "generation_config", None)
-        for source in (getattr(gen_cfg, "eos_token_id", None), self.tokenizer.eos_token_id):
-            if isinstance(source, int):
-                ids.add(source)
-            elif source:
-                ids.update(int(i) for i in source)
-        return sorted(ids)
 
     def describe(self) -> dict[str, Any]:
         cfg = self.model.config

@@ -44,7 +44,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from pollux.engine import OnVerdict, SamplingParams
+from pollux.engine import OnVerdict, SamplingParams, end_of_turn_ids
 from pollux.engine.jobs import Delivery, Job, caller_errors_unwrapped, prepare_jobs, run_isolating_failures
 from pollux.engine.tokens import LogprobFormatter, probs_from_top_logprobs
 from pollux.prompts import PromptTemplate
@@ -114,18 +114,6 @@ def _generation_config(path: Path) -> Any:
         return GenerationConfig.from_pretrained(path)
     except OSError:  # no generation_config.json
         return None
-
-
-def _eos_ids(generation_config: Any, tokenizer: Any) -> list[int]:
-    """End-of-turn ids as the in-process engine reads them: generation config + tokenizer."""
-    ids: set[int] = set()
-    source = getattr(generation_config, "eos_token_id", None)
-    for s in (source, tokenizer.eos_token_id):
-        if isinstance(s, int):
-            ids.add(s)
-        elif s:
-            ids.update(int(i) for i in s)
-    return sorted(ids)
 
 
 def _make_llm(llm_cls: Callable[..., Any], pooling: bool, **kwargs: Any) -> Any:
@@ -212,7 +200,7 @@ class VLLMEngine:
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         if self.tokenizer.chat_template is None:
             raise CheckpointError(f"{path}: the tokenizer has no chat template; POLLUX judges read ChatML")
-        self.eos_ids = _eos_ids(generation_config, self.tokenizer)
+        self.eos_ids = end_of_turn_ids(getattr(generation_config, "eos_token_id", None), self.tokenizer.eos_token_id)
         self.head = read_head(path) if self.kind == "regression" else None
         self.formatter = LogprobFormatter(self.tokenizer)
 
