@@ -45,6 +45,8 @@ class SamplingParams:
     pass `temperature=0` to force greedy decoding whatever the checkpoint says.
     """
 
+    # 0 = score-only (`-r` judges, in-process and gguf engines): no rationale; the head reads the
+    # prompt's last token — an input the head was not trained on (docs/laptop.md measures the cost)
     max_new_tokens: int = 1024
     min_new_tokens: int = 0  # end-of-turn tokens are suppressed until this many were generated
     temperature: float | None = None  # 0 = greedy
@@ -54,8 +56,8 @@ class SamplingParams:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError("max_new_tokens must be ≥ 1")
+        if self.max_new_tokens < 0:
+            raise ValueError("max_new_tokens must be ≥ 0 (0: score-only)")
         if not 0 <= self.min_new_tokens <= self.max_new_tokens:
             raise ValueError("min_new_tokens must lie in [0, max_new_tokens]")
         if self.temperature is not None and self.temperature < 0:

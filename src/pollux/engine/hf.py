@@ -177,6 +177,9 @@ class TransformersEngine:
         for r in rows:
             r.trace, r.score_note = self._trace(r.job.item, done)
         cache, final = self._prefill(batch, rows)
+        for r in rows:
+            if r.job.max_new == 0:  # score-only: the head reads the prompt's last token, nothing is generated
+                r.finish_reason, r.finishing = "length", self.kind == "regression"
         seen = seen_tokens([r.job.ids for r in rows], self.model.lm_head.out_features, self.device, self.sampling)
         while True:
             # `final` holds each row's hidden state after its latest fed token.
