@@ -1,5 +1,11 @@
 """Prompts: from a `JudgeItem` to the judge's user message, and to chat-formatted text.
 
+One builder fills every prompt pollux writes — the judge's templates, synth's prompts, the API
+baselines' (`general`, `prometheus`) — with untrusted text: `fill`. It replaces `{name}`
+placeholders in one pass over the template's own text (a value holding `{answer}` is never filled
+again; other braces are text) and neutralises every value against the section headers of that
+template (below); `template_parts` is its grammar, which the server reads prompts back with.
+
 The default template is the POLLUX code base's judge prompt, byte for byte: five `###` sections
 separated by one blank line, no trailing newline. The reference section stays, empty, when an
 item has no reference answer. Templates are configurable (`PromptTemplate(text=...)`); the model
@@ -8,14 +14,16 @@ card's variant is provided as `MODEL_CARD_TEMPLATE`.
 Untrusted text cannot open a section. Instructions, answers and references are written by
 users and by the evaluated LLMs, so a line inside them such as `### Критерий оценки:` could make
 the judge read a forged criterion. Before rendering, every field value goes through
-`neutralise_headers`, which compares each line's *skeleton* with the five section headers. The
-skeleton is what a reader sees: NFKD (fullwidth `＃`, mathematical letters, accents split off),
-every invisible character dropped (Unicode format characters — zero-width, LRM/RLM, bidi embeddings and
-isolates, U+2062, tag characters — combining marks, the Hangul fillers and control characters: C0,
-DEL, C1), blank-looking symbols (the Braille blank U+2800) read as a space, every character that
-Unicode's confusables table says looks like a header letter read as that Cyrillic letter (Latin
-`K`, Greek `ο`, the digit `3` for `З`, …) — and its other case as the letter's other case (Latin
-`k` for `к`) — then case-folded. A skeleton that is a header — after any Markdown prefix (`>`,
+`neutralise_headers`, which compares each line's *skeleton* with the template's section headers
+(by default `NEUTRALISED_HEADERS`: the five of the judge's prompt and the side-by-side prompt's;
+the prometheus prompt passes its English ones). The skeleton is what a reader sees: NFKD
+(fullwidth `＃`, mathematical letters, accents split off), every invisible character dropped
+(Unicode format characters — zero-width, LRM/RLM, bidi embeddings and isolates, U+2062, tag
+characters — combining marks, the Hangul fillers and control characters: C0, DEL, C1),
+blank-looking symbols (the Braille blank U+2800) read as a space, every character that Unicode's
+confusables table says looks like a header letter read as that letter (for the Cyrillic headers:
+Latin `K`, Greek `ο`, the digit `3` for `З`, …; for the English ones Cyrillic `о` for `o`) — and
+its other case as the letter's other case (Latin `k` for `к`) — then case-folded. A skeleton that is a header — after any Markdown prefix (`>`,
 `-`, `*`, `+`, `1.`) and emphasis (`**`, `__`), behind any number of number or sharp signs
 (`###`, `# # #`, `♯♯♯`) and then the header text, or the bare header text with its colon
 (`**Критерий оценки:**` too) — marks the line: it gets a backslash put in front of it (`\\### …`), the Markdown escape for a heading.
@@ -32,6 +40,7 @@ import json
 import re
 import sys
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,15 +127,43 @@ def _union_find_classes(pairs: list[tuple[str, str]]) -> dict[str, str]:
 
 
 @functools.cache
-def _skeleton_table() -> dict[int, str | None]:
+def _skeleton_table(headers: tuple[str, ...] = NEUTRALISED_HEADERS) -> dict[int, str | None]:
     """What `_skeleton` does to single characters: invisibles → nothing, look-alikes → their target.
 
-    Targets are the header letters in both cases (Cyrillic, the script of the headers) and the
-    Markdown markers; number and sharp signs (`＃`, `♯`, `﹟`, …) all read as `#`. Built once, on
-    first use (a fraction of a second), because it scans Unicode's assigned planes.
+    Targets are the letters of `headers` in both cases (the Cyrillic of the judge's headers, the
+    Latin of the prometheus prompt's) and the Markdown markers; number and sharp signs (`＃`, `♯`,
+    `﹟`, …) all read as `#`. A look-alike class holding several targets of different letters (Latin
+    `I` and `l`: the skeleton is case-blind, so `i`, `I`, `l`, `L` are then one) reads as one of
+    them: a reader cannot tell them apart either. Built once per header set, on first use (a
+    fraction of a second), because it scans Unicode's assigned planes.
     """
+    table = dict(_invisible_table())
     with open(confusable_data.path("confusables.json"), encoding="utf-8") as f:
         table_data: dict[str, list[dict[str, str]]] = json.load(f)
+
+    def visible(text: str) -> str:  # the table's entries may carry LRM marks around a glyph
+        return "".join(c for c in text if table.get(ord(c), c) is not None)
+
+    # letters as the skeleton has them: `й` is `и` plus a combining breve, which is dropped
+    letters = {c for c in unicodedata.normalize("NFKD", "".join(headers)) if c.isalpha()}
+    targets = {c for letter in letters for c in (letter.lower(), letter.upper())} | set(_MARKERS)
+    pairs = [(visible(k), visible(g["c"])) for k, glyphs in table_data.items() for g in glyphs]
+    pairs = [(a, b) for a, b in pairs if len(a) == 1 and len(b) == 1]
+    classes = _union_find_classes(pairs + [(t.lower(), t.upper()) for t in targets])
+    by_class = {classes.get(t, t): t for t in sorted(targets)}
+    for char, cls in classes.items():
+        if cls not in by_class or ord(char) in table:
+            continue
+        if char not in targets or char.casefold() != by_class[cls].casefold():
+            table[ord(char)] = by_class[cls]
+    _add_other_cases(table, targets)
+    return table
+
+
+@functools.cache
+def _invisible_table() -> dict[int, str | None]:
+    """The header-independent part of the skeleton table: invisibles dropped, blanks read as a space,
+    number and sharp signs read as `#`. Shared by every header set's table (each copies it)."""
     table: dict[int, str | None] = {}
     for code in itertools.chain(*_ASSIGNED_PLANES):
         char = chr(code)
@@ -139,24 +176,6 @@ def _skeleton_table() -> dict[int, str | None]:
     table.update(dict.fromkeys(map(ord, _BLANKS), " "))
     for kept in map(ord, _KEPT_CONTROLS):
         del table[kept]
-
-    def visible(text: str) -> str:  # the table's entries may carry LRM marks around a glyph
-        return "".join(c for c in text if table.get(ord(c), c) is not None)
-
-    pairs = [(visible(k), visible(g["c"])) for k, glyphs in table_data.items() for g in glyphs]
-    classes = _union_find_classes([(a, b) for a, b in pairs if len(a) == 1 and len(b) == 1])
-    # letters as the skeleton has them: `й` is `и` plus a combining breve, which is dropped
-    letters = {c for c in unicodedata.normalize("NFKD", "".join(NEUTRALISED_HEADERS)) if c.isalpha()}
-    targets = {c for letter in letters for c in (letter.lower(), letter.upper())} | set(_MARKERS)
-    by_class = {classes.get(t, t): t for t in sorted(targets)}
-    for cls in by_class:  # a confusables table that merged two header letters would be ambiguous
-        merged = sorted({t.casefold() for t in targets if classes.get(t, t) == cls})
-        if len(merged) > 1:
-            raise RuntimeError(f"header letters or markers confusable with each other: {merged}")
-    for char, cls in classes.items():
-        if cls in by_class and char not in targets and ord(char) not in table:
-            table[ord(char)] = by_class[cls]
-    _add_other_cases(table, targets)
     return table
 
 
@@ -177,32 +196,32 @@ def _add_other_cases(table: dict[int, str | None], targets: set[str]) -> None:
 
 
 @functools.cache
-def _skeleton_lookup() -> np.ndarray:
+def _skeleton_lookup(headers: tuple[str, ...]) -> np.ndarray:
     """`_skeleton_table` as an array indexed by code point: one vectorised gather per text,
     because a per-character `str.translate` costs ~40 ms on a 200k-character answer."""
     lookup = np.arange(sys.maxunicode + 1, dtype=np.uint32)
-    for code, target in _skeleton_table().items():
+    for code, target in _skeleton_table(headers).items():
         lookup[code] = _DROP if target is None else ord(target)
     return lookup
 
 
-def _skeleton(text: str) -> str:
-    """`text` as a header matcher sees it (see module doc); line breaks are kept.
+def _skeleton(text: str, headers: tuple[str, ...] = NEUTRALISED_HEADERS) -> str:
+    """`text` as a matcher of `headers` sees it (see module doc); line breaks are kept.
 
     NFKD rather than NFKC: a mark on a letter (`ӥ`, `й`) becomes a separate combining mark, which
     the table drops, so no accent can hide a letter. The header texts go through the same function.
     """
     codes = np.frombuffer(unicodedata.normalize("NFKD", text).encode("utf-32-le", "surrogatepass"), np.uint32)
-    mapped = _skeleton_lookup()[codes]
+    mapped = _skeleton_lookup(headers)[codes]
     return mapped[mapped != _DROP].tobytes().decode("utf-32-le", "surrogatepass").casefold()
 
 
 @functools.cache
-def _patterns() -> tuple[re.Pattern[str], re.Pattern[str]]:
+def _patterns(headers: tuple[str, ...]) -> tuple[re.Pattern[str], re.Pattern[str]]:
     """(a header text anywhere, a header line in `\n`-separated lines): regexes over skeletons."""
     blank = r"[^\S\n]"  # a space within one line
     space = blank + "*"
-    names = "|".join(space.join(map(re.escape, _skeleton(h).split())) for h in NEUTRALISED_HEADERS)
+    names = "|".join(space.join(map(re.escape, _skeleton(h, headers).split())) for h in headers)
     prefix = rf"(?:(?:[>*+\-]|\w{{1,4}}[.)]){space})*"  # Markdown quote, bullet, numbered list (`1.`, `а)`)
     emphasis = rf"[*_]*{space}"  # `**bold**`, `__bold__` around the header text
     # "#…# name …" in any spacing, or the bare "name:" alone on its line, after Markdown prefixes;
@@ -212,12 +231,13 @@ def _patterns() -> tuple[re.Pattern[str], re.Pattern[str]]:
     return re.compile(names), re.compile(line, re.MULTILINE)
 
 
-def looks_like_header(line: str) -> bool:
-    return bool(_patterns()[1].fullmatch(_skeleton(line)))
+def looks_like_header(line: str, headers: tuple[str, ...] = NEUTRALISED_HEADERS) -> bool:
+    return bool(_patterns(headers)[1].fullmatch(_skeleton(line, headers)))
 
 
-def neutralise_headers(text: str) -> str:
-    """Escape every line of `text` that looks like a prompt section header (see module doc).
+def neutralise_headers(text: str, headers: tuple[str, ...] = NEUTRALISED_HEADERS) -> str:
+    """Escape every line of `text` that looks like one of `headers` (see module doc): by default
+    the judge's section headers and the side-by-side prompt's.
 
     Lines end at every break a reader (or a tokenizer) might honour — `str.splitlines`'s set:
     `\\n`, `\\r`, `\\r\\n`, U+2028, NEL, … — and the breaks are kept, so the text round-trips
@@ -226,11 +246,12 @@ def neutralise_headers(text: str) -> str:
     once; a text with no header text anywhere is returned at once, otherwise one regex pass finds
     the header lines.
     """
-    skeleton = _skeleton("\n".join(text.splitlines()))
-    if not _patterns()[0].search(skeleton):
+    skeleton = _skeleton("\n".join(text.splitlines()), headers)
+    anywhere, header_line = _patterns(headers)
+    if not anywhere.search(skeleton):
         return text
     lines = text.splitlines(keepends=True)
-    starts = [match.start() for match in _patterns()[1].finditer(skeleton)]
+    starts = [match.start() for match in header_line.finditer(skeleton)]
     newlines = np.flatnonzero(np.frombuffer(skeleton.encode("utf-32-le", "surrogatepass"), np.uint32) == 10)
     for line_no in np.searchsorted(newlines, starts).tolist():  # the line each match starts on
         line = lines[line_no]
@@ -239,11 +260,53 @@ def neutralise_headers(text: str) -> str:
     return "".join(lines)
 
 
+# A placeholder: `{name}`, an ASCII identifier in braces. Nothing else in a template is syntax: other
+# braces (code, JSON examples, `{{`) are text, and so is a `{name}` that is given no value.
+PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def fill(text: str, values: Mapping[str, str], *, headers: tuple[str, ...] = NEUTRALISED_HEADERS,
+         neutralise: bool = True, trusted: Mapping[str, str] | None = None) -> str:
+    """`text` with each `{name}` of `values` (and of `trusted`) replaced: pollux's one way to put
+    text into a prompt — the judge's templates, synth's prompts and the API baselines' prompts.
+
+    One pass over the template's own text, so a value is never read again: an answer holding
+    `{answer}` or `{criteria_name}` stays as written. Every value of `values` is untrusted (users',
+    evaluated LLMs') and goes through `neutralise_headers` against `headers`, the sections of this
+    template (the prometheus prompt passes its English ones), so no value can open a section.
+    `trusted` values are inserted as they are: text pollux wrote itself (a score range) or a prompt
+    already rendered by `fill` (re-neutralising it would escape its own headers).
+    """
+    filled = {key: neutralise_headers(value, headers) if neutralise else value for key, value in values.items()}
+    filled.update(trusted or {})
+    return PLACEHOLDER.sub(lambda m: filled.get(m.group(1), m.group(0)), text)
+
+
+def template_parts(text: str) -> list[tuple[str, str | None]]:
+    """`text` as (literal text, placeholder name or None) pairs, in `fill`'s placeholder grammar:
+    how `pollux.server.prompt_parse` reads a template back the way `fill` wrote it."""
+    pieces = PLACEHOLDER.split(text)  # literal, name, literal, name, …, literal
+    return [(pieces[i], pieces[i + 1] if i + 1 < len(pieces) else None) for i in range(0, len(pieces), 2)]
+
+
+# A judge template's fields; `{answer_2}` (the side-by-side prompt's second answer) is the item's
+# `reference_answer`, a slot that prompt has no other use for.
+JUDGE_FIELDS = ("instruction", "reference_answer", "answer", "answer_2", "criteria_name", "criteria_rubrics")
+
+
+def item_fields(item: JudgeItem) -> dict[str, str]:
+    """A judge item's values by template field (`JUDGE_FIELDS`)."""
+    reference = item.reference_answer or ""
+    return {"instruction": item.instruction, "reference_answer": reference, "answer": item.answer,
+            "answer_2": reference, "criteria_name": item.criteria_name, "criteria_rubrics": item.rubrics}
+
+
 @dataclass(frozen=True)
 class PromptTemplate:
     """A judge prompt template with the fields {instruction}, {reference_answer}, {answer},
     {criteria_name} and {criteria_rubrics} ({answer_2}: the side-by-side prompt's second answer,
-    carried in the item's `reference_answer`), and the format the judge replies in (`reply`):
+    carried in the item's `reference_answer`), filled by `fill` (so `{{` is not an escape and an
+    unknown `{name}` stays as written), and the format the judge replies in (`reply`):
     `result` (`[RESULT] n [END]`, POLLUX's judges) or `bare` (an integer, Pollux-4B-Judge).
     The reply format travels with the template because a prompt and the reply it asks for are one
     choice: every engine reads scores with `parse`."""
@@ -257,18 +320,7 @@ class PromptTemplate:
             raise ValueError(f"reply format must be one of {', '.join(REPLY_FORMATS)}, got {self.reply!r}")
 
     def render(self, item: JudgeItem) -> str:
-        fields = {
-            "instruction": item.instruction,
-            "reference_answer": item.reference_answer or "",
-            "answer": item.answer,
-            "criteria_name": item.criteria_name,
-            "criteria_rubrics": item.rubrics,
-        }
-        if self.neutralise:
-            fields = {k: neutralise_headers(v) for k, v in fields.items()}
-        fields["answer_2"] = fields["reference_answer"]
-        # format_map substitutes values without re-reading braces inside them.
-        return self.text.format_map(fields)
+        return fill(self.text, item_fields(item), neutralise=self.neutralise)
 
     def parse(self, text: str) -> float | None:
         """The score in a reply written in this template's reply format (`pollux.scales`)."""

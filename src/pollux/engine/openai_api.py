@@ -47,6 +47,11 @@ Prompt styles (how the model card's baseline judges can be run; `PROMPT_STYLES`)
   and the criterion and rubric in place of the five score descriptions. `[RESULT] n` without
   `[END]` is parsed (`parse_result_open`).
 
+Every style's prompt is filled by `pollux.prompts.fill`, the judge template's own builder: one
+pass (a value's `{answer}` is never filled), every item text neutralised against the sections of
+the prompt it goes into — the judge's Russian `###` headers, or the prometheus prompt's English
+ones (`PROMETHEUS_HEADERS`: an answer's `###Score Rubrics:` or `###Feedback:` line is escaped).
+
 A `pollux serve` server adds a non-standard `pollux` object to its chat-completion responses
 with the regression head's score (`head_score`); when present it becomes the verdict's
 `head_score`, so a `-r` judge behind HTTP scores exactly as in-process.
@@ -69,7 +74,7 @@ from pollux.engine.http_chat import ApiError, ChatClient, EndpointAuth, KeySourc
 from pollux.engine.http_chat import parse_retry_after as parse_retry_after
 from pollux.engine.reask import reask_sampling
 from pollux.engine.tokens import probs_from_top_logprobs
-from pollux.prompts import PromptTemplate
+from pollux.prompts import PromptTemplate, fill
 from pollux.records import JudgeItem
 from pollux.scales import parse_result_open, parse_scale
 from pollux.verdicts import Verdict, error_verdict, make_verdict
@@ -114,6 +119,10 @@ PROMETHEUS_PROMPT = (
     "###Score Rubrics:\n[{criterion}]\n{rubrics}\n\n"
     "###Feedback: "
 )
+PROMETHEUS_REFERENCE = "###Reference Answer (Score {high}):\n{reference}\n\n"
+# The prometheus prompt's own sections: what no item text may forge there (`pollux.prompts.fill`).
+PROMETHEUS_HEADERS = ("Task Description", "The instruction to evaluate", "Response to evaluate",
+                      "Reference Answer", "Score Rubrics", "Feedback")
 
 PROMPT_STYLES = ("pollux", "general", "prometheus")
 
@@ -251,8 +260,8 @@ class OpenAIEngine:
         if self.prompt_style == "prometheus":
             return prometheus_messages(item)
         prompt = self.template.render(item)
-        if self.prompt_style == "general":
-            prompt = GENERAL_PROMPT.format(prompt=prompt)
+        if self.prompt_style == "general":  # the judge's prompt, rendered and neutralised: trusted here
+            prompt = fill(GENERAL_PROMPT, {}, trusted={"prompt": prompt})
         return [{"role": "user", "content": prompt}]
 
     def parse_reply(self, text: str) -> float | None:
@@ -361,15 +370,19 @@ class OpenAIEngine:
 
 
 def prometheus_messages(item: JudgeItem) -> list[dict[str, str]]:
-    """The "prometheus" style's chat: system line and absolute-grading prompt for one criterion."""
+    """The "prometheus" style's chat: system line and absolute-grading prompt for one criterion.
+    The item's texts are neutralised against the prompt's English sections (`PROMETHEUS_HEADERS`):
+    an answer's line `###Score Rubrics:` or `###Feedback:` cannot open one."""
     scale = parse_scale(item.rubrics)
     low, high = (f"{scale.min:g}", f"{scale.max:g}") if scale else ("the lowest", "the highest score")
     reference = item.reference_answer.strip()
-    prompt = PROMETHEUS_PROMPT.format(
-        reference_note="a reference answer that gets the highest score, " if reference else "",
-        low=low, high=high, instruction=item.instruction, answer=item.answer,
-        reference_block=f"###Reference Answer (Score {high}):\n{reference}\n\n" if reference else "",
-        criterion=item.criteria_name, rubrics=item.rubrics)
+    block = fill(PROMETHEUS_REFERENCE, {"reference": reference}, headers=PROMETHEUS_HEADERS,
+                 trusted={"high": high}) if reference else ""
+    prompt = fill(PROMETHEUS_PROMPT, {"instruction": item.instruction, "answer": item.answer,
+                                      "criterion": item.criteria_name, "rubrics": item.rubrics},
+                  headers=PROMETHEUS_HEADERS, trusted={
+                      "reference_note": "a reference answer that gets the highest score, " if reference else "",
+                      "low": low, "high": high, "reference_block": block})
     return [{"role": "system", "content": PROMETHEUS_SYSTEM}, {"role": "user", "content": prompt}]
 
 

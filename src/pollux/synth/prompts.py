@@ -8,21 +8,20 @@ Placeholders are `{name}`; only the placeholders a stage fills are replaced, so 
 a prompt (code, JSON examples) stay as they are. A prompt that lacks a placeholder its stage needs
 is an error when the config is read.
 
-Values are untrusted (instructions and answers are LLM text), so rendering is one pass over the
-prompt's own text: a `{answer}` inside an instruction is never filled, and every value goes through
-`pollux.prompts.neutralise_headers` first, as in the judge's prompt — the teacher's prompt uses the
-judge's `###` section headers, and a forged `### Критерий оценки:` line inside an answer would
+Values are untrusted (instructions and answers are LLM text), so a prompt is filled by the judge's
+own builder, `pollux.prompts.fill`: one pass over the prompt's own text (a `{answer}` inside an
+instruction is never filled), every value neutralised against the judge's `###` section headers —
+the teacher's prompt uses them, and a forged `### Критерий оценки:` line inside an answer would
 otherwise change the label that becomes training data.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pollux.prompts import neutralise_headers
+from pollux.prompts import fill
 
 PROMPT_DIR = Path(__file__).parent / "prompts"
 BUILTIN = {"instruction", "answer", "annotate"}
@@ -47,11 +46,7 @@ class Prompt:
 
     def render(self, **values: str) -> str:
         """The prompt with each `{name}` of `values` replaced, in one pass (see module doc)."""
-        if not values:
-            return self.text
-        safe = {key: neutralise_headers(value) for key, value in values.items()}
-        pattern = re.compile("|".join(re.escape("{" + key + "}") for key in safe))
-        return pattern.sub(lambda m: safe[m.group(0)[1:-1]], self.text)
+        return fill(self.text, values)
 
 
 def read_prompt(value: str, stage: str | None = None) -> Prompt:
