@@ -7,7 +7,9 @@ an address), where each worker lives in a Ray Data actor.
 
 The contract both paths keep:
 
-* result batches are yielded as they complete, in any order;
+* result batches are yielded as they complete, in any order — and a `Streaming` worker's results
+  in parts, as it makes them: locally each part is yielded the moment it is emitted (a driver can
+  store a verdict before its batch ends), on Ray a batch's parts travel back together;
 * a batch whose worker raises (or whose actor process dies) is retried, on a fresh worker, up to
   `max_retries` times, then the run stops with an `ExecutorError` naming the batch's first key;
 * a result may be delivered twice after a retry — the caller (the driver, the only writer of its
@@ -22,7 +24,23 @@ from typing import Any
 
 Row = dict[str, Any]  # JSON-able values only
 BatchFn = Callable[[list[Row]], list[Row]]  # a built worker: one batch in, result rows out
-WorkerFactory = Callable[[], BatchFn]  # picklable; called once per worker thread / actor
+Emit = Callable[[list[Row]], None]  # hands one part of a batch's results to the caller
+
+
+@dataclass(frozen=True)
+class Streaming:
+    """A built worker that hands its results over in parts, as it makes them: `run(batch, emit)`
+    calls `emit(rows)` once per part (a judge: once per verdict, as the engine reports it).
+
+    Why: a batch may take minutes, and a driver that stores results must not lose the finished
+    part of it to a crash or Ctrl-C. The local backend yields each part to the caller the moment
+    it is emitted; Ray gathers a batch's parts in the actor and sends them back together."""
+
+    run: Callable[[list[Row], Emit], None]
+
+
+Worker = BatchFn | Streaming
+WorkerFactory = Callable[[], Worker]  # picklable; called once per worker thread / actor
 
 
 class ExecutorError(RuntimeError):
@@ -68,6 +86,18 @@ def map_batches(rows: Iterable[Row], make_worker: WorkerFactory, options: Execut
     return map_batches_ray(rows, make_worker, options)
 
 
+def run_worker(fn: Worker, batch: list[Row], emit: Emit) -> None:
+    """One batch on a built worker, its results handed to `emit`: a `Streaming` worker's part by
+    part, a plain worker's in one part (checked to be a list of rows)."""
+    if isinstance(fn, Streaming):
+        fn.run(batch, emit)
+        return
+    result = fn(batch)
+    if not isinstance(result, list):
+        raise TypeError(f"a worker must return a list of rows, got {type(result).__name__}")
+    emit(result)
+
+
 def first_key(batch: list[Row]) -> str:
     """How an error names a batch: its first row's key (rows carry a "key"), else its first row."""
     if not batch:
@@ -87,4 +117,5 @@ def build_failed_message(error: BaseException) -> str:
     return f"building a worker failed: {type(error).__name__}: {error}"
 
 
-__all__ = ["BatchFn", "ExecutorError", "ExecutorOptions", "Row", "WorkerFactory", "map_batches"]
+__all__ = ["BatchFn", "Emit", "ExecutorError", "ExecutorOptions", "Row", "Streaming", "Worker", "WorkerFactory",
+           "map_batches", "run_worker"]

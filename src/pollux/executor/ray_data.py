@@ -33,14 +33,15 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from pollux.executor import (
-    BatchFn,
     ExecutorError,
     ExecutorOptions,
     Row,
+    Worker,
     WorkerFactory,
     batch_failed_message,
     build_failed_message,
     first_key,
+    run_worker,
 )
 
 if TYPE_CHECKING:
@@ -64,14 +65,15 @@ class WorkerBuildFailed(RuntimeError):
 
 
 class _ActorWorker:
-    """The callable class Ray Data runs in each actor: one built worker, JSON rows in and out."""
+    """The callable class Ray Data runs in each actor: one built worker, JSON rows in and out (a
+    `Streaming` worker's parts gathered into one result batch)."""
 
     def __init__(self, make_worker: WorkerFactory, max_retries: int) -> None:
         self._make_worker = make_worker
         self._max_retries = max_retries
         self._fn = self._build()
 
-    def _build(self) -> BatchFn:
+    def _build(self) -> Worker:
         try:
             return self._make_worker()
         except Exception as exc:
@@ -92,11 +94,10 @@ class _ActorWorker:
     def _run(self, rows: list[Row]) -> list[Row]:
         """The batch on this actor's worker; after an error, on a fresh one, `max_retries` times."""
         for attempt in range(self._max_retries + 1):
+            parts: list[Row] = []  # a `Streaming` worker's parts, gathered: they travel back together
             try:
-                result = self._fn(rows)
-                if not isinstance(result, list):
-                    raise TypeError(f"a worker must return a list of rows, got {type(result).__name__}")
-                return result
+                run_worker(self._fn, rows, parts.extend)
+                return parts
             except Exception as exc:
                 if attempt == self._max_retries:
                     raise BatchFailed(batch_failed_message(rows, attempt + 1, self._max_retries, exc)) from exc
