@@ -11,10 +11,13 @@
 3. open (or resume) the run whose configuration — judge, template, sampling, pollux version — equals
    this one; a different configuration is refused unless `new_run=True`. A `JudgeLoader` whose
    request already finished every judgement of the inputs is found without loading the judge;
-4. judge what is still missing, a chunk at a time, committing each verdict the moment the engine
-   reports it (`on_verdict`), so a crash or SIGKILL loses at most the verdicts in flight and Ctrl-C
-   stops cleanly. A chunk whose call fails records an error verdict for each of its unfinished
-   items and the run goes on; errors are retried by the next resume.
+4. judge what is still missing on `pollux.executor.map_batches` — one path, local or on Ray: without
+   an executor the judge loaded here is the one worker, on a local thread — about `chunk_size`
+   judgements a batch, one answer's criteria together. This process is the only writer of the
+   store (`_Driver`): each verdict is committed the moment it reaches it, and locally that is the
+   moment the engine reports it (`on_verdict`), so a crash or SIGKILL loses at most the verdicts
+   in flight and Ctrl-C stops cleanly. A batch whose call fails records an error verdict for each
+   of its unfinished items and the run goes on; errors are retried by the next resume.
 """
 
 from __future__ import annotations
@@ -23,11 +26,11 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from pollux.executor import ExecutorError, map_batches
+from pollux.executor import ExecutorError, ExecutorOptions, Row, map_batches
 from pollux.executor.judging import JudgingWorker, answer_rows, answers_per_batch, run_config, verdict_of
 from pollux.inputs import (
     DEFAULT_MAX_FIELD_CHARS,
@@ -42,7 +45,7 @@ from pollux.inputs import (
 from pollux.progress import Progress, RichProgress, Throughput  # noqa: F401  (re-exported: the verbs' progress)
 from pollux.records import JudgeItem, RecordError
 from pollux.store import JobRow, Run, RunStore, StoreError, config_diff, config_hash, peek_runs
-from pollux.verdicts import Verdict, error_verdict
+from pollux.verdicts import Verdict
 
 DEFAULT_CHUNK_SIZE = 256
 
@@ -392,11 +395,12 @@ def evaluate(
     `EvaluateError` before judging anything when the run cannot start; KeyboardInterrupt is caught:
     the summary says `interrupted` and what remains.
 
-    `executor` (a `pollux.executor.ExecutorOptions`, e.g. `ray="auto"`) judges on the executor
-    instead: `judge` must then be a `JudgeLoader` whose `load` is picklable (a
-    `pollux.executor.judging.JudgeFactory`); each worker loads its own judge, this process never
-    does, and stays the only writer of `db` (see `_judge_on_executor`). A bad cluster address or
-    a missing Ray is an `EvaluateError` before anything is written.
+    Judging always runs on `pollux.executor.map_batches`, with this process the only writer of
+    `db` (`_Driver`). Without `executor` the judge loaded here is the one worker, on a local
+    thread. With `executor` (a `pollux.executor.ExecutorOptions`: more worker threads, or
+    `ray="auto"`) `judge` must be a `JudgeLoader` whose `load` is picklable (a
+    `pollux.executor.judging.JudgeFactory`): each worker loads its own judge and this process never
+    does. A bad cluster address or a missing Ray is an `EvaluateError` before anything is written.
     """
     if executor is not None:
         _check_executor(judge, executor)
@@ -404,10 +408,9 @@ def evaluate(
         inputs = [inputs]
     if chunk_size < 1:
         raise EvaluateError("chunk_size must be ≥ 1")
-    log = log or (lambda _msg: None)
-    progress = progress or Progress()
     t0 = time.monotonic()
     summary = EvaluateSummary(db=str(db))
+    log = log or (lambda _msg: None)
     expansion, by_key = _read_inputs(inputs, summary, log, catalog=catalog, user_criteria=user_criteria,
                                      strict=strict, max_field_chars=max_field_chars)
 
@@ -415,15 +418,17 @@ def evaluate(
     finished = None if new_run or request is None else _finished_run(db, request, list(by_key))
     if finished is not None:
         log(f"run {finished.run_id} already holds every judgement of these inputs: the judge is not loaded")
-    elif executor is not None:
-        assert request is not None  # _check_executor: a JudgeLoader
-        return _evaluate_on_executor(db, judge, request, executor, expansion, by_key, new_run, chunk_size,
-                                     summary, progress, log, t0)
-    elif _is_loader(judge):  # load only now that the inputs are known good and something is left
+    elif executor is None and _is_loader(judge):  # load only now that the inputs are known good and something is left
         judge = judge()
     with RunStore(db) as store:
-        run = finished or _open_run(store, judge, request, new_run, summary)
-        judging_s = _judge_in_process(store, run, judge, expansion, by_key, chunk_size, summary, progress, log)
+        driver = _Driver(store, request, expansion, by_key, new_run, summary, progress or Progress(), log)
+        if finished is not None:
+            driver.resume(finished)
+        elif executor is None:
+            driver.open(run_config(judge))  # the loaded judge's configuration: its run resumed, or a new one
+        elif request is not None and not new_run and (found := store.run_for_request(request)) is not None:
+            driver.resume(found)  # the workers' configuration is checked against it as it arrives
+        judging_s = driver.judge(JudgingWorker(_worker_judge(judge, executor)), executor, chunk_size)
     return _finish(summary, t0, judging_s)
 
 
@@ -446,55 +451,16 @@ def _read_inputs(inputs: Sequence[str | Path], summary: EvaluateSummary, log: Ca
     return expansion, by_key
 
 
-def _open_run(store: RunStore, judge: Any, request: str | None, new_run: bool, summary: EvaluateSummary) -> Run:
-    """The run whose configuration is the loaded judge's (resumed, or new); it remembers `request`."""
-    try:
-        run, created = store.open_run(judge.name, run_config(judge), new_run=new_run)
-    except StoreError as e:
-        raise EvaluateError(str(e)) from None
-    if request is not None:
-        store.remember_request(request, run.run_id)
-    summary.new_run = created
-    return run
-
-
-def _judge_in_process(store: RunStore, run: Run, judge: Any, expansion: Expansion, by_key: dict[str, JudgeItem],
-                      chunk_size: int, summary: EvaluateSummary, progress: Progress,
-                      log: Callable[[str], None]) -> float:
-    """Step 4 with the judge in this process: store the jobs, judge what `run` lacks; the judging time."""
-    summary.run_id, summary.judge = run.run_id, run.judge
-    _store_jobs(store, run.run_id, expansion.records)
-    summary.jobs = sum(len(rec.items) for rec in expansion.records)
-    summary.items = len(by_key)
-    done = store.done_keys(run.run_id, run.judge)
-    todo = [k for k in by_key if k not in done]
-    summary.already_done = summary.items - len(todo)
-    log(f"run {run.run_id} ({'new' if summary.new_run else 'resumed'}): {summary.items} judgements, "
-        f"{summary.already_done} already done, {len(todo)} to judge")
-    t_judge = time.monotonic()
-    _judge_todo(store, run.run_id, judge, [by_key[k] for k in todo], todo, chunk_size, summary, progress, log)
-    judging_s = time.monotonic() - t_judge
-    summary.remaining = summary.items - len(store.done_keys(run.run_id, run.judge))
-    return judging_s
-
-
-def _judge_todo(store: RunStore, run_id: int, judge: Any, items: list[JudgeItem], keys: list[str], chunk_size: int,
-                summary: EvaluateSummary, progress: Progress, log: Callable[[str], None]) -> None:
-    """Judge `items` a chunk at a time; Ctrl-C stops cleanly (every stored verdict stays)."""
-    progress.start(total=summary.items, done=summary.already_done)
-    try:
-        for start in range(0, len(items), chunk_size):
-            end = start + chunk_size
-            _judge_chunk(store, run_id, judge, items[start:end], keys[start:end], summary, progress, log)
-    except KeyboardInterrupt:
-        summary.interrupted = True
-        log("interrupted: every verdict so far is saved; run the same command again to resume")
-    finally:
-        progress.stop()
-
-
 def _is_loader(judge: Any) -> bool:
     return not hasattr(judge, "judge_many")
+
+
+def _worker_judge(judge: Any, executor: Any) -> Callable[[], Any]:
+    """What a worker calls for its judge: on the executor the JudgeLoader's picklable `load`; else
+    the judge loaded here (a loader is left unloaded only when nothing is left to judge)."""
+    if executor is not None:
+        return judge.load
+    return judge if _is_loader(judge) else lambda: judge
 
 
 def _finished_run(db: str | Path, request: str, keys: Sequence[str]) -> Run | None:
@@ -520,50 +486,6 @@ def _store_jobs(store: RunStore, run_id: int, records: Sequence[PreparedRecord])
             ])
 
 
-def _judge_chunk(
-    store: RunStore,
-    run_id: int,
-    judge: Any,
-    items: list[JudgeItem],
-    keys: list[str],
-    summary: EvaluateSummary,
-    progress: Progress,
-    log: Callable[[str], None],
-) -> None:
-    written: set[int] = set()
-
-    def on_verdict(index: int, verdict: Verdict) -> None:
-        if index in written:
-            return
-        verdict.judge = verdict.judge or judge.name
-        store.write_verdict(run_id, keys[index], verdict)
-        written.add(index)
-        if verdict.error:
-            summary.failed += 1
-        else:
-            summary.judged += 1
-        progress.advance(1)
-
-    try:
-        verdicts = judge.judge_many(items, on_verdict=on_verdict)
-    except KeyboardInterrupt:
-        raise
-    except Exception as e:  # one failing call must not end an hours-long run
-        message = f"{type(e).__name__}: {e}"
-        log(f"a batch of {len(items)} failed ({message}); recorded as errors, the run goes on")
-        for index, item in enumerate(items):
-            if index not in written:
-                on_verdict(index, error_verdict(item, message, judge=judge.name))
-        return
-    # Engines that do not call on_verdict for every item still get every verdict stored.
-    for index, verdict in enumerate(verdicts):
-        if index not in written:
-            on_verdict(index, verdict)
-
-
-# -- judging on the executor (local worker threads, or Ray Data actors) --------------------------
-
-
 def _check_executor(judge: Any, executor: Any) -> None:
     """Before anything is read or written: the judge can travel to workers, and the cluster answers
     (no Ray installed, a bad address → `EvaluateError`)."""
@@ -579,20 +501,23 @@ def _check_executor(judge: Any, executor: Any) -> None:
             raise EvaluateError(str(e)) from None
 
 
-class _ExecutorDriver:
-    """The driver's side of a run on the executor: the only writer of the store.
+class _Driver:
+    """Step 4 of the module doc, for every run — the judge loaded here or on workers, local or on
+    Ray: the one place that opens or resumes the run, stores the jobs, writes each verdict the
+    moment it arrives (the only writer of the store), counts the summary, reports progress and
+    turns Ctrl-C into a clean stop.
 
-    The driver never loads the judge, so it learns the run's configuration from the workers: a run
-    this request opened before is resumed at once (its configuration must then equal the
-    workers'); otherwise the run is opened when the first verdicts arrive, from the configuration
-    their rows carry. Each verdict is written once: a key the run already holds, or one this
-    session already wrote (a retried batch delivers its results again), is skipped — unless the
-    earlier one was an error and this one is not."""
+    A driver whose workers load the judge learns the run's configuration from them: a run this
+    request opened before is resumed at once (its configuration must then equal the workers');
+    otherwise the run is opened when the first verdicts arrive, from the configuration their rows
+    carry. Each verdict is written once: a key the run already holds, or one this session already
+    wrote (a retried batch delivers its results again), is skipped — unless the earlier one was an
+    error and this one is not."""
 
-    def __init__(self, store: RunStore, request: str, records: Sequence[PreparedRecord], new_run: bool,
-                 summary: EvaluateSummary, progress: Progress) -> None:
-        self.store, self.request, self.records, self.new_run = store, request, records, new_run
-        self.summary, self.progress = summary, progress
+    def __init__(self, store: RunStore, request: str | None, expansion: Expansion, by_key: dict[str, JudgeItem],
+                 new_run: bool, summary: EvaluateSummary, progress: Progress, log: Callable[[str], None]) -> None:
+        self.store, self.request, self.expansion, self.by_key = store, request, expansion, by_key
+        self.new_run, self.summary, self.progress, self.log = new_run, summary, progress, log
         self.run: Run | None = None
         self.done: set[str] = set()
         self.written: dict[str, bool] = {}  # key → that verdict was an error
@@ -600,10 +525,12 @@ class _ExecutorDriver:
     def resume(self, run: Run) -> None:
         self.run = run
         self.summary.run_id, self.summary.judge = run.run_id, run.judge
-        _store_jobs(self.store, run.run_id, self.records)
+        _store_jobs(self.store, run.run_id, self.expansion.records)
         self.done = self.store.done_keys(run.run_id, run.judge)
 
     def open(self, config: Mapping[str, Any]) -> None:
+        """The run of `config`: resumed or new (a different configuration is refused unless
+        `new_run`); with a run already open, `config` must be its configuration."""
         if self.run is not None:
             if config_hash(dict(config)) != self.run.config_hash:
                 raise EvaluateError(f"the workers' judge configuration differs from run {self.run.run_id}'s (a "
@@ -613,9 +540,60 @@ class _ExecutorDriver:
             run, created = self.store.open_run(str(config["judge"]), dict(config), new_run=self.new_run)
         except StoreError as e:
             raise EvaluateError(str(e)) from None
-        self.store.remember_request(self.request, run.run_id)
+        if self.request is not None:
+            self.store.remember_request(self.request, run.run_id)
         self.summary.new_run = created
         self.resume(run)
+
+    def judge(self, worker: JudgingWorker, executor: Any, chunk_size: int) -> float:
+        """Judge what the run lacks on `executor` (None: one local worker thread), answer by answer
+        (one answer's criteria in one batch, for prefix sharing), about `chunk_size` judgements a
+        batch; returns the judging time."""
+        summary = self.summary
+        summary.jobs = sum(len(rec.items) for rec in self.expansion.records)
+        summary.items = len(self.by_key)
+        todo = {k for k in self.by_key if k not in self.done}
+        summary.already_done = summary.items - len(todo)
+        rows = answer_rows(_pending_by_answer(self.expansion.records, self.by_key, todo))
+        self.log(f"{self._where(executor)}: {summary.items} judgements, {summary.already_done} already done, "
+                 f"{len(todo)} to judge")
+        options = replace(executor or ExecutorOptions(), batch_size=answers_per_batch(rows, chunk_size))
+        t_judge = time.monotonic()
+        self.progress.start(total=summary.items, done=summary.already_done)
+        parts = map_batches(rows, worker, options) if rows else iter(())
+        try:
+            for part in parts:
+                self.take(part)
+        except KeyboardInterrupt:
+            summary.interrupted = True
+            self.log("interrupted: every verdict so far is saved; run the same command again to resume")
+        except ExecutorError as e:
+            raise EvaluateError(f"{e} (every verdict so far is saved; run the same command again to resume)") from None
+        finally:
+            getattr(parts, "close", lambda: None)()  # stops the workers at once, also on Ctrl-C
+            self.progress.stop()
+        judging_s = time.monotonic() - t_judge
+        run = self.run
+        summary.remaining = summary.items - (len(self.store.done_keys(run.run_id, run.judge)) if run else 0)
+        return judging_s
+
+    def _where(self, executor: Any) -> str:
+        run = self.run
+        what = f"run {run.run_id} ({'new' if self.summary.new_run else 'resumed'})" if run else "a run"
+        if executor is None:
+            return f"{what}, judged in this process"
+        where = f"Ray ({executor.ray})" if executor.ray else "local worker threads"
+        return f"{what} on {where}, {executor.workers} worker(s)"
+
+    def take(self, part: list[Row]) -> None:
+        """A part of a batch's results, as the executor hands it over: each verdict stored now."""
+        config = next((row["config"] for row in part if "config" in row), None)
+        if config is not None:
+            self.open(config)
+        for row in part:
+            if "failure" in row:
+                self.log(row["failure"])
+            self.write(row["key"], verdict_of(row))
 
     def write(self, key: str, verdict: Verdict) -> None:
         if self.run is None:
@@ -633,50 +611,6 @@ class _ExecutorDriver:
             self.summary.failed -= 1
         else:
             self.progress.advance(1)
-
-
-def _evaluate_on_executor(db: str | Path, loader: JudgeLoader, request: str, executor: Any, expansion: Expansion,
-                          by_key: dict[str, JudgeItem], new_run: bool, chunk_size: int, summary: EvaluateSummary,
-                          progress: Progress, log: Callable[[str], None], t0: float) -> EvaluateSummary:
-    """`evaluate` on `pollux.executor.map_batches`: pending jobs grouped by answer (one answer's
-    criteria in one batch, for prefix sharing), about `chunk_size` judgements a batch; verdicts
-    stream back and are written here, the moment they arrive."""
-    import dataclasses
-
-    with RunStore(db) as store:
-        driver = _ExecutorDriver(store, request, expansion.records, new_run, summary, progress)
-        found = None if new_run else store.run_for_request(request)
-        if found is not None:
-            driver.resume(found)
-        summary.jobs = sum(len(rec.items) for rec in expansion.records)
-        summary.items = len(by_key)
-        todo = {k for k in by_key if k not in driver.done}
-        summary.already_done = summary.items - len(todo)
-        rows = answer_rows(_pending_by_answer(expansion.records, by_key, todo))
-        where = f"Ray ({executor.ray})" if executor.ray else "local worker threads"
-        log(f"{'run ' + str(found.run_id) + ' (resumed)' if found else 'a run'} on {where}, {executor.workers} "
-            f"worker(s): {summary.items} judgements, {summary.already_done} already done, {len(todo)} to judge")
-        options = dataclasses.replace(executor, batch_size=answers_per_batch(rows, chunk_size))
-        t_judge = time.monotonic()
-        progress.start(total=summary.items, done=summary.already_done)
-        try:
-            for batch in map_batches(rows, JudgingWorker(loader.load), options) if rows else ():
-                config = next((row["config"] for row in batch if "config" in row), None)
-                if config is not None:
-                    driver.open(config)
-                for row in batch:
-                    driver.write(row["key"], verdict_of(row))
-        except KeyboardInterrupt:
-            summary.interrupted = True
-            log("interrupted: every verdict so far is saved; run the same command again to resume")
-        except ExecutorError as e:
-            raise EvaluateError(f"{e} (every verdict so far is saved; run the same command again to resume)") from None
-        finally:
-            progress.stop()
-        judging_s = time.monotonic() - t_judge
-        run = driver.run
-        summary.remaining = summary.items - (len(store.done_keys(run.run_id, run.judge)) if run else 0)
-    return _finish(summary, t0, judging_s)
 
 
 def _pending_by_answer(records: Sequence[PreparedRecord], by_key: Mapping[str, JudgeItem],

@@ -7,13 +7,16 @@ and judges batch after batch. Rows are plain JSON:
 
 * in: one row per *answer* — `{"key": first job key, "jobs": [{"key": item key, "item": JudgeItem}]}` —
   so the criteria of one answer stay in one batch and the engine shares their prompt prefix;
-* out: one row per judgement — `{"key": item key, "verdict": Verdict}`; the first row of every
-  result batch also carries `"config"`, the worker's `run_config`, which is how a
-  driver that never loads the weights learns the run's configuration.
+* out: one row per judgement — `{"key": item key, "verdict": Verdict}` — emitted the moment the
+  engine reports the verdict (the worker is `Streaming`); the first row of every batch also
+  carries `"config"`, the worker's `run_config`, which is how a driver that never loads the
+  weights learns the run's configuration.
 
-A judge call that raises becomes error verdicts for its items (as in the local loop: the run goes
-on, a resume retries them); a judge that cannot load, or a worker process that dies, is the
-executor's business (a clear `ExecutorError`, or the batch retried on a fresh worker).
+`pollux evaluate` without `--ray` takes the same road: one local worker thread, wrapping the judge
+this process loaded. A judge call that raises becomes error verdicts for the items it did not
+finish (the run goes on, a resume retries them; the first such row carries `"failure"`, which the
+driver logs); a judge that cannot load, or a worker process that dies, is the executor's business
+(a clear `ExecutorError`, or the batch retried on a fresh worker).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pollux.engine.registry import CommonOptions
-from pollux.executor import BatchFn, Row
+from pollux.executor import Emit, Row, Streaming
 from pollux.records import JudgeItem
 from pollux.verdicts import Verdict, error_verdict
 
@@ -45,28 +48,39 @@ class JudgeFactory:
 
 @dataclass(frozen=True)
 class JudgingWorker:
-    """The executor's worker factory: `load` (picklable, e.g. a `JudgeFactory`) → a batch function."""
+    """The executor's worker factory: `load` (picklable, e.g. a `JudgeFactory`; or, for a judge this
+    process already loaded, a function returning it) → a `Streaming` worker that emits one result
+    row per verdict the moment the engine reports it (locally, so the driver stores each verdict
+    at once; on Ray a batch's rows travel back together)."""
 
     load: Callable[[], Any]
 
-    def __call__(self) -> BatchFn:
+    def __call__(self) -> Streaming:
         judge = self.load()
         config = run_config(judge)
 
-        def run(rows: list[Row]) -> list[Row]:
+        def run(rows: list[Row], emit: Emit) -> None:
             jobs = [job for row in rows for job in row["jobs"]]
-            out = [{"key": job["key"], "verdict": verdict.to_dict()}
-                   for job, verdict in zip(jobs, judge_jobs(judge, jobs), strict=True)]
-            if out:
-                out[0]["config"] = config
-            return out
+            first = True
 
-        return run
+            def send(index: int, verdict: Verdict, failure: str | None) -> None:
+                nonlocal first
+                out: Row = {"key": jobs[index]["key"], "verdict": verdict.to_dict()}
+                if first:  # the batch's first row tells a driver that never loaded the judge its run
+                    out["config"], first = config, False
+                if failure is not None:
+                    out["failure"] = failure
+                emit([out])
+
+            judge_jobs(judge, jobs, send)
+
+        return Streaming(run)
 
 
 def run_config(judge: Any) -> dict[str, Any]:
     """What makes a run's verdicts what they are; resuming requires the same. Here, not in
-    `pollux.evaluate` (which uses it too): the workers compute it, and evaluate imports this module."""
+    `pollux.evaluate` (which uses it too): the workers compute it, and evaluate imports this module
+    (never the reverse: no import cycle)."""
     from pollux import __version__
 
     return {
@@ -77,17 +91,29 @@ def run_config(judge: Any) -> dict[str, Any]:
     }
 
 
-def judge_jobs(judge: Any, jobs: list[Row]) -> list[Verdict]:
-    """One engine call for the jobs of a batch; a call that raises gives an error verdict per item."""
+def judge_jobs(judge: Any, jobs: list[Row], send: Callable[[int, Verdict, str | None], None]) -> None:
+    """One engine call for the jobs of a batch; `send(index, verdict, failure)` once per job, as the
+    engine reports each verdict. A call that raises gives an error verdict for each job it did not
+    finish, the first of them sent with `failure` (what the call raised) for the driver's log."""
     items = [JudgeItem.from_dict(job["item"], where=f"job {job['key']}") for job in jobs]
-    try:
-        verdicts = judge.judge_many(items)
-    except Exception as exc:  # as the local loop does: record it, the run goes on, a resume retries
-        message = f"{type(exc).__name__}: {exc}"
-        verdicts = [error_verdict(item, message, judge=judge.name) for item in items]
-    for verdict in verdicts:
+    sent: set[int] = set()
+    failure: list[str] = []
+
+    def deliver(index: int, verdict: Verdict) -> None:
+        if index in sent:
+            return
+        sent.add(index)
         verdict.judge = verdict.judge or judge.name
-    return verdicts
+        send(index, verdict, failure.pop() if failure else None)
+
+    try:
+        verdicts = judge.judge_many(items, on_verdict=deliver)
+    except Exception as exc:  # as ever: record it, the run goes on, a resume retries
+        message = f"{type(exc).__name__}: {exc}"
+        failure.append(f"a batch of {len(items)} failed ({message}); recorded as errors, the run goes on")
+        verdicts = [error_verdict(item, message, judge=judge.name) for item in items]
+    for index, verdict in enumerate(verdicts):  # engines that do not call on_verdict for every item
+        deliver(index, verdict)
 
 
 def answer_rows(answers: Iterable[list[tuple[str, JudgeItem]]]) -> list[Row]:
