@@ -122,6 +122,24 @@ def test_f16_matches_the_in_process_engine(peaked_judge: Path, f16: Path) -> Non
     assert "[RESULT]" in got[0].raw_text  # the peaked judge writes its trained format
 
 
+def test_score_only_matches_the_in_process_engine(peaked_judge: Path, f16: Path) -> None:
+    """max_new_tokens=0 (score-only, issue 21 item 3): no text; the head reads the prompt's last
+    token, as the in-process engine does — with prefix reuse on, in any item order."""
+    from pollux.engine.hf import TransformersEngine
+
+    sampling = SamplingParams(max_new_tokens=0, temperature=0)
+    reference = TransformersEngine.from_pretrained(str(peaked_judge), dtype="float32", device="cpu",
+                                                   sampling=sampling).judge_many(items())
+    engine = gguf_engine(f16, sampling=sampling)
+    got = engine.judge_many(items())
+    assert all(v.error is None and v.raw_text == "" and v.completion_tokens == 0 for v in got), got[0]
+    deltas = [abs(a.head_score - b.head_score) for a, b in zip(reference, got, strict=True)]
+    print(f"gguf f16 vs in-process, score-only: max |Δscore| {max(deltas):.2e}")
+    assert max(deltas) <= 1e-2
+    assert engine.stats["decode_steps"] == 0 and engine.stats["head_reads"] == len(got)
+    assert engine.stats["prompt_tokens_evaluated"] < 0.5 * engine.stats["prompt_tokens"]
+
+
 def test_prefix_reuse_evaluates_each_answers_prefix_once_with_the_same_verdicts(f16: Path) -> None:
     shared, whole = gguf_engine(f16), gguf_engine(f16, share_prefix=False)
     a, b = shared.judge_many(items()), whole.judge_many(items())

@@ -294,9 +294,13 @@ class GGUFEngine:
     def decode(self, ids: list[int], max_new: int, sampling: SamplingParams,
                rng: np.random.Generator | None) -> tuple[list[int], str, float | None]:
         """Evaluate the prompt `ids` (prefix reuse) and decode up to `max_new` tokens (which the
-        caller has capped by the context); the head's score is read after the last one."""
+        caller has capped by the context); the head's score is read after the last one, or at the
+        prompt's last token when `max_new` is 0 (score-only)."""
         from pollux.engine.sampling import stop_reason
 
+        if max_new == 0:  # score-only: the head reads the prompt's last token, fed with embeddings on
+            self._eval_prompt(ids[:-1])
+            return [], "length", self._head_score(ids[-1])
         self._eval_prompt(ids)
         seen = set(ids) if sampling.repetition_penalty != 1.0 else None
         generated: list[int] = []
