@@ -25,16 +25,20 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
-from scipy import stats
 
 # Elements (resamples × rows) per block: ~1 MB of float64, so the passes over a block's rows
 # (gather, cumulative sum, product, group sums) run in the CPU cache.
 CHUNK_ELEMENTS = 131_072
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def resample_counts(n_answers: int, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
@@ -106,18 +110,29 @@ def _chunks(n_resamples: int, n_rows: int) -> Iterator[slice]:
         yield slice(lo, min(lo + step, n_resamples))
 
 
-def _parallel(work: Callable[[slice], None], n_resamples: int, n_rows: int) -> None:
-    """Run `work` over chunks of resamples on a few threads (numpy releases the GIL)."""
-    chunks = list(_chunks(n_resamples, n_rows))
-    workers = min(len(chunks), os.cpu_count() or 1, 4)
+def _workers(n_tasks: int) -> int:
+    """Threads for `n_tasks`: one inside a pool thread already (the outer level keeps the cores
+    busy, and a pool thread waiting on its own pool could deadlock), else up to 4 or the CPUs."""
+    if threading.current_thread().name.startswith(_THREAD_PREFIX):
+        return 1
+    return min(n_tasks, os.cpu_count() or 1, 4)
+
+
+def map_parallel(work: Callable[[T], R], tasks: Sequence[T]) -> Iterator[R]:
+    """`work` over `tasks` on a few threads (numpy releases the GIL), results in task order."""
+    workers = _workers(len(tasks))
     if workers <= 1:
-        for sl in chunks:
-            work(sl)
-        return
-    list(_pool(workers).map(work, chunks))
+        return map(work, tasks)
+    return _pool(workers).map(work, tasks)
+
+
+def _parallel(work: Callable[[slice], None], n_resamples: int, n_rows: int) -> None:
+    """Run `work` over chunks of resamples on a few threads."""
+    list(map_parallel(work, list(_chunks(n_resamples, n_rows))))
 
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
+_THREAD_PREFIX = "pollux-bootstrap"
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
@@ -125,7 +140,7 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     and criterion group (~50 times on POLLUX), and starting fresh threads each time cost more than
     some of the chunks themselves."""
     if workers not in _POOLS:
-        _POOLS[workers] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pollux-bootstrap")
+        _POOLS[workers] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=_THREAD_PREFIX)
     return _POOLS[workers]
 
 
@@ -277,6 +292,8 @@ def mean_resampled(values: np.ndarray, answer: np.ndarray, counts: np.ndarray) -
 
 def kendall_resampled(x: np.ndarray, y: np.ndarray, answer: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Kendall's tau-b in each resample: one scipy call per resample (slow; opt-in)."""
+    from scipy import stats
+
     out = np.empty(counts.shape[0])
     for b in range(counts.shape[0]):
         reps = counts[b, answer].astype(np.int64)

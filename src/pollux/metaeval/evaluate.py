@@ -475,18 +475,25 @@ def _bootstrap(values: dict[str, np.ndarray], expert: np.ndarray, annotations: n
     One resample set per LLM, shared by every criterion group: a group's rows are some rows of
     the same answers, so a group's resample is the whole resample restricted to that group (the
     answers a resample draws are the same in every table, and the count matrix and what Spearman
-    derives from it are made once per LLM instead of once per LLM and group). Only one LLM's
-    matrices exist at a time: on POLLUX they are ~150 MB per LLM, and touching fresh memory cost
-    more than the arithmetic when all seven were kept."""
+    derives from it are made once per LLM instead of once per LLM and group). LLMs run on a few
+    threads (`bs.map_parallel`: the heavy steps are numpy calls that release the GIL, and one
+    LLM's steps alone left a core idle); only that many LLMs' matrices exist at a time: on POLLUX
+    they are ~150 MB per LLM, and touching fresh memory cost more than the arithmetic when all
+    seven were kept."""
     out: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
     if not n_bootstrap:
         return out
+
+    def one_llm(m: str) -> dict[tuple[str, str, str], dict[str, np.ndarray]]:
+        mine: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
+        counts = _bootstrap_llm(mine, m, answers[m], values, expert, annotations, answer, rows_of, judges,
+                                n_bootstrap, seed, slow)
+        _task_group_means(mine, m, answers[m], values, expert, answer, task_rows_of or {}, counts)
+        return mine
+
     with bs.one_blas_thread():
-        for m, ans_ids in answers.items():
-            if ans_ids.size:
-                counts = _bootstrap_llm(out, m, ans_ids, values, expert, annotations, answer, rows_of, judges,
-                                        n_bootstrap, seed, slow)
-                _task_group_means(out, m, ans_ids, values, expert, answer, task_rows_of or {}, counts)
+        for mine in bs.map_parallel(one_llm, [m for m, ids in answers.items() if ids.size]):
+            out.update(mine)
     return out
 
 
