@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from pollux.metaeval import bootstrap as bs
 from pollux.metaeval.scores import round_half_away
@@ -120,6 +119,8 @@ def length_bias(values: dict[str, np.ndarray], expert: np.ndarray, length: np.nd
         ok = rows & np.isfinite(v) & np.isfinite(expert)
         rho = np.full((3, 3), np.nan)
         if ok.sum() > 2:  # Spearman = Pearson of average ranks; a constant column gives NaN, not an error
+            from scipy import stats
+
             ranks = np.vstack([stats.rankdata(c) for c in (v[ok], expert[ok], length[ok])])
             with np.errstate(invalid="ignore", divide="ignore"):
                 rho = np.corrcoef(ranks)
@@ -139,6 +140,8 @@ def rank_agreement(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray
     items), vectorised over rows; NaN for a row with a NaN or a constant side."""
     bad = ~(np.isfinite(a).all(axis=1) & np.isfinite(b).all(axis=1))
     a, b = np.where(bad[:, None], 0.0, a), np.where(bad[:, None], 0.0, b)
+    from scipy import stats
+
     ra, rb = stats.rankdata(a, axis=1), stats.rankdata(b, axis=1)
     ra, rb = ra - ra.mean(axis=1, keepdims=True), rb - rb.mean(axis=1, keepdims=True)
     i, j = np.triu_indices(a.shape[1], 1)
