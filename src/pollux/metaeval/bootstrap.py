@@ -203,11 +203,14 @@ def _cross_few_y(tx: _Ties, gy_row: np.ndarray, n_gy: int, answer: np.ndarray,
     """Spearman's cross term Σ w·rx·ry, Σ(t³ − t) over x's ties and the y groups' weights, for
     an x with many distinct values and a y with few (`gy_row`: each row's y group).
 
-    A row alone in its x value has rank rx_i = cum_i − (w_i − 1)/2 (cum inclusive, x order); rows
-    that tie in x (usually few) get their group's rank as a correction. Everything is in float64:
-    counts, running sums and their products are (half-)integers far below 2**53, so every sum is
-    exact (a float32 matrix product was off by ~3e-7 in rho at POLLUX's size). No matrix product
-    runs per block: thousands of tiny BLAS calls cost more in waking BLAS threads than in work."""
+    A row alone in its x value has rank rx_i = cum_i − (w_i − 1)/2 (cum inclusive, x order). Per
+    block of resamples the rows are touched by a gather, a cumulative sum, a product and one
+    product with a (rows × y groups) one-hot matrix (BLAS on one thread, `one_blas_thread`);
+    Σ w(w − 1)/2 over a y group's untied rows depends on the answer only (a small product with
+    the counts), and rows that tie in x (usually few) swap w·cum for w·(their group's rank).
+    Everything is in float64: counts, running sums and their products are (half-)integers far
+    below 2**53, so every sum is exact in any order (a float32 matrix product was off by ~3e-7
+    in rho at POLLUX's size)."""
     n, a_count, b_count = tx.order.size, counts.shape[1], counts.shape[0]
     ans_sorted = answer[tx.order]
     gy_sorted = gy_row[tx.order]
@@ -220,25 +223,29 @@ def _cross_few_y(tx: _Ties, gy_row: np.ndarray, n_gy: int, answer: np.ndarray,
     single = np.bincount(ans_sorted[size[tx.group] == 1], minlength=a_count).astype(float)
     t = np.empty((b_count, n_gy))
     ties_x = np.empty(b_count)
-    step = max(1, CHUNK_ELEMENTS // max(n, 1))
-    cells = (np.arange(step)[:, None] * n_gy + gy_sorted).ravel()  # (resample in block, y group) per row
+    untied = size[tx.group] == 1
+    onehot = np.zeros((n, n_gy))
+    onehot[np.arange(n), gy_sorted] = 1.0
+    # Σ over a y group's untied rows of w(w − 1)/2: it depends on the answer only
+    tied_onehot = onehot[tied_rows]
+    untied_pairs = _per_answer(ans_sorted[untied], gy_sorted[untied], a_count, n_gy) / 2
 
     def cross(sl: slice) -> None:
         c = counts[sl]
+        t[sl] = (c - c * c) @ untied_pairs
         ties_x[sl] = ((c * c - 1) * c) @ single  # a row drawn k times: a tie of size k
         w = np.take(c, ans_sorted, axis=1)
         rank = np.cumsum(w, axis=1)
         if tied_rows.size:
-            end = rank[:, t_end]
-            before = rank[:, t_start] - w[:, t_start]  # weight before the group
+            end = np.take(rank, t_end, axis=1)
+            before = np.take(rank, t_start, axis=1) - np.take(w, t_start, axis=1)  # weight before the group
             wg = end - before
-            ties_x[sl] += ((wg * wg - 1) * wg).sum(axis=1)  # (not wg**3: a float power is a pow() call)
-        rank -= (w - 1) / 2  # untied rows' average rank
-        if tied_rows.size:
-            rank[:, tied_rows] = ((before + end + 1) / 2)[:, tied_local]
+            ties_x[sl] += ((wg * wg - 1) * wg).sum(axis=1)
+            group_rank = np.take((before + end + 1) / 2, tied_local, axis=1)
+            w_t = np.take(w, tied_rows, axis=1)
+            t[sl] += (w_t * (group_rank - np.take(rank, tied_rows, axis=1))) @ tied_onehot
         rank *= w
-        k = sl.stop - sl.start
-        t[sl] = np.bincount(cells[: k * n], weights=rank.ravel(), minlength=k * n_gy).reshape(k, n_gy)
+        t[sl] += rank @ onehot
 
     _parallel(cross, b_count, n)
     return (t * _group_ranks(wgy)).sum(axis=1), ties_x, wgy
