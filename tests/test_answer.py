@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pandas as pd
 from typer.testing import CliRunner
 
 from pollux.answer import split_reasoning
@@ -205,7 +206,8 @@ def test_bench_chains_answer_evaluate_report_beside_other_models_and_resumes(tin
                                          ensure_ascii=False) + "\n" for i in range(2) for m in ("alpha", "beta")),
                       encoding="utf-8")
     args = ["bench", str(ins), "-m", "openai:fake-llm", "-j", str(tiny_judge_path), "--dir", str(tmp_path / "b"),
-            "--beside", str(others), "-J", "device=cpu", "-J", "dtype=float32", "-J", "max_new_tokens=4"]
+            "--beside", str(others), "-J", "device=cpu", "-J", "dtype=float32", "-J", "max_new_tokens=4",
+            "--beside-experts", str(Path(__file__).resolve().parents[1] / "examples" / "expert_annotations.jsonl")]
     with FakeServer() as server:
         first = CliRunner().invoke(app, [*args, "-M", f"base_url={server.url}", "-M", "max_new_tokens=32"])
         asked = served(server)
@@ -216,3 +218,5 @@ def test_bench_chains_answer_evaluate_report_beside_other_models_and_resumes(tin
     assert {r["model_id"] for r in one["report"]["leaderboard"]} == {"fake-llm", "alpha", "beta"}
     assert one["evaluate"]["judged"] == one["evaluate"]["items"] > 0
     assert (two["answer"]["asked"], two["answer"]["stored_before"], two["evaluate"]["judged"]) == (0, 2, 0)
+    board = pd.read_csv(tmp_path / "b" / "report" / "beside_leaderboard.csv")  # --beside-experts reached report
+    assert {"judged", "experts"} == set(board["kind"]) and "fake-llm" in set(board["model_id"])

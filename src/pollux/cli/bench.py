@@ -36,6 +36,10 @@ def bench_command(
     criteria: Path | None = typer.Option(None, "--criteria", help="A criteria file for rows that name none."),
     beside: list[Path] | None = typer.Option(None, "--beside", help="Other answer files to judge and report beside "
                                              "the model's (other models' answers). Repeatable."),
+    beside_experts: Path | None = typer.Option(None, "--beside-experts", help="An expert-scored file to rank the "
+                                               "model beside (as for `pollux report`)."),
+    judge_prices: Path | None = typer.Option(None, "--judge-prices", help="The judge's price table, for the "
+                                             "report's cost per 1000 judgements (`pollux report --prices`)."),
 ) -> None:
     """Answer the instructions with --model, judge the answers (and --beside files) with --judge, and
     write the report; prints {"answer": …, "evaluate": …, "report": …}. Exit: the first failing step's."""
@@ -48,7 +52,8 @@ def bench_command(
         ("evaluate", ["evaluate", str(answers), *map(str, beside or []), "--judge", judge,
                       "--db", str(out_dir / "run.db"), "--no-progress", *_given("--criteria", criteria),
                       *_pairs(judge_option)]),
-        ("report", ["report", str(out_dir / "run.db"), "--out", str(out_dir / "report")]),
+        ("report", ["report", str(out_dir / "run.db"), "--out", str(out_dir / "report"),
+                    *_given("--beside-experts", beside_experts), *_given("--prices", judge_prices)]),
     ]
     results: dict[str, Any] = {}
     failed = 0
