@@ -68,7 +68,7 @@ def main() -> None:
 [run]
 dir = "run"
 [models.teacher]
-model = "teacher"
+model = "openai:teacher"
 base_url = "{server.url}"
 concurrency = {args.concurrency}
 [instructions]
