@@ -4,6 +4,8 @@ which a pairwise `pollux compare --judge openai:… --base-url` talks to)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -66,3 +68,13 @@ def test_serve_with_the_side_by_side_template_judges_pairs(tiny_generative_path:
     assert verdict.error is None, (verdict.error, (tmp_path / "serve.log").read_text(errors="replace")[-2000:])
     assert verdict.finish_reason == "length" and verdict.completion_tokens == 4
     assert pointwise.status_code == 400 and "### Ответ 2 для оценки:" in pointwise.json()["error"]["message"]
+
+
+def test_serve_refuses_a_regression_judge_with_the_side_by_side_template(tiny_judge_path: Path) -> None:
+    """A `-r` head scores one answer on a rubric: it has no output for "which of two is better", so a
+    side-by-side server of it is refused at start, with the reason (as `pollux compare` refuses it)."""
+    proc = subprocess.run([sys.executable, "-m", "pollux.cli", "serve", "--model", str(tiny_judge_path),
+                           "--template", "pollux-4b-sbs", "--port", str(free_port()), "--device", "cpu"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "regression judge" in proc.stderr and "pairwise" in proc.stderr

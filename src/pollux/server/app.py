@@ -46,6 +46,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from pollux.pairwise import check_generative
 from pollux.server.batcher import MicroBatcher
 from pollux.server.bodies import ApiError, request_schemas
 from pollux.server.metrics import Metrics
@@ -72,6 +73,8 @@ def error_response(status: int, message: str, type_: str = "invalid_request_erro
 def create_app(judge: Any, config: ServerConfig) -> FastAPI:
     """An app serving `judge` (anything with `judge_many`, normally a `pollux.judge.Judge`)."""
     config.models()  # a reply format that does not exist fails here, not at the first request
+    if "{answer_2}" in config.template.text:  # side by side: a regression head has no pairwise output
+        check_generative(judge)
     state = Served(judge=judge, config=config, patterns=prompt_patterns(config.template), metrics=Metrics(
         depth=lambda: state.batcher.depth if state.batcher else 0,
         in_flight=lambda: state.batcher.in_flight if state.batcher else 0,
