@@ -678,14 +678,19 @@ def _expert_frame(name: str, table: pd.DataFrame, rows: _Rows, keep: Sequence[st
     scales = [rows.scales.get(r) for r in rubrics.tolist()]
     frame["scale_min"] = np.array([math.nan if s is None else s.min for s in scales], dtype=float)[codes]
     frame["scale_max"] = np.array([math.nan if s is None else s.max for s in scales], dtype=float)[codes]
-    groups = table["criteria_group"].iloc[rows.kept]
-    frame["group"] = _groups(groups.astype(object).where(groups.notna(), None).tolist(), frame["criteria_name"])
+    frame["group"] = _groups(table["criteria_group"].iloc[rows.kept], frame["criteria_name"])
     return frame
 
 
-def _groups(labels: list[Any], criteria: pd.Series) -> list[str]:
-    """Each row's criterion group: its `criteria_group` label, else the taxonomy's, else unknown."""
-    canonical = {g: canonical_group(g) for g in set(labels) if g not in (None, "")}
-    explicit = [canonical.get(g) if g not in (None, "") else None for g in labels]
-    looked_up = criterion_groups(criteria.unique()) if None in explicit else {}
-    return [g if g is not None else looked_up.get(c, UNKNOWN) for g, c in zip(explicit, criteria, strict=True)]
+def _groups(labels: pd.Series, criteria: pd.Series) -> np.ndarray:
+    """Each row's criterion group: its `criteria_group` label, else (none, or "") the taxonomy's,
+    else unknown. Each distinct label and criterion is looked at once, not each row."""
+    codes, uniques = pd.factorize(labels)  # a missing label: code -1, the None appended below
+    named = np.array([canonical_group(g) if g != "" else None for g in uniques.tolist()] + [None], dtype=object)
+    out = named[codes]
+    unlabelled = np.flatnonzero(pd.isna(out))
+    if unlabelled.size:
+        c_codes, names = pd.factorize(criteria.iloc[unlabelled])
+        looked_up = criterion_groups(names.tolist())
+        out[unlabelled] = np.array([looked_up.get(c, UNKNOWN) for c in names.tolist()], dtype=object)[c_codes]
+    return out
