@@ -288,10 +288,9 @@ def _summary(db: str | Path, info: Any, agg: Aggregation, gates: str, out_of_sca
     }
 
 
-def _render_html(agg: Aggregation, summary: dict[str, Any], title: str, n_resamples: int = 1000) -> str:
+def _charts(agg: Aggregation, models: list[str], groups: list[str]) -> dict[str, str]:
+    """The report's SVG charts: grand means, task groups, the criterion heatmap, score histograms."""
     board = agg.leaderboard
-    models = board["model_id"].tolist()
-    groups = sorted(agg.by_group["task_group"].unique().tolist())
     grand = {m: _clean(v) for m, v in zip(board["model_id"], board["grand_mean"], strict=True)}
     group_table = {g: {r["model_id"]: _clean(r["mean"]) for _, r in agg.by_group[agg.by_group["task_group"] == g].iterrows()}
                    for g in groups}
@@ -300,28 +299,39 @@ def _render_html(agg: Aggregation, summary: dict[str, Any], title: str, n_resamp
               for c in matrix_df.index}
     counted = agg.scores[agg.scores["counted"]]
     samples = {m: counted.loc[counted["model_id"] == m, "norm_score"].dropna().tolist() for m in models}
-
-    charts = {
+    return {
         "leaderboard": svg.hbar_chart(grand, title="Grand mean per model"),
         "groups": svg.grouped_bars(group_table, models, title="Mean per task group"),
         "heatmap": svg.heatmap(matrix, models, title="Criterion × model"),
         "distribution": svg.histograms(samples, title="Distribution of normalised scores"),
         "legend": svg.legend(models),
     }
-    # Texts are stored once per answer (an answer has ~15 verdicts); verdicts point at them.
+
+
+def _verdict_columns(scores: pd.DataFrame) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The page's verdict table, column-wise (names once, then rows as arrays: a run has 100k+
+    verdicts), and the answers' texts, stored once per answer (an answer has ~15 verdicts; each
+    verdict row points at its answer's index)."""
     verdict_cols = ["model_id", "record_id", "source", "line", "task_type", "task_group", "criteria_name",
                     "criterion_id", "score", "norm_score", "scale_max", "valid", "is_gate", "gated", "error",
                     "invalid_reason", "rationale"]
-    scores = agg.scores
     present = [c for c in verdict_cols if c in scores.columns]
     text_cols = [c for c in ("instruction", "answer", "reference_answer") if c in scores.columns]
     answer_index = {key: i for i, key in enumerate(dict.fromkeys(scores["answer_key"]))}
     firsts = scores.drop_duplicates("answer_key")
     texts = [{c: _clean(row[c]) for c in text_cols} for _, row in firsts.iterrows()]
-    # Column-wise (names once, then rows as arrays): a run has 100k+ verdicts.
     frame = scores[present].assign(a=scores["answer_key"].map(answer_index))
     verdicts = {"columns": list(frame.columns),
                 "rows": [[_clean(v) for v in row] for row in frame.itertuples(index=False, name=None)]}
+    return verdicts, texts
+
+
+def _render_html(agg: Aggregation, summary: dict[str, Any], title: str, n_resamples: int = 1000) -> str:
+    board = agg.leaderboard
+    models = board["model_id"].tolist()
+    groups = sorted(agg.by_group["task_group"].unique().tolist())
+    charts = _charts(agg, models, groups)
+    verdicts, texts = _verdict_columns(agg.scores)
     table_rows = []
     for row in _records(board):
         table_rows.append({
