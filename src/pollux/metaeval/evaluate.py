@@ -221,6 +221,9 @@ def meta_evaluate(
     "juries" diagnostic has each jury minus each member with paired intervals. `repeats`: groups
     of judge columns that are runs of one judge: each gets a median and a mean column and the
     "repeats" diagnostic (spread, share of rows whose score changes).
+
+    Longer than most functions here on purpose: it is the one place that reads top to bottom as
+    the meta-evaluation's steps (join, split, coverage, metrics, diagnostics), each a call.
     """
     check_split(split)
     if out_of_scale not in OUT_OF_SCALE:
