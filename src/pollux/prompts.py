@@ -277,7 +277,9 @@ def fill(text: str, values: Mapping[str, str], *, headers: tuple[str, ...] = NEU
     `trusted` values are inserted as they are: text pollux wrote itself (a score range) or a prompt
     already rendered by `fill` (re-neutralising it would escape its own headers).
     """
-    filled = {key: neutralise_headers(value, headers) if neutralise else value for key, value in values.items()}
+    # each distinct text once: the judge's {reference_answer} and {answer_2} are one text
+    safe = {value: neutralise_headers(value, headers) if neutralise else value for value in set(values.values())}
+    filled = {key: safe[value] for key, value in values.items()}
     filled.update(trusted or {})
     return PLACEHOLDER.sub(lambda m: filled.get(m.group(1), m.group(0)), text)
 
