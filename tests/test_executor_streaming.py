@@ -107,8 +107,19 @@ def test_a_caller_that_stops_reading_stops_the_workers() -> None:
         assert not thread.is_alive()
 
 
+class Tens:
+    """A picklable streaming worker factory: one part per row, "y" = 10 × "x"."""
+
+    def __call__(self) -> Streaming:
+        def run(batch: list[Row], emit: Emit) -> None:
+            for row in batch:
+                emit([{"key": row["key"], "y": row["x"] * 10}])
+
+        return Streaming(run)
+
+
 @pytest.mark.slow
 def test_on_ray_a_batchs_parts_come_back_together(ray_cluster: None) -> None:  # noqa: F811
-    out = list(map_batches(_rows(6), PartByPart(), ExecutorOptions(ray="auto", batch_size=3)))
+    out = list(map_batches(_rows(6), Tens(), ExecutorOptions(ray="auto", batch_size=3)))
     assert sorted(len(batch) for batch in out) == [3, 3]
     assert sorted(r["y"] for batch in out for r in batch) == [0, 10, 20, 30, 40, 50]
