@@ -29,6 +29,7 @@ from pollux.metaeval.metrics import (
     CORRELATIONS,
     METRICS,
     correlation_problem,
+    correlation_warning,
     kappa_from_means,
     point_metrics,
     row_values,
@@ -396,7 +397,7 @@ def _subsets(frame: pd.DataFrame, in_split: np.ndarray, by_group: bool, notes: l
 class _Scored:
     """What every metric cell reads: each judge's scores on the expert rows (NaN: not compared),
     the experts' aggregates and per-expert scores, each row's answer id, and the resampled
-    metrics of every (subset, LLM, judge)."""
+    metrics of every (subset, LLM, judge) — with their point values, computed beside them."""
 
     values: dict[str, np.ndarray]
     expert: np.ndarray
@@ -405,6 +406,7 @@ class _Scored:
     confidence: float
     n_bootstrap: int
     samples: dict[tuple[str, str, str], dict[str, np.ndarray]] = field(default_factory=dict)
+    points: dict[tuple[str, str, str], dict[str, float]] = field(default_factory=dict)
     rows_of: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
     task_rows_of: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
 
@@ -422,8 +424,9 @@ def _metric_records(scored: _Scored, frame: pd.DataFrame, models: list[str], sub
                for k, subset in enumerate(subsets) for m in models}
     answers = {m: np.unique(scored.answer[of_model[m]]) for m in models}
     scored.rows_of = rows_of
-    scored.samples = _bootstrap(scored.values, scored.expert, scored.annotations, scored.answer, rows_of, answers,
-                                judges, scored.n_bootstrap, seed, slow, scored.task_rows_of)
+    scored.samples, scored.points = _bootstrap(scored.values, scored.expert, scored.annotations, scored.answer,
+                                               rows_of, answers, judges, scored.n_bootstrap, seed, slow,
+                                               scored.task_rows_of)
     records: list[dict[str, Any]] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MetaEvalWarning)
@@ -451,7 +454,11 @@ def _cells(scored: _Scored, subset: str, m: str, rows: np.ndarray, answer_ids: n
         use = np.isfinite(v[rows])
         idx = rows[use]
         where = f"judge {j}, model {m}" + ("" if subset == ALL_GROUPS else f", group {subset}")
-        if idx.size:
+        cached = scored.points.get((subset, m, j))
+        if cached is not None:
+            point = cached
+            correlation_warning(v[idx], scored.expert[idx], where)
+        elif idx.size:
             point = point_metrics(v[idx], scored.expert[idx], scored.annotations[idx], context=where)
         else:
             point = dict.fromkeys(METRICS, np.nan)
@@ -472,8 +479,8 @@ def _bootstrap(values: dict[str, np.ndarray], expert: np.ndarray, annotations: n
                rows_of: dict[tuple[str, str], np.ndarray], answers: dict[str, np.ndarray], judges: list[str],
                n_bootstrap: int, seed: int, slow: frozenset[str],
                task_rows_of: dict[tuple[str, str], np.ndarray] | None = None,
-               ) -> dict[tuple[str, str, str], dict[str, np.ndarray]]:
-    """Every (subset, LLM, judge)'s resampled metrics, one LLM at a time.
+               ) -> tuple[dict[tuple[str, str, str], dict[str, np.ndarray]], dict[tuple[str, str, str], dict[str, float]]]:
+    """Every (subset, LLM, judge)'s resampled metrics and point metrics, one LLM at a time.
 
     One resample set per LLM, shared by every criterion group: a group's rows are some rows of
     the same answers, so a group's resample is the whole resample restricted to that group (the
@@ -482,29 +489,35 @@ def _bootstrap(values: dict[str, np.ndarray], expert: np.ndarray, annotations: n
     threads (`bs.map_parallel`: the heavy steps are numpy calls that release the GIL, and one
     LLM's steps alone left a core idle); only that many LLMs' matrices exist at a time: on POLLUX
     they are ~150 MB per LLM, and touching fresh memory cost more than the arithmetic when all
-    seven were kept."""
+    seven were kept. The point metrics (Kendall's tau is the costly one) are computed on the same
+    threads, without warnings (`_cells` gives those, in order)."""
     out: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
+    points: dict[tuple[str, str, str], dict[str, float]] = {}
     if not n_bootstrap:
-        return out
+        return out, points
 
-    def one_llm(m: str) -> dict[tuple[str, str, str], dict[str, np.ndarray]]:
+    def one_llm(m: str) -> tuple[dict[tuple[str, str, str], dict[str, np.ndarray]], dict[tuple[str, str, str], dict[str, float]]]:
         mine: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
-        counts = _bootstrap_llm(mine, m, answers[m], values, expert, annotations, answer, rows_of, judges,
-                                n_bootstrap, seed, slow)
+        mine_points: dict[tuple[str, str, str], dict[str, float]] = {}
+        counts = _bootstrap_llm(mine, mine_points, m, answers[m], values, expert, annotations, answer, rows_of,
+                                judges, n_bootstrap, seed, slow)
         _task_group_means(mine, m, answers[m], values, expert, answer, task_rows_of or {}, counts)
-        return mine
+        return mine, mine_points
 
     with bs.one_blas_thread():
-        for mine in bs.map_parallel(one_llm, [m for m, ids in answers.items() if ids.size]):
+        for mine, mine_points in bs.map_parallel(one_llm, [m for m, ids in answers.items() if ids.size]):
             out.update(mine)
-    return out
+            points.update(mine_points)
+    return out, points
 
 
-def _bootstrap_llm(out: dict[tuple[str, str, str], dict[str, np.ndarray]], m: str, ans_ids: np.ndarray,
+def _bootstrap_llm(out: dict[tuple[str, str, str], dict[str, np.ndarray]],
+                   points: dict[tuple[str, str, str], dict[str, float]], m: str, ans_ids: np.ndarray,
                    values: dict[str, np.ndarray], expert: np.ndarray, annotations: np.ndarray, answer: np.ndarray,
                    rows_of: dict[tuple[str, str], np.ndarray], judges: list[str], n_bootstrap: int, seed: int,
                    slow: frozenset[str]) -> np.ndarray:
-    """One LLM's resamples, drawn once, for every subset and judge (into `out`); the counts."""
+    """One LLM's resamples, drawn once, for every subset and judge (into `out`, the point metrics
+    into `points`); the counts."""
     counts = bs.resample_counts(ans_ids.size, n_bootstrap, _seed(seed, ALL_GROUPS, m))
     for (subset, model), rows in rows_of.items():
         if model != m:
@@ -516,6 +529,7 @@ def _bootstrap_llm(out: dict[tuple[str, str, str], dict[str, np.ndarray]], m: st
                 idx = rows[use]
                 out[subset, m, j] = _resampled(values[j][idx], expert[idx], annotations[idx], local[use], counts,
                                                slow)
+                points[subset, m, j] = point_metrics(values[j][idx], expert[idx], annotations[idx], warn=False)
     return counts
 
 

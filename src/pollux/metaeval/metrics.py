@@ -145,6 +145,14 @@ def correlation_problem(x: np.ndarray, y: np.ndarray) -> str | None:
     return None
 
 
+def correlation_warning(x: np.ndarray, y: np.ndarray, context: str) -> str | None:
+    """`correlation_problem`, warned about (the correlations are then NaN)."""
+    problem = correlation_problem(x, y)
+    if problem is not None:
+        warnings.warn(f"{context}: {problem}; Spearman, Kendall and Pearson are NaN", MetaEvalWarning, stacklevel=3)
+    return problem
+
+
 def point_metrics(
     x: np.ndarray, y: np.ndarray, annotations: np.ndarray, *, context: str = "", warn: bool = True
 ) -> dict[str, float]:
@@ -155,11 +163,7 @@ def point_metrics(
         out[name] = float(values[ok].mean()) if ok.any() else float("nan")
     out["kappa"] = quadratic_kappa(x, y) if x.size else float("nan")
     out["alpha"] = ordinal_alpha(x, y) if x.size > 1 else float("nan")
-    problem = correlation_problem(x, y)
-    if problem is not None:
-        if warn:
-            warnings.warn(f"{context}: {problem}; Spearman, Kendall and Pearson are NaN",
-                          MetaEvalWarning, stacklevel=2)
+    if (correlation_warning(x, y, context) if warn else correlation_problem(x, y)) is not None:
         out.update(dict.fromkeys(CORRELATIONS, float("nan")))
         return out
     from scipy import stats  # ~1 s to import: here, not at start-up (see `warm_imports`)
