@@ -132,6 +132,15 @@ class CommonOptions(BaseModel):
         return [*own, "template", "expected_score", *SAMPLING_FIELDS, "sampling"]
 
 
+def _needs_tokens(sampling: SamplingParams) -> SamplingParams:
+    """max_new_tokens=0 is score-only: the regression head on the prompt alone, which needs the head
+    in this process (a checkpoint folder, gguf:); a judge whose score is in its text needs tokens."""
+    if sampling.max_new_tokens < 1:
+        raise ValueError("max_new_tokens must be ≥ 1 (0, score-only, needs a regression head in this process: a "
+                         "checkpoint folder or gguf:PATH)")
+    return sampling
+
+
 class LocalOptions(CommonOptions):
     """The in-process transformers engine (a local checkpoint folder)."""
 
@@ -181,6 +190,8 @@ class VLLMOptions(CommonOptions):
                               "must allow it).")
     llm_options: dict[str, Any] = Field(default_factory=dict, description="Passed on to vllm.LLM as is.")
 
+    _sampling = field_validator("sampling")(_needs_tokens)
+
 
 class OpenAIOptions(CommonOptions):
     """An OpenAI-compatible chat-completions server (`openai:MODEL`). Unset options come from the
@@ -226,6 +237,8 @@ class OpenAIOptions(CommonOptions):
     ca_bundle: str | None = Field(
         None, description="A PEM file (or folder) of CA certificates to verify the server's TLS certificate with "
         "instead of the default ones (corporate endpoints).")
+
+    _sampling = field_validator("sampling")(_needs_tokens)
 
     @field_validator("headers", mode="before")
     @classmethod
