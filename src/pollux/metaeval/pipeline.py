@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,8 @@ from pollux.metaeval.evaluate import MetaEvalResult, meta_evaluate, split_rows
 from pollux.metaeval.experts import ExpertData, MetaEvalWarning, load_experts
 from pollux.metaeval.metrics import METRICS, warm_imports
 from pollux.metaeval.scores import (
+    ScoreFile,
     parse_score_choices,
-    read_score_jsonl,
     scores_from_db,
     scores_from_judge,
     write_score_jsonl,
@@ -149,13 +150,12 @@ def run(
     warm_imports()  # scipy.stats, beside the reading
     say = log or (lambda _message: None)
     source_names: list[str | None] = list(names) or [None] * (len(scores) + len(judges))
-    data = experts if isinstance(experts, ExpertData) else load_experts(
-        experts, ood_tasks=parse_ood_tasks(ood_tasks), keep=tuple(on), strict=strict)
+    data, files = _read_inputs(experts, scores, on, ood_tasks, strict)
     if compare is not None:
         from pollux.metaeval.card import card_splits
 
         wanted = card_splits()
-    frames = [_read_scores(Path(p), name, tuple(on), data) for p, name in zip(scores, source_names, strict=False)]
+    frames = [_join_scores(f, name, data) for f, name in zip(files, source_names, strict=False)]
     needed = rows_for(data, wanted)
     ran = [_judge(j, name, needed, db, executor, say)
            for j, name in zip(judges, source_names[len(scores):], strict=True)]
@@ -216,13 +216,39 @@ def _check_request(splits: str | Sequence[str] | None, score: str | Sequence[str
     return wanted, choices, rules
 
 
-def _read_scores(path: Path, name: str | None, on: tuple[str, ...], experts: ExpertData) -> pd.DataFrame:
-    """A score source: a pollux run database (by suffix) or a file of scores."""
+def _read_inputs(experts: str | Path | pd.DataFrame | ExpertData, scores: Sequence[str | Path], on: Sequence[str],
+                 ood_tasks: str | Sequence[str] | None, strict: bool) -> tuple[ExpertData, list[Path | ScoreFile]]:
+    """The expert data and the score sources, read side by side: the experts load on a thread
+    while the score files are read here (both mostly in pyarrow, which releases the GIL; joining
+    needs the experts, so it waits for them). Run databases are read later, by `_join_scores`. An
+    error in the expert data is raised first, as when reading one after the other."""
+    if isinstance(experts, ExpertData):
+        return experts, [_read_score_file(Path(p), on) for p in scores]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pollux-read") as pool:
+        loading = pool.submit(load_experts, experts, ood_tasks=parse_ood_tasks(ood_tasks), keep=tuple(on),
+                              strict=strict)
+        try:
+            files = [_read_score_file(Path(p), on) for p in scores]
+        except Exception:
+            loading.result()  # the experts' error first
+            raise
+        return loading.result(), files
+
+
+def _read_score_file(path: Path, on: Sequence[str]) -> Path | ScoreFile:
+    """A score file read (not yet joined), or a run database's path (by suffix)."""
     if not path.exists():
         raise ValueError(f"{path}: no such file")
     if path.suffix.lower() in DB_SUFFIXES:
-        return scores_from_db(path, judge=name)
-    return read_score_jsonl(path, judge=name, on=on, experts=experts)
+        return path
+    return ScoreFile.read(path, on=on)
+
+
+def _join_scores(source: Path | ScoreFile, name: str | None, experts: ExpertData) -> pd.DataFrame:
+    """A score source's frame: a pollux run database's scores, or a score file joined to `experts`."""
+    if isinstance(source, Path):
+        return scores_from_db(source, judge=name)
+    return source.join(name, experts)
 
 
 def rows_for(experts: ExpertData, splits: Sequence[str]) -> ExpertData:

@@ -137,27 +137,48 @@ def read_score_jsonl(path: str | Path, judge: str | None = None, *, on: Sequence
     table silently computed on part of the file.
 
     The lines are read and checked column-wise (a JSONL file by pyarrow); only lines that fail a
-    check are looked at one by one, to name what is wrong."""
-    p = Path(path)
+    check are looked at one by one, to name what is wrong. The same as
+    `ScoreFile.read(path, on=on).join(judge, experts)`: reading needs no expert data, so a caller
+    can read score files while the experts load."""
     if on and experts is None:
         raise ValueError("joining scores on columns needs the expert data (experts=...)")
-    lines = _score_lines(p, by_content=not on)
-    errors: dict[int, str] = {}
-    if on and experts is not None:
-        keys, unjoined = _join_on(lines, on, experts)
-    else:
-        keys, unjoined = _content_keys(lines, errors), {}
-    values = {c: _numbers(lines, c, errors) for c in NUMBERS}
-    good = pd.notna(keys)
-    good[list(errors)] = False
-    joined = keys[good].tolist()
-    if experts is not None and not on and joined and not experts.frame["key"].isin(set(joined)).any():
-        unjoined["its content (instruction, reference answer, answer, criterion, rubric) matches no expert row"] = joined
-    if unjoined:
-        raise ValueError(_unjoined_message(p, unjoined, lines.total, on))
-    for msg in lines.problems + [errors[i] for i in sorted(errors)]:
-        warnings.warn(f"skipped {msg}", MetaEvalWarning, stacklevel=2)
-    return _score_frame(lines, keys, values, good, judge or p.stem, named=judge is not None)
+    return ScoreFile.read(path, on=on).join(judge, experts)
+
+
+@dataclass
+class ScoreFile:
+    """A score file's lines, read (`read`) but not yet joined to the expert rows (`join`)."""
+
+    path: Path
+    on: tuple[str, ...]
+    lines: _ScoreLines
+
+    @classmethod
+    def read(cls, path: str | Path, *, on: Sequence[str] = ()) -> ScoreFile:
+        return cls(Path(path), tuple(on), _score_lines(Path(path), by_content=not on))
+
+    def join(self, judge: str | None = None, experts: ExpertData | None = None) -> pd.DataFrame:
+        """The scores as a frame (`read_score_jsonl`), joined `on` columns of `experts` or by content."""
+        p, on, lines = self.path, self.on, self.lines
+        if on and experts is None:
+            raise ValueError("joining scores on columns needs the expert data (experts=...)")
+        errors: dict[int, str] = {}
+        if on and experts is not None:
+            keys, unjoined = _join_on(lines, on, experts)
+        else:
+            keys, unjoined = _content_keys(lines, errors), {}
+        values = {c: _numbers(lines, c, errors) for c in NUMBERS}
+        good = pd.notna(keys)
+        good[list(errors)] = False
+        joined = keys[good].tolist()
+        if experts is not None and not on and joined and not experts.frame["key"].isin(set(joined)).any():
+            unjoined["its content (instruction, reference answer, answer, criterion, rubric) matches no expert row"] = \
+                joined
+        if unjoined:
+            raise ValueError(_unjoined_message(p, unjoined, lines.total, on))
+        for msg in lines.problems + [errors[i] for i in sorted(errors)]:
+            warnings.warn(f"skipped {msg}", MetaEvalWarning, stacklevel=3)
+        return _score_frame(lines, keys, values, good, judge or p.stem, named=judge is not None)
 
 
 def _present(value: Any) -> bool:
