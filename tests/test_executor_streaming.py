@@ -6,6 +6,7 @@ the run's, never retried; a caller that stops reading stops the workers."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -105,6 +106,47 @@ def test_a_caller_that_stops_reading_stops_the_workers() -> None:
     for thread in worker.threads:
         thread.join(timeout=60)
         assert not thread.is_alive()
+
+
+class LongStep:
+    """Batch k0 emits its part at once; batch k1 computes for a long time without emitting (an
+    engine between two verdicts, e.g. vLLM generating a whole chunk); records how that ended."""
+
+    def __init__(self) -> None:
+        self.computing = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.ended: list[str] = []
+
+    def __call__(self) -> Streaming:
+        def run(batch: list[Row], emit: Emit) -> None:
+            if batch[0]["key"] == "k0":
+                emit([{"key": "k0"}])
+                return
+            self.thread = threading.current_thread()
+            self.computing.set()
+            deadline = time.monotonic() + 60
+            try:
+                while time.monotonic() < deadline:  # pure Python, like a model's forward between torch ops
+                    sum(range(1000))
+            except BaseException as exc:
+                self.ended.append(type(exc).__name__)
+                raise
+            self.ended.append("ran to its end")
+
+        return Streaming(run)
+
+
+def test_a_caller_that_stops_reading_interrupts_a_long_computation() -> None:
+    """Ctrl-C must not wait for the engine's next verdict: a stop reaches a worker's thread at its
+    next Python instruction, as a KeyboardInterrupt reached the main thread's engine before."""
+    worker = LongStep()
+    results = map_batches(_rows(2), worker, ExecutorOptions(workers=2, batch_size=1))
+    assert next(results) == [{"key": "k0"}]
+    assert worker.computing.wait(60)
+    results.close()
+    assert worker.thread is not None
+    worker.thread.join(timeout=120)
+    assert not worker.thread.is_alive() and worker.ended == ["_Stopped"]
 
 
 class Tens:

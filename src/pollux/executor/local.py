@@ -10,11 +10,12 @@ can keep its SQLite connection, which is bound to its thread). A `Streaming` wor
 only once the caller has taken the part (asked for the next one): a driver that stores each part
 has stored it before the worker goes on, so a crash loses nothing the worker had reported. When
 the caller stops reading (Ctrl-C in its thread, an error, `close()`), each running worker is
-stopped at its next emit.
+stopped at once — at its next Python instruction, not its next emit (see `_ThreadWorkers.stop`).
 """
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import queue
 import threading
@@ -48,6 +49,11 @@ class _Stopped(BaseException):
     it through."""
 
 
+def _raise_in(thread_id: int, exc: type[BaseException] | None) -> None:
+    """Have CPython raise `exc` in that thread at its next bytecode; None withdraws a pending one."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc else None)
+
+
 class _ThreadWorkers:
     """One built worker per thread; a worker that raised is dropped, so a retry gets a fresh one.
     Results go to `events` part by part."""
@@ -57,6 +63,21 @@ class _ThreadWorkers:
         self._local = threading.local()
         self._events = events
         self.stopped = threading.Event()
+        self._running: set[int] = set()  # threads inside `run` now
+        self._guard = threading.Lock()  # `_running` and the stop request change together
+
+    def stop(self) -> None:
+        """Stop every running worker now. At its next emit is not enough: an engine may compute for
+        minutes between two verdicts (vLLM returns a whole chunk at once), and the process cannot
+        exit while a worker thread runs — so Ctrl-C would hang. Each running thread gets `_Stopped`
+        raised at its next Python instruction (CPython's asynchronous exception, what a
+        KeyboardInterrupt did to an engine running in the main thread)."""
+        with self._guard:
+            if self.stopped.is_set():
+                return
+            self.stopped.set()
+            for thread_id in self._running:
+                _raise_in(thread_id, _Stopped)
 
     def _emit(self, part: list[Row]) -> None:
         if self.stopped.is_set():
@@ -74,6 +95,20 @@ class _ThreadWorkers:
                 raise _Stopped
 
     def run(self, batch: list[Row]) -> None:
+        thread_id = threading.get_ident()
+        try:
+            with self._guard:
+                if self.stopped.is_set():
+                    raise _Stopped
+                self._running.add(thread_id)
+            self._run(batch)
+        finally:
+            with self._guard:
+                self._running.discard(thread_id)
+                if self.stopped.is_set():  # a stop that did not land yet must not land in the pool's own code
+                    _raise_in(thread_id, None)
+
+    def _run(self, batch: list[Row]) -> None:
         fn: Worker | None = getattr(self._local, "fn", None)
         if fn is None:
             try:
@@ -140,5 +175,5 @@ def map_batches_local(
                 raise ExecutorError(batch_failed_message(batch, attempt + 1, options.max_retries, exc)) from exc
     finally:
         # On an error or when the caller stops early: drop queued batches, stop running ones.
-        workers.stopped.set()
+        workers.stop()
         pool.shutdown(wait=False, cancel_futures=True)
