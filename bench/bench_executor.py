@@ -10,6 +10,11 @@ worker processes' imports warm.
 
     python bench/bench_executor.py                  # 300 rows × 20 ms
     python bench/bench_executor.py --rows 100 --ms 5
+    python bench/bench_executor.py --evaluate 2000  # local `evaluate`'s own CPU cost per verdict
+
+`--evaluate N`: no Ray; N judgements through `pollux.evaluate.evaluate` with a judge that answers
+instantly, so the CPU time per verdict is the path's own cost — reading the input, the executor's
+thread hand-off, the driver's SQLite commit — the part that must stay negligible beside a model.
 """
 
 from __future__ import annotations
@@ -52,12 +57,66 @@ def timed_run(rows: list[Row], ms: float, options: ExecutorOptions) -> float:
     return elapsed
 
 
+class InstantJudge:
+    """Answers every item at once (each verdict through `on_verdict`, as the engines do)."""
+
+    name, kind = "instant", "bench"
+
+    def describe(self) -> dict[str, str]:
+        return {"name": self.name}
+
+    def judge_many(self, items: list, on_verdict=None) -> list:
+        from pollux.verdicts import Verdict
+
+        verdicts = []
+        for i, item in enumerate(items):
+            verdict = Verdict(item.criteria_name, head_score=1.0, rationale="обоснование " * 40, raw_text="x" * 400,
+                              scale_min=0, scale_max=2, valid=True)
+            if on_verdict is not None:
+                on_verdict(i, verdict)
+            verdicts.append(verdict)
+        return verdicts
+
+
+def evaluate_cost(judgements: int, repeats: int = 3) -> None:
+    """CPU µs per verdict of a local `evaluate` (the best of `repeats` runs, each into a new store)."""
+    import resource
+    import tempfile
+    from pathlib import Path
+
+    from pollux.evaluate import evaluate
+
+    def cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    folder = Path(tempfile.mkdtemp(prefix="bench-evaluate-"))
+    rubric = "0: плохо.\n\n1: средне.\n\n2: хорошо."
+    criteria = [{"criteria_name": f"Критерий {c}", "rubrics": rubric} for c in range(4)]
+    src = folder / "answers.jsonl"
+    src.write_text("".join(json.dumps({"id": f"q{i}", "instruction": f"Вопрос {i}?", "answer": f"Ответ {i}.",
+                                       "criteria": criteria}, ensure_ascii=False) + "\n"
+                           for i in range(-(-judgements // 4))), encoding="utf-8")
+    costs = []
+    for run in range(repeats):
+        started, wall = cpu(), time.perf_counter()
+        summary = evaluate(src, folder / f"run{run}.db", InstantJudge(), chunk_size=64)
+        costs.append(((cpu() - started) / summary.judged * 1e6, (time.perf_counter() - wall) / summary.judged * 1e6))
+    best = min(costs)
+    print(json.dumps({"judgements": summary.judged, "cpu_us_per_verdict": round(best[0]),
+                      "wall_us_per_verdict": round(best[1])}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=300)
     parser.add_argument("--ms", type=float, default=20.0, help="CPU milliseconds per row")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--evaluate", type=int, metavar="N", help="only: local evaluate's CPU per verdict, N judgements")
     args = parser.parse_args()
+    if args.evaluate:
+        evaluate_cost(args.evaluate)
+        return
     rows = [{"key": f"row-{i:05d}", "payload": {"text": "пример " * 20, "n": i}} for i in range(args.rows)]
     ideal = args.rows * args.ms / 1000
 
