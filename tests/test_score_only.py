@@ -46,3 +46,12 @@ def test_in_process_score_only_reads_the_head_at_the_prompts_last_token(tiny_jud
         expected = model(input_ids=ids).regr_output.item()
         assert v.head_score == pytest.approx(expected, abs=1e-4)
     assert len({round(v.head_score, 6) for v in verdicts}) > 1  # each item its own score
+
+
+def test_answer_generation_refuses_zero_new_tokens() -> None:
+    """Score-only is a judge's mode: a chat model asked for 0 new tokens would write empty answers."""
+    from pollux.answer import AnswerError, generation_for
+    from pollux.engine.registry import CommonOptions
+
+    with pytest.raises(AnswerError, match="max_new_tokens"):
+        generation_for("/nonexistent/model", CommonOptions(max_new_tokens=0), name=None, system_prompt=None)

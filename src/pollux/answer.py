@@ -211,6 +211,8 @@ def generation_for(spec: str, options: CommonOptions, *, name: str | None, syste
     if unused:
         raise AnswerError(f"option(s) {', '.join(unused)} do not apply to answer generation (a chat model takes "
                           "temperature, max_new_tokens and seed)")
+    if options.sampling.max_new_tokens < 1:  # 0 is a -r judge's score-only mode, not an answer length
+        raise AnswerError("max_new_tokens must be ≥ 1 for answer generation")
     entry, target = resolve(spec)
     if entry.name != "openai":
         target = str(Path(target).expanduser().resolve())
