@@ -182,6 +182,15 @@ def test_a_missing_head_is_a_clear_error(f16: Path, tmp_path: Path) -> None:
         GGUFEngine(lone)
 
 
+def test_score_only_needs_a_regression_judge(f16: Path, tmp_path: Path) -> None:
+    plain = tmp_path / "plain.gguf"
+    plain.symlink_to(f16)
+    sidecar = json.loads(Path(f"{f16}.pollux.json").read_text(encoding="utf-8")) | {"kind": "generative", "head": None}
+    Path(f"{plain}.pollux.json").write_text(json.dumps(sidecar), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"max_new_tokens=0 .*needs a -r judge"):
+        GGUFEngine(plain, sampling=SamplingParams(max_new_tokens=0))
+
+
 def test_registry_and_cli_judge_with_gguf(f16: Path, tmp_path: Path) -> None:
     from pollux.engine.registry import OptionsError, load_engine
 

@@ -55,3 +55,12 @@ def test_answer_generation_refuses_zero_new_tokens() -> None:
 
     with pytest.raises(AnswerError, match="max_new_tokens"):
         generation_for("/nonexistent/model", CommonOptions(max_new_tokens=0), name=None, system_prompt=None)
+
+
+def test_score_only_needs_a_regression_judge(tiny_generative_path: Path) -> None:
+    """A generative judge's score is in its text: with no text it would have none."""
+    from pollux.engine.hf import TransformersEngine
+
+    with pytest.raises(ValueError, match=r"max_new_tokens=0 .*needs a -r judge"):
+        TransformersEngine.from_pretrained(str(tiny_generative_path), dtype="float32", device="cpu",
+                                           sampling=SamplingParams(max_new_tokens=0))

@@ -146,6 +146,14 @@ def require_local_extra(purpose: str = "loading a local checkpoint") -> Any:
     return importlib.import_module("torch")
 
 
+def check_score_only(sampling: SamplingParams, kind: str, judge: str) -> None:
+    """`max_new_tokens=0` (score-only) asks a `-r` judge's head for the score; a generative judge's
+    score is in the text it would not write, so it is refused before anything runs."""
+    if sampling.max_new_tokens == 0 and kind != "regression":
+        raise ValueError(f"{judge}: max_new_tokens=0 (score-only) needs a -r judge (a regression head); "
+                         "a generative judge's score is in its text")
+
+
 def end_of_turn_ids(*sources: Any) -> list[int]:
     """The ids that end a reply, from each source given (a generation config's `eos_token_id`, the
     tokenizer's): an id, a list of ids, or None. Every engine stops on the same set

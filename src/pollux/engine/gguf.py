@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from pollux.engine import OnVerdict, SamplingParams, end_of_turn_ids
+from pollux.engine import OnVerdict, SamplingParams, check_score_only, end_of_turn_ids
 from pollux.engine.jobs import Delivery, Job, caller_errors_unwrapped, prepare_jobs, run_isolating_failures
 from pollux.prompts import PromptTemplate
 from pollux.records import JudgeItem
@@ -213,6 +213,7 @@ class GGUFEngine:
         self.quant = sidecar.get("quant")
         self.template = template or PromptTemplate()
         self.sampling = (sampling or SamplingParams()).resolve(sidecar.get("generation_config"))
+        check_score_only(self.sampling, self.kind, self.name)
         self.share_prefix = share_prefix
         self.expected_score = expected_score and self.kind != REGRESSION_MARK
         with _model_params(extra_buffers):

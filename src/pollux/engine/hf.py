@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from pollux.engine import OnLogprobs, OnText, OnVerdict, SamplingParams, end_of_turn_ids
+from pollux.engine import OnLogprobs, OnText, OnVerdict, SamplingParams, check_score_only, end_of_turn_ids
 from pollux.engine.fallback import generate
 from pollux.engine.jobs import Delivery, Job, caller_errors_unwrapped, prepare_jobs, run_isolating_failures
 from pollux.engine.kv import PrefixSharedCache, forward_rows, prefill_prefix, shared_attention
@@ -93,6 +93,7 @@ class TransformersEngine:
         self.template = template or PromptTemplate()
         # explicit values > the checkpoint's generation_config.json > pollux's defaults
         self.sampling = (sampling or SamplingParams()).resolve(getattr(model, "generation_config", None))
+        check_score_only(self.sampling, kind, name)
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
         self.share_prefix = share_prefix
