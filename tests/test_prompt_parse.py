@@ -48,6 +48,7 @@ def test_a_template_without_the_fields_a_server_needs_is_refused_clearly() -> No
         template_pattern(PromptTemplate(text="{instruction}\n{answer}\n{criteria_name}"))
 
 
+@pytest.mark.slow  # a real `pollux serve` process (~12 s)
 def test_serve_with_the_side_by_side_template_judges_pairs(tiny_generative_path: Path, tmp_path: Path) -> None:
     """A real `pollux serve --template pollux-4b-sbs`: it starts, and an `openai:` judge rendering the
     same template gets verdicts, not errors; a pointwise prompt is a 400 naming the expected sections."""
@@ -70,6 +71,7 @@ def test_serve_with_the_side_by_side_template_judges_pairs(tiny_generative_path:
     assert pointwise.status_code == 400 and "### Ответ 2 для оценки:" in pointwise.json()["error"]["message"]
 
 
+@pytest.mark.slow  # a real `pollux serve` process (~12 s)
 def test_serve_refuses_a_regression_judge_with_the_side_by_side_template(tiny_judge_path: Path) -> None:
     """A `-r` head scores one answer on a rubric: it has no output for "which of two is better", so a
     side-by-side server of it is refused at start, with the reason (as `pollux compare` refuses it)."""
