@@ -504,6 +504,11 @@ def _bootstrap(values: dict[str, np.ndarray], expert: np.ndarray, annotations: n
         _task_group_means(mine, m, answers[m], values, expert, answer, task_rows_of or {}, counts)
         return mine, mine_points
 
+    # scipy.stats (point_metrics) imported here, not first on a pool thread: an extension module
+    # loading (dlopen) on one thread while threadpoolctl walks the loaded libraries
+    # (dl_iterate_phdr, with a Python callback) on another deadlocks on the loader lock and the GIL.
+    import scipy.stats  # noqa: F401
+
     with bs.one_blas_thread():
         for mine, mine_points in bs.map_parallel(one_llm, [m for m, ids in answers.items() if ids.size]):
             out.update(mine)

@@ -166,21 +166,9 @@ def point_metrics(
     if (correlation_warning(x, y, context) if warn else correlation_problem(x, y)) is not None:
         out.update(dict.fromkeys(CORRELATIONS, float("nan")))
         return out
-    from scipy import stats  # ~1 s to import: here, not at start-up (see `warm_imports`)
+    from scipy import stats  # ~1 s to import: here, not at start-up
 
     out["spearman"] = float(stats.spearmanr(x, y).statistic)
     out["kendall"] = float(stats.kendalltau(x, y, variant="b").statistic)
     out["pearson"] = float(stats.pearsonr(x, y).statistic)
     return out
-
-
-def warm_imports() -> None:
-    """Import scipy.stats on a background thread. It takes about a second on a small machine and
-    is needed only once the metrics are computed; meta-eval first reads its inputs, mostly in
-    pyarrow and numpy, which release the GIL, so the import runs beside the reading (the CLI calls
-    this before it reads anything; later `from scipy import stats` lines just find the module)."""
-    import sys
-    import threading
-
-    if "scipy.stats" not in sys.modules:
-        threading.Thread(target=__import__, args=("scipy.stats",), name="pollux-warm-imports", daemon=True).start()

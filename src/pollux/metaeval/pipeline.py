@@ -28,7 +28,7 @@ import pandas as pd
 from pollux.metaeval.domains import check_split, parse_ood_tasks
 from pollux.metaeval.evaluate import MetaEvalResult, meta_evaluate, split_rows
 from pollux.metaeval.experts import ExpertData, MetaEvalWarning, load_experts
-from pollux.metaeval.metrics import METRICS, warm_imports
+from pollux.metaeval.metrics import METRICS
 from pollux.metaeval.scores import (
     ScoreFile,
     parse_score_choices,
@@ -147,7 +147,6 @@ def run(
     `meta_evaluate`'s settings (n_bootstrap, confidence, seed, by_group, out_of_scale,
     kendall_ci, alpha_ci, common_rows)."""
     wanted, choices, rules = _check_request(splits, score, compare, scores, judges, names, repeats, juries)
-    warm_imports()  # scipy.stats, beside the reading
     say = log or (lambda _message: None)
     source_names: list[str | None] = list(names) or [None] * (len(scores) + len(judges))
     data, files = _read_inputs(experts, scores, on, ood_tasks, strict)
