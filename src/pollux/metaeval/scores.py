@@ -140,7 +140,7 @@ def read_score_jsonl(path: str | Path, judge: str | None = None, *, on: Sequence
     check are looked at one by one, to name what is wrong. The same as
     `ScoreFile.read(path, on=on).join(judge, experts)`: reading needs no expert data, so a caller
     can read score files while the experts load."""
-    if on and experts is None:
+    if on and experts is None:  # before reading the file: the call cannot succeed
         raise ValueError("joining scores on columns needs the expert data (experts=...)")
     return ScoreFile.read(path, on=on).join(judge, experts)
 
