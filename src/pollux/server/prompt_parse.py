@@ -84,15 +84,16 @@ def template_pattern(template: PromptTemplate, *, loose: bool = False) -> re.Pat
 
 def _judge_parts(text: str) -> list[tuple[str, str | None]]:
     """`template_parts` with every placeholder that is not a judge field folded into the literal text."""
-    merged: list[tuple[str, str | None]] = [("", None)]
-    for literal, name in template_parts(text):
-        merged[-1] = (merged[-1][0] + literal, None)
+    parts: list[tuple[str, str | None]] = []
+    literal = ""
+    for text_before, name in template_parts(text):
+        literal += text_before
         if name in JUDGE_FIELDS:
-            merged[-1] = (merged[-1][0], name)
-            merged.append(("", None))
+            parts.append((literal, name))
+            literal = ""
         elif name is not None:
-            merged[-1] = (merged[-1][0] + "{" + name + "}", None)
-    return merged
+            literal += "{" + name + "}"
+    return [*parts, (literal, None)]
 
 
 def _literal(text: str, loose: bool) -> str:
